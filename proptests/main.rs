@@ -1,0 +1,1 @@
+//! Property tests for respool's framing.

@@ -1,0 +1,1 @@
+//! respool: a Redis pooling proxy.
