@@ -1,0 +1,134 @@
+//! RESP framing.
+//!
+//! * [`request`] decodes client requests — RESP arrays of bulk strings, or
+//!   inline commands — into [`Request`]s that keep their raw bytes, so they are
+//!   forwarded verbatim. Limits are checked before anything is buffered for a
+//!   frame, and nesting is refused outright: a client request is flat.
+//! * [`reply`] splits upstream replies (RESP2 and RESP3) into whole frames as
+//!   raw `Bytes`, without re-encoding, with a nesting-depth cap.
+//!
+//! Both decoders implement `tokio_util::codec::Decoder` and remember how far
+//! they scanned a partial frame, so framing stays linear in the bytes received
+//! however finely the input is split. Typed decoding of a frame, where respool
+//! needs it at all (validation replies), is left to the `redis-protocol` crate,
+//! and only after [`reply::ReplyDecoder`] has delimited and depth-checked the
+//! frame.
+
+mod inline;
+pub mod reply;
+pub mod request;
+
+pub use reply::{ReplyDecoder, ReplyKind};
+pub use request::{Request, RequestDecoder, RequestLimits};
+
+/// Why a byte stream is not valid RESP. The texts match Redis's own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// `*<n>` with n not a number or out of range.
+    #[error("invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// `$<n>` with n not a number or out of range.
+    #[error("invalid bulk length")]
+    InvalidBulkLength,
+    /// Something other than `$` where a bulk string must start.
+    #[error("expected '$', got '{0}'")]
+    ExpectedBulk(char),
+    /// A `*` count line without CRLF in the first 64 KiB.
+    #[error("too big mbulk count string")]
+    MultibulkCountTooLong,
+    /// A `$` length line without CRLF in the first 64 KiB.
+    #[error("too big bulk count string")]
+    BulkCountTooLong,
+    /// An inline command without a newline in the first 64 KiB.
+    #[error("too big inline request")]
+    InlineTooLong,
+    /// Inline command with an unterminated quote.
+    #[error("unbalanced quotes in request")]
+    UnbalancedQuotes,
+    /// A bulk string not followed by CRLF.
+    #[error("expected CRLF after bulk string")]
+    MissingCrlf,
+    /// The peer looks like an HTTP client (Redis closes these silently).
+    #[error("HTTP request on a Redis port")]
+    Http,
+    /// Upstream reply: unknown type byte.
+    #[error("unknown reply type byte 0x{0:02x}")]
+    UnknownType(u8),
+    /// Upstream reply: aggregates nested deeper than the cap.
+    #[error("reply nested deeper than {0} levels")]
+    TooDeep(usize),
+    /// Upstream reply: a header line that is not valid.
+    #[error("malformed reply header")]
+    BadHeader,
+    /// The socket failed while reading (only when used through `Framed`).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io(e.to_string())
+    }
+}
+
+/// Longest line (inline command, or a `*`/`$` header) accepted without a CRLF,
+/// as in Redis (PROTO_INLINE_MAX_SIZE).
+pub const MAX_INLINE_LEN: usize = 64 * 1024;
+
+/// Parses a RESP integer line (`-1`, `42`) strictly: optional minus, digits, no
+/// spaces, no overflow.
+pub(crate) fn parse_int(line: &[u8]) -> Option<i64> {
+    let (neg, digits) = match line.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Index of the `\r` of the first CRLF at or after `from`, if any.
+pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at < buf.len() {
+        let rel = memchr::memchr(b'\r', &buf[at..])?;
+        let cr = at + rel;
+        match buf.get(cr + 1) {
+            Some(b'\n') => return Some(cr),
+            Some(_) => at = cr + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ints_are_strict() {
+        assert_eq!(parse_int(b"42"), Some(42));
+        assert_eq!(parse_int(b"-1"), Some(-1));
+        assert_eq!(parse_int(b""), None);
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"1 "), None);
+        assert_eq!(parse_int(b"+1"), None);
+        assert_eq!(parse_int(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn crlf_search_skips_lone_cr() {
+        assert_eq!(find_crlf(b"ab\rc\r\n", 0), Some(4));
+        assert_eq!(find_crlf(b"ab\r", 0), None);
+        assert_eq!(find_crlf(b"\r\n\r\n", 1), Some(2));
+    }
+}

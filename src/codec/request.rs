@@ -1,0 +1,414 @@
+//! Client request decoding: RESP arrays of bulk strings, or inline commands.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+use super::{find_crlf, inline, parse_int, ProtocolError, MAX_INLINE_LEN};
+
+/// Limits applied while decoding client requests, before anything is buffered
+/// for the frame they describe.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest bulk string (Redis: proto-max-bulk-len, 512 MiB).
+    pub max_bulk_len: u64,
+    /// Most arguments in one request (Redis: INT_MAX).
+    pub max_args: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_bulk_len: 512 << 20,
+            max_args: i32::MAX as u64,
+        }
+    }
+}
+
+/// One client request, kept as the exact bytes of a RESP array of bulk
+/// strings so that it can be forwarded without re-encoding.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The whole request, `*N\r\n$len\r\narg\r\n…`.
+    raw: Bytes,
+    /// Number of arguments (≥ 1).
+    argc: usize,
+    /// Offset and length of the command name inside `raw`, so classifying a
+    /// request needs no second parse.
+    name: (usize, usize),
+}
+
+impl Request {
+    /// Builds a request from arguments (for commands respool sends itself).
+    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
+        assert!(!args.is_empty(), "a request has at least a command name");
+        let raw = inline::encode_array(args);
+        Request::from_encoded(raw, args.len())
+    }
+
+    /// Wraps an encoded array whose argument count is known.
+    fn from_encoded(raw: Bytes, argc: usize) -> Request {
+        let mut args = ArgIter {
+            raw: &raw,
+            pos: 0,
+            left: argc,
+        };
+        args.skip_header();
+        let start = args.pos;
+        let name = args
+            .next()
+            .map_or((0, 0), |n| (start + header_len(n.len()), n.len()));
+        Request { raw, argc, name }
+    }
+
+    /// The request's bytes, exactly as they go upstream.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The number of arguments, command name included.
+    pub fn argc(&self) -> usize {
+        self.argc
+    }
+
+    /// The command name, as sent (any case).
+    pub fn name(&self) -> &[u8] {
+        &self.raw[self.name.0..self.name.0 + self.name.1]
+    }
+
+    /// All arguments, command name first.
+    pub fn args(&self) -> ArgIter<'_> {
+        let mut it = ArgIter {
+            raw: &self.raw,
+            pos: 0,
+            left: self.argc,
+        };
+        it.skip_header();
+        it
+    }
+
+    /// Argument `i` (0 is the command name).
+    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+        self.args().nth(i)
+    }
+}
+
+impl std::fmt::Debug for Request {
+    // Arguments may be secrets (AUTH): show only the name and the count.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Request({} + {} args, {} bytes)",
+            String::from_utf8_lossy(self.name()),
+            self.argc - 1,
+            self.raw.len()
+        )
+    }
+}
+
+fn header_len(len: usize) -> usize {
+    1 + itoa::Buffer::new().format(len).len() + 2
+}
+
+/// Iterates over the arguments of an already validated request.
+pub struct ArgIter<'a> {
+    raw: &'a [u8],
+    pos: usize,
+    left: usize,
+}
+
+impl ArgIter<'_> {
+    fn skip_header(&mut self) {
+        self.pos = find_crlf(self.raw, 0).map_or(self.raw.len(), |cr| cr + 2);
+    }
+}
+
+impl<'a> Iterator for ArgIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        // The request was validated when decoded, so the layout is known good;
+        // stay defensive anyway and end the iteration on anything unexpected.
+        let cr = find_crlf(self.raw, self.pos + 1)?;
+        let len = parse_int(&self.raw[self.pos + 1..cr])? as usize;
+        let start = cr + 2;
+        let arg = self.raw.get(start..start + len)?;
+        self.pos = start + len + 2;
+        self.left -= 1;
+        Some(arg)
+    }
+}
+
+/// Progress through a multibulk request that has not fully arrived yet.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    /// Arguments announced by `*N`.
+    argc: usize,
+    /// Arguments fully received so far.
+    seen: usize,
+    /// Offset of the next argument's `$` header.
+    pos: usize,
+    /// Where the command name is.
+    name: (usize, usize),
+}
+
+/// Decodes client requests; see the module docs.
+#[derive(Debug, Default)]
+pub struct RequestDecoder {
+    limits: RequestLimits,
+    partial: Option<Partial>,
+    /// How much of an incomplete inline line was already searched for '\n'.
+    inline_scanned: usize,
+}
+
+impl RequestDecoder {
+    /// A decoder with the given limits.
+    pub fn new(limits: RequestLimits) -> Self {
+        RequestDecoder {
+            limits,
+            partial: None,
+            inline_scanned: 0,
+        }
+    }
+
+    /// True while a request has started arriving but is not complete — a
+    /// client stuck here for long is sending a half command.
+    pub fn in_progress(&self, buf: &BytesMut) -> bool {
+        self.partial.is_some() || !buf.is_empty()
+    }
+
+    fn decode_inline(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Option<Request>>, ProtocolError> {
+        let Some(nl) =
+            memchr::memchr(b'\n', &buf[self.inline_scanned..]).map(|i| i + self.inline_scanned)
+        else {
+            if buf.len() > MAX_INLINE_LEN {
+                return Err(ProtocolError::InlineTooLong);
+            }
+            self.inline_scanned = buf.len();
+            return Ok(None);
+        };
+        self.inline_scanned = 0;
+        if nl > MAX_INLINE_LEN {
+            return Err(ProtocolError::InlineTooLong);
+        }
+        let line = buf.split_to(nl + 1);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let args = inline::split_args(line)?;
+        if args.is_empty() {
+            // An empty line is ignored, as Redis does.
+            return Ok(Some(None));
+        }
+        let argc = args.len();
+        Ok(Some(Some(Request::from_encoded(
+            inline::encode_array(&args),
+            argc,
+        ))))
+    }
+}
+
+impl Decoder for RequestDecoder {
+    type Item = Request;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            if self.partial.is_none() {
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
+                if first != b'*' {
+                    match self.decode_inline(buf)? {
+                        None => return Ok(None),
+                        Some(None) => continue,
+                        Some(Some(req)) => return Ok(Some(req)),
+                    }
+                }
+                let Some(cr) = find_crlf(buf, 1) else {
+                    if buf.len() > MAX_INLINE_LEN {
+                        return Err(ProtocolError::MultibulkCountTooLong);
+                    }
+                    return Ok(None);
+                };
+                let n = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+                if n > self.limits.max_args as i64 {
+                    return Err(ProtocolError::InvalidMultibulkLength);
+                }
+                if n <= 0 {
+                    // `*0` and `*-1` are empty commands: Redis skips them silently.
+                    buf.advance(cr + 2);
+                    continue;
+                }
+                self.partial = Some(Partial {
+                    argc: n as usize,
+                    seen: 0,
+                    pos: cr + 2,
+                    name: (0, 0),
+                });
+            }
+            let Some(p) = self.partial.as_mut() else {
+                continue;
+            };
+            while p.seen < p.argc {
+                let Some(&marker) = buf.get(p.pos) else {
+                    return Ok(None);
+                };
+                if marker != b'$' {
+                    return Err(ProtocolError::ExpectedBulk(marker as char));
+                }
+                let Some(cr) = find_crlf(buf, p.pos + 1) else {
+                    if buf.len() - p.pos > MAX_INLINE_LEN {
+                        return Err(ProtocolError::BulkCountTooLong);
+                    }
+                    return Ok(None);
+                };
+                let len = parse_int(&buf[p.pos + 1..cr])
+                    .filter(|&l| l >= 0 && l as u64 <= self.limits.max_bulk_len)
+                    .ok_or(ProtocolError::InvalidBulkLength)? as usize;
+                let data = cr + 2;
+                let end = data + len;
+                if buf.len() < end + 2 {
+                    // Make room for the whole argument once instead of growing
+                    // the buffer piece by piece (the length is within limits).
+                    buf.reserve(end + 2 - buf.len());
+                    return Ok(None);
+                }
+                if &buf[end..end + 2] != b"\r\n" {
+                    return Err(ProtocolError::MissingCrlf);
+                }
+                if p.seen == 0 {
+                    p.name = (data, len);
+                }
+                p.seen += 1;
+                p.pos = end + 2;
+            }
+            let done = *p;
+            self.partial = None;
+            let raw = buf.split_to(done.pos).freeze();
+            return Ok(Some(Request {
+                raw,
+                argc: done.argc,
+                name: done.name,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<Vec<Request>, ProtocolError> {
+        let mut dec = RequestDecoder::default();
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = dec.decode(&mut buf)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn decodes_a_pipeline_verbatim() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nget\r\n$1\r\nk\r\n";
+        let reqs = decode_all(input).unwrap();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].name(), b"SET");
+        assert_eq!(reqs[1].name(), b"get");
+        assert_eq!(
+            reqs[0].args().collect::<Vec<_>>(),
+            [&b"SET"[..], b"k", b"v"]
+        );
+        let joined: Vec<u8> = reqs.iter().flat_map(|r| r.raw().to_vec()).collect();
+        assert_eq!(joined, input);
+    }
+
+    #[test]
+    fn inline_commands_become_arrays() {
+        let reqs = decode_all(b"set k \"a b\"\r\n\r\nPING\n").unwrap();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(
+            &reqs[0].raw()[..],
+            b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\na b\r\n"
+        );
+        assert_eq!(reqs[1].name(), b"PING");
+    }
+
+    #[test]
+    fn empty_multibulks_are_skipped() {
+        let reqs = decode_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap();
+        assert_eq!(reqs.len(), 1);
+    }
+
+    #[test]
+    fn partial_input_waits_for_more() {
+        let mut dec = RequestDecoder::default();
+        let full = b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n";
+        let mut buf = BytesMut::new();
+        for (i, b) in full.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            let r = dec.decode(&mut buf).unwrap();
+            assert_eq!(r.is_some(), i == full.len() - 1, "at byte {i}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_before_buffering() {
+        assert_eq!(
+            decode_all(b"*2147483648\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n$536870913\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n$-5\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*x\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n$abc\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n*1\r\n$1\r\na\r\n"),
+            Err(ProtocolError::ExpectedBulk('*'))
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n$1\r\nabc"),
+            Err(ProtocolError::MissingCrlf)
+        );
+        assert_eq!(
+            decode_all(&vec![b'a'; MAX_INLINE_LEN + 10]),
+            Err(ProtocolError::InlineTooLong)
+        );
+        assert_eq!(
+            decode_all(b"set k \"v\r\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_the_first_byte() {
+        let mut input = Vec::new();
+        for _ in 0..10_000 {
+            input.extend_from_slice(b"*1\r\n");
+        }
+        assert_eq!(decode_all(&input), Err(ProtocolError::ExpectedBulk('*')));
+    }
+
+    #[test]
+    fn debug_hides_arguments() {
+        let r = Request::from_args(&["AUTH", "hunter2"]);
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}

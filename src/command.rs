@@ -1,0 +1,338 @@
+//! Command classification: which path a request takes through respool, and
+//! whether it may be sent again after its connection was lost.
+//!
+//! The table covers Redis 7. Anything not listed is an ordinary command: it
+//! goes through a shared lane and is never retried once written, so an unknown
+//! command reaches Redis (whose error text then reaches the client) and an
+//! unknown write is never applied twice.
+
+use crate::codec::Request;
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Multiplexed with other clients' commands over a shared lane.
+    Shared,
+    /// Leaves state on the connection that outlives its reply, so it needs a
+    /// connection of its own; the text says which state.
+    Dedicated(&'static str),
+    /// Answered by respool without going upstream.
+    Local(Local),
+    /// Refused by policy: it would break the pool or other clients.
+    Denied,
+    /// A browser or HTTP client talking to the Redis port (cross-protocol
+    /// scripting): the connection is closed without a reply, as Redis does.
+    Attack,
+}
+
+/// Commands respool answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// `+OK`, then close the connection.
+    Quit,
+    /// `AUTH`: no client passwords are configured, answered as Redis does then.
+    Auth,
+    /// `HELLO`: only RESP2 is offered for now.
+    Hello,
+    /// `+OK` without doing anything (`SELECT` of the db already selected,
+    /// `CLIENT SETINFO` that would otherwise label a shared connection).
+    Ok,
+    /// `RESET`: a client on shared lanes has no connection state to reset.
+    Reset,
+}
+
+/// The result of classifying one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    /// Where it goes.
+    pub route: Route,
+    /// May be sent again after the connection was lost with the request
+    /// already written (read-only or idempotent commands).
+    pub retry_safe: bool,
+}
+
+impl Command {
+    const fn shared(retry_safe: bool) -> Command {
+        Command {
+            route: Route::Shared,
+            retry_safe,
+        }
+    }
+    const fn dedicated(why: &'static str) -> Command {
+        Command {
+            route: Route::Dedicated(why),
+            retry_safe: false,
+        }
+    }
+    const fn local(l: Local) -> Command {
+        Command {
+            route: Route::Local(l),
+            retry_safe: false,
+        }
+    }
+    const DENIED: Command = Command {
+        route: Route::Denied,
+        retry_safe: false,
+    };
+}
+
+/// Longest command name in the table (`GEORADIUSBYMEMBER_RO`).
+const MAX_NAME: usize = 24;
+
+/// Classifies a request. `db` is the database the upstream connections use.
+pub fn classify(req: &Request, db: u32) -> Command {
+    let name = req.name();
+    if name.len() > MAX_NAME {
+        return Command::shared(false);
+    }
+    let mut upper = [0u8; MAX_NAME];
+    let upper = &mut upper[..name.len()];
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+
+    match &*upper {
+        // Answered locally.
+        b"QUIT" => Command::local(Local::Quit),
+        b"AUTH" => Command::local(Local::Auth),
+        b"HELLO" => Command::local(Local::Hello),
+        b"RESET" => Command::local(Local::Reset),
+        b"SELECT" => match req
+            .arg(1)
+            .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u32>().ok())
+        {
+            Some(n) if n == db => Command::local(Local::Ok),
+            // Redis's own error for a bad index comes from upstream on a
+            // dedicated connection later; today refuse clearly.
+            _ => Command::dedicated("SELECT of another database"),
+        },
+        b"CLIENT" => classify_client(req),
+
+        // Connection state that outlives the reply.
+        b"MULTI" | b"EXEC" | b"DISCARD" => Command::dedicated("transaction"),
+        b"WATCH" | b"UNWATCH" => Command::dedicated("WATCH state"),
+        b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
+        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Command::dedicated("blocking command"),
+        b"XREAD" | b"XREADGROUP" if has_arg(req, b"BLOCK") => {
+            Command::dedicated("blocking command")
+        }
+        b"XREAD" => Command::shared(true),
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+        | b"SUNSUBSCRIBE" => Command::dedicated("pub/sub subscription"),
+        b"MONITOR" => Command::dedicated("MONITOR stream"),
+        b"READONLY" | b"READWRITE" | b"ASKING" => Command::dedicated("cluster connection mode"),
+
+        // Would break the pool or every other client.
+        b"SYNC" | b"PSYNC" | b"REPLCONF" | b"SHUTDOWN" => Command::DENIED,
+        b"DEBUG" => match req.arg(1) {
+            Some(sub)
+                if sub.eq_ignore_ascii_case(b"SLEEP") || sub.eq_ignore_ascii_case(b"RELOAD") =>
+            {
+                Command::DENIED
+            }
+            _ => Command::shared(false),
+        },
+
+        // Cross-protocol scripting (an HTTP request on the Redis port).
+        b"POST" | b"HOST:" => Command {
+            route: Route::Attack,
+            retry_safe: false,
+        },
+
+        // Plain SET (no NX/XX/GET) leaves the same state and reply when replayed.
+        b"SET" => {
+            Command::shared(!(has_arg(req, b"NX") || has_arg(req, b"XX") || has_arg(req, b"GET")))
+        }
+        b"MSET" | b"SETEX" | b"PSETEX" | b"HMSET" => Command::shared(true),
+
+        name if is_read_only(name) => Command::shared(true),
+        _ => Command::shared(false),
+    }
+}
+
+fn classify_client(req: &Request) -> Command {
+    let Some(sub) = req.arg(1) else {
+        return Command::shared(false);
+    };
+    let is = |s: &[u8]| sub.eq_ignore_ascii_case(s);
+    if is(b"SETINFO") {
+        Command::local(Local::Ok)
+    } else if is(b"SETNAME") {
+        Command::dedicated("connection name")
+    } else if is(b"TRACKING") || is(b"CACHING") {
+        Command::dedicated("client-side caching")
+    } else if is(b"REPLY") {
+        Command::dedicated("reply mode")
+    } else if is(b"NO-EVICT") || is(b"NO-TOUCH") {
+        Command::dedicated("client flag")
+    } else if is(b"KILL") || is(b"PAUSE") || is(b"UNPAUSE") {
+        Command::DENIED
+    } else {
+        Command::shared(is(b"ID") || is(b"GETNAME") || is(b"LIST") || is(b"INFO"))
+    }
+}
+
+fn has_arg(req: &Request, word: &[u8]) -> bool {
+    req.args().skip(1).any(|a| a.eq_ignore_ascii_case(word))
+}
+
+fn is_read_only(upper: &[u8]) -> bool {
+    matches!(
+        upper,
+        b"GET"
+            | b"MGET"
+            | b"STRLEN"
+            | b"GETRANGE"
+            | b"SUBSTR"
+            | b"EXISTS"
+            | b"TTL"
+            | b"PTTL"
+            | b"EXPIRETIME"
+            | b"PEXPIRETIME"
+            | b"TYPE"
+            | b"KEYS"
+            | b"SCAN"
+            | b"RANDOMKEY"
+            | b"DBSIZE"
+            | b"DUMP"
+            | b"OBJECT"
+            | b"MEMORY"
+            | b"LCS"
+            | b"TOUCH"
+            | b"HGET"
+            | b"HMGET"
+            | b"HGETALL"
+            | b"HKEYS"
+            | b"HVALS"
+            | b"HLEN"
+            | b"HEXISTS"
+            | b"HSTRLEN"
+            | b"HRANDFIELD"
+            | b"HSCAN"
+            | b"LRANGE"
+            | b"LLEN"
+            | b"LINDEX"
+            | b"LPOS"
+            | b"SMEMBERS"
+            | b"SISMEMBER"
+            | b"SMISMEMBER"
+            | b"SCARD"
+            | b"SRANDMEMBER"
+            | b"SINTER"
+            | b"SINTERCARD"
+            | b"SUNION"
+            | b"SDIFF"
+            | b"SSCAN"
+            | b"ZRANGE"
+            | b"ZRANGEBYSCORE"
+            | b"ZRANGEBYLEX"
+            | b"ZREVRANGE"
+            | b"ZREVRANGEBYSCORE"
+            | b"ZREVRANGEBYLEX"
+            | b"ZRANK"
+            | b"ZREVRANK"
+            | b"ZSCORE"
+            | b"ZMSCORE"
+            | b"ZCARD"
+            | b"ZCOUNT"
+            | b"ZLEXCOUNT"
+            | b"ZRANDMEMBER"
+            | b"ZSCAN"
+            | b"ZINTER"
+            | b"ZUNION"
+            | b"ZDIFF"
+            | b"ZINTERCARD"
+            | b"XRANGE"
+            | b"XREVRANGE"
+            | b"XLEN"
+            | b"XINFO"
+            | b"XPENDING"
+            | b"GETBIT"
+            | b"BITCOUNT"
+            | b"BITPOS"
+            | b"BITFIELD_RO"
+            | b"GEOPOS"
+            | b"GEODIST"
+            | b"GEOHASH"
+            | b"GEORADIUS_RO"
+            | b"GEORADIUSBYMEMBER_RO"
+            | b"GEOSEARCH"
+            | b"PFCOUNT"
+            | b"SORT_RO"
+            | b"EVAL_RO"
+            | b"EVALSHA_RO"
+            | b"FCALL_RO"
+            | b"PING"
+            | b"ECHO"
+            | b"TIME"
+            | b"INFO"
+            | b"LASTSAVE"
+            | b"ROLE"
+            | b"COMMAND"
+            | b"LOLWUT"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(args: &[&str]) -> Command {
+        classify(&Request::from_args(args), 0)
+    }
+
+    #[test]
+    fn ordinary_commands_share_lanes() {
+        assert_eq!(class(&["get", "k"]), Command::shared(true));
+        assert_eq!(class(&["INCR", "k"]), Command::shared(false));
+        assert_eq!(class(&["EVAL", "return 1", "0"]), Command::shared(false));
+        assert_eq!(class(&["NOSUCHCOMMAND"]), Command::shared(false));
+        assert_eq!(class(&["ping"]), Command::shared(true));
+    }
+
+    #[test]
+    fn set_is_retry_safe_only_without_conditions() {
+        assert!(class(&["SET", "k", "v"]).retry_safe);
+        assert!(class(&["SET", "k", "v", "EX", "10"]).retry_safe);
+        assert!(!class(&["SET", "k", "v", "nx"]).retry_safe);
+        assert!(!class(&["SET", "k", "v", "GET"]).retry_safe);
+    }
+
+    #[test]
+    fn stateful_commands_need_their_own_connection() {
+        for cmd in [
+            &["MULTI"][..],
+            &["watch", "k"],
+            &["BLPOP", "l", "0"],
+            &["subscribe", "c"],
+            &["MONITOR"],
+            &["SELECT", "3"],
+            &["CLIENT", "SETNAME", "x"],
+        ] {
+            assert!(matches!(class(cmd).route, Route::Dedicated(_)), "{cmd:?}");
+        }
+        assert!(matches!(
+            class(&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]).route,
+            Route::Dedicated(_)
+        ));
+        assert_eq!(class(&["XREAD", "STREAMS", "s", "0"]).route, Route::Shared);
+    }
+
+    #[test]
+    fn local_and_denied() {
+        assert_eq!(class(&["quit"]).route, Route::Local(Local::Quit));
+        assert_eq!(class(&["SELECT", "0"]).route, Route::Local(Local::Ok));
+        assert_eq!(
+            classify(&Request::from_args(&["SELECT", "2"]), 2).route,
+            Route::Local(Local::Ok)
+        );
+        assert_eq!(
+            class(&["CLIENT", "SETINFO", "lib-name", "x"]).route,
+            Route::Local(Local::Ok)
+        );
+        assert_eq!(class(&["client", "kill", "id", "3"]).route, Route::Denied);
+        assert_eq!(class(&["SHUTDOWN"]).route, Route::Denied);
+        assert_eq!(class(&["DEBUG", "sleep", "1"]).route, Route::Denied);
+        assert_eq!(class(&["POST", "/", "HTTP/1.1"]).route, Route::Attack);
+        assert_eq!(class(&["Host:", "x"]).route, Route::Attack);
+    }
+}

@@ -1,0 +1,501 @@
+//! Command-line flags (every one also readable from `RESPOOL_<NAME>`) turned
+//! into one validated [`Config`], the only configuration the rest of the code
+//! sees.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How much a new upstream connection must prove before it joins the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Validate {
+    /// Trust the connection once AUTH/SELECT succeed.
+    Off,
+    /// Also require `PING` → `PONG`.
+    Ping,
+    /// Also write, read back and delete a unique short-lived probe key: proves
+    /// the server accepts writes (not a read-only replica, not out of memory).
+    Write,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The flags, as clap parses them. Turned into [`Config`] by [`Config::from_flags`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "respool",
+    version,
+    about = "A Redis pooling proxy: clients connect to respool, respool carries their commands over a small pool of validated, health-checked upstream connections."
+)]
+pub struct Flags {
+    /// Address to accept client connections on.
+    #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380")]
+    pub listen: SocketAddr,
+
+    /// Upstream Redis: redis://[[user]:password@]host:port[/db].
+    #[arg(
+        long,
+        env = "RESPOOL_UPSTREAM",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub upstream: String,
+
+    /// Upstream password; overrides one in the URL (prefer the env variable: flags show in `ps`).
+    #[arg(long, env = "RESPOOL_UPSTREAM_PASSWORD", hide_env_values = true)]
+    pub upstream_password: Option<String>,
+
+    /// Upstream connections shared by all clients (one multiplexed lane each).
+    #[arg(long, env = "RESPOOL_MAX_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_connections: u32,
+
+    /// Validated spare connections kept ready to replace a broken lane at once.
+    #[arg(long, env = "RESPOOL_MIN_IDLE", default_value_t = 1)]
+    pub min_idle: u32,
+
+    /// Time allowed for a TCP connect to the upstream, and for its validation.
+    #[arg(long, env = "RESPOOL_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Request deadline: a request without a reply after this long fails and its connection is closed.
+    #[arg(long, env = "RESPOOL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// How long a request may wait for an upstream connection before it fails.
+    #[arg(long, env = "RESPOOL_CHECKOUT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub checkout_timeout: Duration,
+
+    /// Retries of a request answered with -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN or lost with its connection (read-only and idempotent commands only).
+    #[arg(long, env = "RESPOOL_RETRIES", default_value_t = 5)]
+    pub retries: u32,
+
+    /// First backoff delay between retries and reconnects; doubles each time.
+    #[arg(long, env = "RESPOOL_BACKOFF_BASE", default_value = "50ms", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+
+    /// Longest backoff delay.
+    #[arg(long, env = "RESPOOL_BACKOFF_CAP", default_value = "2s", value_parser = parse_duration)]
+    pub backoff_cap: Duration,
+
+    /// An upstream connection idle this long is PINGed before it is trusted again (0s = never).
+    #[arg(long, env = "RESPOOL_HEALTH_CHECK_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// TCP keepalive idle time on upstream and client sockets (0s = off).
+    #[arg(long, env = "RESPOOL_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+
+    /// Read buffer size per connection (e.g. 64KiB).
+    #[arg(long, env = "RESPOOL_READ_BUFFER_SIZE", default_value = "64KiB", value_parser = parse_bytes)]
+    pub read_buffer_size: u64,
+
+    /// Largest bulk string a client may send (Redis's proto-max-bulk-len).
+    #[arg(long, env = "RESPOOL_MAX_BULK_LENGTH", default_value = "512MiB", value_parser = parse_bytes)]
+    pub max_bulk_length: u64,
+
+    /// Requests one client may have in flight before respool stops reading from it.
+    #[arg(long, env = "RESPOOL_MAX_PENDING_PER_CLIENT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_client: u32,
+
+    /// What a new upstream connection must pass before it is pooled.
+    #[arg(long, env = "RESPOOL_VALIDATE", value_enum, default_value = "write")]
+    pub validate: Validate,
+
+    /// Key prefix of the validation probe keys.
+    #[arg(long, env = "RESPOOL_PROBE_PREFIX", default_value = "respool:probe")]
+    pub probe_prefix: String,
+
+    /// Expiry of a probe key, so that none outlives a crash mid-validation.
+    #[arg(long, env = "RESPOOL_PROBE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub probe_ttl: Duration,
+
+    /// Most client connections at once; more are answered with an error and closed.
+    #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: u32,
+
+    /// Worker threads (0 = one per CPU core; 1 = a single-threaded runtime).
+    #[arg(long, env = "RESPOOL_THREADS", default_value_t = 0)]
+    pub threads: u32,
+
+    /// Exit with an error instead of serving when the upstream is unavailable at start.
+    #[arg(long, env = "RESPOOL_REQUIRE_UPSTREAM")]
+    pub require_upstream: bool,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "RESPOOL_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "RESPOOL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "RESPOOL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: &str) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the upstream is and how to log in to it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `host:port`, as connected to and shown in messages.
+    pub addr: Arc<str>,
+    /// ACL user name, if any.
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<Secret>,
+    /// Database index selected on every connection.
+    pub db: u32,
+}
+
+impl Upstream {
+    /// Parses `redis://[[user]:password@]host:port[/db]`.
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| "must start with redis://".to_string())?;
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, d)) => (
+                h,
+                d.parse::<u32>()
+                    .map_err(|_| format!("database '{d}' is not a number"))?,
+            ),
+            None => (rest, 0),
+        };
+        if hostport.is_empty() {
+            return Err("missing host".into());
+        }
+        // A bare host (or bracketed IPv6 address) gets Redis's default port.
+        let has_port = hostport.rsplit_once(':').is_some_and(|(host, port)| {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        });
+        let addr = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:6379")
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (user, pass) = match info.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (info, None),
+                };
+                let user = (!user.is_empty()).then(|| percent_decode(user));
+                let pass = pass
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Secret::new(&percent_decode(p)));
+                match pass {
+                    // `redis://name@host` conventionally means the name is the password.
+                    None => (None, user.map(|u| Secret::new(&u))),
+                    Some(p) => (user, Some(p)),
+                }
+            }
+        };
+        Ok(Upstream {
+            addr: addr.into(),
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listen address.
+    pub listen: SocketAddr,
+    /// The upstream Redis.
+    pub upstream: Upstream,
+    /// Shared lanes (upstream connections multiplexed across clients).
+    pub max_connections: u32,
+    /// Spare validated connections.
+    pub min_idle: u32,
+    /// TCP connect + validation time limit.
+    pub connect_timeout: Duration,
+    /// Request deadline.
+    pub timeout: Duration,
+    /// Longest wait for an upstream connection.
+    pub checkout_timeout: Duration,
+    /// Retry attempts per request.
+    pub retries: u32,
+    /// Backoff base delay.
+    pub backoff_base: Duration,
+    /// Backoff cap.
+    pub backoff_cap: Duration,
+    /// Idle time after which a connection is PINGed.
+    pub health_check_interval: Option<Duration>,
+    /// TCP keepalive idle time.
+    pub keepalive: Option<Duration>,
+    /// Read buffer size per connection.
+    pub read_buffer_size: usize,
+    /// Largest client bulk string.
+    pub max_bulk_length: u64,
+    /// Per-client in-flight request limit.
+    pub max_pending_per_client: usize,
+    /// Validation level.
+    pub validate: Validate,
+    /// Probe key prefix.
+    pub probe_prefix: String,
+    /// Probe key TTL.
+    pub probe_ttl: Duration,
+    /// Client connection limit.
+    pub max_clients: usize,
+    /// Worker threads (0 = per core).
+    pub threads: usize,
+    /// Exit when the upstream is unavailable at start.
+    pub require_upstream: bool,
+    /// Drain deadline at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses command-line style arguments (the first is the program name).
+    pub fn parse_from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let flags = Flags::try_parse_from(args)?;
+        Config::from_flags(flags)
+    }
+
+    /// Validates parsed flags; an invalid combination is a clap error (exit code 2).
+    pub fn from_flags(flags: Flags) -> Result<Config, clap::Error> {
+        let invalid = |msg: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n"))
+        };
+        let mut upstream = Upstream::parse(&flags.upstream)
+            .map_err(|e| invalid(format!("invalid value for '--upstream': {e}")))?;
+        if let Some(p) = &flags.upstream_password {
+            upstream.password = Some(Secret::new(p));
+        }
+        if flags.backoff_base > flags.backoff_cap {
+            return Err(invalid(
+                "'--backoff-base' must not exceed '--backoff-cap'".into(),
+            ));
+        }
+        if flags.timeout.is_zero()
+            || flags.connect_timeout.is_zero()
+            || flags.checkout_timeout.is_zero()
+        {
+            return Err(invalid("timeouts must be greater than zero".into()));
+        }
+        if flags.read_buffer_size < 512 || flags.read_buffer_size > 64 << 20 {
+            return Err(invalid(
+                "'--read-buffer-size' must be between 512B and 64MiB".into(),
+            ));
+        }
+        if flags.probe_prefix.is_empty()
+            || flags.probe_prefix.bytes().any(|b| b.is_ascii_whitespace())
+        {
+            return Err(invalid(
+                "'--probe-prefix' must be non-empty and contain no spaces".into(),
+            ));
+        }
+        Ok(Config {
+            listen: flags.listen,
+            upstream,
+            max_connections: flags.max_connections,
+            min_idle: flags.min_idle,
+            connect_timeout: flags.connect_timeout,
+            timeout: flags.timeout,
+            checkout_timeout: flags.checkout_timeout,
+            retries: flags.retries,
+            backoff_base: flags.backoff_base,
+            backoff_cap: flags.backoff_cap,
+            health_check_interval: (!flags.health_check_interval.is_zero())
+                .then_some(flags.health_check_interval),
+            keepalive: (!flags.keepalive.is_zero()).then_some(flags.keepalive),
+            read_buffer_size: flags.read_buffer_size as usize,
+            max_bulk_length: flags.max_bulk_length,
+            max_pending_per_client: flags.max_pending_per_client as usize,
+            validate: flags.validate,
+            probe_prefix: flags.probe_prefix,
+            probe_ttl: flags.probe_ttl.max(Duration::from_secs(1)),
+            max_clients: flags.max_clients as usize,
+            threads: flags.threads as usize,
+            require_upstream: flags.require_upstream,
+            shutdown_timeout: flags.shutdown_timeout,
+            log_format: flags.log_format,
+            log_level: flags.log_level,
+        })
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m`, `100us`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{s}' needs a unit: ms, s, m or h (e.g. 250ms, 2s)"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 2s)"))?;
+    let scale = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `65536`, `64KiB`, `64k`, `512MiB`, `1GB` (K/M/G are powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 65536, 64KiB, 512MiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_operator_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_binary_units() {
+        assert_eq!(parse_bytes("64KiB").unwrap(), 65536);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u = Upstream::parse("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(&*u.addr, "127.0.0.1:6379");
+        assert_eq!(u.db, 0);
+        assert!(u.password.is_none());
+
+        let u = Upstream::parse("redis://alice:s%40cret@localhost:7000/3").unwrap();
+        assert_eq!(&*u.addr, "localhost:7000");
+        assert_eq!(u.username.as_deref(), Some("alice"));
+        assert_eq!(u.password.as_ref().unwrap().expose(), "s@cret");
+        assert_eq!(u.db, 3);
+
+        let u = Upstream::parse("redis://:pw@host").unwrap();
+        assert_eq!(&*u.addr, "host:6379");
+        assert!(u.username.is_none());
+        assert_eq!(u.password.unwrap().expose(), "pw");
+
+        assert!(Upstream::parse("http://x").is_err());
+        assert!(Upstream::parse("redis://h:1/x").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let u = Upstream::parse("redis://alice:hunter2@localhost:7000").unwrap();
+        let shown = format!("{u:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn defaults_are_the_quick_start() {
+        let c = Config::parse_from_args(["respool"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!(&*c.upstream.addr, "127.0.0.1:6379");
+        assert_eq!(c.validate, Validate::Write);
+    }
+
+    #[test]
+    fn invalid_values_are_clap_errors() {
+        let e = Config::parse_from_args(["respool", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Config::parse_from_args(["respool", "--backoff-base", "5s", "--backoff-cap", "1s"])
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,135 @@
+//! One error type for everything a client can be told about.
+//!
+//! Every variant knows where the failure came from and renders itself as the
+//! Redis-style error line the client receives, saying what happened and, where
+//! it helps, what to do.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A failure that ends one client request (or one client connection).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// No upstream connection could be had before the request's checkout
+    /// deadline; nothing was sent.
+    #[error("upstream {addr} unavailable: {cause} (retried {attempts} times over {})", Secs(*elapsed))]
+    Unavailable {
+        /// The upstream address (never with credentials).
+        addr: Arc<str>,
+        /// Why the last connection attempt failed.
+        cause: Arc<str>,
+        /// Connection attempts made during this outage.
+        attempts: u32,
+        /// How long the upstream has been unavailable.
+        elapsed: Duration,
+    },
+    /// The connection broke after the request was written; the command is not
+    /// safe to run again, so its outcome is unknown.
+    #[error("upstream connection lost; the command may or may not have executed")]
+    LostAfterWrite,
+    /// No reply arrived within the request deadline; the connection was closed.
+    #[error("upstream {addr} timed out after {}; the command may or may not have executed", Secs(*after))]
+    Timeout {
+        /// The upstream address.
+        addr: Arc<str>,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The request waited for an upstream connection (or for the upstream to
+    /// finish loading) past its deadline and was never sent.
+    #[error("upstream {addr} did not take the request within {}; it was not executed", Secs(*after))]
+    NotSent {
+        /// The upstream address.
+        addr: Arc<str>,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The upstream sent bytes that are not RESP; its connection was closed.
+    #[error("upstream {addr} sent an invalid reply ({detail}); the command may or may not have executed")]
+    UpstreamProtocol {
+        /// The upstream address.
+        addr: Arc<str>,
+        /// What was wrong with the reply.
+        detail: Arc<str>,
+    },
+    /// The client sent something that is not a valid request.
+    #[error("Protocol error: {0}")]
+    ClientProtocol(#[from] crate::codec::ProtocolError),
+    /// A command that needs a connection of its own, which respool cannot give yet.
+    #[error("respool does not support '{command}' yet: it needs a dedicated upstream connection ({why})")]
+    NeedsDedicatedConnection {
+        /// The command name as the client sent it, upper-cased.
+        command: Arc<str>,
+        /// What state the command would leave behind.
+        why: &'static str,
+    },
+    /// The command is disabled by proxy policy.
+    #[error("command '{0}' is disabled on this proxy")]
+    Denied(Arc<str>),
+    /// The proxy is shutting down and no longer takes requests.
+    #[error("respool is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// The reply line a client receives, `-ERR …\r\n`.
+    pub fn to_resp(&self) -> Bytes {
+        error_line("ERR", &self.to_string())
+    }
+}
+
+/// Renders `-CODE message\r\n`, with CR/LF in the message replaced so that the
+/// line can never be mistaken for more than one frame.
+pub fn error_line(code: &str, message: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(code.len() + message.len() + 4);
+    out.put_u8(b'-');
+    out.put_slice(code.as_bytes());
+    out.put_u8(b' ');
+    for b in message.bytes() {
+        out.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// Formats a duration the way operators read it: `250ms`, `3.1s`.
+pub struct Secs(pub Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d < Duration::from_secs(1) {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{:.1}s", d.as_secs_f64())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_reads_like_an_operator_message() {
+        let e = Error::Unavailable {
+            addr: "127.0.0.1:6379".into(),
+            cause: "connection refused".into(),
+            attempts: 5,
+            elapsed: Duration::from_millis(3100),
+        };
+        assert_eq!(
+            &e.to_resp()[..],
+            b"-ERR upstream 127.0.0.1:6379 unavailable: connection refused (retried 5 times over 3.1s)\r\n"
+        );
+    }
+
+    #[test]
+    fn error_lines_never_contain_line_breaks() {
+        let line = error_line("ERR", "a\r\nb");
+        assert_eq!(&line[..], b"-ERR a  b\r\n");
+    }
+}

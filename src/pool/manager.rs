@@ -1,0 +1,95 @@
+//! The bb8 connection manager: how upstream connections are created (connect
+//! and validation gate), checked before reuse, and recognised as broken.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::codec::Request;
+use crate::upstream::{ConnectError, UpstreamConn, UpstreamSettings};
+
+/// Creates validated upstream connections for bb8.
+#[derive(Debug, Clone)]
+pub struct UpstreamManager {
+    settings: Arc<UpstreamSettings>,
+    /// The latest connect failure, published so that waiters learn *why* no
+    /// connection is coming instead of only that their wait timed out (bb8
+    /// hands connect errors to its error sink, not to the waiting `get`).
+    failures: Arc<watch::Sender<Option<ConnectError>>>,
+}
+
+impl UpstreamManager {
+    /// A manager for the given upstream.
+    pub fn new(settings: Arc<UpstreamSettings>) -> Self {
+        UpstreamManager {
+            settings,
+            failures: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Subscribes to connect failures.
+    pub fn failures(&self) -> watch::Receiver<Option<ConnectError>> {
+        self.failures.subscribe()
+    }
+
+    /// The settings connections are made with.
+    pub fn settings(&self) -> &Arc<UpstreamSettings> {
+        &self.settings
+    }
+}
+
+impl bb8::ManageConnection for UpstreamManager {
+    type Connection = UpstreamConn;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<UpstreamConn, ConnectError> {
+        let started = Instant::now();
+        match UpstreamConn::open(&self.settings).await {
+            Ok(conn) => {
+                tracing::debug!(upstream = %self.settings.addr, took_ms = started.elapsed().as_millis() as u64, "upstream connection validated");
+                Ok(conn)
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %self.settings.addr, error = %e, "upstream connection attempt failed");
+                self.failures.send_replace(Some(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// PINGs a connection that sat idle longer than the health-check interval
+    /// (as redis-py does); a recently used one is trusted without a round trip.
+    async fn is_valid(&self, conn: &mut UpstreamConn) -> Result<(), ConnectError> {
+        let Some(interval) = self.settings.health_check_interval else {
+            return Ok(());
+        };
+        if conn.last_used.elapsed() < interval {
+            return Ok(());
+        }
+        let replies = conn
+            .exchange(
+                &[Request::from_args(&["PING"])],
+                "health check PING",
+                self.settings.timeout,
+            )
+            .await?;
+        if replies.first().is_some_and(|r| &r[..] == b"+PONG\r\n") {
+            Ok(())
+        } else {
+            conn.broken = true;
+            let reply = replies
+                .first()
+                .map(|r| String::from_utf8_lossy(r).trim_end().to_string())
+                .unwrap_or_default();
+            Err(ConnectError::Unexpected {
+                step: "health check PING",
+                reply: reply.into(),
+            })
+        }
+    }
+
+    fn has_broken(&self, conn: &mut UpstreamConn) -> bool {
+        conn.broken
+    }
+}

@@ -1,0 +1,128 @@
+//! Upstream connections: created and validated through bb8
+//! ([`manager`], [`validate`]) and carried by shared, multiplexed [`lane`]s.
+
+pub mod lane;
+pub mod manager;
+pub mod validate;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::retry::BackoffPolicy;
+use crate::upstream::{ConnectError, UpstreamConn, UpstreamSettings};
+use lane::{Lane, LaneRequest, LaneSettings};
+use manager::UpstreamManager;
+
+/// A handle a client uses to send requests into its lane.
+pub type LaneHandle = mpsc::UnboundedSender<LaneRequest>;
+
+/// The shared lanes and the bb8 pool behind them.
+pub struct SharedLanes {
+    lanes: Vec<LaneHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
+    pool: bb8::Pool<UpstreamManager>,
+}
+
+impl SharedLanes {
+    /// Builds the pool (connections are made in the background, so the proxy
+    /// starts even when the upstream is down) and spawns one task per lane.
+    pub fn start(config: &Config) -> SharedLanes {
+        let settings = Arc::new(UpstreamSettings::from_config(config));
+        let manager = UpstreamManager::new(settings.clone());
+        let failures = manager.failures();
+        let pool = bb8::Pool::builder()
+            .max_size(config.max_connections + config.min_idle)
+            .min_idle((config.min_idle > 0).then_some(config.min_idle))
+            // Lanes hold their connections for as long as they are healthy;
+            // the idle health check (a PING when idle too long) happens on
+            // check-out, as redis-py does it, and is free otherwise.
+            .test_on_check_out(true)
+            .connection_timeout(config.checkout_timeout)
+            // Lanes retry with their own backoff and report the precise error.
+            .retry_connection(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .build_unchecked(manager);
+        let lane_settings = Arc::new(LaneSettings {
+            addr: settings.addr.clone(),
+            timeout: config.timeout,
+            checkout_timeout: config.checkout_timeout,
+            retries: config.retries,
+            backoff: BackoffPolicy {
+                base: config.backoff_base,
+                cap: config.backoff_cap,
+            },
+            health_check_interval: config.health_check_interval,
+            read_buffer_size: config.read_buffer_size,
+        });
+        let mut lanes = Vec::new();
+        let mut tasks = Vec::new();
+        for id in 0..config.max_connections as usize {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let lane = Lane::new(
+                id,
+                rx,
+                pool.clone(),
+                failures.clone(),
+                lane_settings.clone(),
+            );
+            tasks.push(tokio::spawn(lane.run()));
+            lanes.push(tx);
+        }
+        SharedLanes {
+            lanes,
+            tasks,
+            next: AtomicUsize::new(0),
+            pool,
+        }
+    }
+
+    /// The lane for a new client (round robin).
+    pub fn pick(&self) -> LaneHandle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[i].clone()
+    }
+
+    /// Pool statistics, for logs and tests.
+    pub fn pool_state(&self) -> bb8::State {
+        self.pool.state()
+    }
+
+    /// Closes the lanes: each finishes what is pending (clients must already
+    /// have dropped their handles), then the connections are closed.
+    pub async fn close(self, deadline: Duration) {
+        drop(self.lanes);
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("lanes did not finish within the shutdown deadline");
+        }
+    }
+}
+
+/// Opens one validated connection with retries, for `--require-upstream`.
+pub async fn probe_upstream(config: &Config) -> Result<(), ConnectError> {
+    let settings = UpstreamSettings::from_config(config);
+    let mut backoff = BackoffPolicy {
+        base: config.backoff_base,
+        cap: config.backoff_cap,
+    }
+    .delays();
+    let mut attempt = 0;
+    loop {
+        match UpstreamConn::open(&settings).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt >= config.retries => return Err(e),
+            Err(e) => {
+                tracing::warn!(upstream = %settings.addr, error = %e, attempt, "upstream not ready yet");
+                attempt += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}

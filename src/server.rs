@@ -1,0 +1,178 @@
+//! The listener: accepts clients up to `--max-clients`, gives each a task and
+//! a lane, and shuts down gracefully (stop accepting, let in-flight replies
+//! drain up to a deadline, then close upstream connections).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::pool::{probe_upstream, SharedLanes};
+use crate::upstream::{configure_socket, ConnectError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `--require-upstream` was given and the upstream did not validate.
+    #[error("upstream {addr} unavailable at start: {source}")]
+    UpstreamUnavailable {
+        /// The upstream address.
+        addr: String,
+        /// The last connect or validation error.
+        source: ConnectError,
+    },
+}
+
+/// A running proxy.
+pub struct Proxy {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds the listener, starts the lanes and begins accepting clients.
+    /// The upstream may be down: lanes keep reconnecting in the background,
+    /// unless `--require-upstream` asks for a validated connection first.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        if config.require_upstream {
+            probe_upstream(&config)
+                .await
+                .map_err(|source| StartError::UpstreamUnavailable {
+                    addr: config.upstream.addr.to_string(),
+                    source,
+                })?;
+        }
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let lanes = SharedLanes::start(&config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(config),
+            lanes,
+            shutdown.clone(),
+        ));
+        tracing::info!(listen = %local_addr, "respool accepting clients");
+        Ok(Proxy {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The address clients connect to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A token that, when cancelled, shuts the proxy down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down gracefully and waits until it is done.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the proxy has shut down (after the token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<Config>,
+    lanes: SharedLanes,
+    shutdown: CancellationToken,
+) {
+    let clients = TaskTracker::new();
+    let abort = CancellationToken::new();
+    let connected = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        configure_socket(&stream, config.keepalive);
+        if connected.load(Ordering::Relaxed) >= config.max_clients {
+            tracing::debug!(%peer, "refusing client: --max-clients reached");
+            clients.spawn(refuse(stream));
+            continue;
+        }
+        connected.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnectedGuard(connected.clone());
+        let lane = lanes.pick();
+        let (config, shutdown, abort) = (config.clone(), shutdown.clone(), abort.clone());
+        clients.spawn(async move {
+            let _guard = guard;
+            crate::client::serve(stream, config, lane, shutdown, abort).await;
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        clients = connected.load(Ordering::Relaxed),
+        "shutting down: no new clients; draining in-flight requests"
+    );
+    clients.close();
+    if tokio::time::timeout(config.shutdown_timeout, clients.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed; closing remaining clients");
+        abort.cancel();
+        clients.wait().await;
+    }
+    lanes.close(config.shutdown_timeout).await;
+    tracing::info!("respool stopped");
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// Decrements the client count when a client task ends, however it ends.
+struct ConnectedGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
