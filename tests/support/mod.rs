@@ -7,6 +7,7 @@
 pub mod client;
 pub mod redis;
 pub mod relay;
+pub mod wait;
 
 // Re-exported for convenience; each test binary uses only some of them.
 #[allow(unused_imports)]
