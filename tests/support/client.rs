@@ -220,7 +220,8 @@ impl std::error::Error for ReadError {}
 
 /// Encodes a command as a RESP array of bulk strings.
 pub fn encode_command<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
         let arg = arg.as_ref();
@@ -277,10 +278,7 @@ impl<'a> Parser<'a> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| {
-                Incomplete::Invalid(format!(
-                    "bad number {:?}",
-                    String::from_utf8_lossy(line)
-                ))
+                Incomplete::Invalid(format!("bad number {:?}", String::from_utf8_lossy(line)))
             })
     }
 

@@ -114,7 +114,11 @@ impl RedisServerBuilder {
                     .unwrap_or_else(|e| panic!("bad --port override {p:?}: {e}"))
             });
 
-        let attempts = if fixed_port.is_some() { 1 } else { PORT_ATTEMPTS };
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS
+        };
         let mut last_failure = String::new();
         for _ in 0..attempts {
             let port = fixed_port.unwrap_or_else(free_port);
@@ -394,8 +398,12 @@ impl RedisServer {
     /// `restart()` loads the same RDB at full speed.
     pub fn reload_slowly(&self, keys: u64, key_load_delay_micros: i64) {
         self.wait_ready();
-        self.command(&[b"DEBUG".as_slice(), b"POPULATE", keys.to_string().as_bytes()])
-            .expect_ok();
+        self.command(&[
+            b"DEBUG".as_slice(),
+            b"POPULATE",
+            keys.to_string().as_bytes(),
+        ])
+        .expect_ok();
         self.command(&[b"SAVE"]).expect_ok();
         self.stop();
         // `key-load-delay` is a hidden (DEBUG_CONFIG) option that the command
@@ -453,10 +461,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             let reply = client.cmd(&["AUTH", password.as_str()]).await;
             if reply != Reply::Simple("OK".into()) {
-                panic!(
-                    "AUTH on redis-server port {} failed: {reply}",
-                    self.port
-                );
+                panic!("AUTH on redis-server port {} failed: {reply}", self.port);
             }
         }
         client
@@ -464,7 +469,9 @@ impl RedisServer {
 
     fn child(&self) -> MutexGuard<'_, Option<Child>> {
         // A panic elsewhere must not stop Drop from killing the process.
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Spawns the process with the stored arguments plus `extra`.
