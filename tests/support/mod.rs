@@ -1,0 +1,36 @@
+//! Test support shared by the integration tests: real `redis-server`
+//! processes, a raw RESP client and a fault-injecting TCP relay.
+//!
+//! Each test binary pulls this in with `mod support;` and uses a subset of it:
+//!
+//! ```ignore
+//! mod support;
+//! use support::{FaultRelay, RedisServer, RelayMode, TestClient};
+//!
+//! #[tokio::test]
+//! async fn survives_an_upstream_reset() {
+//!     let redis = RedisServer::start();              // free port, own temp dir
+//!     let relay = FaultRelay::start(redis.addr());   // point the proxy here
+//!     // ... start the proxy against relay.addr(), connect a TestClient ...
+//!     relay.set_mode(RelayMode::ResetNow);
+//!     // ... assert the client gets an error reply, then recovery ...
+//! }                                                   // relay stopped, redis killed
+//! ```
+//!
+//! Never sleep to synchronise: wait for the condition (`wait::until`,
+//! `RedisServer::wait_ready`/`wait_loading`/`wait_loaded`, `read_reply` with a
+//! deadline).
+#![allow(dead_code)]
+
+pub mod client;
+pub mod redis;
+pub mod relay;
+pub mod wait;
+
+// Re-exported for convenience; each test binary uses only some of them.
+#[allow(unused_imports)]
+pub use client::{ReadError, Reply, TestClient};
+#[allow(unused_imports)]
+pub use redis::RedisServer;
+#[allow(unused_imports)]
+pub use relay::{FaultRelay, RelayMode};

@@ -1,0 +1,627 @@
+//! `RedisServer`: a real `redis-server` child process owned by one test.
+//!
+//! Every server listens on a free loopback port with its own temporary
+//! directory, and is killed (and reaped) when dropped, also when the test
+//! panics. Nothing here ever talks to a Redis the harness did not start.
+//!
+//! All methods are blocking and take `&self`, so a server can be shared
+//! (e.g. in an `Arc`) and killed from anywhere in a test. Starting and
+//! waiting block the calling thread: from a current-thread `#[tokio::test]`
+//! that also pauses anything else on that runtime (such as a proxy under
+//! test) for the duration of the call.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::client::{encode_command, parse_reply, Reply, TestClient};
+
+/// How long a starting server may take to answer PING.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a slow dataset load may take before `wait_loaded` gives up.
+pub const LOADED_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a server may take to exit after SIGTERM before it is SIGKILLed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between two readiness probes. Polling granularity, not a sync point.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Read timeout of one blocking probe; generous for SAVE / DEBUG POPULATE.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shared Redis on this machine: never ours, never touched.
+const FORBIDDEN_PORT: u16 = 6379;
+/// Attempts at finding a free port when another process grabs ours first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Finds `redis-server`: `$REDIS_SERVER_BIN`, else the first one on `PATH`.
+pub fn redis_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("REDIS_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("redis-server"))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "redis-server not found on PATH (set REDIS_SERVER_BIN or run: apt-get install -y redis-server)"
+            )
+        })
+}
+
+/// Options for a server, set before it starts.
+#[derive(Clone, Debug, Default)]
+pub struct RedisServerBuilder {
+    password: Option<String>,
+    /// Config overrides as `(name without --, values)`, in order.
+    overrides: Vec<(String, Vec<String>)>,
+    /// `(keys, key_load_delay_micros)` for `loading_dataset`.
+    loading: Option<(u64, i64)>,
+}
+
+impl RedisServerBuilder {
+    /// Requires `password` (`requirepass`); `url()` and `direct()` use it.
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_string());
+        self
+    }
+
+    /// Sets one config option, replacing a default of the same name:
+    /// `.arg("--maxmemory", "10mb")` (the leading `--` is optional).
+    pub fn arg(self, name: &str, value: &str) -> Self {
+        self.arg_values(name, &[value])
+    }
+
+    /// Sets a config option that takes several arguments, e.g.
+    /// `.arg_values("replicaof", &["127.0.0.1", "7000"])`.
+    pub fn arg_values(mut self, name: &str, values: &[&str]) -> Self {
+        let name = name.trim_start_matches("--").to_string();
+        let values = values.iter().map(|v| v.to_string()).collect();
+        match self.overrides.iter_mut().find(|(n, _)| *n == name) {
+            Some(existing) => existing.1 = values,
+            None => self.overrides.push((name, values)),
+        }
+        self
+    }
+
+    /// After starting, fills the server with `keys` keys, saves them to an RDB
+    /// and restarts it loading that RDB slowly (see
+    /// `RedisServer::reload_slowly`). `start()` then returns while the server
+    /// is still answering `-LOADING`.
+    pub fn loading_dataset(mut self, keys: u64, key_load_delay_micros: i64) -> Self {
+        self.loading = Some((keys, key_load_delay_micros));
+        self
+    }
+
+    /// Starts the server and waits until it answers PING (or, with
+    /// `loading_dataset`, until it answers at all).
+    pub fn start(self) -> RedisServer {
+        let bin = redis_server_bin();
+        let fixed_port = self
+            .overrides
+            .iter()
+            .find(|(name, _)| name == "port")
+            .and_then(|(_, values)| values.first())
+            .map(|p| {
+                p.parse::<u16>()
+                    .unwrap_or_else(|e| panic!("bad --port override {p:?}: {e}"))
+            });
+
+        let attempts = if fixed_port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS
+        };
+        let mut last_failure = String::new();
+        for _ in 0..attempts {
+            let port = fixed_port.unwrap_or_else(free_port);
+            let dir = tempfile::Builder::new()
+                .prefix("respool-redis-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("creating a temp dir for redis-server: {e}"));
+            let server = RedisServer {
+                child: Mutex::new(None),
+                port,
+                args: self.config_args(port, dir.path()),
+                password: self.password.clone(),
+                bin: bin.clone(),
+                log_path: dir.path().join("redis.log"),
+                stderr_path: dir.path().join("stderr.log"),
+                dir,
+            };
+            server.spawn(&[]);
+            match server.poll_ready(Ready::Pong, READY_TIMEOUT) {
+                Ok(()) => {
+                    if let Some((keys, delay)) = self.loading {
+                        server.reload_slowly(keys, delay);
+                    }
+                    return server;
+                }
+                // Someone took the port between `free_port` and redis's own
+                // bind: drop (kill, reap) this one and try a fresh port.
+                Err(failure) if failure.port_in_use => last_failure = failure.message,
+                Err(failure) => panic!("{}", failure.message),
+            }
+        }
+        panic!("redis-server could not get a free port in {attempts} attempts: {last_failure}");
+    }
+
+    /// The full command line: defaults first, overrides replacing them.
+    fn config_args(&self, port: u16, dir: &Path) -> Vec<String> {
+        let mut config: Vec<(String, Vec<String>)> = vec![
+            ("port".into(), vec![port.to_string()]),
+            ("bind".into(), vec!["127.0.0.1".into()]),
+            ("save".into(), vec![String::new()]),
+            ("appendonly".into(), vec!["no".into()]),
+            ("daemonize".into(), vec!["no".into()]),
+            ("dir".into(), vec![dir.display().to_string()]),
+            (
+                "logfile".into(),
+                vec![dir.join("redis.log").display().to_string()],
+            ),
+            // DEBUG POPULATE/SLEEP/RELOAD are handy for fault tests.
+            ("enable-debug-command".into(), vec!["local".into()]),
+        ];
+        if let Some(password) = &self.password {
+            config.push(("requirepass".into(), vec![password.clone()]));
+        }
+        for (name, values) in &self.overrides {
+            match config.iter_mut().find(|(n, _)| n == name) {
+                Some(existing) => existing.1 = values.clone(),
+                None => config.push((name.clone(), values.clone())),
+            }
+        }
+        let mut args = Vec::new();
+        for (name, values) in config {
+            if name == "port" && values.first().map(String::as_str) == Some("6379") {
+                panic!("refusing to start a test redis-server on port {FORBIDDEN_PORT}: it belongs to the shared Redis");
+            }
+            args.push(format!("--{name}"));
+            args.extend(values);
+        }
+        args
+    }
+}
+
+/// What `poll_ready` waits for.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Ready {
+    /// PING answered with PONG.
+    Pong,
+    /// PING answered at all (PONG or `-LOADING`).
+    Answering,
+    /// PING answered with `-LOADING`.
+    Loading,
+}
+
+/// Why a server did not become ready.
+struct StartFailure {
+    port_in_use: bool,
+    message: String,
+}
+
+/// A `redis-server` child process on a loopback port.
+pub struct RedisServer {
+    /// `None` once killed or stopped; a `Mutex` so that every method can
+    /// take `&self`.
+    child: Mutex<Option<Child>>,
+    port: u16,
+    /// The command line, kept to restart the server identically.
+    args: Vec<String>,
+    password: Option<String>,
+    bin: PathBuf,
+    log_path: PathBuf,
+    stderr_path: PathBuf,
+    /// The data dir, kept across restarts; removed after the process is
+    /// gone (fields drop after `Drop::drop` has killed it).
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server with the default options.
+    pub fn start() -> RedisServer {
+        RedisServer::builder().start()
+    }
+
+    /// Options for a server; finish with `.start()`.
+    pub fn builder() -> RedisServerBuilder {
+        RedisServerBuilder::default()
+    }
+
+    /// Starts a read-only replica of `master` (authenticating to it if it has
+    /// a password) and returns once it answers PING; it may still be syncing
+    /// (see `wait_replica_synced`).
+    pub fn replica_of(master: &RedisServer) -> RedisServer {
+        let master_port = master.port.to_string();
+        let mut builder = RedisServer::builder()
+            .arg_values("replicaof", &["127.0.0.1", &master_port])
+            .arg("replica-read-only", "yes");
+        if let Some(password) = &master.password {
+            builder = builder.arg("masterauth", password);
+        }
+        builder.start()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `redis://127.0.0.1:P`, or `redis://:pw@127.0.0.1:P` with a password.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The process id, while the process runs (or has exited unreaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child().as_ref().map(Child::id)
+    }
+
+    /// The data directory (kept across restarts).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last `lines` lines of the server's log and stderr.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for path in [&self.log_path, &self.stderr_path] {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&self) -> bool {
+        let mut child = self.child();
+        match child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) => {
+                *child = None;
+                false
+            }
+            Some(Err(e)) => panic!("checking redis-server on port {}: {e}", self.port),
+            None => false,
+        }
+    }
+
+    /// SIGKILL and reap. A no-op when it is not running.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child().take() {
+            // Fails only if it already exited; `wait` reaps it either way.
+            let _ = child.kill();
+            child.wait().unwrap_or_else(|e| {
+                panic!("waiting for killed redis-server on port {}: {e}", self.port)
+            });
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (SIGKILL after 20 s, then panic).
+    /// With the default `save ""` nothing is written on the way out.
+    pub fn stop(&self) {
+        let Some(mut child) = self.child().take() else {
+            return;
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            // Already exited (or `kill` is missing): SIGKILL is harmless.
+            let _ = child.kill();
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "redis-server on port {} did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                        self.port,
+                        self.log_tail(20)
+                    );
+                }
+                Err(e) => panic!("waiting for redis-server on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// Stops the server if it runs, starts it again on the same port with
+    /// the same data dir and arguments, and waits until it answers PING
+    /// (any RDB in the dir is loaded first, at full speed).
+    pub fn restart(&self) {
+        self.restart_no_wait();
+        self.wait_ready();
+    }
+
+    /// Like `restart`, but returns right after spawning the process, so a
+    /// test can watch it come up (`wait_ready`, `wait_loading`...).
+    pub fn restart_no_wait(&self) {
+        self.stop();
+        self.spawn(&[]);
+    }
+
+    /// Waits until the server answers PING with PONG (20 s deadline).
+    pub fn wait_ready(&self) {
+        self.wait_for(Ready::Pong, READY_TIMEOUT);
+    }
+
+    /// Waits until PING gets `-LOADING`. Panics if the server answers PONG
+    /// first: its dataset loaded faster than the test expected.
+    pub fn wait_loading(&self) {
+        self.wait_for(Ready::Loading, READY_TIMEOUT);
+    }
+
+    /// Waits until the server answers PING with PONG, with a deadline long
+    /// enough for a slow dataset load (90 s).
+    pub fn wait_loaded(&self) {
+        self.wait_for(Ready::Pong, LOADED_TIMEOUT);
+    }
+
+    /// Whether one PING right now gets `-LOADING`.
+    pub fn is_loading(&self) -> bool {
+        matches!(self.probe(&[b"PING"]), Ok(reply) if reply.error_code() == Some("LOADING"))
+    }
+
+    /// Produces a genuine `-LOADING` window: fills the server with `keys`
+    /// keys (`DEBUG POPULATE`), `SAVE`s them to `dump.rdb` in its dir, then
+    /// restarts it so that loading sleeps `key_load_delay_micros` µs per key
+    /// (a negative value `-n` sleeps 1 µs with probability 1/n, Redis's own
+    /// convention). Returns once the server answers at all; it is normally
+    /// still loading then (see `wait_loading` / `wait_loaded`).
+    ///
+    /// The slow-load settings apply to this one start only: a later
+    /// `restart()` loads the same RDB at full speed.
+    pub fn reload_slowly(&self, keys: u64, key_load_delay_micros: i64) {
+        self.wait_ready();
+        self.command(&[
+            b"DEBUG".as_slice(),
+            b"POPULATE",
+            keys.to_string().as_bytes(),
+        ])
+        .expect_ok();
+        self.command(&[b"SAVE"]).expect_ok();
+        self.stop();
+        // `key-load-delay` is a hidden (DEBUG_CONFIG) option that the command
+        // line accepts like any other. While loading, Redis only serves
+        // clients every `loading-process-events-interval-bytes` of RDB read
+        // (2 MiB by default): without lowering it, clients would hang for
+        // seconds instead of promptly getting -LOADING.
+        self.spawn(&[
+            "--key-load-delay".to_string(),
+            key_load_delay_micros.to_string(),
+            "--loading-process-events-interval-bytes".to_string(),
+            "1024".to_string(),
+        ]);
+        self.wait_for(Ready::Answering, READY_TIMEOUT);
+    }
+
+    /// Waits until this replica reports `master_link_status:up`.
+    pub fn wait_replica_synced(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let info = self.command(&[b"INFO".as_slice(), b"replication"]);
+            let text = info.as_str().unwrap_or_default();
+            if text.contains("master_link_status:up") {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "replica on port {} not synced within {READY_TIMEOUT:?}; INFO replication:\n{text}",
+                    self.port
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Runs one command on a fresh blocking connection (authenticated if
+    /// needed) and returns the reply; panics if the server cannot be reached.
+    pub fn command(&self, args: &[&[u8]]) -> Reply {
+        self.probe(args).unwrap_or_else(|e| {
+            panic!(
+                "{} on redis-server port {}: {e}; log:\n{}",
+                String::from_utf8_lossy(args.first().copied().unwrap_or_default()),
+                self.port,
+                self.log_tail(20)
+            )
+        })
+    }
+
+    /// A `TestClient` connected straight to this server, authenticated if
+    /// it has a password.
+    pub async fn direct(&self) -> TestClient {
+        let mut client = TestClient::connect(self.addr())
+            .await
+            .unwrap_or_else(|e| panic!("connecting directly to redis-server: {e}"));
+        if let Some(password) = &self.password {
+            let reply = client.cmd(&["AUTH", password.as_str()]).await;
+            if reply != Reply::Simple("OK".into()) {
+                panic!("AUTH on redis-server port {} failed: {reply}", self.port);
+            }
+        }
+        client
+    }
+
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        // A panic elsewhere must not stop Drop from killing the process.
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Spawns the process with the stored arguments plus `extra`.
+    fn spawn(&self, extra: &[String]) {
+        let mut child = self.child();
+        if child.is_some() {
+            panic!("redis-server on port {} is already running", self.port);
+        }
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", self.stderr_path.display()));
+        let spawned = Command::new(&self.bin)
+            .args(&self.args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.bin.display()));
+        *child = Some(spawned);
+    }
+
+    /// Panics with the server's log unless `poll_ready` succeeds.
+    fn wait_for(&self, ready: Ready, timeout: Duration) {
+        if let Err(failure) = self.poll_ready(ready, timeout) {
+            panic!("{}", failure.message);
+        }
+    }
+
+    /// Probes the server until it is `ready`, it exits, or `timeout` passes.
+    fn poll_ready(&self, ready: Ready, timeout: Duration) -> Result<(), StartFailure> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            if !self.is_running() {
+                let log = self.log_tail(20);
+                return Err(StartFailure {
+                    port_in_use: log.contains("Address already in use"),
+                    message: format!(
+                        "redis-server on port {} exited while waiting for {ready:?}; log:\n{log}",
+                        self.port
+                    ),
+                });
+            }
+            match self.probe(&[b"PING"]) {
+                Ok(reply) => {
+                    let loading = reply.error_code() == Some("LOADING");
+                    let pong = reply == Reply::Simple("PONG".into());
+                    match ready {
+                        Ready::Pong if pong => return Ok(()),
+                        Ready::Answering if pong || loading => return Ok(()),
+                        Ready::Loading if loading => return Ok(()),
+                        Ready::Loading if pong => {
+                            return Err(StartFailure {
+                                port_in_use: false,
+                                message: format!(
+                                    "redis-server on port {} answered PONG before any -LOADING was seen: \
+                                     the dataset loaded too fast (use more keys or a larger key-load-delay)",
+                                    self.port
+                                ),
+                            })
+                        }
+                        _ => {}
+                    }
+                    last = reply.to_string();
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(StartFailure {
+                    port_in_use: false,
+                    message: format!(
+                        "redis-server on port {} not {ready:?} within {timeout:?} (last PING: {last}); log:\n{}",
+                        self.port,
+                        self.log_tail(20)
+                    ),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// One command on a fresh blocking connection. AUTH, when needed, is
+    /// pipelined in front; an error reply to it is returned instead.
+    fn probe(&self, args: &[&[u8]]) -> io::Result<Reply> {
+        let mut stream = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+        stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+        let mut request = Vec::new();
+        if let Some(password) = &self.password {
+            request.extend(encode_command(&[b"AUTH".as_slice(), password.as_bytes()]));
+        }
+        request.extend(encode_command(args));
+        stream.write_all(&request)?;
+
+        let mut buf = Vec::new();
+        let mut replies = Vec::new();
+        let expected = if self.password.is_some() { 2 } else { 1 };
+        while replies.len() < expected {
+            match parse_reply(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
+                Some((reply, used)) => {
+                    buf.drain(..used);
+                    replies.push(reply);
+                }
+                None => {
+                    let mut chunk = [0u8; 16 * 1024];
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before the reply",
+                        ));
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        let last = replies.pop().unwrap_or(Reply::Null);
+        match replies.pop() {
+            Some(auth) if auth.is_error() => Ok(auth),
+            _ => Ok(last),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // Kill and reap before the temp dir goes away; never panic here
+        // (we may already be unwinding from a failed assertion).
+        if let Some(mut child) = self.child().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago: bind port 0, note it, release it.
+/// Callers retry when something else grabs it before they bind.
+fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("binding 127.0.0.1:0 to find a free port: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("reading the address of a bound listener: {e}"))
+            .port();
+        if port != FORBIDDEN_PORT {
+            return port;
+        }
+    }
+}
