@@ -1,1 +1,2 @@
 //! respool: a Redis pooling proxy.
+pub mod bench;
