@@ -453,3 +453,112 @@ async fn show_progress(completed: Arc<AtomicU64>, start: Instant) {
         );
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::bench::args::Workload;
+    use tokio::net::TcpListener;
+
+    /// A fake RESP server on a free port: answers every request with
+    /// `reply`, and hangs up after `hang_up_after` requests if given.
+    pub(crate) async fn fake_server(reply: &'static [u8], hang_up_after: Option<usize>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let mut answered = 0;
+                    loop {
+                        // Requests are arrays, which the reply parser can split.
+                        while let Ok(Some((_, used))) = reply::parse(&buf) {
+                            buf.advance(used);
+                            if hang_up_after == Some(answered) {
+                                return;
+                            }
+                            answered += 1;
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        if matches!(socket.read_buf(&mut buf).await, Ok(0) | Err(_)) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    pub(crate) fn spec(target: &str, workload: Workload, stop: StopAfter) -> LoadSpec {
+        LoadSpec {
+            target: target.to_owned(),
+            clients: 3,
+            pipeline: 4,
+            stop,
+            plan: Arc::new(RequestPlan::new(workload, 0.5, 100, 3, "t:")),
+            password: None,
+            threads: 1,
+            connect_timeout: Duration::from_secs(5),
+            progress: false,
+            seed: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_request_gets_one_checked_reply() {
+        let addr = fake_server(b"+OK\r\n", None).await;
+        // 3 clients share 101 requests: 34 + 34 + 33, in batches of ≤ 4.
+        let result = run_load(spec(&addr, Workload::Set, StopAfter::Requests(101)))
+            .await
+            .unwrap();
+        assert_eq!(result.tally.correct, 101);
+        assert_eq!(result.latency.len(), 101);
+        assert_eq!(
+            result.tally.wrong + result.tally.errors + result.tally.connection_errors,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_replies_are_counted_with_examples() {
+        let addr = fake_server(b"+OK\r\n", None).await;
+        let result = run_load(spec(
+            &addr,
+            Workload::Get,
+            StopAfter::Elapsed(Duration::from_millis(50)),
+        ))
+        .await
+        .unwrap();
+        assert!(result.tally.wrong > 0);
+        assert_eq!(result.tally.correct, 0);
+        assert_eq!(result.tally.wrong_examples.len(), MAX_EXAMPLES);
+        assert!(
+            result.tally.wrong_examples[0].contains("got +OK"),
+            "{:?}",
+            result.tally.wrong_examples
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_counted_not_fatal() {
+        let addr = fake_server(b"+OK\r\n", Some(2)).await;
+        let result = run_load(spec(&addr, Workload::Set, StopAfter::Requests(60)))
+            .await
+            .unwrap();
+        assert_eq!(result.tally.connection_errors, 3);
+        assert_eq!(result.tally.correct, 6);
+        assert!(result.tally.connection_error_examples[0].contains("2 replies outstanding"));
+    }
+
+    #[tokio::test]
+    async fn garbage_from_the_server_breaks_only_that_connection() {
+        let addr = fake_server(b"+OK\r\n!?\r\n", None).await;
+        let result = run_load(spec(&addr, Workload::Set, StopAfter::Requests(30)))
+            .await
+            .unwrap();
+        assert_eq!(result.tally.connection_errors, 3);
+    }
+}

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::driver::{LoadResult, LoadSpec};
+use super::driver::{LoadResult, LoadSpec, MAX_EXAMPLES};
 use super::reply::Reply;
 use super::workload::RequestPlan;
 
@@ -113,7 +113,12 @@ impl LoadReport {
 
     /// True when every reply was correct and no connection failed.
     pub fn is_clean(&self) -> bool {
-        self.wrong_replies == 0 && self.error_replies == 0 && self.connection_errors == 0
+        self.failures() == 0
+    }
+
+    /// Wrong replies, error replies and failed connections, together.
+    pub fn failures(&self) -> u64 {
+        self.wrong_replies + self.error_replies + self.connection_errors
     }
 
     /// The human-readable table.
@@ -194,6 +199,23 @@ pub fn reply_summary(reply: &Reply<'_>) -> String {
         Reply::Nil => "nil".to_owned(),
         Reply::Array(n) => format!("an array of {n}"),
     }
+}
+
+/// The first [`MAX_EXAMPLES`] failures over several runs, one per line,
+/// each prefixed with the run's target.
+pub fn failure_examples<'a>(runs: impl Iterator<Item = &'a LoadReport>) -> String {
+    let examples = runs.flat_map(|run| {
+        run.wrong_examples
+            .iter()
+            .chain(&run.error_examples)
+            .chain(&run.connection_error_examples)
+            .map(move |example| (&run.target, example))
+    });
+    let mut out = String::new();
+    for (target, example) in examples.take(MAX_EXAMPLES) {
+        let _ = writeln!(out, "  {target}: {example}");
+    }
+    out
 }
 
 /// Median of `values` (mean of the middle two for an even count).
@@ -286,7 +308,7 @@ impl CompareReport {
         let _ = writeln!(
             out,
             "{:<8}{:>14}{:>12}{:>14}{:>12}{:>8}",
-            "round", "A ops/s", "A p99", "B ops/s", "B p99", "wrong"
+            "round", "A ops/s", "A p99", "B ops/s", "B p99", "failed"
         );
         for (i, round) in self.rounds.iter().enumerate() {
             let (a, b) = (&round.target, &round.compare);
@@ -298,7 +320,7 @@ impl CompareReport {
                 format_micros(a.latency_us.p99),
                 b.ops_per_sec,
                 format_micros(b.latency_us.p99),
-                a.wrong_replies + a.error_replies + b.wrong_replies + b.error_replies
+                a.failures() + b.failures()
             );
         }
         let (a, b, r) = (
@@ -320,16 +342,7 @@ impl CompareReport {
             "B/A     ops/s ×{:.3}   p99 ×{:.3}   (ops/s > 1: B faster; p99 > 1: B slower tail)",
             r.ops_per_sec, r.p99_us
         );
-        for run in self.runs().filter(|r| !r.is_clean()) {
-            for example in run
-                .wrong_examples
-                .iter()
-                .chain(&run.error_examples)
-                .chain(&run.connection_error_examples)
-            {
-                let _ = writeln!(out, "  {}: {example}", run.target);
-            }
-        }
+        out.push_str(&failure_examples(self.runs()));
         out
     }
 }

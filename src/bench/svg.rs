@@ -160,7 +160,14 @@ pub fn render(chart: &Chart<'_>) -> String {
         }
     }
 
-    // Legend, top left inside the plot.
+    // Legend, top left inside the plot, on a backdrop so lines under it
+    // do not cross the text.
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{:.1}" y="{:.1}" width="190" height="44" fill="white" fill-opacity="0.85" stroke="#ccc"/>"##,
+        LEFT + 6.0,
+        TOP + 4.0
+    );
     for (row, series) in [&chart.left, &chart.right].into_iter().enumerate() {
         let y = TOP + 16.0 + 18.0 * row as f64;
         let _ = writeln!(

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::args::SweepSpec;
 use super::driver::{run_load, LoadSpec};
-use super::report::{format_micros, LoadReport};
+use super::report::{failure_examples, format_micros, LoadReport};
 use super::svg::{self, Chart, Series};
 use super::BenchError;
 
@@ -178,7 +178,7 @@ impl SweepReport {
             "p50",
             "p99",
             "max",
-            "wrong"
+            "failed"
         );
         for point in &self.points {
             let r = &point.report;
@@ -190,10 +190,91 @@ impl SweepReport {
                 format_micros(r.latency_us.p50),
                 format_micros(r.latency_us.p99),
                 format_micros(r.latency_us.max),
-                r.wrong_replies + r.error_replies + r.connection_errors
+                r.failures()
             );
         }
+        out.push_str(&failure_examples(self.points.iter().map(|p| &p.report)));
         let _ = writeln!(out, "chart written to {}", self.svg.display());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::args::Workload;
+    use crate::bench::driver::tests::{fake_server, spec};
+    use crate::bench::driver::StopAfter;
+    use std::sync::{Arc, Mutex};
+
+    /// "Launches" by handing out an already running fake server, and
+    /// remembers the flags and shutdowns it saw.
+    struct FakeLauncher {
+        addr: SocketAddr,
+        launched: Arc<Mutex<Vec<Vec<String>>>>,
+        stopped: Arc<Mutex<usize>>,
+    }
+
+    impl ProxyLauncher for FakeLauncher {
+        async fn launch(&self, extra_flags: &[String]) -> Result<LaunchedProxy, BenchError> {
+            self.launched.lock().unwrap().push(extra_flags.to_vec());
+            let stopped = self.stopped.clone();
+            Ok(LaunchedProxy {
+                addr: self.addr,
+                shutdown: Box::new(move || {
+                    Box::pin(async move {
+                        *stopped.lock().unwrap() += 1;
+                    })
+                }),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn sweep_runs_one_proxy_per_value_and_writes_the_chart() {
+        let addr = fake_server(b"+OK\r\n", None).await.parse().unwrap();
+        let launcher = FakeLauncher {
+            addr,
+            launched: Arc::default(),
+            stopped: Arc::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let svg_path = dir.path().join("sweep.svg");
+        let sweep: SweepSpec = "max-connections=1,2,4".parse().unwrap();
+        let load = spec("unused", Workload::Set, StopAfter::Requests(40));
+        let report = run_sweep(&sweep, &launcher, &load, &svg_path)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            *launcher.launched.lock().unwrap(),
+            [
+                ["--max-connections", "1"],
+                ["--max-connections", "2"],
+                ["--max-connections", "4"]
+            ]
+        );
+        assert_eq!(*launcher.stopped.lock().unwrap(), 3);
+        assert!(report
+            .points
+            .iter()
+            .all(|p| p.report.requests == 40 && p.report.is_clean()));
+        let svg = std::fs::read_to_string(&svg_path).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(report.table().contains("--max-connections"));
+    }
+
+    #[tokio::test]
+    async fn the_real_launcher_reports_what_is_missing_without_the_url() {
+        let launcher = InProcessRespool {
+            upstream: "redis://user:secret@127.0.0.1:1".into(),
+        };
+        let Err(error) = launcher
+            .launch(&["--max-connections".into(), "1".into()])
+            .await
+        else {
+            return; // The core has landed and the adapter is wired: nothing to check.
+        };
+        assert!(!error.to_string().contains("secret"), "{error}");
     }
 }
