@@ -18,7 +18,11 @@ fn encode_resp2(frame: &OwnedFrame) -> Vec<u8> {
 }
 
 /// Feeds `input` to a decoder in pieces cut at `cuts` (positions, any order).
-fn decode_in_pieces<D: Decoder>(mut decoder: D, input: &[u8], cuts: &[usize]) -> Result<Vec<D::Item>, D::Error> {
+fn decode_in_pieces<D: Decoder>(
+    mut decoder: D,
+    input: &[u8],
+    cuts: &[usize],
+) -> Result<Vec<D::Item>, D::Error> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     points.push(input.len());
     points.sort_unstable();
@@ -56,7 +60,9 @@ fn reply_frame() -> impl Strategy<Value = OwnedFrame> {
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(OwnedFrame::BulkString),
         Just(OwnedFrame::Null),
     ];
-    leaf.prop_recursive(6, 64, 8, |inner| proptest::collection::vec(inner, 0..8).prop_map(OwnedFrame::Array))
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        proptest::collection::vec(inner, 0..8).prop_map(OwnedFrame::Array)
+    })
 }
 
 /// RESP3 frames as bytes, built by hand (maps, sets, pushes, attributes,
@@ -72,25 +78,34 @@ fn resp3_frame() -> impl Strategy<Value = Vec<u8>> {
         any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
     ];
     leaf.prop_recursive(5, 48, 6, |inner| {
-        (prop_oneof![Just('*'), Just('~'), Just('>'), Just('%'), Just('|')], proptest::collection::vec(inner.clone(), 0..6), inner).prop_map(|(kind, items, annotated)| {
-            let mut out = Vec::new();
-            let items: Vec<Vec<u8>> = if kind == '%' || kind == '|' {
-                // Maps and attributes hold key/value pairs.
-                let even = items.len() / 2 * 2;
-                items.into_iter().take(even).collect()
-            } else {
-                items
-            };
-            let count = if kind == '%' || kind == '|' { items.len() / 2 } else { items.len() };
-            out.extend_from_slice(format!("{kind}{count}\r\n").as_bytes());
-            for item in items {
-                out.extend_from_slice(&item);
-            }
-            if kind == '|' {
-                out.extend_from_slice(&annotated);
-            }
-            out
-        })
+        (
+            prop_oneof![Just('*'), Just('~'), Just('>'), Just('%'), Just('|')],
+            proptest::collection::vec(inner.clone(), 0..6),
+            inner,
+        )
+            .prop_map(|(kind, items, annotated)| {
+                let mut out = Vec::new();
+                let items: Vec<Vec<u8>> = if kind == '%' || kind == '|' {
+                    // Maps and attributes hold key/value pairs.
+                    let even = items.len() / 2 * 2;
+                    items.into_iter().take(even).collect()
+                } else {
+                    items
+                };
+                let count = if kind == '%' || kind == '|' {
+                    items.len() / 2
+                } else {
+                    items.len()
+                };
+                out.extend_from_slice(format!("{kind}{count}\r\n").as_bytes());
+                for item in items {
+                    out.extend_from_slice(&item);
+                }
+                if kind == '|' {
+                    out.extend_from_slice(&annotated);
+                }
+                out
+            })
     })
 }
 

@@ -21,6 +21,7 @@
 //! * [`upstream`] — one upstream connection: connect, socket options, exchanges.
 //! * [`retry`] — backoff and what may be retried.
 //! * [`error`] — the one error type, rendered as a Redis error line.
+//! * [`bench`] — `respool bench`, a load generator that checks every reply.
 //!
 //! Embedding:
 //!
@@ -33,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod command;

@@ -3,13 +3,39 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use respool::bench::BenchArgs;
 use respool::config::{Flags, LogFormat};
 use respool::{Config, Proxy};
 
+/// respool: a Redis pooling proxy. Without a subcommand it runs the proxy.
+#[derive(Debug, Parser)]
+#[command(
+    name = "respool",
+    version,
+    about = "A Redis pooling proxy: clients connect to respool, respool carries their commands over a small pool of validated, health-checked upstream connections.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive load against any RESP endpoint, checking every reply; compare
+    /// two targets or sweep a proxy setting.
+    Bench(BenchArgs),
+}
+
 fn main() -> ExitCode {
-    let flags = Flags::parse();
-    let config = match Config::from_flags(flags) {
+    let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command {
+        return bench(args);
+    }
+    let config = match Config::from_flags(cli.flags) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
@@ -32,6 +58,31 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config))
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("respool bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(respool::bench::run(args)) {
+        Ok(outcome) if outcome.passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("respool bench: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn run(config: Config) -> ExitCode {

@@ -1,0 +1,208 @@
+//! `respool bench`: a load generator for any RESP endpoint that checks every
+//! reply it gets.
+//!
+//! - [`args`] — the flags ([`BenchArgs`]).
+//! - [`workload`] — which commands are sent, encoded from byte templates,
+//!   and what each reply must be.
+//! - [`reply`] — incremental RESP reply parser over the read buffer.
+//! - [`driver`] — client tasks: one connection each, one write per pipeline
+//!   batch, exactly one checked reply per request, latency into an HDR
+//!   histogram.
+//! - [`report`] — tables and JSON for a run and for `--compare`.
+//! - [`sweep`] / [`svg`] — `--sweep`: one in-process respool per flag value,
+//!   and a chart of the results.
+//!
+//! A run [passes](BenchOutcome::passed) only if every reply was correct:
+//! wrong replies, error replies and dropped connections are all counted,
+//! reported with examples, and fail the run.
+
+pub mod args;
+pub mod driver;
+pub mod reply;
+pub mod report;
+pub mod svg;
+pub mod sweep;
+pub mod workload;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use args::{BenchArgs, Workload};
+use driver::{run_load, LoadSpec, StopAfter};
+use report::{CompareReport, CompareRound, LoadReport};
+use sweep::{InProcessRespool, SweepReport};
+use workload::RequestPlan;
+
+/// Requests sent when neither `--requests` nor `--duration` is given.
+const DEFAULT_REQUESTS: u64 = 100_000;
+
+/// Why a benchmark could not run (as opposed to a run that found wrong
+/// replies, which is a [`BenchOutcome`] that did not pass).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A client could not connect to the endpoint.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        /// The endpoint.
+        target: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The endpoint refused the password.
+    #[error("AUTH against {target} was refused: {reply}")]
+    Auth {
+        /// The endpoint.
+        target: String,
+        /// The reply to AUTH.
+        reply: String,
+    },
+    /// The load generator's own runtime or thread failed.
+    #[error("load generator failure: {0}")]
+    Runtime(std::io::Error),
+    /// A `--sweep` proxy could not be started.
+    #[error("cannot start respool for the sweep: {0}")]
+    Launch(String),
+    /// The sweep chart could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    WriteSvg {
+        /// Where it was going.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// `--json` output could not be encoded.
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What a benchmark measured, whichever mode it ran in.
+#[derive(Debug, Clone)]
+pub enum BenchOutcome {
+    /// One run against `--target`.
+    Single(LoadReport),
+    /// `--compare`: interleaved rounds against two endpoints.
+    Compare(CompareReport),
+    /// `--sweep`: one run per flag value.
+    Sweep(SweepReport),
+}
+
+impl BenchOutcome {
+    /// Every run, in the order it ran.
+    pub fn runs(&self) -> Vec<&LoadReport> {
+        match self {
+            BenchOutcome::Single(report) => vec![report],
+            BenchOutcome::Compare(compare) => compare.runs().collect(),
+            BenchOutcome::Sweep(sweep) => sweep.points.iter().map(|p| &p.report).collect(),
+        }
+    }
+
+    /// True when every reply of every run was correct and no connection
+    /// failed; the binary should exit non-zero otherwise.
+    pub fn passed(&self) -> bool {
+        self.runs().iter().all(|r| r.is_clean())
+    }
+
+    /// The human-readable report.
+    pub fn table(&self) -> String {
+        let mut out = match self {
+            BenchOutcome::Single(report) => report.table(),
+            BenchOutcome::Compare(compare) => compare.table(),
+            BenchOutcome::Sweep(sweep) => sweep.table(),
+        };
+        if !self.passed() {
+            out.push_str(
+                "FAILED: some replies were wrong, errors, or lost connections (see above)\n",
+            );
+        }
+        out
+    }
+
+    /// One JSON object; `mode` says which of the three shapes it is and
+    /// `passed` whether every reply was correct.
+    pub fn json(&self) -> Result<String, BenchError> {
+        let (mode, mut value) = match self {
+            BenchOutcome::Single(report) => ("single", serde_json::to_value(report)?),
+            BenchOutcome::Compare(compare) => ("compare", serde_json::to_value(compare)?),
+            BenchOutcome::Sweep(sweep) => ("sweep", serde_json::to_value(sweep)?),
+        };
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.insert("mode".into(), mode.into());
+            fields.insert("passed".into(), self.passed().into());
+        }
+        Ok(serde_json::to_string(&value)?)
+    }
+}
+
+/// Runs `respool bench` and prints its report on stdout (a table, or one
+/// JSON object with `--json`). Returns the outcome so the caller can set the
+/// exit code from [`BenchOutcome::passed`].
+pub async fn run(args: BenchArgs) -> Result<BenchOutcome, BenchError> {
+    let outcome = measure(&args).await?;
+    if args.json {
+        println!("{}", outcome.json()?);
+    } else {
+        print!("{}", outcome.table());
+    }
+    Ok(outcome)
+}
+
+/// Runs the benchmark `args` describe, printing nothing but progress.
+pub async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
+    let load = load_spec(args, &args.target);
+    if let Some(spec) = &args.sweep {
+        let launcher = InProcessRespool {
+            upstream: args.upstream.clone().unwrap_or_default(),
+        };
+        let report = sweep::run_sweep(spec, &launcher, &load, &args.svg).await?;
+        return Ok(BenchOutcome::Sweep(report));
+    }
+    if let Some(compare) = &args.compare {
+        let other = LoadSpec {
+            target: compare.clone(),
+            ..load.clone()
+        };
+        let mut rounds = Vec::with_capacity(args.rounds as usize);
+        for _ in 0..args.rounds {
+            let target = LoadReport::new(&load, &load.plan, run_load(load.clone()).await?);
+            let compare = LoadReport::new(&other, &other.plan, run_load(other.clone()).await?);
+            rounds.push(CompareRound { target, compare });
+        }
+        return Ok(BenchOutcome::Compare(CompareReport::new(
+            args.target.clone(),
+            compare.clone(),
+            rounds,
+        )));
+    }
+    let result = run_load(load.clone()).await?;
+    Ok(BenchOutcome::Single(LoadReport::new(
+        &load, &load.plan, result,
+    )))
+}
+
+/// The load described by `args`, aimed at `target`.
+pub fn load_spec(args: &BenchArgs, target: &str) -> LoadSpec {
+    let stop = match (args.requests, args.duration) {
+        (_, Some(duration)) => StopAfter::Elapsed(duration),
+        (Some(requests), None) => StopAfter::Requests(requests),
+        (None, None) => StopAfter::Requests(DEFAULT_REQUESTS),
+    };
+    LoadSpec {
+        target: target.to_owned(),
+        clients: args.clients,
+        pipeline: args.pipeline,
+        stop,
+        plan: Arc::new(RequestPlan::new(
+            args.workload,
+            args.read_ratio,
+            args.keyspace,
+            args.value_size as usize,
+            &args.key_prefix,
+        )),
+        password: args.password.clone(),
+        threads: args.threads,
+        connect_timeout: args.connect_timeout,
+        progress: std::io::stderr().is_terminal(),
+        seed: args.seed,
+    }
+}

@@ -1,0 +1,456 @@
+//! Turning measurements into the table a person reads or the JSON a script
+//! reads.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::driver::{LoadResult, LoadSpec, MAX_EXAMPLES};
+use super::reply::Reply;
+use super::workload::RequestPlan;
+
+/// Bytes of a value shown in a report before it is cut short.
+const SHOWN_BYTES: usize = 48;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Slowest request.
+    pub max: u64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+impl LatencySummary {
+    /// Reads the percentiles off a histogram recorded in microseconds.
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        LatencySummary {
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        }
+    }
+}
+
+/// The outcome of one load run against one endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Endpoint that was loaded.
+    pub target: String,
+    /// Workload name.
+    pub workload: &'static str,
+    /// Client connections.
+    pub clients: u32,
+    /// Requests per batch.
+    pub pipeline: u32,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Distinct keys.
+    pub keyspace: u64,
+    /// Replies received.
+    pub requests: u64,
+    /// Wall time of the run.
+    pub seconds: f64,
+    /// Replies per second.
+    pub ops_per_sec: f64,
+    /// Latency percentiles, microseconds.
+    pub latency_us: LatencySummary,
+    /// Replies of the wrong type or content.
+    pub wrong_replies: u64,
+    /// Error replies.
+    pub error_replies: u64,
+    /// Connections that failed mid-run.
+    pub connection_errors: u64,
+    /// First wrong replies.
+    pub wrong_examples: Vec<String>,
+    /// First error replies.
+    pub error_examples: Vec<String>,
+    /// First connection failures.
+    pub connection_error_examples: Vec<String>,
+}
+
+impl LoadReport {
+    /// Summarises `result`, measured with `spec`.
+    pub fn new(spec: &LoadSpec, plan: &RequestPlan, result: LoadResult) -> Self {
+        let requests = result.replies();
+        let seconds = result.elapsed.as_secs_f64();
+        let tally = result.tally;
+        LoadReport {
+            target: spec.target.clone(),
+            workload: plan.workload().name(),
+            clients: spec.clients,
+            pipeline: spec.pipeline,
+            value_size: plan.value_size(),
+            keyspace: plan.keyspace(),
+            requests,
+            seconds,
+            ops_per_sec: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
+            latency_us: LatencySummary::from_histogram(&result.latency),
+            wrong_replies: tally.wrong,
+            error_replies: tally.errors,
+            connection_errors: tally.connection_errors,
+            wrong_examples: tally.wrong_examples,
+            error_examples: tally.error_examples,
+            connection_error_examples: tally.connection_error_examples,
+        }
+    }
+
+    /// True when every reply was correct and no connection failed.
+    pub fn is_clean(&self) -> bool {
+        self.failures() == 0
+    }
+
+    /// Wrong replies, error replies and failed connections, together.
+    pub fn failures(&self) -> u64 {
+        self.wrong_replies + self.error_replies + self.connection_errors
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let l = &self.latency_us;
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "target       {}", self.target);
+        let _ = writeln!(
+            out,
+            "workload     {} · {} clients · pipeline {} · {}-byte values · {} keys",
+            self.workload, self.clients, self.pipeline, self.value_size, self.keyspace
+        );
+        let _ = writeln!(
+            out,
+            "requests     {} in {:.3} s",
+            self.requests, self.seconds
+        );
+        let _ = writeln!(out, "throughput   {:.0} ops/s", self.ops_per_sec);
+        let _ = writeln!(
+            out,
+            "latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            format_micros(l.p50),
+            format_micros(l.p90),
+            format_micros(l.p99),
+            format_micros(l.p999),
+            format_micros(l.max)
+        );
+        let _ = writeln!(
+            out,
+            "replies      {} correct · {} wrong · {} errors · {} connection failures",
+            self.requests - self.wrong_replies - self.error_replies,
+            self.wrong_replies,
+            self.error_replies,
+            self.connection_errors
+        );
+        for (title, examples) in [
+            ("wrong reply", &self.wrong_examples),
+            ("error reply", &self.error_examples),
+            ("connection failure", &self.connection_error_examples),
+        ] {
+            for example in examples {
+                let _ = writeln!(out, "  {title}: {example}");
+            }
+        }
+        out
+    }
+}
+
+/// A latency for people: `87 µs`, `1.25 ms`, `2.50 s`.
+pub fn format_micros(micros: u64) -> String {
+    if micros < 1_000 {
+        format!("{micros} µs")
+    } else if micros < 1_000_000 {
+        format!("{:.2} ms", micros as f64 / 1e3)
+    } else {
+        format!("{:.2} s", micros as f64 / 1e6)
+    }
+}
+
+/// Bytes as a quoted, escaped string, cut after [`SHOWN_BYTES`].
+pub fn printable(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(SHOWN_BYTES)];
+    let mut out = format!("\"{}\"", shown.escape_ascii());
+    if bytes.len() > SHOWN_BYTES {
+        let _ = write!(out, "… ({} bytes)", bytes.len());
+    }
+    out
+}
+
+/// A reply as it would look on the wire, for reports.
+pub fn reply_summary(reply: &Reply<'_>) -> String {
+    match reply {
+        Reply::Simple(s) => format!("+{}", String::from_utf8_lossy(s)),
+        Reply::Error(e) => format!("-{}", String::from_utf8_lossy(e)),
+        Reply::Integer(i) => format!(":{i}"),
+        Reply::Bulk(b) => format!("bulk {}", printable(b)),
+        Reply::Nil => "nil".to_owned(),
+        Reply::Array(n) => format!("an array of {n}"),
+    }
+}
+
+/// The first [`MAX_EXAMPLES`] failures over several runs, one per line,
+/// each prefixed with the run's target.
+pub fn failure_examples<'a>(runs: impl Iterator<Item = &'a LoadReport>) -> String {
+    let examples = runs.flat_map(|run| {
+        run.wrong_examples
+            .iter()
+            .chain(&run.error_examples)
+            .chain(&run.connection_error_examples)
+            .map(move |example| (&run.target, example))
+    });
+    let mut out = String::new();
+    for (target, example) in examples.take(MAX_EXAMPLES) {
+        let _ = writeln!(out, "  {target}: {example}");
+    }
+    out
+}
+
+/// Median of `values` (mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Median throughput and tail latency of one side of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SideMedian {
+    /// Median of the rounds' ops/s.
+    pub ops_per_sec: f64,
+    /// Median of the rounds' p99, microseconds.
+    pub p99_us: f64,
+}
+
+impl SideMedian {
+    /// Medians over `runs`.
+    pub fn of(runs: &[&LoadReport]) -> Self {
+        let ops: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
+        let p99: Vec<f64> = runs.iter().map(|r| r.latency_us.p99 as f64).collect();
+        SideMedian {
+            ops_per_sec: median(&ops),
+            p99_us: median(&p99),
+        }
+    }
+}
+
+/// `--compare`: interleaved rounds against target (A) and compare (B).
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareReport {
+    /// Endpoint A (`--target`).
+    pub target: String,
+    /// Endpoint B (`--compare`).
+    pub compare: String,
+    /// Every round, in the order run: A then B.
+    pub rounds: Vec<CompareRound>,
+    /// Medians over the rounds of A.
+    pub target_median: SideMedian,
+    /// Medians over the rounds of B.
+    pub compare_median: SideMedian,
+    /// B's median divided by A's: ops/s > 1 means B is faster, p99 > 1
+    /// means B's tail latency is higher.
+    pub ratio_compare_over_target: SideMedian,
+}
+
+/// One A run and one B run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareRound {
+    /// The run against `--target`.
+    pub target: LoadReport,
+    /// The run against `--compare`.
+    pub compare: LoadReport,
+}
+
+impl CompareReport {
+    /// Summarises `rounds` run against `target` and `compare`.
+    pub fn new(target: String, compare: String, rounds: Vec<CompareRound>) -> Self {
+        let a = SideMedian::of(&rounds.iter().map(|r| &r.target).collect::<Vec<_>>());
+        let b = SideMedian::of(&rounds.iter().map(|r| &r.compare).collect::<Vec<_>>());
+        CompareReport {
+            target,
+            compare,
+            rounds,
+            target_median: a,
+            compare_median: b,
+            ratio_compare_over_target: SideMedian {
+                ops_per_sec: b.ops_per_sec / a.ops_per_sec,
+                p99_us: b.p99_us / a.p99_us,
+            },
+        }
+    }
+
+    /// Every run of both sides, in order.
+    pub fn runs(&self) -> impl Iterator<Item = &LoadReport> {
+        self.rounds.iter().flat_map(|r| [&r.target, &r.compare])
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "A = --target  {}", self.target);
+        let _ = writeln!(out, "B = --compare {}", self.compare);
+        let _ = writeln!(
+            out,
+            "{:<8}{:>14}{:>12}{:>14}{:>12}{:>8}",
+            "round", "A ops/s", "A p99", "B ops/s", "B p99", "failed"
+        );
+        for (i, round) in self.rounds.iter().enumerate() {
+            let (a, b) = (&round.target, &round.compare);
+            let _ = writeln!(
+                out,
+                "{:<8}{:>14.0}{:>12}{:>14.0}{:>12}{:>8}",
+                i + 1,
+                a.ops_per_sec,
+                format_micros(a.latency_us.p99),
+                b.ops_per_sec,
+                format_micros(b.latency_us.p99),
+                a.failures() + b.failures()
+            );
+        }
+        let (a, b, r) = (
+            &self.target_median,
+            &self.compare_median,
+            &self.ratio_compare_over_target,
+        );
+        let _ = writeln!(
+            out,
+            "{:<8}{:>14.0}{:>12}{:>14.0}{:>12}",
+            "median",
+            a.ops_per_sec,
+            format_micros(a.p99_us as u64),
+            b.ops_per_sec,
+            format_micros(b.p99_us as u64)
+        );
+        let _ = writeln!(
+            out,
+            "B/A     ops/s ×{:.3}   p99 ×{:.3}   (ops/s > 1: B faster; p99 > 1: B slower tail)",
+            r.ops_per_sec, r.p99_us
+        );
+        out.push_str(&failure_examples(self.runs()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ops: f64, p99: u64) -> LoadReport {
+        let mut histogram = super::super::driver::new_histogram();
+        for micros in 1..=1000 {
+            histogram.record(micros).unwrap();
+        }
+        LoadReport {
+            target: "127.0.0.1:1".into(),
+            workload: "set",
+            clients: 2,
+            pipeline: 4,
+            value_size: 3,
+            keyspace: 10,
+            requests: 1000,
+            seconds: 0.5,
+            ops_per_sec: ops,
+            latency_us: LatencySummary {
+                p99,
+                ..LatencySummary::from_histogram(&histogram)
+            },
+            wrong_replies: 1,
+            error_replies: 0,
+            connection_errors: 0,
+            wrong_examples: vec!["client 0: GET k → expected nil, got :1".into()],
+            error_examples: vec![],
+            connection_error_examples: vec![],
+        }
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut histogram = super::super::driver::new_histogram();
+        for micros in 1..=1000 {
+            histogram.record(micros).unwrap();
+        }
+        let summary = LatencySummary::from_histogram(&histogram);
+        assert_eq!(summary.p50, 500);
+        assert_eq!(summary.p90, 900);
+        assert_eq!(summary.p99, 990);
+        assert_eq!(summary.p999, 999);
+        assert_eq!(summary.max, 1000);
+        assert!((summary.mean - 500.5).abs() < 0.5);
+    }
+
+    #[test]
+    fn latencies_are_formatted_for_people() {
+        assert_eq!(format_micros(87), "87 µs");
+        assert_eq!(format_micros(1_250), "1.25 ms");
+        assert_eq!(format_micros(2_500_000), "2.50 s");
+        assert_eq!(printable(b"a\r\n"), "\"a\\r\\n\"");
+        assert!(printable(&[b'x'; 100]).ends_with("… (100 bytes)"));
+    }
+
+    #[test]
+    fn table_shows_numbers_and_wrong_replies() {
+        let table = report(2000.0, 990).table();
+        assert!(table.contains("throughput   2000 ops/s"), "{table}");
+        assert!(table.contains("p99 990 µs"), "{table}");
+        assert!(table.contains("999 correct · 1 wrong"), "{table}");
+        assert!(table.contains("wrong reply: client 0: GET k"), "{table}");
+    }
+
+    #[test]
+    fn json_is_one_object_with_the_numbers() {
+        let json: serde_json::Value = serde_json::to_value(report(2000.0, 990)).unwrap();
+        assert_eq!(json["ops_per_sec"], 2000.0);
+        assert_eq!(json["latency_us"]["p99"], 990);
+        assert_eq!(json["wrong_replies"], 1);
+    }
+
+    #[test]
+    fn compare_ratio_is_b_over_a_of_the_medians() {
+        let rounds = [
+            (100.0, 10, 150.0, 5),
+            (300.0, 30, 100.0, 50),
+            (200.0, 20, 300.0, 40),
+        ]
+        .into_iter()
+        .map(|(a_ops, a_p99, b_ops, b_p99)| CompareRound {
+            target: report(a_ops, a_p99),
+            compare: report(b_ops, b_p99),
+        })
+        .collect();
+        let compare = CompareReport::new("a".into(), "b".into(), rounds);
+        assert_eq!(
+            compare.target_median,
+            SideMedian {
+                ops_per_sec: 200.0,
+                p99_us: 20.0
+            }
+        );
+        assert_eq!(
+            compare.compare_median,
+            SideMedian {
+                ops_per_sec: 150.0,
+                p99_us: 40.0
+            }
+        );
+        assert_eq!(compare.ratio_compare_over_target.ops_per_sec, 0.75);
+        assert_eq!(compare.ratio_compare_over_target.p99_us, 2.0);
+        assert!(compare.table().contains("ops/s ×0.750   p99 ×2.000"));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}
