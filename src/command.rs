@@ -13,9 +13,9 @@ use crate::codec::Request;
 pub enum Route {
     /// Multiplexed with other clients' commands over a shared lane.
     Shared,
-    /// Leaves state on the connection that outlives its reply, so it needs a
-    /// connection of its own; the text says which state.
-    Dedicated(&'static str),
+    /// Leaves state on the connection that outlives its reply (or blocks it),
+    /// so it needs a connection of its own for as long as that state lives.
+    Dedicated(Stateful),
     /// Answered by respool without going upstream.
     Local(Local),
     /// Refused by policy: it would break the pool or other clients.
@@ -23,6 +23,47 @@ pub enum Route {
     /// A browser or HTTP client talking to the Redis port (cross-protocol
     /// scripting): the connection is closed without a reply, as Redis does.
     Attack,
+}
+
+/// Which connection state a command creates, changes or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stateful {
+    /// `MULTI`.
+    Multi,
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `WATCH`.
+    Watch,
+    /// `UNWATCH`.
+    Unwatch,
+    /// A command that may block the connection until data arrives.
+    Blocking,
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`.
+    Subscribe(SubKind),
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE`.
+    Unsubscribe(SubKind),
+    /// `SELECT` of a database other than the configured one.
+    Select,
+    /// `CLIENT REPLY ON|OFF|SKIP`.
+    ClientReply,
+    /// `CLIENT TRACKING`, `CLIENT CACHING`, `CLIENT NO-EVICT`, `CLIENT NO-TOUCH`,
+    /// `READONLY`, `READWRITE`, `ASKING`: flags that live on the connection.
+    ConnectionFlag,
+    /// `MONITOR`.
+    Monitor,
+}
+
+/// The three pub/sub namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    /// Channels (`SUBSCRIBE`).
+    Channel,
+    /// Patterns (`PSUBSCRIBE`).
+    Pattern,
+    /// Shard channels (`SSUBSCRIBE`).
+    Shard,
 }
 
 /// Commands respool answers itself.
@@ -34,11 +75,19 @@ pub enum Local {
     Auth,
     /// `HELLO`: only RESP2 is offered for now.
     Hello,
-    /// `+OK` without doing anything (`SELECT` of the db already selected,
-    /// `CLIENT SETINFO` that would otherwise label a shared connection).
+    /// `+OK` without doing anything (`CLIENT SETINFO`, which would otherwise
+    /// label a shared connection).
     Ok,
-    /// `RESET`: a client on shared lanes has no connection state to reset.
+    /// `SELECT` of the configured database: `+OK` on shared lanes.
+    SelectDefault,
+    /// `RESET`: reset the client's own state (and its pinned session).
     Reset,
+    /// `CLIENT ID`: the client's id in respool.
+    ClientId,
+    /// `CLIENT GETNAME`.
+    ClientGetName,
+    /// `CLIENT SETNAME`: kept by respool, so naming a client does not pin it.
+    ClientSetName,
 }
 
 /// The result of classifying one request.
@@ -58,9 +107,9 @@ impl Command {
             retry_safe,
         }
     }
-    const fn dedicated(why: &'static str) -> Command {
+    const fn dedicated(state: Stateful) -> Command {
         Command {
-            route: Route::Dedicated(why),
+            route: Route::Dedicated(state),
             retry_safe: false,
         }
     }
@@ -100,26 +149,31 @@ pub fn classify(req: &Request, db: u32) -> Command {
             .arg(1)
             .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u32>().ok())
         {
-            Some(n) if n == db => Command::local(Local::Ok),
-            // Redis's own error for a bad index comes from upstream on a
-            // dedicated connection later; today refuse clearly.
-            _ => Command::dedicated("SELECT of another database"),
+            Some(n) if n == db => Command::local(Local::SelectDefault),
+            _ => Command::dedicated(Stateful::Select),
         },
         b"CLIENT" => classify_client(req),
 
         // Connection state that outlives the reply.
-        b"MULTI" | b"EXEC" | b"DISCARD" => Command::dedicated("transaction"),
-        b"WATCH" | b"UNWATCH" => Command::dedicated("WATCH state"),
+        b"MULTI" => Command::dedicated(Stateful::Multi),
+        b"EXEC" => Command::dedicated(Stateful::Exec),
+        b"DISCARD" => Command::dedicated(Stateful::Discard),
+        b"WATCH" => Command::dedicated(Stateful::Watch),
+        b"UNWATCH" => Command::dedicated(Stateful::Unwatch),
         b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
-        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Command::dedicated("blocking command"),
+        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Command::dedicated(Stateful::Blocking),
         b"XREAD" | b"XREADGROUP" if has_arg(req, b"BLOCK") => {
-            Command::dedicated("blocking command")
+            Command::dedicated(Stateful::Blocking)
         }
         b"XREAD" => Command::shared(true),
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
-        | b"SUNSUBSCRIBE" => Command::dedicated("pub/sub subscription"),
-        b"MONITOR" => Command::dedicated("MONITOR stream"),
-        b"READONLY" | b"READWRITE" | b"ASKING" => Command::dedicated("cluster connection mode"),
+        b"SUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Channel)),
+        b"PSUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Pattern)),
+        b"SSUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Shard)),
+        b"UNSUBSCRIBE" => Command::dedicated(Stateful::Unsubscribe(SubKind::Channel)),
+        b"PUNSUBSCRIBE" => Command::dedicated(Stateful::Unsubscribe(SubKind::Pattern)),
+        b"SUNSUBSCRIBE" => Command::dedicated(Stateful::Unsubscribe(SubKind::Shard)),
+        b"MONITOR" => Command::dedicated(Stateful::Monitor),
+        b"READONLY" | b"READWRITE" | b"ASKING" => Command::dedicated(Stateful::ConnectionFlag),
 
         // Would break the pool or every other client.
         b"SYNC" | b"PSYNC" | b"REPLCONF" | b"SHUTDOWN" => Command::DENIED,
@@ -156,18 +210,57 @@ fn classify_client(req: &Request) -> Command {
     let is = |s: &[u8]| sub.eq_ignore_ascii_case(s);
     if is(b"SETINFO") {
         Command::local(Local::Ok)
+    } else if is(b"ID") {
+        Command::local(Local::ClientId)
+    } else if is(b"GETNAME") {
+        Command::local(Local::ClientGetName)
     } else if is(b"SETNAME") {
-        Command::dedicated("connection name")
-    } else if is(b"TRACKING") || is(b"CACHING") {
-        Command::dedicated("client-side caching")
+        Command::local(Local::ClientSetName)
     } else if is(b"REPLY") {
-        Command::dedicated("reply mode")
-    } else if is(b"NO-EVICT") || is(b"NO-TOUCH") {
-        Command::dedicated("client flag")
+        Command::dedicated(Stateful::ClientReply)
+    } else if is(b"TRACKING") || is(b"CACHING") || is(b"NO-EVICT") || is(b"NO-TOUCH") {
+        Command::dedicated(Stateful::ConnectionFlag)
     } else if is(b"KILL") || is(b"PAUSE") || is(b"UNPAUSE") {
         Command::DENIED
     } else {
-        Command::shared(is(b"ID") || is(b"GETNAME") || is(b"LIST") || is(b"INFO"))
+        Command::shared(is(b"LIST") || is(b"INFO"))
+    }
+}
+
+/// Commands refused by `--deny-command NAME` (or `NAME|SUBCOMMAND`).
+#[derive(Debug, Clone, Default)]
+pub struct DenyList {
+    names: std::collections::HashSet<Vec<u8>>,
+}
+
+impl DenyList {
+    /// Builds the list from flag values, case-insensitively.
+    pub fn new<S: AsRef<str>>(names: &[S]) -> DenyList {
+        DenyList {
+            names: names
+                .iter()
+                .map(|n| n.as_ref().to_ascii_uppercase().into_bytes())
+                .collect(),
+        }
+    }
+
+    /// True when the request's command (or command|subcommand) is denied.
+    pub fn denies(&self, req: &Request) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        let mut key = req.name().to_ascii_uppercase();
+        if self.names.contains(&key) {
+            return true;
+        }
+        match req.arg(1) {
+            Some(sub) => {
+                key.push(b'|');
+                key.extend(sub.iter().map(u8::to_ascii_uppercase));
+                self.names.contains(&key)
+            }
+            None => false,
+        }
     }
 }
 
@@ -306,7 +399,7 @@ mod tests {
             &["subscribe", "c"],
             &["MONITOR"],
             &["SELECT", "3"],
-            &["CLIENT", "SETNAME", "x"],
+            &["CLIENT", "TRACKING", "on"],
         ] {
             assert!(matches!(class(cmd).route, Route::Dedicated(_)), "{cmd:?}");
         }
@@ -318,12 +411,32 @@ mod tests {
     }
 
     #[test]
+    fn deny_list_matches_names_and_subcommands() {
+        let deny = DenyList::new(&["flushall", "CONFIG|SET"]);
+        assert!(deny.denies(&Request::from_args(&["FLUSHALL"])));
+        assert!(deny.denies(&Request::from_args(&["config", "set", "x", "y"])));
+        assert!(!deny.denies(&Request::from_args(&["CONFIG", "GET", "x"])));
+        assert!(!deny.denies(&Request::from_args(&["GET", "k"])));
+    }
+
+    #[test]
     fn local_and_denied() {
         assert_eq!(class(&["quit"]).route, Route::Local(Local::Quit));
-        assert_eq!(class(&["SELECT", "0"]).route, Route::Local(Local::Ok));
+        assert_eq!(
+            class(&["SELECT", "0"]).route,
+            Route::Local(Local::SelectDefault)
+        );
         assert_eq!(
             classify(&Request::from_args(&["SELECT", "2"]), 2).route,
-            Route::Local(Local::Ok)
+            Route::Local(Local::SelectDefault)
+        );
+        assert_eq!(
+            class(&["CLIENT", "SETNAME", "x"]).route,
+            Route::Local(Local::ClientSetName)
+        );
+        assert_eq!(
+            class(&["client", "id"]).route,
+            Route::Local(Local::ClientId)
         );
         assert_eq!(
             class(&["CLIENT", "SETINFO", "lib-name", "x"]).route,

@@ -59,6 +59,35 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MAX_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_connections: u32,
 
+    /// Dedicated upstream connections for clients in connection state (MULTI/WATCH, blocking commands, pub/sub, SELECT of another db, …); more such clients wait up to --checkout-timeout.
+    #[arg(long, env = "RESPOOL_MAX_PINNED", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_pinned: u32,
+
+    /// Password clients must AUTH with (the `default` user), as Redis's requirepass.
+    #[arg(long, env = "RESPOOL_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<String>,
+
+    /// A client user as name:password (repeatable; env: comma-separated). With users and no --requirepass, the default user is disabled.
+    #[arg(
+        long = "user",
+        env = "RESPOOL_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub users: Vec<String>,
+
+    /// A file of client users, one name:password per line (# comments allowed).
+    #[arg(long, env = "RESPOOL_USERS_FILE")]
+    pub users_file: Option<std::path::PathBuf>,
+
+    /// Refuse a command on this proxy: NAME or NAME|SUBCOMMAND (repeatable; env: comma-separated).
+    #[arg(
+        long = "deny-command",
+        env = "RESPOOL_DENY_COMMANDS",
+        value_delimiter = ','
+    )]
+    pub deny_commands: Vec<String>,
+
     /// Validated spare connections kept ready to replace a broken lane at once.
     #[arg(long, env = "RESPOOL_MIN_IDLE", default_value_t = 1)]
     pub min_idle: u32,
@@ -265,6 +294,12 @@ pub struct Config {
     pub max_connections: u32,
     /// Spare validated connections.
     pub min_idle: u32,
+    /// Dedicated (pinned) connections at most.
+    pub max_pinned: u32,
+    /// Client authentication.
+    pub client_auth: crate::client::auth::ClientAuth,
+    /// Commands refused by policy.
+    pub deny: crate::command::DenyList,
     /// TCP connect + validation time limit.
     pub connect_timeout: Duration,
     /// Request deadline.
@@ -351,7 +386,28 @@ impl Config {
                 "'--probe-prefix' must be non-empty and contain no spaces".into(),
             ));
         }
+        let mut users = flags.users.clone();
+        if let Some(path) = &flags.users_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(format!(
+                    "cannot read '--users-file' {}: {e}",
+                    path.display()
+                ))
+            })?;
+            users.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        let client_auth =
+            crate::client::auth::ClientAuth::new(flags.requirepass.as_deref(), &users)
+                .map_err(|e| invalid(format!("invalid client user: {e}")))?;
         Ok(Config {
+            max_pinned: flags.max_pinned,
+            client_auth,
+            deny: crate::command::DenyList::new(&flags.deny_commands),
             listen: flags.listen,
             upstream,
             max_connections: flags.max_connections,

@@ -58,13 +58,16 @@ pub enum Error {
     /// The client sent something that is not a valid request.
     #[error("Protocol error: {0}")]
     ClientProtocol(#[from] crate::codec::ProtocolError),
-    /// A command that needs a connection of its own, which respool cannot give yet.
-    #[error("respool does not support '{command}' yet: it needs a dedicated upstream connection ({why})")]
-    NeedsDedicatedConnection {
-        /// The command name as the client sent it, upper-cased.
-        command: Arc<str>,
-        /// What state the command would leave behind.
-        why: &'static str,
+    /// No dedicated connection could be had for a client entering connection
+    /// state (MULTI, WATCH, a blocking command, SUBSCRIBE, SELECT …).
+    #[error("no dedicated upstream connection to {addr} within {}: {cause}", Secs(*waited))]
+    NoDedicatedConnection {
+        /// The upstream address.
+        addr: Arc<str>,
+        /// Why: the last connect error, or that all are in use.
+        cause: Arc<str>,
+        /// How long the client waited.
+        waited: Duration,
     },
     /// The command is disabled by proxy policy.
     #[error("command '{0}' is disabled on this proxy")]

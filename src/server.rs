@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::pool::{probe_upstream, SharedLanes};
+use crate::pool::{probe_upstream, Upstreams};
 use crate::upstream::{configure_socket, ConnectError};
 
 /// Why the proxy could not start.
@@ -68,14 +68,10 @@ impl Proxy {
             addr: config.listen,
             source,
         })?;
-        let lanes = SharedLanes::start(&config);
+        let config = Arc::new(config);
+        let upstreams = Arc::new(Upstreams::start(config.clone()));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            Arc::new(config),
-            lanes,
-            shutdown.clone(),
-        ));
+        let task = tokio::spawn(accept_loop(listener, config, upstreams, shutdown.clone()));
         tracing::info!(listen = %local_addr, "respool accepting clients");
         Ok(Proxy {
             local_addr,
@@ -109,7 +105,7 @@ impl Proxy {
 async fn accept_loop(
     listener: TcpListener,
     config: Arc<Config>,
-    lanes: SharedLanes,
+    upstreams: Arc<Upstreams>,
     shutdown: CancellationToken,
 ) {
     let clients = TaskTracker::new();
@@ -136,11 +132,15 @@ async fn accept_loop(
         }
         connected.fetch_add(1, Ordering::Relaxed);
         let guard = ConnectedGuard(connected.clone());
-        let lane = lanes.pick();
-        let (config, shutdown, abort) = (config.clone(), shutdown.clone(), abort.clone());
+        let (config, upstreams, shutdown, abort) = (
+            config.clone(),
+            upstreams.clone(),
+            shutdown.clone(),
+            abort.clone(),
+        );
         clients.spawn(async move {
             let _guard = guard;
-            crate::client::serve(stream, config, lane, shutdown, abort).await;
+            crate::client::serve(stream, config, upstreams, shutdown, abort).await;
         });
     }
     drop(listener);
@@ -157,7 +157,10 @@ async fn accept_loop(
         abort.cancel();
         clients.wait().await;
     }
-    lanes.close(config.shutdown_timeout).await;
+    match Arc::into_inner(upstreams) {
+        Some(upstreams) => upstreams.close(config.shutdown_timeout).await,
+        None => tracing::warn!("upstream connections still referenced at shutdown; dropping them"),
+    }
     tracing::info!("respool stopped");
 }
 

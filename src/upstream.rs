@@ -41,6 +41,30 @@ pub struct UpstreamSettings {
     pub read_buffer_size: usize,
     /// Idle time after which a pooled connection is PINGed before reuse.
     pub health_check_interval: Option<Duration>,
+    /// RESP version the connection speaks (2, or 3 after `HELLO 3`).
+    pub protocol: u8,
+    /// The upstream's version, learned during validation.
+    pub server_version: ServerVersion,
+}
+
+/// The upstream server's version (`INFO server`), shared by every pool.
+#[derive(Debug, Clone, Default)]
+pub struct ServerVersion(Arc<std::sync::RwLock<Option<Arc<str>>>>);
+
+impl ServerVersion {
+    /// Records the version seen during a validation.
+    pub fn set(&self, version: String) {
+        if let Ok(mut v) = self.0.write() {
+            if v.as_deref() != Some(version.as_str()) {
+                *v = Some(version.into());
+            }
+        }
+    }
+
+    /// The last version seen, if any connection was validated yet.
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.read().ok().and_then(|v| v.clone())
+    }
 }
 
 impl UpstreamSettings {
@@ -59,6 +83,8 @@ impl UpstreamSettings {
             probe_ttl: c.probe_ttl,
             read_buffer_size: c.read_buffer_size,
             health_check_interval: c.health_check_interval,
+            protocol: 2,
+            server_version: ServerVersion::default(),
         }
     }
 }
@@ -181,7 +207,39 @@ impl UpstreamConn {
         result
     }
 
+    /// Like [`exchange`](Self::exchange), but frames that arrive before the
+    /// first reply and are pub/sub leftovers (pushes, message arrays) are
+    /// skipped: used to RESET a connection that was subscribed.
+    pub async fn exchange_skipping_pushes(
+        &mut self,
+        requests: &[Request],
+        step: &'static str,
+        timeout: Duration,
+    ) -> Result<Vec<Bytes>, ConnectError> {
+        let result = tokio::time::timeout(timeout, self.exchange_frames(requests, true)).await;
+        let result = match result {
+            Err(_) => Err(ConnectError::StepTimeout {
+                step,
+                after: timeout,
+            }),
+            Ok(r) => r,
+        };
+        if result.is_err() {
+            self.broken = true;
+        }
+        self.last_used = Instant::now();
+        result
+    }
+
     async fn exchange_inner(&mut self, requests: &[Request]) -> Result<Vec<Bytes>, ConnectError> {
+        self.exchange_frames(requests, false).await
+    }
+
+    async fn exchange_frames(
+        &mut self,
+        requests: &[Request],
+        skip_leading_pushes: bool,
+    ) -> Result<Vec<Bytes>, ConnectError> {
         let mut out = BytesMut::new();
         for r in requests {
             out.extend_from_slice(r.raw());
@@ -194,7 +252,14 @@ impl UpstreamConn {
         let mut replies = Vec::with_capacity(requests.len());
         while replies.len() < requests.len() {
             match decoder.decode(&mut self.read_buf) {
-                Ok(Some(frame)) => replies.push(frame),
+                Ok(Some(frame)) => {
+                    let leftover = skip_leading_pushes
+                        && replies.is_empty()
+                        && matches!(frame.first(), Some(b'>' | b'*'));
+                    if !leftover {
+                        replies.push(frame);
+                    }
+                }
                 Ok(None) => {
                     if self.read_buf.capacity() - self.read_buf.len() < 1024 {
                         self.read_buf.reserve(4096);

@@ -27,6 +27,12 @@ pub enum ProtocolError {
     /// `*<n>` with n not a number or out of range.
     #[error("invalid multibulk length")]
     InvalidMultibulkLength,
+    /// More than 10 arguments before the client authenticated.
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulk,
+    /// A bulk string over 16 KiB before the client authenticated.
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulk,
     /// `$<n>` with n not a number or out of range.
     #[error("invalid bulk length")]
     InvalidBulkLength,

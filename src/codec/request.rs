@@ -13,6 +13,20 @@ pub struct RequestLimits {
     pub max_bulk_len: u64,
     /// Most arguments in one request (Redis: INT_MAX).
     pub max_args: u64,
+    /// The client has not authenticated yet (errors say so, as Redis's do).
+    pub unauthenticated: bool,
+}
+
+impl RequestLimits {
+    /// Redis's limits for a client that has not authenticated yet: at most 10
+    /// arguments of at most 16 KiB each.
+    pub fn unauthenticated() -> RequestLimits {
+        RequestLimits {
+            max_bulk_len: 16 * 1024,
+            max_args: 10,
+            unauthenticated: true,
+        }
+    }
 }
 
 impl Default for RequestLimits {
@@ -20,6 +34,7 @@ impl Default for RequestLimits {
         RequestLimits {
             max_bulk_len: 512 << 20,
             max_args: i32::MAX as u64,
+            unauthenticated: false,
         }
     }
 }
@@ -173,6 +188,11 @@ impl RequestDecoder {
         }
     }
 
+    /// Changes the limits (after a client authenticates).
+    pub fn set_limits(&mut self, limits: RequestLimits) {
+        self.limits = limits;
+    }
+
     /// True while a request has started arriving but is not complete — a
     /// client stuck here for long is sending a half command.
     pub fn in_progress(&self, buf: &BytesMut) -> bool {
@@ -237,7 +257,11 @@ impl Decoder for RequestDecoder {
                 };
                 let n = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
                 if n > self.limits.max_args as i64 {
-                    return Err(ProtocolError::InvalidMultibulkLength);
+                    return Err(if self.limits.unauthenticated {
+                        ProtocolError::UnauthenticatedMultibulk
+                    } else {
+                        ProtocolError::InvalidMultibulkLength
+                    });
                 }
                 if n <= 0 {
                     // `*0` and `*-1` are empty commands: Redis skips them silently.
@@ -268,8 +292,16 @@ impl Decoder for RequestDecoder {
                     return Ok(None);
                 };
                 let len = parse_int(&buf[p.pos + 1..cr])
-                    .filter(|&l| l >= 0 && l as u64 <= self.limits.max_bulk_len)
-                    .ok_or(ProtocolError::InvalidBulkLength)? as usize;
+                    .filter(|&l| l >= 0)
+                    .ok_or(ProtocolError::InvalidBulkLength)?;
+                if len as u64 > self.limits.max_bulk_len {
+                    return Err(if self.limits.unauthenticated {
+                        ProtocolError::UnauthenticatedBulk
+                    } else {
+                        ProtocolError::InvalidBulkLength
+                    });
+                }
+                let len = len as usize;
                 let data = cr + 2;
                 let end = data + len;
                 if buf.len() < end + 2 {
@@ -394,6 +426,22 @@ mod tests {
         assert_eq!(
             decode_all(b"set k \"v\r\n"),
             Err(ProtocolError::UnbalancedQuotes)
+        );
+    }
+
+    #[test]
+    fn unauthenticated_limits_are_small() {
+        let mut dec = RequestDecoder::new(RequestLimits::unauthenticated());
+        let mut buf = BytesMut::from(&b"*11\r\n"[..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(ProtocolError::UnauthenticatedMultibulk)
+        );
+        let mut dec = RequestDecoder::new(RequestLimits::unauthenticated());
+        let mut buf = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$16385\r\n"[..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(ProtocolError::UnauthenticatedBulk)
         );
     }
 

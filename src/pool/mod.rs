@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::retry::BackoffPolicy;
-use crate::upstream::{ConnectError, UpstreamConn, UpstreamSettings};
+use crate::upstream::{ConnectError, ServerVersion, UpstreamConn, UpstreamSettings};
 use lane::{Lane, LaneRequest, LaneSettings};
 use manager::UpstreamManager;
 
@@ -32,8 +32,15 @@ pub struct SharedLanes {
 impl SharedLanes {
     /// Builds the pool (connections are made in the background, so the proxy
     /// starts even when the upstream is down) and spawns one task per lane.
-    pub fn start(config: &Config) -> SharedLanes {
-        let settings = Arc::new(UpstreamSettings::from_config(config));
+    /// `protocol` is the RESP version the lanes' connections speak: clients
+    /// that said `HELLO 3` share lanes of their own, so every client gets
+    /// replies in the protocol it asked for without re-encoding.
+    pub fn start(config: &Config, protocol: u8, version: ServerVersion) -> SharedLanes {
+        let settings = Arc::new(UpstreamSettings {
+            protocol,
+            server_version: version,
+            ..UpstreamSettings::from_config(config)
+        });
         let manager = UpstreamManager::new(settings.clone());
         let failures = manager.failures();
         let pool = bb8::Pool::builder()
@@ -105,6 +112,41 @@ impl SharedLanes {
     }
 }
 
+/// The pool of dedicated connections for pinned sessions.
+pub struct PinnedPool {
+    /// The connections (validated, RESP2).
+    pub pool: bb8::Pool<UpstreamManager>,
+    /// Connect failures, to say why a checkout failed.
+    pub failures: tokio::sync::watch::Receiver<Option<ConnectError>>,
+    /// Settings, for resetting connections before reuse.
+    pub settings: Arc<UpstreamSettings>,
+}
+
+impl PinnedPool {
+    /// Builds the pool; connections are made on demand (and `--min-idle`
+    /// spares are not kept here: pinned connections are the expensive kind).
+    pub fn new(config: &Config, version: ServerVersion) -> PinnedPool {
+        let settings = Arc::new(UpstreamSettings {
+            server_version: version,
+            ..UpstreamSettings::from_config(config)
+        });
+        let manager = UpstreamManager::new(settings.clone());
+        let failures = manager.failures();
+        let pool = bb8::Pool::builder()
+            .max_size(config.max_pinned)
+            .min_idle(None)
+            .test_on_check_out(true)
+            .connection_timeout(config.checkout_timeout)
+            .retry_connection(true)
+            .build_unchecked(manager);
+        PinnedPool {
+            pool,
+            failures,
+            settings,
+        }
+    }
+}
+
 /// Opens one validated connection with retries, for `--require-upstream`.
 pub async fn probe_upstream(config: &Config) -> Result<(), ConnectError> {
     let settings = UpstreamSettings::from_config(config);
@@ -124,5 +166,64 @@ pub async fn probe_upstream(config: &Config) -> Result<(), ConnectError> {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+/// Everything clients reach upstream through: shared lanes per protocol
+/// version and the pool of dedicated connections for pinned sessions.
+pub struct Upstreams {
+    config: Arc<Config>,
+    /// Lanes whose connections speak RESP2.
+    resp2: SharedLanes,
+    /// Lanes for clients that switched to RESP3, started on first use so a
+    /// proxy whose clients never say `HELLO 3` holds no connections for them.
+    resp3: std::sync::OnceLock<SharedLanes>,
+    /// Dedicated connections.
+    pub pinned: PinnedPool,
+    /// The upstream's version, as validation learned it.
+    pub version: ServerVersion,
+    next_client_id: std::sync::atomic::AtomicU64,
+}
+
+impl Upstreams {
+    /// Starts the RESP2 lanes and the (empty) pinned pool.
+    pub fn start(config: Arc<Config>) -> Upstreams {
+        let version = ServerVersion::default();
+        Upstreams {
+            resp2: SharedLanes::start(&config, 2, version.clone()),
+            resp3: std::sync::OnceLock::new(),
+            pinned: PinnedPool::new(&config, version.clone()),
+            version,
+            next_client_id: std::sync::atomic::AtomicU64::new(1),
+            config,
+        }
+    }
+
+    /// A lane for a client speaking `protocol`.
+    pub fn lane(&self, protocol: u8) -> LaneHandle {
+        if protocol == 3 {
+            self.resp3
+                .get_or_init(|| SharedLanes::start(&self.config, 3, self.version.clone()))
+                .pick()
+        } else {
+            self.resp2.pick()
+        }
+    }
+
+    /// A fresh client id (CLIENT ID, HELLO).
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Closes all lanes (after every client is gone).
+    pub async fn close(self, deadline: Duration) {
+        let resp3 = self.resp3.into_inner();
+        let both = async move {
+            self.resp2.close(deadline).await;
+            if let Some(lanes) = resp3 {
+                lanes.close(deadline).await;
+            }
+        };
+        both.await;
     }
 }

@@ -15,6 +15,10 @@ use crate::upstream::{ConnectError, UpstreamConn, UpstreamSettings};
 
 /// What a step's reply must be.
 enum Expect {
+    /// `HELLO 3`: a RESP3 map.
+    Hello,
+    /// `INFO server`: a text carrying `redis_version:`.
+    Info,
     Ok,
     Pong,
     Bulk(Bytes),
@@ -50,7 +54,20 @@ pub(crate) async fn run_gate(
     s: &UpstreamSettings,
 ) -> Result<(), ConnectError> {
     let mut steps: Vec<(&'static str, Request, Expect)> = Vec::new();
-    if let Some(password) = &s.password {
+    if s.protocol == 3 {
+        // HELLO switches the protocol and authenticates in one step.
+        let hello = match &s.password {
+            Some(password) => Request::from_args(&[
+                "HELLO",
+                "3",
+                "AUTH",
+                s.username.as_deref().unwrap_or("default"),
+                password.expose(),
+            ]),
+            None => Request::from_args(&["HELLO", "3"]),
+        };
+        steps.push(("HELLO 3", hello, Expect::Hello));
+    } else if let Some(password) = &s.password {
         let auth = match &s.username {
             Some(user) => Request::from_args(&["AUTH", user.as_str(), password.expose()]),
             None => Request::from_args(&["AUTH", password.expose()]),
@@ -87,9 +104,13 @@ pub(crate) async fn run_gate(
             Expect::Int(1),
         ));
     }
-    if steps.is_empty() {
-        return Ok(());
-    }
+    // The server version, for the HELLO reply respool gives its clients
+    // (never fails the gate).
+    steps.push((
+        "INFO server",
+        Request::from_args(&["INFO", "server"]),
+        Expect::Info,
+    ));
     let requests: Vec<Request> = steps.iter().map(|(_, r, _)| r.clone()).collect();
     let replies = conn.exchange(&requests, "validation", s.timeout).await?;
     for ((step, _, expect), reply) in steps.iter().zip(&replies) {
@@ -97,11 +118,37 @@ pub(crate) async fn run_gate(
             conn.broken = true;
             return Err(e);
         }
+        if let Expect::Info = expect {
+            if let Some(version) = redis_version(reply) {
+                s.server_version.set(version);
+            }
+        }
     }
     Ok(())
 }
 
+/// `redis_version:7.0.15` out of an INFO reply.
+fn redis_version(info: &[u8]) -> Option<String> {
+    let at = memchr::memmem::find(info, b"redis_version:")? + b"redis_version:".len();
+    let rest = &info[at..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+}
+
 fn check(step: &'static str, expect: &Expect, reply: &[u8]) -> Result<(), ConnectError> {
+    // RESP3 and text replies are checked by shape; redis-protocol's RESP2
+    // decoder handles the rest.
+    match expect {
+        Expect::Hello if reply.first() == Some(&b'%') => return Ok(()),
+        Expect::Hello if reply.first() != Some(&b'-') => return Err(unexpected(step, reply)),
+        // The version is nice to have; an ACL that forbids INFO is no reason
+        // to distrust the connection.
+        Expect::Info => return Ok(()),
+        _ => {}
+    }
     // The reply was framed and depth-checked by ReplyDecoder; only now is it
     // handed to redis-protocol for typed decoding.
     let frame = match decode(reply) {
@@ -175,5 +222,19 @@ mod tests {
             }
         ));
         assert!(check("probe DEL", &Expect::Int(1), b":1\r\n").is_ok());
+        assert!(check("HELLO 3", &Expect::Hello, b"%1\r\n+a\r\n+b\r\n").is_ok());
+        let e = check(
+            "HELLO 3",
+            &Expect::Hello,
+            b"-WRONGPASS invalid username-password pair\r\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.reply_code(), Some("WRONGPASS"));
+    }
+
+    #[test]
+    fn server_version_is_read_from_info() {
+        let info = b"$40\r\n# Server\r\nredis_version:7.0.15\r\nredis_mode:x\r\n";
+        assert_eq!(redis_version(info).as_deref(), Some("7.0.15"));
     }
 }

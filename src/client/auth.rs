@@ -1,0 +1,150 @@
+//! Client authentication to respool itself (`--requirepass`, `--user`,
+//! `--users-file`): AUTH and HELLO … AUTH answer exactly as Redis does, and
+//! passwords are compared in constant time.
+
+use std::collections::HashMap;
+
+use crate::config::Secret;
+
+/// Who may connect, and with which password.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAuth {
+    /// The `default` user's password (`--requirepass`).
+    default: Option<Secret>,
+    /// Named users (`--user name:password`).
+    users: HashMap<String, Secret>,
+}
+
+/// The outcome of an AUTH attempt, as Redis words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// `+OK`.
+    Ok,
+    /// `-WRONGPASS invalid username-password pair or user is disabled.`
+    WrongPass,
+    /// `AUTH <password>` while the default user has no password.
+    NoPasswordConfigured,
+}
+
+impl ClientAuth {
+    /// Builds the user table. `users` are `name:password` entries.
+    pub fn new(requirepass: Option<&str>, users: &[String]) -> Result<ClientAuth, String> {
+        let mut table = HashMap::new();
+        for entry in users {
+            let (name, password) = entry
+                .split_once(':')
+                .ok_or_else(|| "a user must be given as name:password".to_string())?;
+            if name.is_empty() || password.is_empty() {
+                return Err("a user needs a non-empty name and password (name:password)".into());
+            }
+            if name == "default" {
+                return Err("set the default user's password with --requirepass".into());
+            }
+            table.insert(name.to_string(), Secret::new(password));
+        }
+        Ok(ClientAuth {
+            default: requirepass.filter(|p| !p.is_empty()).map(Secret::new),
+            users: table,
+        })
+    }
+
+    /// True when clients must authenticate before anything else: a default
+    /// password is set, or named users exist (the default user is then off).
+    pub fn required(&self) -> bool {
+        self.default.is_some() || !self.users.is_empty()
+    }
+
+    /// Checks `AUTH [user] password`.
+    pub fn check(&self, user: Option<&[u8]>, password: &[u8]) -> AuthOutcome {
+        let expected = match user {
+            None | Some(b"default") => match &self.default {
+                Some(p) => p,
+                None if user.is_none() => return AuthOutcome::NoPasswordConfigured,
+                None => return AuthOutcome::WrongPass,
+            },
+            Some(name) => match std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| self.users.get(n))
+            {
+                Some(p) => p,
+                None => {
+                    // Spend the same time as a real comparison.
+                    let _ = constant_time_eq(password, password);
+                    return AuthOutcome::WrongPass;
+                }
+            },
+        };
+        if constant_time_eq(expected.expose().as_bytes(), password) {
+            AuthOutcome::Ok
+        } else {
+            AuthOutcome::WrongPass
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how
+/// many leading bytes matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    let n = a.len().max(b.len());
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0 && a.len() == b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_user_and_named_users() {
+        let auth = ClientAuth::new(Some("s3cret"), &["alice:wonder".into()]).unwrap();
+        assert!(auth.required());
+        assert_eq!(auth.check(None, b"s3cret"), AuthOutcome::Ok);
+        assert_eq!(auth.check(Some(b"default"), b"s3cret"), AuthOutcome::Ok);
+        assert_eq!(auth.check(None, b"s3cre"), AuthOutcome::WrongPass);
+        assert_eq!(auth.check(Some(b"alice"), b"wonder"), AuthOutcome::Ok);
+        assert_eq!(
+            auth.check(Some(b"alice"), b"s3cret"),
+            AuthOutcome::WrongPass
+        );
+        assert_eq!(auth.check(Some(b"bob"), b"wonder"), AuthOutcome::WrongPass);
+    }
+
+    #[test]
+    fn without_passwords_auth_is_not_required() {
+        let auth = ClientAuth::new(None, &[]).unwrap();
+        assert!(!auth.required());
+        assert_eq!(auth.check(None, b"x"), AuthOutcome::NoPasswordConfigured);
+        assert_eq!(auth.check(Some(b"default"), b"x"), AuthOutcome::WrongPass);
+    }
+
+    #[test]
+    fn bad_user_entries_are_refused() {
+        assert!(ClientAuth::new(None, &["nopassword".into()]).is_err());
+        assert!(ClientAuth::new(None, &[":pw".into()]).is_err());
+        assert!(ClientAuth::new(None, &["default:pw".into()]).is_err());
+    }
+
+    #[test]
+    fn constant_time_comparison_is_exact() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let auth = ClientAuth::new(Some("s3cret"), &["alice:wonder".into()]).unwrap();
+        let shown = format!("{auth:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("wonder"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Replies respool composes itself: AUTH, HELLO, CLIENT ID/GETNAME/SETNAME,
+//! and the RESP encodings they need in either protocol version.
+
+use bytes::Bytes;
+
+use super::auth::{AuthOutcome, ClientAuth};
+use crate::codec::Request;
+use crate::error::error_line;
+
+/// Commands a client may send before it has authenticated (as in Redis).
+pub(super) fn allowed_before_auth(req: &Request) -> bool {
+    let name = req.name();
+    ["AUTH", "HELLO", "QUIT", "RESET"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// `-WRONGPASS`, worded as Redis 7 words it.
+pub(super) fn wrongpass() -> Bytes {
+    error_line(
+        "WRONGPASS",
+        "invalid username-password pair or user is disabled.",
+    )
+}
+
+/// Answers `AUTH [user] password` against respool's own users.
+pub(super) fn auth(users: &ClientAuth, req: &Request) -> Result<(), Bytes> {
+    let args: Vec<&[u8]> = req.args().skip(1).collect();
+    let (user, password) = match args[..] {
+        [password] => (None, password),
+        [user, password] => (Some(user), password),
+        [] => {
+            return Err(error_line(
+                "ERR",
+                "wrong number of arguments for 'auth' command",
+            ))
+        }
+        _ => return Err(error_line("ERR", "syntax error")),
+    };
+    match users.check(user, password) {
+        AuthOutcome::Ok => Ok(()),
+        AuthOutcome::WrongPass => Err(wrongpass()),
+        AuthOutcome::NoPasswordConfigured => Err(error_line(
+            "ERR",
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        )),
+    }
+}
+
+/// A parsed `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+pub(super) struct Hello<'a> {
+    pub protocol: Option<u8>,
+    pub auth: Option<(&'a [u8], &'a [u8])>,
+    /// `Some(None)` clears the name.
+    pub setname: Option<Option<Bytes>>,
+}
+
+/// The protocol version a HELLO asks for, if it is valid.
+pub(super) fn hello_protocol(req: &Request) -> Option<u8> {
+    match req.arg(1)? {
+        b"2" => Some(2),
+        b"3" => Some(3),
+        _ => None,
+    }
+}
+
+pub(super) fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
+    let args: Vec<&[u8]> = req.args().skip(1).collect();
+    let mut hello = Hello {
+        protocol: None,
+        auth: None,
+        setname: None,
+    };
+    let Some((first, mut rest)) = args.split_first() else {
+        return Ok(hello);
+    };
+    let version: i64 = std::str::from_utf8(first)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| error_line("ERR", "Protocol version is not an integer or out of range"))?;
+    hello.protocol = match version {
+        2 => Some(2),
+        3 => Some(3),
+        _ => {
+            return Err(error_line(
+                "NOPROTO",
+                "sorry, this protocol version is not supported",
+            ))
+        }
+    };
+    while let Some((option, tail)) = rest.split_first() {
+        if option.eq_ignore_ascii_case(b"AUTH") && tail.len() >= 2 {
+            hello.auth = Some((tail[0], tail[1]));
+            rest = &tail[2..];
+        } else if option.eq_ignore_ascii_case(b"SETNAME") && !tail.is_empty() {
+            hello.setname = Some(client_name(tail[0])?);
+            rest = &tail[1..];
+        } else {
+            return Err(error_line(
+                "ERR",
+                &format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(option)
+                ),
+            ));
+        }
+    }
+    Ok(hello)
+}
+
+/// `CLIENT SETNAME name`: the new name (`None` clears it) or Redis's error.
+pub(super) fn validate_client_name(req: &Request) -> Result<Option<Bytes>, Bytes> {
+    if req.argc() != 3 {
+        return Err(error_line(
+            "ERR",
+            "wrong number of arguments for 'client|setname' command",
+        ));
+    }
+    client_name(req.arg(2).unwrap_or_default())
+}
+
+fn client_name(name: &[u8]) -> Result<Option<Bytes>, Bytes> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        return Err(error_line(
+            "ERR",
+            "Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    Ok(Some(Bytes::copy_from_slice(name)))
+}
+
+/// A bulk string.
+pub(super) fn bulk(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// Null in the client's protocol.
+pub(super) fn nil(protocol: u8) -> Bytes {
+    Bytes::from_static(if protocol == 3 { b"_\r\n" } else { b"$-1\r\n" })
+}
+
+/// HELLO's reply: a map in RESP3, a flat array in RESP2, with the fields
+/// Redis sends. `version` is the upstream's, learned during validation.
+pub(super) fn hello_reply(protocol: u8, id: u64, version: &str) -> Bytes {
+    let mut out = Vec::new();
+    out.extend_from_slice(if protocol == 3 { b"%7\r\n" } else { b"*14\r\n" });
+    let mut field = |key: &str, value: &[u8]| {
+        out.extend_from_slice(&bulk(key.as_bytes()));
+        out.extend_from_slice(value);
+    };
+    field("server", &bulk(b"redis"));
+    field("version", &bulk(version.as_bytes()));
+    field("proto", format!(":{protocol}\r\n").as_bytes());
+    field("id", format!(":{id}\r\n").as_bytes());
+    field("mode", &bulk(b"standalone"));
+    field("role", &bulk(b"master"));
+    field("modules", b"*0\r\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    #[test]
+    fn hello_parsing_matches_redis() {
+        assert!(parse_hello(&req(&["HELLO"])).unwrap().protocol.is_none());
+        assert_eq!(
+            parse_hello(&req(&["HELLO", "3"])).unwrap().protocol,
+            Some(3)
+        );
+        let e = parse_hello(&req(&["HELLO", "4"])).err().unwrap();
+        assert!(e.starts_with(b"-NOPROTO"));
+        let e = parse_hello(&req(&["HELLO", "x"])).err().unwrap();
+        assert!(e.starts_with(b"-ERR Protocol version"));
+        let full = req(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "app"]);
+        let h = parse_hello(&full).unwrap();
+        assert_eq!(h.auth, Some((&b"u"[..], &b"p"[..])));
+        assert_eq!(h.setname, Some(Some(Bytes::from_static(b"app"))));
+        assert!(parse_hello(&req(&["HELLO", "3", "AUTH", "u"])).is_err());
+    }
+
+    #[test]
+    fn hello_replies_in_both_protocols() {
+        let r2 = hello_reply(2, 7, "7.0.15");
+        assert!(r2.starts_with(
+            b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n"
+        ));
+        let r3 = hello_reply(3, 7, "7.0.15");
+        assert!(r3.starts_with(b"%7\r\n"));
+        // Both are whole frames.
+        use tokio_util::codec::Decoder;
+        for r in [r2, r3] {
+            let mut buf = bytes::BytesMut::from(&r[..]);
+            let frame = crate::codec::ReplyDecoder::default()
+                .decode(&mut buf)
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.len(), r.len());
+        }
+    }
+
+    #[test]
+    fn client_names_are_validated() {
+        assert_eq!(
+            validate_client_name(&req(&["CLIENT", "SETNAME", "app-1"])).unwrap(),
+            Some(Bytes::from_static(b"app-1"))
+        );
+        assert_eq!(
+            validate_client_name(&req(&["CLIENT", "SETNAME", ""])).unwrap(),
+            None
+        );
+        assert!(validate_client_name(&req(&["CLIENT", "SETNAME", "a b"])).is_err());
+        assert!(validate_client_name(&req(&["CLIENT", "SETNAME"])).is_err());
+    }
+
+    #[test]
+    fn auth_replies() {
+        let users = ClientAuth::new(Some("pw"), &[]).unwrap();
+        assert!(auth(&users, &req(&["AUTH", "pw"])).is_ok());
+        assert_eq!(
+            auth(&users, &req(&["AUTH", "no"])).unwrap_err(),
+            wrongpass()
+        );
+        assert!(auth(&users, &req(&["AUTH"]))
+            .unwrap_err()
+            .starts_with(b"-ERR wrong number"));
+        let none = ClientAuth::new(None, &[]).unwrap();
+        assert!(auth(&none, &req(&["AUTH", "x"]))
+            .unwrap_err()
+            .starts_with(b"-ERR AUTH <password> called without"));
+    }
+}

@@ -1,0 +1,799 @@
+//! One client connection: read a batch of requests, route each, and write the
+//! replies back in request order, one write per batch.
+//!
+//! Each request gets a slot in `pending`, in arrival order. Local answers fill
+//! their slot at once; requests sent to the client's lane or to its pinned
+//! session get theirs filled when the reply arrives. Whatever prefix of
+//! `pending` is filled is moved to the output and written, so replies leave in
+//! request order no matter the order in which they were resolved.
+//!
+//! A client starts on a shared lane. A command that needs connection state
+//! (see [`crate::command::Stateful`]) first waits until every earlier request
+//! of the client has been answered (so nothing overtakes it on another
+//! connection), then gets a dedicated connection ([`session`]) that carries
+//! all of the client's commands until the state ends; then the client returns
+//! to its lane.
+
+pub mod auth;
+mod local;
+mod session;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{ProtocolError, Request, RequestDecoder, RequestLimits};
+use crate::command::{classify, Command, Local, Route, Stateful};
+use crate::config::Config;
+use crate::error::{error_line, Error};
+use crate::pool::lane::{Delivery, LaneRequest};
+use crate::pool::{LaneHandle, Upstreams};
+use session::{PinnedConn, Session, SessionBroken, SessionEvent};
+
+/// Replies up to this size are copied into the output buffer; larger ones are
+/// written from their own buffer to avoid copying megabytes.
+const COPY_LIMIT: usize = 16 * 1024;
+/// Read buffer of a client that sends small requests; it grows to
+/// `--read-buffer-size` for clients whose reads fill it.
+const INITIAL_READ_BUFFER: usize = 4 * 1024;
+
+type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
+
+/// Serves one client until it disconnects, QUITs, breaks the protocol, or the
+/// proxy shuts down.
+pub async fn serve(
+    stream: TcpStream,
+    config: Arc<Config>,
+    upstreams: Arc<Upstreams>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let peer = stream.peer_addr().ok();
+    let mut client = Client::new(stream, config, upstreams);
+    let result = client.run(shutdown, abort).await;
+    client.end_session();
+    match result {
+        Ok(()) => tracing::trace!(?peer, "client closed"),
+        Err(e) => tracing::debug!(?peer, error = %e, "client connection ended with an error"),
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    config: Arc<Config>,
+    upstreams: Arc<Upstreams>,
+    /// This client's id (CLIENT ID, HELLO).
+    id: u64,
+    /// The shared lane for the client's protocol.
+    lane: LaneHandle,
+    /// RESP version the client speaks (2, or 3 after `HELLO 3`).
+    protocol: u8,
+    /// This client's inbox; a clone of `reply_tx` travels with each request.
+    reply_tx: mpsc::UnboundedSender<Delivery>,
+    reply_rx: mpsc::UnboundedReceiver<Delivery>,
+    decoder: RequestDecoder,
+    /// Bytes read and not yet decoded; small while the client is quiet.
+    inbuf: BytesMut,
+    /// The last read filled the buffer: more is likely waiting, read bigger.
+    last_read_filled: bool,
+    /// Replies in request order; `None` until resolved.
+    pending: VecDeque<Option<Bytes>>,
+    /// Sequence number of `pending[0]`.
+    base_seq: u64,
+    /// Slots waiting on the shared lane.
+    shared_pending: usize,
+    /// Resolved replies waiting to be written: small ones coalesced into
+    /// `out_small`, large ones queued as their own buffers.
+    out: VecDeque<Bytes>,
+    out_small: BytesMut,
+    /// No more requests will be read (QUIT, protocol error, EOF, shutdown).
+    reading_done: bool,
+    /// Authenticated (always true when no client auth is configured).
+    authenticated: bool,
+    /// CLIENT SETNAME, kept here so that naming a client does not pin it.
+    name: Option<Bytes>,
+    /// The dedicated connection while the client has connection state.
+    session: Option<Session>,
+    /// A request waiting for earlier ones to finish before it can go on
+    /// (entering a session, ending one, switching protocol lanes).
+    parked: Option<(Request, Command)>,
+    /// A pinned connection being checked out.
+    checkout: Option<Checkout>,
+    /// Reused buffer for session events.
+    events: Vec<SessionEvent>,
+}
+
+impl Client {
+    fn new(stream: TcpStream, config: Arc<Config>, upstreams: Arc<Upstreams>) -> Client {
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let authenticated = !config.client_auth.required();
+        let limits = if authenticated {
+            RequestLimits {
+                max_bulk_len: config.max_bulk_length,
+                ..RequestLimits::default()
+            }
+        } else {
+            RequestLimits::unauthenticated()
+        };
+        Client {
+            stream,
+            id: upstreams.next_client_id(),
+            lane: upstreams.lane(2),
+            protocol: 2,
+            config,
+            upstreams,
+            reply_tx,
+            reply_rx,
+            decoder: RequestDecoder::new(limits),
+            inbuf: BytesMut::new(),
+            last_read_filled: false,
+            pending: VecDeque::new(),
+            base_seq: 0,
+            shared_pending: 0,
+            out: VecDeque::new(),
+            out_small: BytesMut::new(),
+            reading_done: false,
+            authenticated,
+            name: None,
+            session: None,
+            parked: None,
+            checkout: None,
+            events: Vec::new(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) -> io::Result<()> {
+        loop {
+            if self.reading_done
+                && self.pending.is_empty()
+                && self.out_is_empty()
+                && self.parked.is_none()
+            {
+                return Ok(());
+            }
+            let can_read = !self.reading_done
+                && self.parked.is_none()
+                && self.pending.len() < self.config.max_pending_per_client;
+            let want_write = !self.out_is_empty();
+            let session_stream = self.session.as_ref().map(Session::stream);
+            let session_wants_write = self.session.as_ref().is_some_and(|s| !s.wbuf.is_empty());
+            let session_deadline = self.session.as_ref().and_then(Session::deadline);
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => return Ok(()),
+                Some(d) = self.reply_rx.recv() => {
+                    self.resolve_shared(d);
+                    while let Ok(d) = self.reply_rx.try_recv() {
+                        self.resolve_shared(d);
+                    }
+                }
+                r = readable(session_stream) => {
+                    if r.is_ok() {
+                        self.on_session_readable();
+                    } else {
+                        self.session_failed(SessionBroken::Lost("socket error".into()));
+                    }
+                }
+                r = writable(session_stream), if session_wants_write => {
+                    if r.is_err() {
+                        self.session_failed(SessionBroken::Lost("socket error".into()));
+                    }
+                }
+                result = poll_checkout(&mut self.checkout) => {
+                    self.checkout = None;
+                    self.on_checkout(result);
+                }
+                _ = sleep_until_opt(session_deadline) => self.session_timed_out(),
+                r = self.stream.writable(), if want_write => r?,
+                r = self.stream.readable(), if can_read => {
+                    r?;
+                    if self.read_some()? == Some(0) {
+                        // EOF: the client is gone; replies still pending would
+                        // reach nobody. (Its commands still run, as with Redis.)
+                        return Ok(());
+                    }
+                }
+                _ = shutdown.cancelled(), if !self.reading_done => {
+                    self.reading_done = true;
+                }
+            }
+            self.advance();
+            self.collect_ready();
+            self.flush_session();
+            if self.write_some()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Routes buffered requests and moves parked ones on, until the input is
+    /// used up or a parked request must wait for an event.
+    fn advance(&mut self) {
+        loop {
+            self.unpark();
+            if self.parked.is_some() || self.reading_done {
+                return;
+            }
+            self.process_input();
+            if self.parked.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Reads what the socket has, after `readable()` fired. `Some(0)` is EOF;
+    /// `None` a spurious wakeup.
+    ///
+    /// The read goes through `AsyncRead` (polled once, never waiting) rather
+    /// than `try_read`: tokio clears the socket's readiness after a short read
+    /// there, which saves the extra `recv` that would otherwise return EAGAIN
+    /// on every request.
+    fn read_some(&mut self) -> io::Result<Option<usize>> {
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        if spare < 512 {
+            // Small first, so idle clients stay cheap; grow to the configured
+            // size only for clients whose reads fill the buffer.
+            let grow = if self.last_read_filled {
+                self.config.read_buffer_size
+            } else {
+                INITIAL_READ_BUFFER.min(self.config.read_buffer_size)
+            };
+            self.inbuf.reserve(grow);
+        }
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        match self.stream.read_buf(&mut self.inbuf).now_or_never() {
+            None => Ok(None),
+            Some(Ok(n)) => {
+                self.last_read_filled = n == spare;
+                Ok(Some(n))
+            }
+            Some(Err(e)) => Err(e),
+        }
+    }
+
+    /// Decodes and routes buffered requests while the in-flight limit allows
+    /// and no request is parked.
+    fn process_input(&mut self) {
+        while self.pending.len() < self.config.max_pending_per_client
+            && !self.reading_done
+            && self.parked.is_none()
+        {
+            match self.decoder.decode(&mut self.inbuf) {
+                Ok(Some(req)) => self.route(req),
+                Ok(None) => break,
+                Err(e) => self.protocol_error(e),
+            }
+        }
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * INITIAL_READ_BUFFER {
+            // A burst grew the buffer: let it go, so that a client that goes
+            // idle holds little memory (it returns once the requests sliced
+            // from it are answered).
+            self.inbuf = BytesMut::new();
+        }
+    }
+
+    fn protocol_error(&mut self, e: ProtocolError) {
+        self.reading_done = true;
+        self.inbuf.clear();
+        if e == ProtocolError::Http {
+            return;
+        }
+        tracing::debug!(error = %e, "client protocol error; closing its connection");
+        self.push_ready(Error::ClientProtocol(e).to_resp());
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.base_seq + self.pending.len() as u64
+    }
+
+    fn route(&mut self, req: Request) {
+        if !self.authenticated && !local::allowed_before_auth(&req) {
+            self.push_ready(error_line("NOAUTH", "Authentication required."));
+            return;
+        }
+        if self.config.deny.denies(&req) {
+            self.deny(&req);
+            return;
+        }
+        let command = classify(&req, self.config.upstream.db);
+        match command.route {
+            Route::Shared => match &mut self.session {
+                Some(session) => {
+                    let seq = self.base_seq + self.pending.len() as u64;
+                    if session.send(&req, seq, None) {
+                        self.pending.push_back(None);
+                    }
+                }
+                None => self.send_shared(&req, command.retry_safe),
+            },
+            Route::Local(local) => self.local(local, req, command),
+            Route::Dedicated(state) => self.dedicated(state, req, command),
+            Route::Denied => self.deny(&req),
+            Route::Attack => {
+                // Like Redis: drop the connection without a word.
+                tracing::warn!("possible cross-protocol attack (HTTP request on the proxy port); connection closed");
+                self.protocol_error(ProtocolError::Http);
+                self.pending.clear();
+                self.out.clear();
+                self.out_small.clear();
+            }
+        }
+    }
+
+    fn send_shared(&mut self, req: &Request, retry_safe: bool) {
+        let seq = self.next_seq();
+        self.pending.push_back(None);
+        let sent = self.lane.send(LaneRequest {
+            seq,
+            raw: req.raw().clone(),
+            retry_safe,
+            reply_to: self.reply_tx.clone(),
+        });
+        match sent {
+            Ok(()) => self.shared_pending += 1,
+            Err(_) => {
+                if let Some(slot) = self.pending.back_mut() {
+                    *slot = Some(Error::ShuttingDown.to_resp());
+                }
+            }
+        }
+    }
+
+    fn deny(&mut self, req: &Request) {
+        let command = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
+        self.push_ready(Error::Denied(command.into()).to_resp());
+    }
+
+    /// A command that needs (or ends) connection state.
+    fn dedicated(&mut self, state: Stateful, req: Request, command: Command) {
+        if let Some(session) = &mut self.session {
+            let seq = self.base_seq + self.pending.len() as u64;
+            if session.send(&req, seq, Some(state)) {
+                self.pending.push_back(None);
+            }
+            return;
+        }
+        // Without a session there is no transaction or WATCH to end: answer
+        // as Redis would.
+        let reply = match state {
+            Stateful::Exec => Some(error_line("ERR", "EXEC without MULTI")),
+            Stateful::Discard => Some(error_line("ERR", "DISCARD without MULTI")),
+            Stateful::Unwatch => Some(Bytes::from_static(b"+OK\r\n")),
+            Stateful::Monitor => Some(error_line("ERR", "MONITOR is not supported through respool: it would need a connection that streams every client's commands; run MONITOR against Redis directly")),
+            _ => None,
+        };
+        match reply {
+            Some(reply) => self.push_ready(reply),
+            None => self.parked = Some((req, command)),
+        }
+    }
+
+    /// Commands answered (or partly answered) by respool itself.
+    fn local(&mut self, local: Local, req: Request, command: Command) {
+        match local {
+            Local::Quit => {
+                self.push_ready(Bytes::from_static(b"+OK\r\n"));
+                self.reading_done = true;
+            }
+            Local::Reset if self.session.is_some() => self.parked = Some((req, command)),
+            Local::Reset => {
+                let reply = self.reset();
+                self.push_ready(reply);
+            }
+            Local::SelectDefault if self.session.is_some() => {
+                self.dedicated(Stateful::Select, req, command)
+            }
+            Local::Hello => {
+                if let Some(protocol) = local::hello_protocol(&req) {
+                    if protocol != self.protocol
+                        && self.session.is_none()
+                        && self.shared_pending > 0
+                    {
+                        // Switching lanes: wait until the old lane answered
+                        // everything, so nothing is reordered.
+                        self.parked = Some((req, command));
+                        return;
+                    }
+                }
+                let reply = self.hello(&req);
+                self.push_ready(reply);
+            }
+            other => {
+                let reply = self.simple_local(other, &req);
+                self.push_ready(reply);
+            }
+        }
+    }
+
+    fn simple_local(&mut self, local: Local, req: &Request) -> Bytes {
+        match local {
+            Local::Auth => self.auth(req),
+            Local::Ok | Local::SelectDefault => Bytes::from_static(b"+OK\r\n"),
+            Local::ClientId => Bytes::from(format!(":{}\r\n", self.id)),
+            Local::ClientGetName => match &self.name {
+                Some(name) => local::bulk(name),
+                None => local::nil(self.protocol),
+            },
+            Local::ClientSetName => match local::validate_client_name(req) {
+                Ok(name) => {
+                    self.name = name;
+                    Bytes::from_static(b"+OK\r\n")
+                }
+                Err(reply) => reply,
+            },
+            Local::Quit | Local::Reset | Local::Hello => Bytes::from_static(b"+OK\r\n"),
+        }
+    }
+
+    fn auth(&mut self, req: &Request) -> Bytes {
+        match local::auth(&self.config.client_auth, req) {
+            Ok(()) => {
+                self.set_authenticated();
+                Bytes::from_static(b"+OK\r\n")
+            }
+            Err(reply) => reply,
+        }
+    }
+
+    fn set_authenticated(&mut self) {
+        if !self.authenticated {
+            self.authenticated = true;
+            self.decoder.set_limits(RequestLimits {
+                max_bulk_len: self.config.max_bulk_length,
+                ..RequestLimits::default()
+            });
+        }
+    }
+
+    fn hello(&mut self, req: &Request) -> Bytes {
+        let hello = match local::parse_hello(req) {
+            Ok(h) => h,
+            Err(reply) => return reply,
+        };
+        if let Some((user, password)) = hello.auth {
+            match self.config.client_auth.check(Some(user), password) {
+                crate::client::auth::AuthOutcome::Ok => self.set_authenticated(),
+                _ => return local::wrongpass(),
+            }
+        } else if !self.authenticated {
+            return error_line("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        if let Some(name) = hello.setname {
+            self.name = name;
+        }
+        if let Some(protocol) = hello.protocol {
+            if protocol != self.protocol {
+                self.protocol = protocol;
+                self.lane = self.upstreams.lane(protocol);
+                if let Some(session) = &mut self.session {
+                    session.send_internal(&Request::from_args(&[
+                        "HELLO",
+                        if protocol == 3 { "3" } else { "2" },
+                    ]));
+                }
+            }
+        }
+        let version = self.upstreams.version.get();
+        local::hello_reply(
+            self.protocol,
+            self.id,
+            version.as_deref().unwrap_or("unknown"),
+        )
+    }
+
+    /// RESET of a client without a session: its own state goes back to a new
+    /// connection's.
+    fn reset(&mut self) -> Bytes {
+        self.name = None;
+        if self.protocol != 2 {
+            self.protocol = 2;
+            self.lane = self.upstreams.lane(2);
+        }
+        if self.config.client_auth.required() && self.authenticated {
+            self.authenticated = false;
+            self.decoder.set_limits(RequestLimits::unauthenticated());
+        }
+        Bytes::from_static(b"+RESET\r\n")
+    }
+
+    /// Moves a parked request on once what it waits for has happened.
+    fn unpark(&mut self) {
+        let Some((req, command)) = self.parked.take() else {
+            return;
+        };
+        match command.route {
+            Route::Local(Local::Reset) => match self.session.take() {
+                Some(session) if !session.idle() => {
+                    self.session = Some(session);
+                    self.parked = Some((req, command));
+                }
+                session => {
+                    if let Some(session) = session {
+                        session.release(self.upstreams.pinned.settings.clone());
+                    }
+                    let reply = self.reset();
+                    self.push_ready(reply);
+                }
+            },
+            Route::Local(local @ Local::Hello) => {
+                if self.shared_pending > 0 {
+                    self.parked = Some((req, command));
+                } else {
+                    self.local(local, req, command);
+                }
+            }
+            Route::Dedicated(state) => {
+                if self.session.is_some() {
+                    self.dedicated(state, req, command);
+                } else if self.shared_pending > 0 || self.checkout.is_some() {
+                    self.parked = Some((req, command));
+                } else {
+                    self.checkout = Some(Box::pin(checkout(
+                        self.upstreams.clone(),
+                        self.config.checkout_timeout,
+                    )));
+                    self.parked = Some((req, command));
+                }
+            }
+            _ => self.route(req),
+        }
+    }
+
+    fn on_checkout(&mut self, result: Result<PinnedConn, Error>) {
+        match result {
+            Ok(conn) => {
+                let mut session = Session::new(
+                    conn,
+                    self.config.upstream.db,
+                    self.config.timeout,
+                    self.config.read_buffer_size,
+                );
+                if self.protocol == 3 {
+                    session.send_internal(&Request::from_args(&["HELLO", "3"]));
+                }
+                self.session = Some(session);
+                // The parked request goes out on the new session.
+                self.unpark();
+            }
+            Err(e) => {
+                if self.parked.take().is_some() {
+                    self.push_ready(e.to_resp());
+                }
+            }
+        }
+    }
+
+    fn on_session_readable(&mut self) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.events);
+        let result = session.read(&mut events);
+        for event in events.drain(..) {
+            match event {
+                SessionEvent::Reply(seq, reply) => {
+                    self.resolve(seq, reply);
+                    self.collect_ready();
+                }
+                SessionEvent::OutOfBand(frame) => {
+                    // It came before the replies still outstanding.
+                    self.collect_ready();
+                    self.push_out(frame);
+                }
+                SessionEvent::Nothing => {}
+            }
+        }
+        self.events = events;
+        match result {
+            Err(broken) => self.session_failed(broken),
+            Ok(()) => self.maybe_release_session(),
+        }
+    }
+
+    fn maybe_release_session(&mut self) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.finished() && s.wbuf.is_empty())
+        {
+            if let Some(session) = self.session.take() {
+                session.release(self.upstreams.pinned.settings.clone());
+            }
+        }
+    }
+
+    fn flush_session(&mut self) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        if let Err(broken) = session.write() {
+            self.session_failed(broken);
+        }
+    }
+
+    fn session_timed_out(&mut self) {
+        let error = Error::Timeout {
+            addr: self.config.upstream.addr.clone(),
+            after: self.config.timeout,
+        };
+        self.fail_session(error.to_resp());
+    }
+
+    fn session_failed(&mut self, broken: SessionBroken) {
+        let error = match broken {
+            SessionBroken::Lost(why) => {
+                tracing::warn!(reason = %why, "pinned upstream connection lost");
+                Error::LostAfterWrite
+            }
+            SessionBroken::BadReply(why) => Error::UpstreamProtocol {
+                addr: self.config.upstream.addr.clone(),
+                detail: why.into(),
+            },
+        };
+        self.fail_session(error.to_resp());
+    }
+
+    /// The session's connection is gone and with it the client's connection
+    /// state: fail what waits on it and close the client, as Redis closing
+    /// the connection would.
+    fn fail_session(&mut self, error: Bytes) {
+        if let Some(session) = self.session.take() {
+            session.discard();
+        }
+        for slot in self.pending.iter_mut().filter(|s| s.is_none()) {
+            *slot = Some(error.clone());
+        }
+        self.parked = None;
+        self.reading_done = true;
+    }
+
+    /// Gives the session back when the client goes away.
+    fn end_session(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.release(self.upstreams.pinned.settings.clone());
+        }
+    }
+
+    fn push_ready(&mut self, reply: Bytes) {
+        self.pending.push_back(Some(reply));
+    }
+
+    fn resolve_shared(&mut self, d: Delivery) {
+        self.shared_pending = self.shared_pending.saturating_sub(1);
+        self.resolve(d.seq, d.reply);
+    }
+
+    fn resolve(&mut self, seq: u64, reply: Bytes) {
+        let Some(index) = seq.checked_sub(self.base_seq) else {
+            return;
+        };
+        if let Some(slot) = self.pending.get_mut(index as usize) {
+            *slot = Some(reply);
+        }
+    }
+
+    /// Moves the resolved prefix of `pending` to the output.
+    fn collect_ready(&mut self) {
+        while let Some(Some(_)) = self.pending.front() {
+            let Some(Some(reply)) = self.pending.pop_front() else {
+                break;
+            };
+            self.base_seq += 1;
+            self.push_out(reply);
+        }
+    }
+
+    fn push_out(&mut self, reply: Bytes) {
+        if reply.len() <= COPY_LIMIT {
+            self.out_small.extend_from_slice(&reply);
+        } else {
+            if !self.out_small.is_empty() {
+                self.out.push_back(self.out_small.split().freeze());
+            }
+            self.out.push_back(reply);
+        }
+    }
+
+    fn out_is_empty(&self) -> bool {
+        self.out.is_empty() && self.out_small.is_empty()
+    }
+
+    /// Writes as much output as the socket takes without waiting. Returns
+    /// true when the connection should now close (everything written after
+    /// QUIT or a protocol error).
+    fn write_some(&mut self) -> io::Result<bool> {
+        loop {
+            let chunk: &[u8] = match self.out.front() {
+                Some(b) => b,
+                None if !self.out_small.is_empty() => &self.out_small,
+                None => break,
+            };
+            match self.stream.try_write(chunk) {
+                Ok(n) => {
+                    if let Some(front) = self.out.front_mut() {
+                        front.advance(n);
+                        if front.is_empty() {
+                            self.out.pop_front();
+                        }
+                    } else {
+                        self.out_small.advance(n);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_small.is_empty() && self.out_small.capacity() > 64 * 1024 {
+            self.out_small = BytesMut::new();
+        }
+        Ok(self.reading_done && self.pending.is_empty() && self.parked.is_none())
+    }
+}
+
+/// Checks out a dedicated connection, saying precisely why when none comes.
+async fn checkout(
+    upstreams: Arc<Upstreams>,
+    wait: std::time::Duration,
+) -> Result<PinnedConn, Error> {
+    let pinned = &upstreams.pinned;
+    match pinned.pool.get_owned().await {
+        Ok(conn) => Ok(conn),
+        Err(e) => {
+            let cause = match (e, pinned.failures.borrow().clone()) {
+                (bb8::RunError::User(e), _) | (bb8::RunError::TimedOut, Some(e)) => e.to_string(),
+                (bb8::RunError::TimedOut, None) => format!(
+                    "all {} dedicated connections (--max-pinned) are in use",
+                    pinned.pool.state().connections
+                ),
+            };
+            Err(Error::NoDedicatedConnection {
+                addr: pinned.settings.addr.clone(),
+                cause: cause.into(),
+                waited: wait,
+            })
+        }
+    }
+}
+
+async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
+    match stream {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(stream: Option<&TcpStream>) -> io::Result<()> {
+    match stream {
+        Some(s) => s.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_checkout(checkout: &mut Option<Checkout>) -> Result<PinnedConn, Error> {
+    match checkout {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,560 @@
+//! A pinned session: an upstream connection checked out exclusively for one
+//! client while that client has connection state (a transaction, WATCHed
+//! keys, a blocking command in progress, subscriptions, another database,
+//! CLIENT REPLY/TRACKING flags).
+//!
+//! The session keeps a FIFO of what it expects back for each request it sent
+//! (usually one frame; one per channel for (UN)SUBSCRIBE; none while CLIENT
+//! REPLY is OFF) and tracks the state each reply creates or ends. When no
+//! request is outstanding and no state is left, the client gives the
+//! connection back: reset first if anything was ever changed on it, or
+//! discarded if its state is in doubt, so nothing leaks to the next client.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bb8::PooledConnection;
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+use crate::codec::{ReplyDecoder, Request};
+use crate::command::{Stateful, SubKind};
+use crate::pool::manager::UpstreamManager;
+use crate::upstream::{ConnectError, UpstreamSettings};
+
+/// A pinned connection, as the client sees it.
+pub(crate) type PinnedConn = PooledConnection<'static, UpstreamManager>;
+
+/// What a request's reply does to the connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    None,
+    Multi,
+    /// EXEC or DISCARD: ends the transaction and the WATCHes.
+    EndTransaction,
+    Watch,
+    Unwatch,
+    Select(u32),
+    Flag,
+    /// CLIENT REPLY ON (the reply that turns replies back on).
+    ReplyOn,
+}
+
+/// One request sent on the session, awaiting its reply.
+struct Expect {
+    /// The client's slot; `None` for a request respool sent on its own
+    /// account (`HELLO 3` for a RESP3 client), whose reply is swallowed.
+    seq: Option<u64>,
+    /// Frames that make up the reply; `None` until the request reaches the
+    /// front of the queue (UNSUBSCRIBE without arguments: one frame per
+    /// current subscription, known only then).
+    frames: Option<u32>,
+    /// For `frames: None`: which subscriptions it ends.
+    unsubscribe: Option<SubKind>,
+    /// A (un)subscribe request: its replies are confirmations.
+    pubsub: bool,
+    effect: Effect,
+    /// Reply deadline; `None` for commands that block by design.
+    deadline: Option<Instant>,
+    /// Frames of a multi-frame reply received so far.
+    got: u32,
+    acc: Option<BytesMut>,
+}
+
+/// The connection state that makes a session necessary.
+#[derive(Debug, Default)]
+struct State {
+    multi: bool,
+    watching: bool,
+    channels: HashSet<Vec<u8>>,
+    patterns: HashSet<Vec<u8>>,
+    shards: HashSet<Vec<u8>>,
+    db: u32,
+    /// CLIENT REPLY OFF is in force.
+    reply_off: bool,
+    /// CLIENT REPLY SKIP: the next command gets no reply.
+    skip_next: bool,
+    /// TRACKING, CACHING, NO-EVICT, NO-TOUCH, READONLY… set at some point.
+    flags: bool,
+}
+
+impl State {
+    fn subscribed(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty())
+    }
+}
+
+/// What a frame from the pinned connection means for the client.
+pub(crate) enum SessionEvent {
+    /// The complete reply for the client's request `seq`.
+    Reply(u64, Bytes),
+    /// A frame that answers no request (pub/sub message, push): it goes to the
+    /// client now, ahead of replies still outstanding.
+    OutOfBand(Bytes),
+    /// Nothing for the client (a swallowed reply, or part of a multi-frame one).
+    Nothing,
+}
+
+/// Why a session had to be abandoned.
+#[derive(Debug)]
+pub(crate) enum SessionBroken {
+    /// EOF, reset or another socket error.
+    Lost(String),
+    /// A frame that is not RESP, or a reply nobody asked for.
+    BadReply(String),
+}
+
+/// A pinned session; see the module docs.
+pub(crate) struct Session {
+    conn: PinnedConn,
+    /// Requests waiting to be written.
+    pub(crate) wbuf: BytesMut,
+    decoder: ReplyDecoder,
+    expect: VecDeque<Expect>,
+    state: State,
+    /// The configured database, where the session must end up.
+    default_db: u32,
+    /// Something was changed on the connection: RESET before reuse.
+    dirty: bool,
+    timeout: Duration,
+    read_buffer_size: usize,
+}
+
+impl Session {
+    pub(crate) fn new(
+        conn: PinnedConn,
+        default_db: u32,
+        timeout: Duration,
+        read_buffer_size: usize,
+    ) -> Session {
+        Session {
+            conn,
+            wbuf: BytesMut::new(),
+            decoder: ReplyDecoder::default(),
+            expect: VecDeque::new(),
+            state: State {
+                db: default_db,
+                ..State::default()
+            },
+            default_db,
+            dirty: false,
+            timeout,
+            read_buffer_size,
+        }
+    }
+
+    /// The socket, for readiness.
+    pub(crate) fn stream(&self) -> &tokio::net::TcpStream {
+        &self.conn.stream
+    }
+
+    /// Sends a request on respool's own account; its reply is swallowed.
+    pub(crate) fn send_internal(&mut self, req: &Request) {
+        self.dirty = true;
+        self.wbuf.extend_from_slice(req.raw());
+        self.expect.push_back(Expect {
+            seq: None,
+            frames: Some(1),
+            unsubscribe: None,
+            pubsub: false,
+            effect: Effect::None,
+            deadline: Some(Instant::now() + self.timeout),
+            got: 0,
+            acc: None,
+        });
+    }
+
+    /// Sends a client request. Returns false when Redis will not reply to it
+    /// (CLIENT REPLY OFF/SKIP), so the client must not wait for one.
+    pub(crate) fn send(&mut self, req: &Request, seq: u64, stateful: Option<Stateful>) -> bool {
+        self.wbuf.extend_from_slice(req.raw());
+        let mut frames = Some(1);
+        let mut unsubscribe = None;
+        let mut effect = Effect::None;
+        let mut deadline = Some(Instant::now() + self.timeout);
+        match stateful {
+            None => {}
+            Some(Stateful::Multi) => effect = Effect::Multi,
+            Some(Stateful::Exec | Stateful::Discard) => effect = Effect::EndTransaction,
+            Some(Stateful::Watch) => effect = Effect::Watch,
+            Some(Stateful::Unwatch) => effect = Effect::Unwatch,
+            Some(Stateful::Blocking) => deadline = None,
+            Some(Stateful::Subscribe(_)) => {
+                // One confirmation per channel (or one error without any).
+                frames = Some((req.argc() as u32 - 1).max(1));
+                deadline = None;
+            }
+            Some(Stateful::Unsubscribe(kind)) => {
+                if req.argc() > 1 {
+                    frames = Some(req.argc() as u32 - 1);
+                } else {
+                    frames = None;
+                    unsubscribe = Some(kind);
+                }
+            }
+            Some(Stateful::Select) => {
+                effect = match req
+                    .arg(1)
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+                {
+                    Some(db) => Effect::Select(db),
+                    None => Effect::None,
+                };
+            }
+            Some(Stateful::ConnectionFlag) => effect = Effect::Flag,
+            Some(Stateful::ClientReply) => {
+                let mode = req.arg(2).map(|m| m.to_ascii_uppercase());
+                match mode.as_deref() {
+                    Some(b"OFF") => {
+                        self.state.reply_off = true;
+                        self.dirty = true;
+                        return false;
+                    }
+                    Some(b"SKIP") => {
+                        self.state.skip_next = true;
+                        self.dirty = true;
+                        return false;
+                    }
+                    Some(b"ON") => effect = Effect::ReplyOn,
+                    _ => {}
+                }
+            }
+            Some(Stateful::Monitor) => {}
+        }
+        if effect != Effect::None || stateful.is_some_and(|s| !matches!(s, Stateful::Blocking)) {
+            self.dirty = true;
+        }
+        if effect != Effect::ReplyOn
+            && (self.state.reply_off || std::mem::take(&mut self.state.skip_next))
+        {
+            return false;
+        }
+        if effect == Effect::ReplyOn {
+            self.state.reply_off = false;
+        }
+        let pubsub = matches!(
+            stateful,
+            Some(Stateful::Subscribe(_) | Stateful::Unsubscribe(_))
+        );
+        self.expect.push_back(Expect {
+            seq: Some(seq),
+            frames,
+            unsubscribe,
+            pubsub,
+            effect,
+            deadline,
+            got: 0,
+            acc: None,
+        });
+        true
+    }
+
+    /// True when nothing is outstanding and no state is left: the client may
+    /// give the connection back.
+    pub(crate) fn finished(&self) -> bool {
+        self.expect.is_empty()
+            && !self.state.multi
+            && !self.state.watching
+            && !self.state.subscribed()
+            && self.state.db == self.default_db
+            && !self.state.reply_off
+            && !self.state.skip_next
+            && !self.state.flags
+    }
+
+    /// True when no request is outstanding.
+    pub(crate) fn idle(&self) -> bool {
+        self.expect.is_empty()
+    }
+
+    /// The earliest reply deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.expect.front().and_then(|e| e.deadline)
+    }
+
+    /// Reads what the socket has (after readiness) and turns it into events.
+    /// `Ok(None)` when the read would block.
+    pub(crate) fn read(&mut self, events: &mut Vec<SessionEvent>) -> Result<(), SessionBroken> {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncReadExt;
+        let c = &mut *self.conn;
+        if c.read_buf.capacity() - c.read_buf.len() < 1024 {
+            c.read_buf.reserve(self.read_buffer_size);
+        }
+        match c.stream.read_buf(&mut c.read_buf).now_or_never() {
+            None => return Ok(()),
+            Some(Ok(0)) => return Err(SessionBroken::Lost("connection closed by upstream".into())),
+            Some(Err(e)) => return Err(SessionBroken::Lost(e.to_string())),
+            Some(Ok(_)) => {}
+        }
+        loop {
+            let frame = match self.decoder.decode(&mut self.conn.read_buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionBroken::BadReply(e.to_string())),
+            };
+            events.push(self.on_frame(frame)?);
+        }
+    }
+
+    /// Writes what the socket takes. Errors break the session.
+    pub(crate) fn write(&mut self) -> Result<(), SessionBroken> {
+        use bytes::Buf;
+        while !self.wbuf.is_empty() {
+            match self.conn.stream.try_write(&self.wbuf) {
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(SessionBroken::Lost(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, SessionBroken> {
+        // Only a subscribed connection (or one expecting confirmations, or a
+        // RESP3 push) can carry pub/sub frames; anything else is a plain
+        // reply even if it looks like one (LRANGE of ["message", …]).
+        let pubsub_context = frame.first() == Some(&b'>')
+            || self.state.subscribed()
+            || self.expect.front().is_some_and(|e| e.pubsub);
+        let notice = if pubsub_context {
+            pubsub_notice(&frame)
+        } else {
+            None
+        };
+        match &notice {
+            Some(Notice::Confirm {
+                kind,
+                subscribe,
+                name,
+            }) => {
+                // Resolve an argument-less UNSUBSCRIBE's frame count against
+                // the subscriptions as they were before this confirmation.
+                if let Some(front) = self.expect.front_mut() {
+                    if front.frames.is_none() {
+                        let n = match front.unsubscribe.unwrap_or(*kind) {
+                            SubKind::Channel => self.state.channels.len(),
+                            SubKind::Pattern => self.state.patterns.len(),
+                            SubKind::Shard => self.state.shards.len(),
+                        };
+                        front.frames = Some(n.max(1) as u32);
+                    }
+                }
+                let set = match kind {
+                    SubKind::Channel => &mut self.state.channels,
+                    SubKind::Pattern => &mut self.state.patterns,
+                    SubKind::Shard => &mut self.state.shards,
+                };
+                if let Some(name) = name {
+                    if *subscribe {
+                        set.insert(name.clone());
+                    } else {
+                        set.remove(name);
+                    }
+                }
+            }
+            Some(Notice::Message) => return Ok(SessionEvent::OutOfBand(frame)),
+            None if frame.first() == Some(&b'>') => return Ok(SessionEvent::OutOfBand(frame)),
+            None => {}
+        }
+        // RESP2 messages look like replies: tell them apart by their kind,
+        // which only arrives while subscribed.
+        let Some(front) = self.expect.front_mut() else {
+            return Err(SessionBroken::BadReply(
+                "a reply arrived with no request pending".into(),
+            ));
+        };
+        if front.frames.is_none() {
+            front.frames = Some(1);
+        }
+        front.got += 1;
+        let frames = front.frames.unwrap_or(1);
+        if frames > 1 {
+            front
+                .acc
+                .get_or_insert_with(BytesMut::new)
+                .extend_from_slice(&frame);
+            if front.got < frames {
+                return Ok(SessionEvent::Nothing);
+            }
+        }
+        let Some(done) = self.expect.pop_front() else {
+            return Ok(SessionEvent::Nothing);
+        };
+        let is_error = matches!(frame.first(), Some(b'-' | b'!'));
+        match done.effect {
+            Effect::Multi if !is_error => self.state.multi = true,
+            Effect::EndTransaction => {
+                self.state.multi = false;
+                self.state.watching = false;
+            }
+            Effect::Watch if !is_error => self.state.watching = true,
+            Effect::Unwatch => self.state.watching = false,
+            Effect::Select(db) if !is_error => self.state.db = db,
+            Effect::Flag if !is_error => self.state.flags = true,
+            _ => {}
+        }
+        let reply = match done.acc {
+            Some(acc) => acc.freeze(),
+            None => frame,
+        };
+        Ok(match done.seq {
+            Some(seq) => SessionEvent::Reply(seq, reply),
+            None => SessionEvent::Nothing,
+        })
+    }
+
+    /// Gives the connection back to the pool (in the background): as is if
+    /// nothing was ever changed on it, after RESET (+ AUTH, SELECT) if it was,
+    /// or closed if a request is still outstanding (a blocked command cannot
+    /// be interrupted) or the reset fails.
+    pub(crate) fn release(mut self, settings: Arc<UpstreamSettings>) {
+        if !self.expect.is_empty() || !self.wbuf.is_empty() {
+            self.conn.broken = true;
+            return;
+        }
+        if !self.dirty {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = reset_connection(&mut self.conn, &settings).await {
+                tracing::debug!(error = %e, "pinned connection could not be reset; closing it");
+                self.conn.broken = true;
+            }
+        });
+    }
+
+    /// Marks the connection as not reusable.
+    pub(crate) fn discard(mut self) {
+        self.conn.broken = true;
+    }
+}
+
+/// RESET, then re-authenticate and re-select: RESET ends transactions,
+/// WATCHes, subscriptions, tracking, CLIENT REPLY modes, RESP3, and also
+/// logs the connection out and selects db 0.
+async fn reset_connection(conn: &mut PinnedConn, s: &UpstreamSettings) -> Result<(), ConnectError> {
+    let mut steps = vec![Request::from_args(&["RESET"])];
+    if let Some(password) = &s.password {
+        steps.push(match &s.username {
+            Some(user) => Request::from_args(&["AUTH", user.as_str(), password.expose()]),
+            None => Request::from_args(&["AUTH", password.expose()]),
+        });
+    }
+    if s.db != 0 {
+        steps.push(Request::from_args(&[
+            "SELECT".to_string(),
+            s.db.to_string(),
+        ]));
+    }
+    let replies = conn
+        .exchange_skipping_pushes(&steps, "RESET", s.timeout)
+        .await?;
+    let expected: Vec<&[u8]> = std::iter::once(&b"+RESET\r\n"[..])
+        .chain(std::iter::repeat_n(&b"+OK\r\n"[..], steps.len() - 1))
+        .collect();
+    if replies.iter().map(|r| &r[..]).eq(expected) {
+        Ok(())
+    } else {
+        Err(ConnectError::Unexpected {
+            step: "RESET",
+            reply: "reset did not succeed".into(),
+        })
+    }
+}
+
+/// A pub/sub frame that needs special handling.
+enum Notice {
+    /// A (un)subscribe confirmation: counts as a reply, changes the state.
+    Confirm {
+        kind: SubKind,
+        subscribe: bool,
+        name: Option<Vec<u8>>,
+    },
+    /// A published message: out of band.
+    Message,
+}
+
+/// Recognises pub/sub frames: arrays (RESP2) or pushes (RESP3) whose first
+/// element names the event. Only the first two elements are looked at.
+fn pubsub_notice(frame: &[u8]) -> Option<Notice> {
+    if !matches!(frame.first(), Some(b'*' | b'>')) {
+        return None;
+    }
+    let header_end = crate::codec::find_crlf(frame, 1)?;
+    let count = crate::codec::parse_int(&frame[1..header_end])?;
+    let (kind, next) = string_element(frame, header_end + 2)?;
+    let kind = kind?.to_ascii_lowercase();
+    let name = string_element(frame, next)
+        .and_then(|(name, _)| name)
+        .map(<[u8]>::to_vec);
+    let confirm = |kind: SubKind, subscribe: bool| {
+        Some(Notice::Confirm {
+            kind,
+            subscribe,
+            name: name.clone(),
+        })
+    };
+    match &kind[..] {
+        b"subscribe" => confirm(SubKind::Channel, true),
+        b"psubscribe" => confirm(SubKind::Pattern, true),
+        b"ssubscribe" => confirm(SubKind::Shard, true),
+        b"unsubscribe" => confirm(SubKind::Channel, false),
+        b"punsubscribe" => confirm(SubKind::Pattern, false),
+        b"sunsubscribe" => confirm(SubKind::Shard, false),
+        b"message" | b"pmessage" | b"smessage" if count >= 3 => Some(Notice::Message),
+        _ => None,
+    }
+}
+
+/// A bulk or simple string element at `at`: its contents (`None` for a
+/// null) and where the next element starts.
+fn string_element(frame: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
+    let line_end = crate::codec::find_crlf(frame, at + 1)?;
+    match frame.get(at)? {
+        b'+' => Some((Some(&frame[at + 1..line_end]), line_end + 2)),
+        b'_' => Some((None, line_end + 2)),
+        b'$' => {
+            let len = crate::codec::parse_int(&frame[at + 1..line_end])?;
+            if len < 0 {
+                return Some((None, line_end + 2));
+            }
+            let start = line_end + 2;
+            let data = frame.get(start..start + len as usize)?;
+            Some((Some(data), start + len as usize + 2))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_pubsub_frames() {
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        assert!(
+            matches!(pubsub_notice(confirm), Some(Notice::Confirm { kind: SubKind::Channel, subscribe: true, name: Some(n) }) if n == b"ch")
+        );
+        let unsub_none = b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n";
+        assert!(matches!(
+            pubsub_notice(unsub_none),
+            Some(Notice::Confirm {
+                subscribe: false,
+                name: None,
+                ..
+            })
+        ));
+        let message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+        assert!(matches!(pubsub_notice(message), Some(Notice::Message)));
+        assert!(pubsub_notice(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").is_none());
+        assert!(pubsub_notice(b"+OK\r\n").is_none());
+        // A user's list value that happens to start with "message" is only
+        // a message if it has the message shape; LRANGE replies never reach
+        // this check while subscribed anyway.
+        assert!(pubsub_notice(b"*1\r\n$7\r\nmessage\r\n").is_none());
+    }
+}
