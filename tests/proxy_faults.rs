@@ -561,3 +561,98 @@ async fn graceful_shutdown_delivers_replies_in_flight() {
         "the proxy still accepts connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_reply_cut_mid_way_is_never_delivered_in_part() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--validate",
+            "write",
+            "--timeout",
+            "15s",
+            "--checkout-timeout",
+            "10s",
+            "--backoff-cap",
+            "100ms",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    client
+        .cmd(&[b"SET".as_slice(), b"big", &value])
+        .await
+        .expect_ok();
+
+    // The first 50 bytes of the 1 MB reply arrive, then the connection
+    // closes: the proxy must drop the partial reply and, GET being safe to
+    // resend, fetch it again in full. 50 bytes also cut the validation
+    // replies (PONG, OK, the probe value, DEL's 1: 55 bytes), so the retry
+    // waits for the relay to pass again instead of being cut repeatedly.
+    let accepted = relay.connections_accepted();
+    relay.set_mode(RelayMode::CutReplyAfter(50));
+    client.send(&["GET", "big"]).await.expect("send GET");
+    wait::until_async(
+        "the proxy to reconnect after the cut",
+        Duration::from_secs(20),
+        || relay.connections_accepted() > accepted,
+    )
+    .await;
+    relay.set_mode(RelayMode::Pass);
+    let reply = client.read_reply().await.expect("GET reply");
+    match &reply {
+        Reply::Bulk(got) => assert!(
+            *got == value,
+            "GET big came back altered ({} bytes)",
+            got.len()
+        ),
+        other => panic!("GET big answered {other}"),
+    }
+    assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
+}
+
+#[tokio::test]
+async fn replies_arriving_in_tiny_pieces_are_reassembled_in_order() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(&format!("redis://{}", relay.addr()), &[]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["RPUSH", "list", "a", "bb", "ccc"]).await;
+
+    relay.set_mode(RelayMode::Slice(3));
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["SET", "k", "some value"],
+        vec!["GET", "k"],
+        vec!["LRANGE", "list", "0", "-1"],
+        vec!["GET", "missing"],
+        vec!["INCR", "k"],
+        vec!["ECHO", "done"],
+    ];
+    let mut out = Vec::new();
+    for command in &commands {
+        out.extend(encode_command(command));
+    }
+    client.send_raw(&out).await.expect("pipeline");
+    let expected = [
+        Reply::Simple("OK".into()),
+        bulk("some value"),
+        Reply::Array(vec![bulk("a"), bulk("bb"), bulk("ccc")]),
+        Reply::Nil,
+        Reply::Error("ERR value is not an integer or out of range".into()),
+        bulk("done"),
+    ];
+    for (command, want) in commands.iter().zip(&expected) {
+        assert_eq!(
+            &client.read_reply().await.expect("a reply"),
+            want,
+            "{command:?}"
+        );
+    }
+}
