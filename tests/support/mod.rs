@@ -20,9 +20,13 @@
 //! Never sleep to synchronise: wait for the condition (`wait::until`,
 //! `RedisServer::wait_ready`/`wait_loading`/`wait_loaded`, `read_reply` with a
 //! deadline).
+//!
+//! `TestProxy::start(&redis.url(), &["--max-connections", "1"]).await` runs
+//! the proxy under test in-process, on its own thread and runtime.
 #![allow(dead_code)]
 
 pub mod client;
+pub mod proxy;
 pub mod redis;
 pub mod relay;
 pub mod wait;
@@ -30,6 +34,8 @@ pub mod wait;
 // Re-exported for convenience; each test binary uses only some of them.
 #[allow(unused_imports)]
 pub use client::{ReadError, Reply, TestClient};
+#[allow(unused_imports)]
+pub use proxy::TestProxy;
 #[allow(unused_imports)]
 pub use redis::RedisServer;
 #[allow(unused_imports)]

@@ -1,0 +1,554 @@
+//! The proxy in normal operation: replies identical to Redis's own, local and
+//! refused commands that never reach the upstream, large values, many
+//! concurrent clients, deep pipelines, per-client ordering, client limits
+//! and protocol errors (DESIGN.md invariants 1, 2 and 4).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::client::encode_command;
+use support::{FaultRelay, RedisServer, Reply, TestClient, TestProxy};
+
+fn bulk(s: impl AsRef<[u8]>) -> Reply {
+    Reply::Bulk(s.as_ref().to_vec())
+}
+
+fn simple(s: &str) -> Reply {
+    Reply::Simple(s.into())
+}
+
+/// Sends `commands` in one write and reads one reply per command.
+async fn pipeline(client: &mut TestClient, commands: &[Vec<Vec<u8>>]) -> Vec<Reply> {
+    let mut out = Vec::new();
+    for command in commands {
+        out.extend(encode_command(command));
+    }
+    client
+        .send_raw(&out)
+        .await
+        .unwrap_or_else(|e| panic!("writing a pipeline of {}: {e}", commands.len()));
+    let mut replies = Vec::with_capacity(commands.len());
+    for i in 0..commands.len() {
+        match client.read_reply().await {
+            Ok(reply) => replies.push(reply),
+            Err(e) => panic!("reply {i} of a pipeline of {}: {e}", commands.len()),
+        }
+    }
+    replies
+}
+
+fn args(parts: &[&str]) -> Vec<Vec<u8>> {
+    parts.iter().map(|p| p.as_bytes().to_vec()).collect()
+}
+
+/// Deterministic, non-repeating bytes (every byte value, CR and LF
+/// included), so that a shifted or truncated copy cannot compare equal.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn commands_get_the_same_replies_as_from_redis_directly() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let binary = "a\r\nb\0c$3\r\n*1\r\n";
+    let script: Vec<Vec<&str>> = vec![
+        vec!["PING"],
+        vec!["PING", "hello"],
+        vec!["ECHO", "echo me"],
+        vec!["ECHO", ""],
+        vec!["SET", "s", "v1"],
+        vec!["GET", "s"],
+        vec!["GET", "missing"],
+        vec!["SET", "s", "v2", "NX"],
+        vec!["SET", "s", "v3", "XX", "GET"],
+        vec!["SET", "bin", binary],
+        vec!["GET", "bin"],
+        vec!["SET", "empty", ""],
+        vec!["GET", "empty"],
+        vec!["APPEND", "s", "-tail"],
+        vec!["STRLEN", "s"],
+        vec!["GETRANGE", "s", "1", "4"],
+        vec!["INCR", "n"],
+        vec!["INCRBY", "n", "41"],
+        vec!["DECR", "n"],
+        vec!["INCRBYFLOAT", "f", "1.5"],
+        vec!["INCR", "s"],
+        vec!["MSET", "m1", "a", "m2", "b"],
+        vec!["MGET", "m1", "missing", "m2", "bin"],
+        vec!["EXISTS", "m1", "m2", "missing"],
+        vec!["DEL", "m1", "missing"],
+        vec!["HSET", "h", "f1", "x", "f2", "y"],
+        vec!["HGET", "h", "f2"],
+        vec!["HGETALL", "h"],
+        vec!["HINCRBY", "h", "n", "5"],
+        vec!["HLEN", "h"],
+        vec!["LPUSH", "l", "c", "b", "a"],
+        vec!["RPUSH", "l", "d"],
+        vec!["LRANGE", "l", "0", "-1"],
+        vec!["LPOP", "l"],
+        vec!["LLEN", "l"],
+        vec!["SADD", "set", "x", "y", "x"],
+        vec!["SCARD", "set"],
+        vec!["SISMEMBER", "set", "y"],
+        vec!["ZADD", "z", "1", "one", "2.5", "two"],
+        vec!["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+        vec!["ZSCORE", "z", "two"],
+        vec!["TYPE", "z"],
+        vec!["LPUSH", "s", "wrong type"],
+        vec!["EXPIRE", "s", "1000"],
+        vec!["PERSIST", "s"],
+        vec!["TTL", "s"],
+        vec!["GET"],
+        vec!["NOSUCHCOMMAND", "arg1", "arg2"],
+        vec![
+            "DEL", "s", "bin", "empty", "n", "f", "m2", "h", "l", "set", "z",
+        ],
+    ];
+
+    let mut via_proxy = proxy.client().await;
+    let mut proxied = Vec::new();
+    for command in &script {
+        proxied.push(via_proxy.cmd(command).await);
+    }
+
+    // The same script straight to Redis, on the now empty keyspace.
+    let mut direct = redis.direct().await;
+    for (command, proxied) in script.iter().zip(&proxied) {
+        let expected = direct.cmd(command).await;
+        assert_eq!(
+            proxied, &expected,
+            "{command:?}: the proxy's reply differs from Redis's"
+        );
+    }
+
+    // Spot checks, so that a proxy and a Redis that were both broken the
+    // same way could not pass.
+    assert_eq!(proxied[1], bulk("hello"));
+    assert_eq!(proxied[10], bulk(binary));
+    assert_eq!(
+        proxied[22],
+        Reply::Array(vec![bulk("a"), Reply::Nil, bulk("b"), bulk(binary)])
+    );
+    proxied[42].expect_error_code("WRONGTYPE");
+    assert_eq!(
+        proxied[47],
+        Reply::Error(
+            "ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'arg1' 'arg2' ".into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn local_stateful_and_denied_commands_never_reach_the_upstream() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    // One lane, no spare connection and no health checks: once the lane is
+    // connected, every byte the relay carries to Redis is a client request.
+    let upstream = format!("redis://{}", relay.addr());
+    let proxy = TestProxy::start(
+        &upstream,
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--health-check-interval",
+            "0s",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+
+    // PING and ECHO go upstream: exactly their bytes cross the relay.
+    assert_eq!(client.cmd(&["PING"]).await, simple("PONG"));
+    for command in [vec!["PING"], vec!["ECHO", "through"]] {
+        let before = relay.bytes_to_upstream();
+        let reply = client.cmd(&command).await;
+        assert!(!reply.is_error(), "{command:?} answered {reply}");
+        assert_eq!(
+            relay.bytes_to_upstream() - before,
+            encode_command(&command).len() as u64,
+            "{command:?} did not go upstream as it was sent"
+        );
+    }
+
+    let dedicated: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["MULTI"], "MULTI"),
+        (vec!["exec"], "EXEC"),
+        (vec!["DISCARD"], "DISCARD"),
+        (vec!["WATCH", "k"], "WATCH"),
+        (vec!["UNWATCH"], "UNWATCH"),
+        (vec!["BLPOP", "k", "0"], "BLPOP"),
+        (vec!["BRPOP", "k", "1"], "BRPOP"),
+        (vec!["BLMOVE", "a", "b", "LEFT", "RIGHT", "0"], "BLMOVE"),
+        (vec!["BZPOPMIN", "z", "0"], "BZPOPMIN"),
+        (vec!["XREAD", "BLOCK", "0", "STREAMS", "s", "$"], "XREAD"),
+        (vec!["SUBSCRIBE", "chan"], "SUBSCRIBE"),
+        (vec!["PSUBSCRIBE", "ch*"], "PSUBSCRIBE"),
+        (vec!["MONITOR"], "MONITOR"),
+        (vec!["SELECT", "1"], "SELECT"),
+        (vec!["CLIENT", "SETNAME", "me"], "CLIENT"),
+        (vec!["CLIENT", "TRACKING", "on"], "CLIENT"),
+    ];
+    let denied: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["SHUTDOWN", "NOSAVE"], "SHUTDOWN"),
+        (vec!["SYNC"], "SYNC"),
+        (vec!["PSYNC", "?", "-1"], "PSYNC"),
+        (vec!["REPLCONF", "listening-port", "1"], "REPLCONF"),
+        (vec!["CLIENT", "KILL", "127.0.0.1:1"], "CLIENT"),
+        (vec!["CLIENT", "PAUSE", "10000"], "CLIENT"),
+        (vec!["CLIENT", "UNPAUSE"], "CLIENT"),
+        (vec!["DEBUG", "SLEEP", "10"], "DEBUG"),
+    ];
+    let local: Vec<(Vec<&str>, Reply)> = vec![
+        (vec!["SELECT", "0"], simple("OK")),
+        (vec!["CLIENT", "SETINFO", "LIB-NAME", "itest"], simple("OK")),
+        (vec!["RESET"], simple("RESET")),
+    ];
+
+    let before = relay.bytes_to_upstream();
+    for (command, name) in &dedicated {
+        let reply = client.cmd(command).await;
+        let Reply::Error(text) = &reply else {
+            panic!("{command:?} answered {reply}, expected a refusal");
+        };
+        let prefix = format!(
+            "ERR respool does not support '{name}' yet: it needs a dedicated upstream connection ("
+        );
+        assert!(
+            text.starts_with(&prefix) && text.ends_with(')'),
+            "{command:?} answered {reply}"
+        );
+    }
+    for (command, name) in &denied {
+        assert_eq!(
+            client.cmd(command).await,
+            Reply::Error(format!("ERR command '{name}' is disabled on this proxy")),
+            "{command:?}"
+        );
+    }
+    for (command, expected) in &local {
+        assert_eq!(&client.cmd(command).await, expected, "{command:?}");
+    }
+    let auth = client.cmd(&["AUTH", "secret"]).await;
+    assert!(
+        auth.is_error() && auth.to_string().contains("AUTH"),
+        "AUTH answered {auth}"
+    );
+    let hello = client.cmd(&["HELLO", "2"]).await;
+    assert!(matches!(hello, Reply::Array(_)), "HELLO 2 answered {hello}");
+
+    // A PING behind them all is the only thing that went upstream: had any
+    // of them been forwarded (now or later), the count would be larger.
+    assert_eq!(client.cmd(&["PING"]).await, simple("PONG"));
+    assert_eq!(
+        relay.bytes_to_upstream() - before,
+        encode_command(&["PING"]).len() as u64,
+        "a local, refused or denied command reached the upstream"
+    );
+    // And Redis is still up (SHUTDOWN, DEBUG SLEEP, CLIENT PAUSE never ran).
+    assert!(redis.is_running());
+    assert_eq!(redis.command(&[b"PING"]), simple("PONG"));
+}
+
+#[tokio::test]
+async fn quit_replies_ok_and_closes_the_connection() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "q", "1"]).await.expect_ok();
+
+    // Requests pipelined after QUIT are not executed.
+    let mut out = encode_command(&["QUIT"]);
+    out.extend(encode_command(&["SET", "q", "2"]));
+    client.send_raw(&out).await.expect("write QUIT");
+    assert_eq!(client.read_reply().await.expect("QUIT reply"), simple("OK"));
+    match client.read_reply().await {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the connection to close after QUIT, got {other:?}"),
+    }
+    assert_eq!(redis.command(&[b"GET", b"q"]), bulk("1"));
+
+    // The proxy itself carries on.
+    let mut other = proxy.client().await;
+    assert_eq!(other.cmd(&["GET", "q"]).await, bulk("1"));
+}
+
+#[tokio::test]
+async fn large_values_round_trip_byte_exact() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &["--timeout", "30s"]).await;
+    let mut client = proxy.client().await;
+    client.set_read_timeout(Duration::from_secs(60));
+
+    for (key, len, seed) in [("one-mib", 1 << 20, 7), ("sixty-four-mib", 64 << 20, 11)] {
+        let value = pattern(len, seed);
+        client
+            .cmd(&[b"SET".as_slice(), key.as_bytes(), &value])
+            .await
+            .expect_ok();
+        assert_eq!(
+            redis.command(&[b"STRLEN", key.as_bytes()]),
+            Reply::Int(len as i64),
+            "{key}: Redis holds a value of the wrong length"
+        );
+        let got = client.cmd(&["GET", key]).await;
+        let Reply::Bulk(got) = got else {
+            panic!("{key}: GET answered {got}");
+        };
+        assert_eq!(got.len(), value.len(), "{key}: wrong length back");
+        assert!(got == value, "{key}: the value came back altered");
+        // The connection is still in step after the big reply.
+        assert_eq!(client.cmd(&["ECHO", key]).await, bulk(key));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_clients_each_get_their_own_replies() {
+    const CLIENTS: usize = 120;
+    const ROUNDS: usize = 75; // 4 requests each: 300 requests per client
+    let redis = RedisServer::start();
+    let proxy = Arc::new(TestProxy::start(&redis.url(), &["--max-connections", "3"]).await);
+
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let proxy = Arc::clone(&proxy);
+        tasks.push(tokio::spawn(async move {
+            let mut client = proxy.client().await;
+            let mut mismatches = Vec::new();
+            for n in 0..ROUNDS {
+                let key = format!("k:{c}:{n}");
+                let value = format!("v:{c}:{n}:{}", "x".repeat(n % 7 * 10));
+                let token = format!("echo:{c}:{n}");
+                let commands = vec![
+                    args(&["SET", &key, &value]),
+                    args(&["INCR", &format!("counter:{c}")]),
+                    args(&["GET", &key]),
+                    args(&["ECHO", &token]),
+                ];
+                // Alternate pipelined rounds and one-at-a-time rounds.
+                let replies = if n % 2 == 0 {
+                    pipeline(&mut client, &commands).await
+                } else {
+                    let mut replies = Vec::new();
+                    for command in &commands {
+                        replies.push(client.cmd(command).await);
+                    }
+                    replies
+                };
+                let expected = [
+                    simple("OK"),
+                    Reply::Int(n as i64 + 1),
+                    bulk(&value),
+                    bulk(&token),
+                ];
+                for (i, (got, want)) in replies.iter().zip(&expected).enumerate() {
+                    if got != want {
+                        mismatches.push(format!(
+                            "client {c} round {n} request {i}: got {got}, want {want}"
+                        ));
+                    }
+                }
+            }
+            mismatches
+        }));
+    }
+    let mut mismatches = Vec::new();
+    for task in tasks {
+        mismatches.extend(task.await.expect("client task panicked"));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatched replies, first ones: {:#?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(10)]
+    );
+    // Every INCR ran exactly once.
+    for c in [0, CLIENTS / 2, CLIENTS - 1] {
+        assert_eq!(
+            redis.command(&[b"GET", format!("counter:{c}").as_bytes()]),
+            bulk(ROUNDS.to_string())
+        );
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_pipelined_commands_get_ten_thousand_replies_in_order() {
+    const N: usize = 10_000;
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut client = proxy.client().await;
+
+    // INCR and ECHO interleaved, all in one write: INCR must count 1..=N and
+    // each ECHO must return its own token, in order.
+    let mut out = Vec::new();
+    for i in 0..N {
+        out.extend(encode_command(&["INCR", "seq"]));
+        out.extend(encode_command(&["ECHO", &format!("token-{i}")]));
+    }
+    client.send_raw(&out).await.expect("writing the pipeline");
+    for i in 0..N {
+        let incr = client
+            .read_reply()
+            .await
+            .unwrap_or_else(|e| panic!("INCR reply {i}: {e}"));
+        assert_eq!(incr, Reply::Int(i as i64 + 1), "INCR reply {i}");
+        let echo = client
+            .read_reply()
+            .await
+            .unwrap_or_else(|e| panic!("ECHO reply {i}: {e}"));
+        assert_eq!(echo, bulk(format!("token-{i}")), "ECHO reply {i}");
+    }
+    assert_eq!(client.cmd(&["GET", "seq"]).await, bulk(N.to_string()));
+}
+
+#[tokio::test]
+async fn a_client_reads_its_own_writes_in_a_pipeline() {
+    let redis = RedisServer::start();
+    // Several lanes, so that ordering cannot come from there being only one.
+    let proxy = TestProxy::start(&redis.url(), &["--max-connections", "4"]).await;
+    let mut client = proxy.client().await;
+
+    let mut commands = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..1000 {
+        let value = format!("value-{i}");
+        commands.push(args(&["SET", "shared-key", &value]));
+        expected.push(simple("OK"));
+        commands.push(args(&["GET", "shared-key"]));
+        expected.push(bulk(&value));
+        commands.push(args(&["APPEND", "log", &format!("{i},")]));
+        expected.push(Reply::Int(
+            (0..=i).map(|j| format!("{j},").len()).sum::<usize>() as i64,
+        ));
+        if i % 100 == 99 {
+            commands.push(args(&["DEL", "shared-key"]));
+            expected.push(Reply::Int(1));
+            commands.push(args(&["GET", "shared-key"]));
+            expected.push(Reply::Nil);
+        }
+    }
+    let replies = pipeline(&mut client, &commands).await;
+    for (i, (got, want)) in replies.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            got,
+            want,
+            "reply {i} to {:?}",
+            String::from_utf8_lossy(&commands[i].concat())
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_clients_refuses_the_next_client_with_an_error() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &["--max-clients", "2"]).await;
+    let mut first = proxy.client().await;
+    let mut second = proxy.client().await;
+    // Both are accepted and counted once they have been answered.
+    assert_eq!(first.cmd(&["PING"]).await, simple("PONG"));
+    assert_eq!(second.cmd(&["PING"]).await, simple("PONG"));
+
+    let mut third = proxy.client().await;
+    assert_eq!(
+        third.read_reply().await.expect("the refusal"),
+        Reply::Error("ERR max number of clients reached".into())
+    );
+    match third.read_reply().await {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the refused connection to close, got {other:?}"),
+    }
+    // The accepted clients are unaffected.
+    assert_eq!(first.cmd(&["ECHO", "1"]).await, bulk("1"));
+
+    // A slot frees up once a client leaves (its task ends asynchronously,
+    // so poll until a newcomer gets in).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut newcomer = proxy.client().await;
+        match newcomer.try_cmd(&["PING"]).await {
+            Ok(reply) if reply == simple("PONG") => break,
+            Ok(Reply::Error(e)) if e == "ERR max number of clients reached" => {}
+            Err(e) if e.is_closed() => {}
+            other => panic!("unexpected answer to a newcomer: {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client slot freed within 20 s of a client leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(second.cmd(&["ECHO", "2"]).await, bulk("2"));
+}
+
+#[tokio::test]
+async fn a_protocol_error_closes_only_that_client() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut bystander = proxy.client().await;
+    bystander.cmd(&["SET", "b", "1"]).await.expect_ok();
+    // A request half-sent by the bystander must survive too.
+    bystander
+        .send_raw(b"*2\r\n$3\r\nGET\r\n$1\r\nb\r")
+        .await
+        .expect("half a request");
+
+    let mut offender = proxy.client().await;
+    assert_eq!(offender.cmd(&["PING"]).await, simple("PONG"));
+    offender.send_raw(b"*1\r\n*1\r\n").await.expect("bad bytes");
+    assert_eq!(
+        offender.read_reply().await.expect("the protocol error"),
+        Reply::Error("ERR Protocol error: expected '$', got '*'".into())
+    );
+    match offender.read_reply().await {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the connection to close after a protocol error, got {other:?}"),
+    }
+
+    // Other garbage: each costs only its own connection, never the process.
+    let garbage: [&[u8]; 4] = [
+        b"*2\r\n$3\r\nGET\r\n$-5\r\n",
+        b"*1\r\n$3\r\nGETX\r\n",
+        b"*99999999999999999999\r\n",
+        b"*2\r\n$3\r\nGET\r\n:1\r\n",
+    ];
+    for bytes in garbage {
+        let mut bad = proxy.client().await;
+        bad.send_raw(bytes).await.expect("garbage");
+        // Whatever the answer, the connection must end (error then close).
+        let mut closed = false;
+        for _ in 0..3 {
+            match bad.read_reply().await {
+                Ok(Reply::Error(_)) => {}
+                Ok(other) => panic!("{bytes:?} answered {other}"),
+                Err(e) if e.is_closed() => {
+                    closed = true;
+                    break;
+                }
+                Err(e) => panic!("{bytes:?}: {e}"),
+            }
+        }
+        assert!(closed, "{bytes:?} did not close the connection");
+    }
+
+    bystander
+        .send_raw(b"\n")
+        .await
+        .expect("rest of the request");
+    assert_eq!(bystander.read_reply().await.expect("GET b"), bulk("1"));
+    let mut newcomer = proxy.client().await;
+    assert_eq!(newcomer.cmd(&["GET", "b"]).await, bulk("1"));
+}

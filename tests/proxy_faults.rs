@@ -1,0 +1,658 @@
+//! The proxy under upstream faults: a killed and restarted Redis, an upstream
+//! that is down at start, a blackholed connection, connections reset or cut
+//! after a request was written, and a graceful shutdown with requests in
+//! flight (DESIGN.md invariants 1, 3 and 6).
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::client::encode_command;
+use support::{wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
+
+/// The error for a write whose connection was lost after it was sent.
+const AMBIGUOUS: &str = "ERR upstream connection lost; the command may or may not have executed";
+
+fn bulk(s: impl AsRef<[u8]>) -> Reply {
+    Reply::Bulk(s.as_ref().to_vec())
+}
+
+/// Whether `reply` is one of the proxy's own upstream-failure errors.
+fn is_upstream_error(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with("ERR upstream "))
+}
+
+/// A loopback port nothing listens on (bound a moment ago, then released).
+fn unused_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0");
+    let port = listener.local_addr().expect("local addr").port();
+    assert_ne!(port, 6379);
+    port
+}
+
+/// `calls` of `cmdstat_<command>` in Redis's INFO commandstats (0 if absent).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info = redis.command(&[b"INFO", b"commandstats"]);
+    let text = info.as_str().unwrap_or_default().to_string();
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map(|n| n.parse().expect("a call count"))
+        .unwrap_or(0)
+}
+
+/// Sends commands until one gets a non-error reply, allowing only the
+/// proxy's upstream-failure errors meanwhile; returns that reply.
+async fn until_served(client: &mut TestClient, command: &[&str], within: Duration) -> Reply {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = client.cmd(command).await;
+        if !reply.is_error() {
+            return reply;
+        }
+        assert!(is_upstream_error(&reply), "{command:?} answered {reply}");
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} still failing after {within:?}: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What one load-generating client saw.
+#[derive(Default)]
+struct LoadStats {
+    /// Rounds in which every request succeeded.
+    ok_rounds: AtomicU64,
+    /// Error replies (all of them upstream-failure errors, or a mismatch is
+    /// recorded).
+    errors: AtomicU64,
+    /// Slowest round, in milliseconds.
+    slowest_ms: AtomicU64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_and_restarted_mid_load() {
+    const CLIENTS: usize = 16;
+    let redis = RedisServer::start();
+    let proxy = Arc::new(
+        TestProxy::start(
+            &redis.url(),
+            &[
+                "--timeout",
+                "2s",
+                "--checkout-timeout",
+                "1s",
+                "--backoff-cap",
+                "200ms",
+            ],
+        )
+        .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mismatches = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stats: Vec<Arc<LoadStats>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+
+    let mut tasks = Vec::new();
+    for (c, stats) in stats.iter().enumerate() {
+        let (proxy, stop, mismatches, stats) = (
+            Arc::clone(&proxy),
+            Arc::clone(&stop),
+            Arc::clone(&mismatches),
+            Arc::clone(stats),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = proxy.client().await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("load:{c}");
+                let value = format!("value:{c}:{n}");
+                let token = format!("token:{c}:{n}");
+                let mut out = encode_command(&["SET", &key, &value]);
+                out.extend(encode_command(&["GET", &key]));
+                out.extend(encode_command(&["ECHO", &token]));
+                let started = Instant::now();
+                client.send_raw(&out).await.expect("client write");
+                let mut replies = Vec::new();
+                for i in 0..3 {
+                    match client.read_reply().await {
+                        Ok(reply) => replies.push(reply),
+                        Err(e) => panic!("client {c} round {n} reply {i}: {e}"),
+                    }
+                }
+                stats
+                    .slowest_ms
+                    .fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
+                let errors = replies.iter().filter(|r| r.is_error()).count() as u64;
+                stats.errors.fetch_add(errors, Ordering::SeqCst);
+                // SET: OK or an upstream error. GET: our own value, nil (the
+                // SET may not have run, or ran on the server that was then
+                // killed) or an upstream error; never someone else's value.
+                // ECHO: our own token or an upstream error.
+                let fine = [
+                    replies[0] == Reply::Simple("OK".into()),
+                    replies[1] == bulk(&value) || replies[1] == Reply::Nil,
+                    replies[2] == bulk(&token),
+                ];
+                for (i, reply) in replies.iter().enumerate() {
+                    if !fine[i] && !is_upstream_error(reply) {
+                        mismatches
+                            .lock()
+                            .unwrap()
+                            .push(format!("client {c} round {n} reply {i}: {reply}"));
+                    }
+                }
+                if errors == 0 {
+                    stats.ok_rounds.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+
+    let all_reach = |what: &str, counter: fn(&LoadStats) -> u64, at_least: Vec<u64>| {
+        let stats = stats.clone();
+        let what = what.to_string();
+        async move {
+            wait::until_async(&what, Duration::from_secs(30), || {
+                stats
+                    .iter()
+                    .zip(&at_least)
+                    .all(|(s, &min)| counter(s) >= min)
+            })
+            .await
+        }
+    };
+    let ok_rounds = |s: &LoadStats| s.ok_rounds.load(Ordering::SeqCst);
+    let errors = |s: &LoadStats| s.errors.load(Ordering::SeqCst);
+
+    all_reach("every client to be served", ok_rounds, vec![5; CLIENTS]).await;
+    redis.kill();
+    all_reach(
+        "every client to get an error while Redis is down",
+        errors,
+        vec![1; CLIENTS],
+    )
+    .await;
+    redis.restart();
+    let served: Vec<u64> = stats.iter().map(|s| ok_rounds(s) + 5).collect();
+    all_reach(
+        "every client to be served again after the restart",
+        ok_rounds,
+        served,
+    )
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.expect("client task panicked");
+    }
+    let mismatches = mismatches.lock().unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatched replies: {:#?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(10)]
+    );
+    // --timeout 2s (--checkout-timeout 1s is shorter) bounds every request;
+    // allow 4 s more for a loaded machine.
+    let slowest = stats
+        .iter()
+        .map(|s| s.slowest_ms.load(Ordering::SeqCst))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        slowest < 6_000,
+        "a round took {slowest} ms despite --timeout 2s"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_at_start_then_served_once_it_comes_up() {
+    let port = unused_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let proxy = TestProxy::start(
+        &url,
+        &["--checkout-timeout", "1s", "--backoff-cap", "200ms"],
+    )
+    .await;
+    let mut client = proxy.client().await;
+
+    let started = Instant::now();
+    let reply = client.cmd(&["SET", "k", "v"]).await;
+    let took = started.elapsed();
+    let Reply::Error(text) = &reply else {
+        panic!("SET with no upstream answered {reply}");
+    };
+    let prefix = format!("ERR upstream 127.0.0.1:{port} unavailable: connection refused (retried ");
+    assert!(
+        text.starts_with(&prefix) && text.ends_with(')'),
+        "unexpected error: {text}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "the error came after {took:?}, expected about --checkout-timeout 1s"
+    );
+
+    // Redis appears on that port: the same proxy serves requests.
+    let redis = RedisServer::builder()
+        .arg("port", &port.to_string())
+        .start();
+    until_served(&mut client, &["SET", "k", "v"], Duration::from_secs(20))
+        .await
+        .expect_ok();
+    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("v"));
+    assert_eq!(redis.command(&[b"GET", b"k"]), bulk("v"));
+}
+
+#[tokio::test]
+async fn require_upstream_refuses_to_start_without_an_upstream() {
+    let port = unused_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = Instant::now();
+    let error = match TestProxy::try_start(
+        &url,
+        &[
+            "--require-upstream",
+            "--retries",
+            "2",
+            "--backoff-base",
+            "10ms",
+        ],
+    )
+    .await
+    {
+        Ok(proxy) => panic!(
+            "the proxy started on {} with its upstream down",
+            proxy.addr()
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(
+        error,
+        format!("upstream 127.0.0.1:{port} unavailable at start: connection refused")
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // With the upstream up, the same flags start a working proxy.
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &["--require-upstream"]).await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.cmd(&["ECHO", "up"]).await, bulk("up"));
+}
+
+#[tokio::test]
+async fn blackholed_upstream_times_out_then_recovers_on_a_new_connection() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--timeout",
+            "1s",
+            "--max-connections",
+            "1",
+            "--backoff-cap",
+            "200ms",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "k", "before"]).await.expect_ok();
+    let accepted = relay.connections_accepted();
+
+    relay.set_mode(RelayMode::Blackhole);
+    let started = Instant::now();
+    let reply = client.cmd(&["GET", "k"]).await;
+    let took = started.elapsed();
+    assert_eq!(
+        reply,
+        Reply::Error(format!(
+            "ERR upstream {} timed out after 1.0s; the command may or may not have executed",
+            relay.addr()
+        ))
+    );
+    assert!(
+        took >= Duration::from_millis(800) && took <= Duration::from_secs(3),
+        "the timeout error came after {took:?}, expected about 1 s"
+    );
+
+    relay.set_mode(RelayMode::Pass);
+    assert_eq!(
+        until_served(&mut client, &["GET", "k"], Duration::from_secs(20)).await,
+        bulk("before")
+    );
+    client.cmd(&["SET", "k", "after"]).await.expect_ok();
+    assert_eq!(redis.command(&[b"GET", b"k"]), bulk("after"));
+    assert!(
+        relay.connections_accepted() > accepted,
+        "the timed-out connection was reused instead of replaced"
+    );
+}
+
+#[tokio::test]
+async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is_retried() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    // `--validate ping` keeps the probe's GET out of the GET call count.
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--validate",
+            "ping",
+            "--timeout",
+            "15s",
+            "--checkout-timeout",
+            "10s",
+            "--backoff-cap",
+            "100ms",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.cmd(&["INCR", "counter"]).await, Reply::Int(1));
+    client.cmd(&["SET", "k", "value"]).await.expect_ok();
+
+    // The INCR reaches Redis and runs; its reply is cut off.
+    relay.set_mode(RelayMode::CutReplyAfter(0));
+    assert_eq!(
+        client.cmd(&["INCR", "counter"]).await,
+        Reply::Error(AMBIGUOUS.into())
+    );
+    relay.set_mode(RelayMode::Pass);
+    assert_eq!(redis.command(&[b"GET", b"counter"]), bulk("2"));
+    assert_eq!(
+        client.cmd(&["INCR", "counter"]).await,
+        Reply::Int(3),
+        "after the lost INCR, the next one must be the third to run"
+    );
+
+    // A GET whose reply is cut is sent again on a new connection and the
+    // client sees only the value.
+    let gets = command_calls(&redis, "get");
+    let accepted = relay.connections_accepted();
+    relay.set_mode(RelayMode::CutReplyAfter(0));
+    client.send(&["GET", "k"]).await.expect("send GET");
+    // The lane reconnecting proves the GET's connection was cut; the retry
+    // then waits (validation fails under the cut) until the relay passes.
+    wait::until_async(
+        "the proxy to reconnect after the cut",
+        Duration::from_secs(20),
+        || relay.connections_accepted() > accepted,
+    )
+    .await;
+    relay.set_mode(RelayMode::Pass);
+    assert_eq!(client.read_reply().await.expect("GET reply"), bulk("value"));
+    assert_eq!(
+        command_calls(&redis, "get") - gets,
+        2,
+        "the GET should have run exactly twice upstream (cut, then retried)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incrs_in_flight_during_resets_are_never_applied_twice() {
+    const CLIENTS: usize = 4;
+    const BATCH: usize = 50;
+    const RESETS: usize = 5;
+    let redis = RedisServer::start();
+    let relay = Arc::new(FaultRelay::start(redis.addr()));
+    let proxy = Arc::new(
+        TestProxy::start(
+            &format!("redis://{}", relay.addr()),
+            &["--max-connections", "2", "--backoff-cap", "100ms"],
+        )
+        .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let replies_seen = Arc::new(AtomicU64::new(0));
+
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (proxy, stop, replies_seen) = (
+            Arc::clone(&proxy),
+            Arc::clone(&stop),
+            Arc::clone(&replies_seen),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = proxy.client().await;
+            let mut replies = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let out: Vec<u8> = (0..BATCH)
+                    .flat_map(|_| encode_command(&["INCR", "counter"]))
+                    .collect();
+                client.send_raw(&out).await.expect("client write");
+                for i in 0..BATCH {
+                    match client.read_reply().await {
+                        Ok(reply) => replies.push(reply),
+                        Err(e) => panic!("client {c} reply {i}: {e}"),
+                    }
+                    replies_seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            replies
+        }));
+    }
+
+    for round in 0..RESETS {
+        let seen = replies_seen.load(Ordering::SeqCst);
+        wait::until_async(
+            &format!("INCR replies to flow before reset {round}"),
+            Duration::from_secs(20),
+            || replies_seen.load(Ordering::SeqCst) >= seen + 200,
+        )
+        .await;
+        let relay = Arc::clone(&relay);
+        tokio::task::spawn_blocking(move || relay.set_mode(RelayMode::ResetNow))
+            .await
+            .expect("reset");
+    }
+    let seen = replies_seen.load(Ordering::SeqCst);
+    wait::until_async(
+        "INCR replies to flow after the last reset",
+        Duration::from_secs(20),
+        || replies_seen.load(Ordering::SeqCst) >= seen + 200,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut successes = HashSet::new();
+    let (mut ambiguous, mut not_run) = (0u64, 0u64);
+    for task in tasks {
+        for reply in task.await.expect("client task panicked") {
+            match reply {
+                Reply::Int(n) => assert!(successes.insert(n), "two INCRs both returned {n}"),
+                Reply::Error(e) if e == AMBIGUOUS || e.contains("may or may not") => ambiguous += 1,
+                Reply::Error(e) if e.starts_with("ERR upstream ") => not_run += 1,
+                other => panic!("unexpected INCR reply {other}"),
+            }
+        }
+    }
+    let final_count: u64 = redis
+        .command(&[b"GET", b"counter"])
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("the counter");
+    let successes_n = successes.len() as u64;
+    eprintln!(
+        "counter {final_count}: {successes_n} INCRs succeeded, {ambiguous} ambiguous, {not_run} not run"
+    );
+    assert!(
+        final_count >= successes_n && final_count <= successes_n + ambiguous,
+        "counter {final_count}, {successes_n} INCRs succeeded, {ambiguous} ambiguous, {not_run} not run"
+    );
+    let highest = successes.iter().copied().max().unwrap_or(0) as u64;
+    assert!(
+        highest <= final_count,
+        "an INCR returned {highest} but the counter is {final_count}"
+    );
+    assert!(
+        ambiguous > 0 || not_run > 0,
+        "{RESETS} resets under load produced no error at all: were the connections reset?"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_delivers_replies_in_flight() {
+    const N: usize = 100;
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--health-check-interval",
+            "0s",
+        ],
+    )
+    .await;
+    let addr = proxy.addr();
+    let mut client = proxy.client().await;
+    assert_eq!(client.cmd(&["INCR", "n"]).await, Reply::Int(1));
+
+    // Replies held back for a while, so that they are still in flight when
+    // the shutdown begins.
+    relay.set_mode(RelayMode::Delay(Duration::from_millis(500)));
+    let mut out = Vec::new();
+    for i in 0..N {
+        out.extend(encode_command(&["INCR", "n"]));
+        out.extend(encode_command(&["ECHO", &i.to_string()]));
+    }
+    let before = relay.bytes_to_upstream();
+    client.send_raw(&out).await.expect("pipeline");
+    wait::until_async(
+        "the pipeline to reach Redis",
+        Duration::from_secs(20),
+        || relay.bytes_to_upstream() >= before + out.len() as u64,
+    )
+    .await;
+
+    proxy.shutdown().await;
+    for i in 0..N {
+        assert_eq!(
+            client.read_reply().await.expect("INCR reply"),
+            Reply::Int(i as i64 + 2),
+            "INCR {i}"
+        );
+        assert_eq!(
+            client.read_reply().await.expect("ECHO reply"),
+            bulk(i.to_string()),
+            "ECHO {i}"
+        );
+    }
+    match client.read_reply().await {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the connection to close after shutdown, got {other:?}"),
+    }
+    assert!(
+        TestClient::connect(addr).await.is_err(),
+        "the proxy still accepts connections after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_reply_cut_mid_way_is_never_delivered_in_part() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--validate",
+            "write",
+            "--timeout",
+            "15s",
+            "--checkout-timeout",
+            "10s",
+            "--backoff-cap",
+            "100ms",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    client
+        .cmd(&[b"SET".as_slice(), b"big", &value])
+        .await
+        .expect_ok();
+
+    // The first 50 bytes of the 1 MB reply arrive, then the connection
+    // closes: the proxy must drop the partial reply and, GET being safe to
+    // resend, fetch it again in full. 50 bytes also cut the validation
+    // replies (PONG, OK, the probe value, DEL's 1: 55 bytes), so the retry
+    // waits for the relay to pass again instead of being cut repeatedly.
+    let accepted = relay.connections_accepted();
+    relay.set_mode(RelayMode::CutReplyAfter(50));
+    client.send(&["GET", "big"]).await.expect("send GET");
+    wait::until_async(
+        "the proxy to reconnect after the cut",
+        Duration::from_secs(20),
+        || relay.connections_accepted() > accepted,
+    )
+    .await;
+    relay.set_mode(RelayMode::Pass);
+    let reply = client.read_reply().await.expect("GET reply");
+    match &reply {
+        Reply::Bulk(got) => assert!(
+            *got == value,
+            "GET big came back altered ({} bytes)",
+            got.len()
+        ),
+        other => panic!("GET big answered {other}"),
+    }
+    assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
+}
+
+#[tokio::test]
+async fn replies_arriving_in_tiny_pieces_are_reassembled_in_order() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(&format!("redis://{}", relay.addr()), &[]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["RPUSH", "list", "a", "bb", "ccc"]).await;
+
+    relay.set_mode(RelayMode::Slice(3));
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["SET", "k", "some value"],
+        vec!["GET", "k"],
+        vec!["LRANGE", "list", "0", "-1"],
+        vec!["GET", "missing"],
+        vec!["INCR", "k"],
+        vec!["ECHO", "done"],
+    ];
+    let mut out = Vec::new();
+    for command in &commands {
+        out.extend(encode_command(command));
+    }
+    client.send_raw(&out).await.expect("pipeline");
+    let expected = [
+        Reply::Simple("OK".into()),
+        bulk("some value"),
+        Reply::Array(vec![bulk("a"), bulk("bb"), bulk("ccc")]),
+        Reply::Nil,
+        Reply::Error("ERR value is not an integer or out of range".into()),
+        bulk("done"),
+    ];
+    for (command, want) in commands.iter().zip(&expected) {
+        assert_eq!(
+            &client.read_reply().await.expect("a reply"),
+            want,
+            "{command:?}"
+        );
+    }
+}
