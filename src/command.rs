@@ -162,7 +162,7 @@ pub fn classify(req: &Request, db: u32) -> Command {
         b"UNWATCH" => Command::dedicated(Stateful::Unwatch),
         b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
         | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Command::dedicated(Stateful::Blocking),
-        b"XREAD" | b"XREADGROUP" if has_arg(req, b"BLOCK") => {
+        b"XREAD" | b"XREADGROUP" if has_option(req, 1, b"BLOCK") => {
             Command::dedicated(Stateful::Blocking)
         }
         b"XREAD" => Command::shared(true),
@@ -179,7 +179,17 @@ pub fn classify(req: &Request, db: u32) -> Command {
         b"SYNC" | b"PSYNC" | b"REPLCONF" | b"SHUTDOWN" => Command::DENIED,
         b"DEBUG" => match req.arg(1) {
             Some(sub)
-                if sub.eq_ignore_ascii_case(b"SLEEP") || sub.eq_ignore_ascii_case(b"RELOAD") =>
+                if [
+                    &b"SLEEP"[..],
+                    b"RELOAD",
+                    b"SEGFAULT",
+                    b"RESTART",
+                    b"CRASH-AND-RECOVER",
+                    b"PANIC",
+                    b"LOADAOF",
+                ]
+                .iter()
+                .any(|s| sub.eq_ignore_ascii_case(s)) =>
             {
                 Command::DENIED
             }
@@ -192,12 +202,8 @@ pub fn classify(req: &Request, db: u32) -> Command {
             retry_safe: false,
         },
 
-        // Plain SET (no NX/XX/GET) leaves the same state and reply when replayed.
-        b"SET" => {
-            Command::shared(!(has_arg(req, b"NX") || has_arg(req, b"XX") || has_arg(req, b"GET")))
-        }
-        b"MSET" | b"SETEX" | b"PSETEX" | b"HMSET" => Command::shared(true),
-
+        // Writes are never resent once written, not even "idempotent" ones:
+        // replaying SET k v after another client's SET k w would undo theirs.
         name if is_read_only(name) => Command::shared(true),
         _ => Command::shared(false),
     }
@@ -264,8 +270,14 @@ impl DenyList {
     }
 }
 
-fn has_arg(req: &Request, word: &[u8]) -> bool {
-    req.args().skip(1).any(|a| a.eq_ignore_ascii_case(word))
+/// True when `word` is one of the options from position `from` on, looking
+/// no further than `STREAMS` (after which XREAD's arguments are stream names
+/// and ids, not options).
+fn has_option(req: &Request, from: usize, word: &[u8]) -> bool {
+    req.args()
+        .skip(from)
+        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+        .any(|a| a.eq_ignore_ascii_case(word))
 }
 
 fn is_read_only(upper: &[u8]) -> bool {
@@ -383,11 +395,18 @@ mod tests {
     }
 
     #[test]
-    fn set_is_retry_safe_only_without_conditions() {
-        assert!(class(&["SET", "k", "v"]).retry_safe);
-        assert!(class(&["SET", "k", "v", "EX", "10"]).retry_safe);
-        assert!(!class(&["SET", "k", "v", "nx"]).retry_safe);
-        assert!(!class(&["SET", "k", "v", "GET"]).retry_safe);
+    fn only_reads_are_retry_safe() {
+        assert!(class(&["GET", "k"]).retry_safe);
+        assert!(class(&["XREAD", "STREAMS", "block", "0"]).retry_safe);
+        for write in [
+            &["SET", "k", "v"][..],
+            &["MSET", "a", "1"],
+            &["SETEX", "k", "1", "v"],
+            &["INCR", "k"],
+            &["EVAL", "x", "0"],
+        ] {
+            assert!(!class(write).retry_safe, "{write:?}");
+        }
     }
 
     #[test]

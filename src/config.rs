@@ -55,7 +55,7 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_UPSTREAM_PASSWORD", hide_env_values = true)]
     pub upstream_password: Option<String>,
 
-    /// Upstream connections shared by all clients (one multiplexed lane each).
+    /// Upstream connections shared by all clients, one multiplexed lane each (plus --min-idle validated spares).
     #[arg(long, env = "RESPOOL_MAX_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_connections: u32,
 
@@ -92,7 +92,7 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MIN_IDLE", default_value_t = 1)]
     pub min_idle: u32,
 
-    /// Time allowed for a TCP connect to the upstream, and for its validation.
+    /// Time allowed for a TCP connect to the upstream, and again for its validation exchange (AUTH … probe).
     #[arg(long, env = "RESPOOL_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
@@ -157,7 +157,7 @@ pub struct Flags {
     pub threads: u32,
 
     /// Exit with an error instead of serving when the upstream is unavailable at start.
-    #[arg(long, env = "RESPOOL_REQUIRE_UPSTREAM")]
+    #[arg(long, env = "RESPOOL_REQUIRE_UPSTREAM", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_upstream: bool,
 
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.

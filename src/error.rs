@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub enum Error {
     /// No upstream connection could be had before the request's checkout
     /// deadline; nothing was sent.
-    #[error("upstream {addr} unavailable: {cause} (retried {attempts} times over {})", Secs(*elapsed))]
+    #[error("upstream {addr} unavailable: {cause} (retried {attempts} {} over {})", if *attempts == 1 { "time" } else { "times" }, Secs(*elapsed))]
     Unavailable {
         /// The upstream address (never with credentials).
         addr: Arc<str>,
@@ -30,6 +30,15 @@ pub enum Error {
     /// safe to run again, so its outcome is unknown.
     #[error("upstream connection lost; the command may or may not have executed")]
     LostAfterWrite,
+    /// A read-only command was resent after each connection loss until the
+    /// retries ran out.
+    #[error("upstream {addr} connection lost {attempts} times while running the command; giving up (see --retries)")]
+    RetriesExhausted {
+        /// The upstream address.
+        addr: Arc<str>,
+        /// Connection losses seen by the request.
+        attempts: u32,
+    },
     /// No reply arrived within the request deadline; the connection was closed.
     #[error("upstream {addr} timed out after {}; the command may or may not have executed", Secs(*after))]
     Timeout {

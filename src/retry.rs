@@ -5,9 +5,11 @@
 //! * A reply of `-LOADING`, `-BUSY`, `-TRYAGAIN` or `-MASTERDOWN` means the
 //!   command did not run: it is retried within the request deadline.
 //! * After a connection is lost with the request already written, only
-//!   read-only or idempotent commands are retried (see [`crate::command`]);
-//!   anything else fails with "may or may not have executed". A write is
-//!   never applied twice.
+//!   read-only commands are retried (see [`crate::command`]); anything else
+//!   fails with "may or may not have executed". Even writes that look
+//!   idempotent (`SET k v`) are not resent: between the lost attempt and the
+//!   resend another client may have written the key, and the resend would
+//!   silently undo that. A write is never applied twice.
 
 use std::time::Duration;
 

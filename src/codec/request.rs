@@ -305,9 +305,10 @@ impl Decoder for RequestDecoder {
                 let data = cr + 2;
                 let end = data + len;
                 if buf.len() < end + 2 {
-                    // Make room for the whole argument once instead of growing
-                    // the buffer piece by piece (the length is within limits).
-                    buf.reserve(end + 2 - buf.len());
+                    // Make room for the argument at once instead of growing
+                    // the buffer piece by piece — up to 1 MiB: a header alone
+                    // must not make a client reserve 512 MiB.
+                    buf.reserve((end + 2 - buf.len()).min(1 << 20));
                     return Ok(None);
                 }
                 if &buf[end..end + 2] != b"\r\n" {

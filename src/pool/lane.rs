@@ -38,6 +38,8 @@ const WRITE_HIGH_WATER: usize = 4 << 20;
 const MAX_BATCH: usize = 1024;
 /// The health-check request, sent on an idle lane.
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// A client's request, as handed to a lane.
 #[derive(Debug)]
@@ -93,6 +95,9 @@ struct Job {
     checkout_deadline: Instant,
     /// Retries so far.
     attempts: u32,
+    /// It was fully written on a connection that then broke, so it may have
+    /// run (only read-only requests are requeued after that).
+    written: bool,
 }
 
 impl Job {
@@ -167,14 +172,24 @@ impl Lane {
     /// Runs until every sender is gone and every request is answered.
     pub(crate) async fn run(mut self) {
         let mut reconnect = self.settings.backoff.delays();
+        let mut delay_first = None;
         loop {
-            let Some(conn) = self.connect(&mut reconnect).await else {
+            let Some(conn) = self.connect(&mut reconnect, delay_first.take()).await else {
                 return;
             };
-            reconnect = self.settings.backoff.delays();
+            let connected = Instant::now();
             self.serve(conn).await;
             if self.closing && self.queue.is_empty() {
                 return;
+            }
+            // A connection that validated and broke again at once (a flapping
+            // upstream, a proxy in between that drops traffic) must not turn
+            // into a tight reconnect loop that burns every request's retries:
+            // keep backing off until a connection stays up for a while.
+            if connected.elapsed() < STABLE_CONNECTION {
+                delay_first = Some(reconnect.next_delay());
+            } else {
+                reconnect = self.settings.backoff.delays();
             }
         }
     }
@@ -187,6 +202,7 @@ impl Lane {
             deadline: now + s.timeout,
             checkout_deadline: now + s.checkout_timeout.min(s.timeout),
             attempts: 0,
+            written: false,
         });
     }
 
@@ -234,6 +250,15 @@ impl Lane {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
+            if job.written {
+                let line = Error::Timeout {
+                    addr: self.settings.addr.clone(),
+                    after: self.settings.timeout,
+                }
+                .to_resp();
+                job.deliver(line);
+                continue;
+            }
             let waited = now.saturating_duration_since(job.deadline - self.settings.timeout);
             let line = error
                 .get_or_insert_with(|| self.not_sent_error(waited).to_resp())
@@ -248,8 +273,12 @@ impl Lane {
     async fn connect(
         &mut self,
         backoff: &mut Backoff,
+        mut delay: Option<Duration>,
     ) -> Option<PooledConnection<'static, UpstreamManager>> {
         loop {
+            if let Some(delay) = delay.take() {
+                self.wait_taking_requests(Instant::now() + delay).await;
+            }
             if self.closing {
                 let error = Error::ShuttingDown.to_resp();
                 for job in self.queue.drain(..) {
@@ -294,17 +323,24 @@ impl Lane {
                     }
                 },
             }
-            let until = Instant::now() + backoff.next_delay();
-            loop {
-                let expiry = self.queue.front().map(|j| j.checkout_deadline);
-                tokio::select! {
-                    _ = sleep_until(until) => break,
-                    msg = self.rx.recv(), if !self.closing => {
-                        self.accept_batch(msg);
-                        if self.closing { break; }
+            delay = Some(backoff.next_delay());
+        }
+    }
+
+    /// Waits until `until` while still queueing new requests and failing
+    /// those whose checkout deadline passes.
+    async fn wait_taking_requests(&mut self, until: Instant) {
+        loop {
+            let expiry = self.queue.front().map(|j| j.checkout_deadline);
+            tokio::select! {
+                _ = sleep_until(until) => return,
+                msg = self.rx.recv(), if !self.closing => {
+                    self.accept_batch(msg);
+                    if self.closing {
+                        return;
                     }
-                    _ = sleep_until_opt(expiry) => self.expire_queue(),
                 }
+                _ = sleep_until_opt(expiry) => self.expire_queue(),
             }
         }
     }
@@ -345,8 +381,15 @@ impl Lane {
                             break;
                         };
                         if job.deadline <= now {
-                            let waited = s.timeout;
-                            job.deliver(self.not_sent_error(waited).to_resp());
+                            let error = if job.written {
+                                Error::Timeout {
+                                    addr: s.addr.clone(),
+                                    after: s.timeout,
+                                }
+                            } else {
+                                self.not_sent_error(s.timeout)
+                            };
+                            job.deliver(error.to_resp());
                             continue;
                         }
                         wbuf.extend_from_slice(&job.req.raw);
@@ -518,7 +561,17 @@ impl Lane {
                 job.deliver(timeout_error.clone());
             } else if job.req.retry_safe && job.attempts < s.retries {
                 job.attempts += 1;
+                job.written = true;
                 again.push_back(job);
+            } else if job.req.retry_safe {
+                let attempts = job.attempts + 1;
+                job.deliver(
+                    Error::RetriesExhausted {
+                        addr: s.addr.clone(),
+                        attempts,
+                    }
+                    .to_resp(),
+                );
             } else {
                 job.deliver(error.clone());
             }

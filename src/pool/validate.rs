@@ -112,7 +112,9 @@ pub(crate) async fn run_gate(
         Expect::Info,
     ));
     let requests: Vec<Request> = steps.iter().map(|(_, r, _)| r.clone()).collect();
-    let replies = conn.exchange(&requests, "validation", s.timeout).await?;
+    let replies = conn
+        .exchange(&requests, "validation", s.connect_timeout)
+        .await?;
     for ((step, _, expect), reply) in steps.iter().zip(&replies) {
         if let Err(e) = check(step, expect, reply) {
             conn.broken = true;
