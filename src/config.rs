@@ -104,7 +104,11 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_CHECKOUT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub checkout_timeout: Duration,
 
-    /// Retries of a request answered with -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN or lost with its connection (read-only and idempotent commands only).
+    /// How long a request may be held unsent while the upstream is unreachable or answers -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN, being resent with backoff; an outage shorter than this is invisible to clients (default: --checkout-timeout).
+    #[arg(long, env = "RESPOOL_HOLD_TIMEOUT", value_parser = parse_duration)]
+    pub hold_timeout: Option<Duration>,
+
+    /// Resends of a read-only request whose connection was lost after it was written (writes are never resent).
     #[arg(long, env = "RESPOOL_RETRIES", default_value_t = 5)]
     pub retries: u32,
 
@@ -152,8 +156,8 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: u32,
 
-    /// Worker threads (0 = one per CPU core; 1 = a single-threaded runtime).
-    #[arg(long, env = "RESPOOL_THREADS", default_value_t = 0)]
+    /// Worker threads: 1 = a single-threaded runtime (fastest on small machines, see README "Tuning"); 0 = one per CPU core.
+    #[arg(long, env = "RESPOOL_THREADS", default_value_t = 1)]
     pub threads: u32,
 
     /// Exit with an error instead of serving when the upstream is unavailable at start.
@@ -306,6 +310,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Longest wait for an upstream connection.
     pub checkout_timeout: Duration,
+    /// Hold window during outages.
+    pub hold_timeout: Duration,
     /// Retry attempts per request.
     pub retries: u32,
     /// Backoff base delay.
@@ -415,6 +421,7 @@ impl Config {
             connect_timeout: flags.connect_timeout,
             timeout: flags.timeout,
             checkout_timeout: flags.checkout_timeout,
+            hold_timeout: flags.hold_timeout.unwrap_or(flags.checkout_timeout),
             retries: flags.retries,
             backoff_base: flags.backoff_base,
             backoff_cap: flags.backoff_cap,

@@ -164,7 +164,7 @@ async fn validation_reports_loading_then_requests_succeed_once_loaded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loading_replies_are_retried_within_the_request_deadline() {
+async fn loading_replies_are_held_within_the_hold_window() {
     let redis = std::sync::Arc::new(RedisServer::start());
     redis
         .command(&[b"DEBUG", b"POPULATE", b"30000"])
@@ -182,9 +182,16 @@ async fn loading_replies_are_retried_within_the_request_deadline() {
         "--max-connections",
         "1",
     ];
-    let patient =
-        TestProxy::start(&redis.url(), &[&retry[..], &["--timeout", "60s"]].concat()).await;
-    let hasty = TestProxy::start(&redis.url(), &[&retry[..], &["--timeout", "1s"]].concat()).await;
+    let patient = TestProxy::start(
+        &redis.url(),
+        &[&retry[..], &["--hold-timeout", "60s"]].concat(),
+    )
+    .await;
+    let hasty = TestProxy::start(
+        &redis.url(),
+        &[&retry[..], &["--hold-timeout", "1s"]].concat(),
+    )
+    .await;
     let mut patient_client = patient.client().await;
     let mut hasty_client = hasty.client().await;
     patient_client.set_read_timeout(Duration::from_secs(90));
@@ -214,8 +221,8 @@ async fn loading_replies_are_retried_within_the_request_deadline() {
     .await;
     let rejected_before = command_stat(&redis, "get", "rejected_calls");
 
-    // A deadline shorter than the load: Redis's own -LOADING error, once the
-    // retries run out of time, about 1 s later.
+    // A hold window shorter than the load: Redis's own -LOADING error, once
+    // the window runs out, about 1 s later.
     let (reply, took) = timed(&mut hasty_client, &["GET", "key:2"]).await;
     assert_eq!(
         reply,
@@ -223,10 +230,10 @@ async fn loading_replies_are_retried_within_the_request_deadline() {
     );
     assert!(
         took >= Duration::from_millis(700) && took < Duration::from_secs(4),
-        "the LOADING error came after {took:?} with --timeout 1s"
+        "the LOADING error came after {took:?} with --hold-timeout 1s"
     );
 
-    // A deadline longer than the load: retried until served.
+    // A hold window longer than the load: held until served, no error.
     let (reply, took) = timed(&mut patient_client, &["GET", "key:3"]).await;
     assert_eq!(reply, bulk("value:3"), "after {took:?}");
     reloading.await.expect("DEBUG RELOAD").expect_ok();

@@ -76,6 +76,8 @@ pub struct LaneSettings {
     pub timeout: Duration,
     /// Longest wait for a connection.
     pub checkout_timeout: Duration,
+    /// How long a request may be held unsent during an outage.
+    pub hold_timeout: Duration,
     /// Retries per request.
     pub retries: u32,
     /// Reconnect and transient-error backoff.
@@ -89,10 +91,11 @@ pub struct LaneSettings {
 /// A request inside the lane.
 struct Job {
     req: LaneRequest,
-    /// Reply deadline (request timeout, from when the lane took it).
-    deadline: Instant,
-    /// Deadline for getting onto a connection.
-    checkout_deadline: Instant,
+    /// When the lane took it.
+    accepted: Instant,
+    /// Until when it may be held unsent: while no connection can be had, or
+    /// while the upstream answers -LOADING/-BUSY/… (`--hold-timeout`).
+    hold_deadline: Instant,
     /// Retries so far.
     attempts: u32,
     /// It was fully written on a connection that then broke, so it may have
@@ -199,8 +202,8 @@ impl Lane {
         let s = &self.settings;
         self.queue.push_back(Job {
             req,
-            deadline: now + s.timeout,
-            checkout_deadline: now + s.checkout_timeout.min(s.timeout),
+            accepted: now,
+            hold_deadline: now + s.hold_timeout,
             attempts: 0,
             written: false,
         });
@@ -238,15 +241,11 @@ impl Lane {
         }
     }
 
-    /// Fails queued requests whose checkout deadline has passed.
+    /// Fails queued requests whose hold deadline has passed.
     fn expire_queue(&mut self) {
         let now = Instant::now();
         let mut error: Option<Bytes> = None;
-        while self
-            .queue
-            .front()
-            .is_some_and(|j| j.checkout_deadline <= now)
-        {
+        while self.queue.front().is_some_and(|j| j.hold_deadline <= now) {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
@@ -259,7 +258,7 @@ impl Lane {
                 job.deliver(line);
                 continue;
             }
-            let waited = now.saturating_duration_since(job.deadline - self.settings.timeout);
+            let waited = now.saturating_duration_since(job.accepted);
             let line = error
                 .get_or_insert_with(|| self.not_sent_error(waited).to_resp())
                 .clone();
@@ -293,7 +292,7 @@ impl Lane {
             );
             tokio::pin!(attempt);
             let result = loop {
-                let expiry = self.queue.front().map(|j| j.checkout_deadline);
+                let expiry = self.queue.front().map(|j| j.hold_deadline);
                 tokio::select! {
                     r = &mut attempt => break r,
                     msg = self.rx.recv(), if !self.closing => self.accept_batch(msg),
@@ -331,7 +330,7 @@ impl Lane {
     /// those whose checkout deadline passes.
     async fn wait_taking_requests(&mut self, until: Instant) {
         loop {
-            let expiry = self.queue.front().map(|j| j.checkout_deadline);
+            let expiry = self.queue.front().map(|j| j.hold_deadline);
             tokio::select! {
                 _ = sleep_until(until) => return,
                 msg = self.rx.recv(), if !self.closing => {
@@ -380,7 +379,7 @@ impl Lane {
                         let Some(job) = self.queue.pop_front() else {
                             break;
                         };
-                        if job.deadline <= now {
+                        if job.hold_deadline <= now {
                             let error = if job.written {
                                 Error::Timeout {
                                     addr: s.addr.clone(),
@@ -394,7 +393,8 @@ impl Lane {
                         }
                         wbuf.extend_from_slice(&job.req.raw);
                         enqueued += job.req.raw.len() as u64;
-                        let deadline = job.deadline;
+                        // The reply deadline runs from the write.
+                        let deadline = now + s.timeout;
                         inflight.push_back(Sent {
                             job: Some(job),
                             end: enqueued,
@@ -488,7 +488,7 @@ impl Lane {
                 "a reply arrived with no request pending".into(),
             ));
         };
-        let Some(mut job) = sent.job else {
+        let Some(job) = sent.job else {
             if &frame[..] == b"+PONG\r\n" {
                 return Ok(());
             }
@@ -498,16 +498,16 @@ impl Lane {
             )));
         };
         if is_transient_error(&frame) {
-            if job.attempts < self.settings.retries {
-                let delay = backoff.next_delay();
-                let now = Instant::now();
-                if now + delay < job.deadline {
-                    job.attempts += 1;
-                    retry_later.push_back(job);
-                    let until = now + delay;
-                    *hold_until = Some(hold_until.map_or(until, |h| h.max(until)));
-                    return Ok(());
-                }
+            // The command did not run: hold it and resend after a backoff,
+            // for as long as its hold window lasts (not limited by --retries:
+            // a restart's LOADING phase is one outage, however many polls).
+            let delay = backoff.next_delay();
+            let now = Instant::now();
+            if now + delay < job.hold_deadline {
+                retry_later.push_back(job);
+                let until = now + delay;
+                *hold_until = Some(hold_until.map_or(until, |h| h.max(until)));
+                return Ok(());
             }
         } else {
             *backoff = self.settings.backoff.delays();
@@ -557,7 +557,7 @@ impl Lane {
             if !fully_written {
                 // Redis executes only whole commands: this one did not run.
                 again.push_back(job);
-            } else if job.deadline <= now {
+            } else if sent.deadline <= now {
                 job.deliver(timeout_error.clone());
             } else if job.req.retry_safe && job.attempts < s.retries {
                 job.attempts += 1;

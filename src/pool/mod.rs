@@ -60,6 +60,7 @@ impl SharedLanes {
             addr: settings.addr.clone(),
             timeout: config.timeout,
             checkout_timeout: config.checkout_timeout,
+            hold_timeout: config.hold_timeout,
             retries: config.retries,
             backoff: BackoffPolicy {
                 base: config.backoff_base,
