@@ -204,6 +204,17 @@ impl RequestDecoder {
             // An empty line is ignored, as Redis does.
             return Ok(Some(None));
         }
+        // An inline command becomes a RESP array like any other: the same
+        // limits apply to it.
+        if args.len() as u64 > self.limits.max_args {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        if args
+            .iter()
+            .any(|a| a.len() as u64 > self.limits.max_bulk_len)
+        {
+            return Err(ProtocolError::InvalidBulkLength);
+        }
         let argc = args.len();
         Ok(Some(Some(Request::from_encoded(
             inline::encode_array(&args),
@@ -394,6 +405,24 @@ mod tests {
         assert_eq!(
             decode_all(b"set k \"v\r\n"),
             Err(ProtocolError::UnbalancedQuotes)
+        );
+    }
+
+    #[test]
+    fn inline_commands_obey_the_limits() {
+        let small = RequestLimits {
+            max_bulk_len: 3,
+            max_args: 2,
+        };
+        let decode = |input: &[u8]| RequestDecoder::new(small).decode(&mut BytesMut::from(input));
+        assert!(decode(b"GET abc\r\n").unwrap().is_some());
+        assert_eq!(
+            decode(b"GET a b\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            decode(b"GET abcd\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
         );
     }
 
