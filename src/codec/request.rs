@@ -409,6 +409,30 @@ mod tests {
     }
 
     #[test]
+    fn non_canonical_lengths_are_refused_like_redis() {
+        // Found by fuzzing: these were accepted and forwarded verbatim, and
+        // Redis answers them with a protocol error and closes the (shared)
+        // upstream connection.
+        assert_eq!(
+            decode_all(b"*1\r\n$04\r\nPING\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*01\r\n$4\r\nPING\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n$-0\r\n\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*-0\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(decode_all(b"*1\r\n$0\r\n\r\n").unwrap().len(), 1);
+    }
+
+    #[test]
     fn inline_commands_obey_the_limits() {
         let small = RequestLimits {
             max_bulk_len: 3,
