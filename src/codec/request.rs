@@ -161,6 +161,9 @@ pub struct RequestDecoder {
     partial: Option<Partial>,
     /// How much of an incomplete inline line was already searched for '\n'.
     inline_scanned: usize,
+    /// How far an incomplete `*`/`$` header line was already searched for
+    /// CRLF, so a header trickling in byte by byte is scanned once.
+    header_scanned: usize,
 }
 
 impl RequestDecoder {
@@ -170,6 +173,7 @@ impl RequestDecoder {
             limits,
             partial: None,
             inline_scanned: 0,
+            header_scanned: 0,
         }
     }
 
@@ -240,12 +244,15 @@ impl Decoder for RequestDecoder {
                         Some(Some(req)) => return Ok(Some(req)),
                     }
                 }
-                let Some(cr) = find_crlf(buf, 1) else {
+                let Some(cr) = find_crlf(buf, self.header_scanned.max(1)) else {
                     if buf.len() > MAX_INLINE_LEN {
                         return Err(ProtocolError::MultibulkCountTooLong);
                     }
+                    // A CR may be the last byte; search again from it next time.
+                    self.header_scanned = buf.len() - 1;
                     return Ok(None);
                 };
+                self.header_scanned = 0;
                 let n = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
                 if n > self.limits.max_args as i64 {
                     return Err(ProtocolError::InvalidMultibulkLength);
@@ -272,12 +279,14 @@ impl Decoder for RequestDecoder {
                 if marker != b'$' {
                     return Err(ProtocolError::ExpectedBulk(marker as char));
                 }
-                let Some(cr) = find_crlf(buf, p.pos + 1) else {
+                let Some(cr) = find_crlf(buf, self.header_scanned.max(p.pos + 1)) else {
                     if buf.len() - p.pos > MAX_INLINE_LEN {
                         return Err(ProtocolError::BulkCountTooLong);
                     }
+                    self.header_scanned = buf.len() - 1;
                     return Ok(None);
                 };
+                self.header_scanned = 0;
                 let len = parse_int(&buf[p.pos + 1..cr])
                     .filter(|&l| l >= 0 && l as u64 <= self.limits.max_bulk_len)
                     .ok_or(ProtocolError::InvalidBulkLength)? as usize;
@@ -406,6 +415,40 @@ mod tests {
             decode_all(b"set k \"v\r\n"),
             Err(ProtocolError::UnbalancedQuotes)
         );
+    }
+
+    #[test]
+    fn header_lines_are_scanned_once() {
+        // A `*` or `$` header line trickling in byte by byte used to be
+        // re-searched from its start on every call: 60 KB of lone CRs took
+        // ~10 s of CPU. The search now resumes where it stopped.
+        for prefix in [&b"*"[..], b"*1\r\n$"] {
+            let mut dec = RequestDecoder::default();
+            let mut buf = BytesMut::from(prefix);
+            assert_eq!(dec.decode(&mut buf), Ok(None));
+            for _ in 0..1000 {
+                buf.extend_from_slice(b"\r");
+                assert_eq!(dec.decode(&mut buf), Ok(None));
+                assert_eq!(dec.header_scanned, buf.len() - 1);
+            }
+            buf.extend_from_slice(b"\n");
+            let want = if prefix == b"*" {
+                ProtocolError::InvalidMultibulkLength
+            } else {
+                ProtocolError::InvalidBulkLength
+            };
+            assert_eq!(dec.decode(&mut buf), Err(want));
+        }
+        // Split anywhere, a header is still found (CR and LF in two reads).
+        let full = b"*1\r\n$4\r\nPING\r\n";
+        for cut in 0..full.len() {
+            let mut dec = RequestDecoder::default();
+            let mut buf = BytesMut::from(&full[..cut]);
+            let first = dec.decode(&mut buf).unwrap();
+            buf.extend_from_slice(&full[cut..]);
+            let req = first.or_else(|| dec.decode(&mut buf).unwrap()).unwrap();
+            assert_eq!(&req.raw()[..], full);
+        }
     }
 
     #[test]
