@@ -185,13 +185,42 @@ proptest! {
         }
     }
 
+    /// Requests are forwarded verbatim, so whatever the decoder accepts must
+    /// be the canonical encoding of its arguments: a length with a leading
+    /// zero (`$03`, `*01`), which Redis refuses, is refused here too.
+    #[test]
+    fn leading_zero_lengths_are_refused(reqs in proptest::collection::vec(request(), 1..4), pick in any::<usize>()) {
+        let mut stream = Vec::new();
+        let mut headers = Vec::new();
+        for args in &reqs {
+            headers.push(stream.len());
+            stream.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                headers.push(stream.len());
+                stream.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                stream.extend_from_slice(a);
+                stream.extend_from_slice(b"\r\n");
+            }
+        }
+        let at = headers[pick % headers.len()];
+        stream.insert(at + 1, b'0');
+        prop_assert!(decode_in_pieces(RequestDecoder::default(), &stream, &[]).is_err());
+    }
+
     /// Protocol-looking garbage: valid prefixes with corrupted tails.
     #[test]
     fn corrupted_requests_never_panic(reqs in proptest::collection::vec(request(), 1..4), flip in any::<usize>(), byte in any::<u8>()) {
         let mut stream: Vec<u8> = reqs.iter().flat_map(|r| Request::from_args(r).raw().to_vec()).collect();
         let at = flip % stream.len();
         stream[at] = byte;
-        let _ = decode_in_pieces(RequestDecoder::default(), &stream, &[at]);
+        let decoded: Vec<Request> =
+            decode_in_pieces(RequestDecoder::default(), &stream, &[at]).unwrap_or_default();
+        for req in decoded {
+            // Anything accepted is canonical: forwarding it is safe.
+            let args: Vec<&[u8]> = req.args().collect();
+            let canonical = Request::from_args(&args);
+            prop_assert_eq!(canonical.raw(), req.raw());
+        }
         let _ = decode_in_pieces(ReplyDecoder::default(), &stream, &[at]);
     }
 }

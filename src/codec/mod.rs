@@ -81,14 +81,20 @@ impl From<std::io::Error> for ProtocolError {
 /// as in Redis (PROTO_INLINE_MAX_SIZE).
 pub const MAX_INLINE_LEN: usize = 64 * 1024;
 
-/// Parses a RESP integer line (`-1`, `42`) strictly: optional minus, digits, no
-/// spaces, no overflow.
+/// Parses a RESP integer line (`-1`, `42`) strictly, as Redis's `string2ll`
+/// does: optional minus, digits, no spaces, no overflow, and no leading zero
+/// (`03`, `-0`). Requests are forwarded verbatim, so a length Redis would
+/// refuse must be refused here, or it would break a shared upstream
+/// connection.
 pub(crate) fn parse_int(line: &[u8]) -> Option<i64> {
     let (neg, digits) = match line.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, line),
     };
     if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    if digits[0] == b'0' && (neg || digits.len() > 1) {
         return None;
     }
     let mut v: i64 = 0;
@@ -129,6 +135,13 @@ mod tests {
         assert_eq!(parse_int(b"1 "), None);
         assert_eq!(parse_int(b"+1"), None);
         assert_eq!(parse_int(b"99999999999999999999"), None);
+        // Redis refuses leading zeros (string2ll): so must we.
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"03"), None);
+        assert_eq!(parse_int(b"00"), None);
+        assert_eq!(parse_int(b"-0"), None);
+        assert_eq!(parse_int(b"-01"), None);
+        assert_eq!(parse_int(b"10"), Some(10));
     }
 
     #[test]
