@@ -779,3 +779,58 @@ async fn random_sessions_never_leak_state_to_the_next_client() {
     // The shared lanes still work and see db 0.
     assert_eq!(setup.cmd(&["GET", "probe"]).await, bulk("db0"));
 }
+
+#[tokio::test]
+async fn inside_a_transaction_stateful_commands_are_only_queued() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    // Inside MULTI, Redis answers +QUEUED once for each of these, even for
+    // a SUBSCRIBE of two channels or CLIENT REPLY OFF; nothing blocks.
+    let script: Vec<Vec<&str>> = vec![
+        vec!["MULTI"],
+        vec!["SUBSCRIBE", "a", "b"],
+        vec!["UNSUBSCRIBE", "x", "y"],
+        vec!["CLIENT", "REPLY", "OFF"],
+        vec!["BLPOP", "q", "0"],
+        vec!["SELECT", "3"],
+        vec!["DISCARD"],
+        vec!["PING"],
+        vec!["SET", "k", "v"],
+        vec!["GET", "k"],
+    ];
+    let mut expected = Vec::new();
+    let mut direct = redis.direct().await;
+    for command in &script {
+        expected.push(direct.cmd(command).await);
+    }
+    assert_eq!(expected[1], queued());
+    let mut client = proxy.client().await;
+    for (command, want) in script.iter().zip(&expected) {
+        let got = client
+            .try_cmd(command)
+            .await
+            .unwrap_or_else(|e| panic!("{command:?} inside MULTI: {e}"));
+        assert_eq!(
+            &got, want,
+            "{command:?}: the proxy's reply differs from Redis's"
+        );
+    }
+}
+
+#[tokio::test]
+async fn monitor_is_refused_inside_a_session_too() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut client = proxy.client().await;
+    let outside = client.cmd(&["MONITOR"]).await;
+    outside.expect_error_code("ERR");
+    client.cmd(&["SELECT", "1"]).await.expect_ok();
+    assert_eq!(client.cmd(&["MONITOR"]).await, outside);
+    // The session carries on: no monitor stream, same db.
+    client.cmd(&["SET", "k", "db1"]).await.expect_ok();
+    let mut other = proxy.client().await;
+    assert!(other.cmd(&["GET", "k"]).await.is_nil());
+    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("db1"));
+    client.cmd(&["SELECT", "0"]).await.expect_ok();
+    wait_until_no_upstream_state(&redis, "after MONITOR in a session");
+}
