@@ -82,10 +82,8 @@ pub(super) fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
         2 => Some(2),
         3 => Some(3),
         _ => {
-            return Err(error_line(
-                "NOPROTO",
-                "sorry, this protocol version is not supported",
-            ))
+            // Redis's own wording (helloCommand), not the RESP3 spec's prose.
+            return Err(error_line("NOPROTO", "unsupported protocol version"));
         }
     };
     while let Some((option, tail)) = rest.split_first() {
@@ -181,7 +179,7 @@ mod tests {
             Some(3)
         );
         let e = parse_hello(&req(&["HELLO", "4"])).err().unwrap();
-        assert!(e.starts_with(b"-NOPROTO"));
+        assert_eq!(&e[..], b"-NOPROTO unsupported protocol version\r\n");
         let e = parse_hello(&req(&["HELLO", "x"])).err().unwrap();
         assert!(e.starts_with(b"-ERR Protocol version"));
         let full = req(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "app"]);

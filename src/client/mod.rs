@@ -361,6 +361,12 @@ impl Client {
 
     /// A command that needs (or ends) connection state.
     fn dedicated(&mut self, state: Stateful, req: Request, command: Command) {
+        if state == Stateful::Monitor {
+            // Refused in a session too: the monitor stream would arrive on
+            // the session as replies nobody asked for.
+            self.push_ready(error_line("ERR", "MONITOR is not supported through respool: it would need a connection that streams every client's commands; run MONITOR against Redis directly"));
+            return;
+        }
         if let Some(session) = &mut self.session {
             let seq = self.base_seq + self.pending.len() as u64;
             if session.send(&req, seq, Some(state)) {
@@ -374,7 +380,6 @@ impl Client {
             Stateful::Exec => Some(error_line("ERR", "EXEC without MULTI")),
             Stateful::Discard => Some(error_line("ERR", "DISCARD without MULTI")),
             Stateful::Unwatch => Some(Bytes::from_static(b"+OK\r\n")),
-            Stateful::Monitor => Some(error_line("ERR", "MONITOR is not supported through respool: it would need a connection that streams every client's commands; run MONITOR against Redis directly")),
             _ => None,
         };
         match reply {

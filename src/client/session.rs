@@ -118,6 +118,9 @@ pub(crate) struct Session {
     default_db: u32,
     /// Something was changed on the connection: RESET before reuse.
     dirty: bool,
+    /// A MULTI was sent and no EXEC/DISCARD since: Redis only queues what
+    /// follows, one `+QUEUED` (or error) each, so nothing is special.
+    queuing: bool,
     timeout: Duration,
     read_buffer_size: usize,
 }
@@ -140,6 +143,7 @@ impl Session {
             },
             default_db,
             dirty: false,
+            queuing: false,
             timeout,
             read_buffer_size,
         }
@@ -170,6 +174,29 @@ impl Session {
     /// (CLIENT REPLY OFF/SKIP), so the client must not wait for one.
     pub(crate) fn send(&mut self, req: &Request, seq: u64, stateful: Option<Stateful>) -> bool {
         self.wbuf.extend_from_slice(req.raw());
+        let stateful = match stateful {
+            Some(Stateful::Multi) => {
+                self.queuing = true;
+                stateful
+            }
+            Some(Stateful::Exec | Stateful::Discard) => {
+                self.queuing = false;
+                stateful
+            }
+            // Queued, not run: a SUBSCRIBE of two channels gets one
+            // `+QUEUED`, CLIENT REPLY OFF gets a reply, BLPOP does not block.
+            // What they do at EXEC is Redis's business; the connection is
+            // already dirty (RESET before reuse) because of the MULTI.
+            // (SELECT and flags keep their effect: one reply either way,
+            // and at EXEC they do take effect.)
+            Some(
+                Stateful::Blocking
+                | Stateful::Subscribe(_)
+                | Stateful::Unsubscribe(_)
+                | Stateful::ClientReply,
+            ) if self.queuing => None,
+            _ => stateful,
+        };
         let mut frames = Some(1);
         let mut unsubscribe = None;
         let mut effect = Effect::None;
