@@ -158,6 +158,12 @@ impl Client {
         shutdown: CancellationToken,
         abort: CancellationToken,
     ) -> io::Result<()> {
+        // Created once: polling a fresh `cancelled()` future on every turn of
+        // the loop would register a waiter with the (shared) token each time.
+        let aborted = abort.cancelled();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(aborted, shutting_down);
+        let mut shutdown_seen = false;
         loop {
             if self.reading_done
                 && self.pending.is_empty()
@@ -175,7 +181,7 @@ impl Client {
             let session_deadline = self.session.as_ref().and_then(Session::deadline);
             tokio::select! {
                 biased;
-                _ = abort.cancelled() => return Ok(()),
+                _ = &mut aborted => return Ok(()),
                 Some(d) = self.reply_rx.recv() => {
                     self.resolve_shared(d);
                     while let Ok(d) = self.reply_rx.try_recv() {
@@ -208,7 +214,8 @@ impl Client {
                         return Ok(());
                     }
                 }
-                _ = shutdown.cancelled(), if !self.reading_done => {
+                _ = &mut shutting_down, if !shutdown_seen => {
+                    shutdown_seen = true;
                     self.reading_done = true;
                 }
             }
