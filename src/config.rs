@@ -230,8 +230,11 @@ impl Upstream {
             ),
             None => (rest, 0),
         };
-        if hostport.is_empty() {
+        if hostport.is_empty() || hostport.starts_with(':') {
             return Err("missing host".into());
+        }
+        if hostport.ends_with(':') {
+            return Err(format!("missing port after '{hostport}'"));
         }
         // A bare host (or bracketed IPv6 address) gets Redis's default port.
         let has_port = hostport.rsplit_once(':').is_some_and(|(host, port)| {
@@ -534,6 +537,8 @@ mod tests {
         assert_eq!(u.password.unwrap().expose(), "pw");
 
         assert!(Upstream::parse("http://x").is_err());
+        assert!(Upstream::parse("redis://127.0.0.1:").is_err());
+        assert!(Upstream::parse("redis://:6379").is_err());
         assert!(Upstream::parse("redis://h:1/x").is_err());
     }
 
