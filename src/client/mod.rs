@@ -15,6 +15,7 @@
 //! to its lane.
 
 pub mod auth;
+mod buffers;
 mod local;
 mod session;
 
@@ -44,9 +45,6 @@ use session::{PinnedConn, Session, SessionBroken, SessionEvent};
 /// Replies up to this size are copied into the output buffer; larger ones are
 /// written from their own buffer to avoid copying megabytes.
 const COPY_LIMIT: usize = 16 * 1024;
-/// Read buffer of a client that sends small requests; it grows to
-/// `--read-buffer-size` for clients whose reads fill it.
-const INITIAL_READ_BUFFER: usize = 4 * 1024;
 
 type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
 
@@ -251,16 +249,14 @@ impl Client {
     /// there, which saves the extra `recv` that would otherwise return EAGAIN
     /// on every request.
     fn read_some(&mut self) -> io::Result<Option<usize>> {
+        if self.inbuf.capacity() == 0 {
+            self.inbuf = buffers::take();
+        }
         let spare = self.inbuf.capacity() - self.inbuf.len();
-        if spare < 512 {
-            // Small first, so idle clients stay cheap; grow to the configured
-            // size only for clients whose reads fill the buffer.
-            let grow = if self.last_read_filled {
-                self.config.read_buffer_size
-            } else {
-                INITIAL_READ_BUFFER.min(self.config.read_buffer_size)
-            };
-            self.inbuf.reserve(grow);
+        if spare < 512 || (self.last_read_filled && spare < self.config.read_buffer_size / 2) {
+            // Grow to the configured size only for clients whose reads fill
+            // the buffer (pipelines, large values).
+            self.inbuf.reserve(self.config.read_buffer_size);
         }
         let spare = self.inbuf.capacity() - self.inbuf.len();
         match self.stream.read_buf(&mut self.inbuf).now_or_never() {
@@ -286,11 +282,9 @@ impl Client {
                 Err(e) => self.protocol_error(e),
             }
         }
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * INITIAL_READ_BUFFER {
-            // A burst grew the buffer: let it go, so that a client that goes
-            // idle holds little memory (it returns once the requests sliced
-            // from it are answered).
-            self.inbuf = BytesMut::new();
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            // Everything read is decoded: an idle client keeps no buffer.
+            buffers::give_back(std::mem::take(&mut self.inbuf));
         }
     }
 

@@ -361,7 +361,9 @@ impl Lane {
         // checked on one periodic tick instead of a timer per loop turn:
         // arming and disarming timers on every batch costs more than the
         // precision is worth (the tick is 1/20 of the timeout, ≤ 100 ms).
-        let mut ticker = tokio::time::interval((s.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100)));
+        let mut ticker = tokio::time::interval(
+            (s.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+        );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let broken = 'conn: {
