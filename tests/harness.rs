@@ -381,6 +381,38 @@ async fn relay_reset_now_resets_current_connections_only() {
 }
 
 #[tokio::test]
+async fn relay_accept_and_reset_counts_attempts_and_resets_them() {
+    let server = RedisServer::start();
+    let relay = FaultRelay::start(server.addr());
+    let mut old = connect(relay.addr()).await;
+    assert_eq!(old.cmd(&["PING"]).await, pong());
+
+    relay.set_mode(RelayMode::AcceptAndReset);
+    assert_eq!(relay.active_connections(), 0);
+    assert!(old.read_reply().await.is_err_and(|e| e.is_closed()));
+    let accepted = relay.connections_accepted();
+    for _ in 0..3 {
+        // The reset may arrive before connect() even returns.
+        let Ok(mut attempt) = tokio::net::TcpStream::connect(relay.addr()).await else {
+            continue;
+        };
+        let mut buf = [0u8; 16];
+        match tokio::io::AsyncReadExt::read(&mut attempt, &mut buf).await {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("expected the connection to be reset, read {n} bytes"),
+        }
+    }
+    wait::until_async("3 attempts to be counted", wait::DEADLINE, || {
+        relay.connections_accepted() == accepted + 3
+    })
+    .await;
+
+    relay.set_mode(RelayMode::Pass);
+    let mut fresh = connect(relay.addr()).await;
+    assert_eq!(fresh.cmd(&["PING"]).await, pong());
+}
+
+#[tokio::test]
 async fn relay_refuse_closes_the_port_until_mode_changes() {
     let server = RedisServer::start();
     let relay = FaultRelay::start(server.addr());

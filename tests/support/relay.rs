@@ -66,6 +66,11 @@ pub enum RelayMode {
     /// (`ResetNow` first to drop them too). Leaving this mode re-binds the
     /// same port; `set_mode` returns once the listener is closed / open again.
     Refuse,
+    /// Reset every current connection (as `ResetNow`), then accept each new
+    /// connection only to reset it at once, without connecting upstream: an
+    /// upstream that is down, whose connection attempts (unlike refused
+    /// ones) `connections_accepted` still counts.
+    AcceptAndReset,
 }
 
 /// The relay's switchable state, published through a `watch` channel so
@@ -193,13 +198,14 @@ impl FaultRelay {
         let mut reset_target = None;
         self.control.send_modify(|control| {
             control.mode_generation += 1;
-            if mode == RelayMode::ResetNow {
+            if matches!(mode, RelayMode::ResetNow | RelayMode::AcceptAndReset) {
                 control.reset_generation += 1;
-                control.mode = RelayMode::Pass;
                 reset_target = Some(control.reset_generation);
-            } else {
-                control.mode = mode;
             }
+            control.mode = match mode {
+                RelayMode::ResetNow => RelayMode::Pass,
+                other => other,
+            };
         });
         if let Some(target) = reset_target {
             wait::until(
@@ -291,6 +297,11 @@ async fn accept_loop(
                 }
             }
             accepted = accept => match accepted {
+                Ok((client, _)) if control.borrow().mode == RelayMode::AcceptAndReset => {
+                    shared.accepted.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.set_zero_linger();
+                    drop(client);
+                }
                 Ok((client, _)) => {
                     next_id += 1;
                     let id = next_id;
