@@ -707,12 +707,9 @@ async fn a_short_dataset_load_only_delays_requests_when_the_deadlines_cover_it()
 /// The same promise when the load happens under live connections (`DEBUG
 /// RELOAD` here; a replica's full resync in production): Redis answers the
 /// requests already on those connections `-LOADING`, and the lane holds and
-/// resends them — but only `--retries` times (about 1 s with the default 5
-/// and 50 ms base), not until the 30 s deadline, so the client gets
-/// `-LOADING` although its deadline covers the load. Ignored until the hold
-/// is bounded by time (the planned `--hold-timeout`) rather than by count.
+/// resends them for as long as the hold window (`--hold-timeout`, here taken
+/// from `--checkout-timeout`) lasts — not a fixed number of times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: -LOADING holds are capped by --retries, not by the request deadline"]
 async fn a_load_under_live_connections_is_held_until_the_deadline() {
     let _serial = SERIAL.lock().await;
     let redis = Arc::new(RedisServer::start());
