@@ -67,6 +67,10 @@ pub enum Error {
     /// The client sent something that is not a valid request.
     #[error("Protocol error: {0}")]
     ClientProtocol(#[from] crate::codec::ProtocolError),
+    /// The client started a request and did not finish sending it within
+    /// `--request-read-timeout`; its connection is closed.
+    #[error("Protocol error: request not completed within {}", Secs(*.0))]
+    RequestIncomplete(Duration),
     /// No dedicated connection could be had for a client entering connection
     /// state (MULTI, WATCH, a blocking command, SUBSCRIBE, SELECT …).
     #[error("no dedicated upstream connection to {addr} within {}: {cause}", Secs(*waited))]

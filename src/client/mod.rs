@@ -21,6 +21,7 @@ mod session;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -71,6 +72,8 @@ pub async fn serve(
 
 struct Client {
     stream: TcpStream,
+    /// The client's address, for log lines about it.
+    peer: Option<SocketAddr>,
     config: Arc<Config>,
     upstreams: Arc<Upstreams>,
     /// This client's id (CLIENT ID, HELLO).
@@ -112,6 +115,16 @@ struct Client {
     checkout: Option<Checkout>,
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
+    /// Reply bytes held for the client — resolved in `pending` or waiting in
+    /// the output — checked against `--client-output-limit`, so that a client
+    /// that does not read cannot make respool buffer without bound.
+    held_bytes: usize,
+    /// When the client last sent something or was written to
+    /// (`--client-idle-timeout`).
+    last_activity: Instant,
+    /// Since when the decoder has been waiting for the rest of a request the
+    /// client started (`--request-read-timeout`).
+    partial_since: Option<Instant>,
 }
 
 impl Client {
@@ -127,6 +140,7 @@ impl Client {
             RequestLimits::unauthenticated()
         };
         Client {
+            peer: stream.peer_addr().ok(),
             stream,
             id: upstreams.next_client_id(),
             lane: upstreams.lane(2),
@@ -150,6 +164,9 @@ impl Client {
             parked: None,
             checkout: None,
             events: Vec::new(),
+            held_bytes: 0,
+            last_activity: Instant::now(),
+            partial_since: None,
         }
     }
 
@@ -173,12 +190,15 @@ impl Client {
             let session_stream = self.session.as_ref().map(Session::stream);
             let session_wants_write = self.session.as_ref().is_some_and(|s| !s.wbuf.is_empty());
             let session_deadline = self.session.as_ref().and_then(Session::deadline);
+            let request_deadline = self.request_deadline(can_read);
+            let idle_deadline = self.idle_deadline();
             tokio::select! {
                 biased;
                 _ = abort.cancelled() => return Ok(()),
                 Some(d) = self.reply_rx.recv() => {
                     self.resolve_shared(d);
-                    while let Ok(d) = self.reply_rx.try_recv() {
+                    while !self.over_output_limit() {
+                        let Ok(d) = self.reply_rx.try_recv() else { break };
                         self.resolve_shared(d);
                     }
                 }
@@ -199,13 +219,20 @@ impl Client {
                     self.on_checkout(result);
                 }
                 _ = sleep_until_opt(session_deadline) => self.session_timed_out(),
+                _ = sleep_until_opt(request_deadline) => self.request_timed_out(),
+                _ = sleep_until_opt(idle_deadline) => {
+                    tracing::debug!(peer = ?self.peer, "closing an idle client (--client-idle-timeout)");
+                    return Ok(());
+                }
                 r = self.stream.writable(), if want_write => r?,
                 r = self.stream.readable(), if can_read => {
                     r?;
-                    if self.read_some()? == Some(0) {
+                    match self.read_some()? {
                         // EOF: the client is gone; replies still pending would
                         // reach nobody. (Its commands still run, as with Redis.)
-                        return Ok(());
+                        Some(0) => return Ok(()),
+                        Some(_) => self.last_activity = Instant::now(),
+                        None => {}
                     }
                 }
                 _ = shutdown.cancelled(), if !self.reading_done => {
@@ -218,7 +245,56 @@ impl Client {
             if self.write_some()? {
                 return Ok(());
             }
+            if self.over_output_limit() {
+                // Like Redis's client-output-buffer-limit: the client is not
+                // reading its replies; drop them along with the connection.
+                tracing::info!(
+                    peer = ?self.peer,
+                    held_bytes = self.held_bytes,
+                    "client output limit (--client-output-limit) exceeded; disconnecting the client"
+                );
+                return Ok(());
+            }
         }
+    }
+
+    fn over_output_limit(&self) -> bool {
+        self.config
+            .client_output_limit
+            .is_some_and(|limit| self.held_bytes > limit)
+    }
+
+    /// When a request the client started must be complete. Only while
+    /// respool is reading: a full pipeline waiting on replies is respool's
+    /// wait, not the client's.
+    fn request_deadline(&self, can_read: bool) -> Option<Instant> {
+        let timeout = self.config.request_read_timeout?;
+        let since = self.partial_since.filter(|_| can_read)?;
+        Some(since + timeout)
+    }
+
+    fn request_timed_out(&mut self) {
+        let Some(after) = self.config.request_read_timeout else {
+            return;
+        };
+        tracing::debug!(peer = ?self.peer, "client did not complete a request in time; closing its connection");
+        self.reading_done = true;
+        self.inbuf.clear();
+        self.partial_since = None;
+        self.push_ready(Error::RequestIncomplete(after).to_resp());
+    }
+
+    /// When a quiet client is closed: nothing in flight, nothing to write,
+    /// and — as Redis exempts them — not subscribed (a blocked command is in
+    /// flight, so blocked clients are exempt too).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.config.client_idle_timeout?;
+        let busy = !self.pending.is_empty()
+            || !self.out_is_empty()
+            || self.parked.is_some()
+            || self.checkout.is_some()
+            || self.session.as_ref().is_some_and(Session::subscribed);
+        (!busy).then_some(self.last_activity + timeout)
     }
 
     /// Routes buffered requests and moves parked ones on, until the input is
@@ -274,8 +350,16 @@ impl Client {
             && self.parked.is_none()
         {
             match self.decoder.decode(&mut self.inbuf) {
-                Ok(Some(req)) => self.route(req),
-                Ok(None) => break,
+                Ok(Some(req)) => {
+                    self.partial_since = None;
+                    self.route(req);
+                }
+                Ok(None) => {
+                    if self.decoder.in_progress(&self.inbuf) {
+                        self.partial_since.get_or_insert_with(Instant::now);
+                    }
+                    break;
+                }
                 Err(e) => self.protocol_error(e),
             }
         }
@@ -331,6 +415,7 @@ impl Client {
                 self.pending.clear();
                 self.out.clear();
                 self.out_small.clear();
+                self.held_bytes = 0;
             }
         }
     }
@@ -346,11 +431,7 @@ impl Client {
         });
         match sent {
             Ok(()) => self.shared_pending += 1,
-            Err(_) => {
-                if let Some(slot) = self.pending.back_mut() {
-                    *slot = Some(Error::ShuttingDown.to_resp());
-                }
-            }
+            Err(_) => self.resolve(seq, Error::ShuttingDown.to_resp()),
         }
     }
 
@@ -593,6 +674,7 @@ impl Client {
                 SessionEvent::OutOfBand(frame) => {
                     // It came before the replies still outstanding.
                     self.collect_ready();
+                    self.held_bytes += frame.len();
                     self.push_out(frame);
                 }
                 SessionEvent::Nothing => {}
@@ -656,6 +738,7 @@ impl Client {
             session.discard();
         }
         for slot in self.pending.iter_mut().filter(|s| s.is_none()) {
+            self.held_bytes += error.len();
             *slot = Some(error.clone());
         }
         self.parked = None;
@@ -670,6 +753,7 @@ impl Client {
     }
 
     fn push_ready(&mut self, reply: Bytes) {
+        self.held_bytes += reply.len();
         self.pending.push_back(Some(reply));
     }
 
@@ -682,7 +766,8 @@ impl Client {
         let Some(index) = seq.checked_sub(self.base_seq) else {
             return;
         };
-        if let Some(slot) = self.pending.get_mut(index as usize) {
+        if let Some(slot @ None) = self.pending.get_mut(index as usize) {
+            self.held_bytes += reply.len();
             *slot = Some(reply);
         }
     }
@@ -725,6 +810,8 @@ impl Client {
             };
             match self.stream.try_write(chunk) {
                 Ok(n) => {
+                    self.held_bytes = self.held_bytes.saturating_sub(n);
+                    self.last_activity = Instant::now();
                     if let Some(front) = self.out.front_mut() {
                         front.advance(n);
                         if front.is_empty() {
