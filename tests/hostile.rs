@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 use support::client::encode_command;
-use support::{FaultRelay, RedisServer, RelayMode, Reply, TestProxy};
+use support::{FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
 
 /// How fast an offending connection must be answered and closed. Redis does
 /// it at once; the bound is generous for a loaded 2-core machine.
@@ -27,39 +26,55 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 const BYSTANDER_P99: Duration = Duration::from_millis(300);
 
 /// A client doing SET/GET round trips in a loop, checking every reply and
-/// timing each round trip, until stopped.
+/// timing each round trip, until stopped. It runs on its own thread and
+/// runtime, so that what it measures is the proxy, not the test's tasks.
 struct Bystander {
     stop: Arc<AtomicBool>,
-    task: JoinHandle<Vec<Duration>>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
 }
 
 impl Bystander {
     async fn start(proxy: &TestProxy) -> Bystander {
-        let mut client = proxy.client().await;
+        let addr = proxy.addr();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = 0u64;
-            while !stopped.load(Ordering::SeqCst) || latencies.len() < 50 {
-                i += 1;
-                let value = format!("value-{i}");
-                let started = Instant::now();
-                client.cmd(&["SET", "bystander", &value]).await.expect_ok();
-                let got = client.cmd(&["GET", "bystander"]).await;
-                latencies.push(started.elapsed());
-                assert_eq!(got, Reply::Bulk(value.into_bytes()), "bystander round {i}");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            latencies
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the bystander's runtime");
+            runtime.block_on(async move {
+                let mut client = TestClient::connect(addr).await.expect("bystander connect");
+                client.cmd(&["PING"]).await;
+                let _ = ready_tx.send(());
+                let mut latencies = Vec::new();
+                let mut i = 0u64;
+                while !stopped.load(Ordering::SeqCst) || latencies.len() < 50 {
+                    i += 1;
+                    let value = format!("value-{i}");
+                    let started = Instant::now();
+                    client.cmd(&["SET", "bystander", &value]).await.expect_ok();
+                    let got = client.cmd(&["GET", "bystander"]).await;
+                    latencies.push(started.elapsed());
+                    assert_eq!(got, Reply::Bulk(value.into_bytes()), "bystander round {i}");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                latencies
+            })
         });
-        Bystander { stop, task }
+        ready_rx.await.expect("the bystander did not start");
+        Bystander { stop, thread }
     }
 
     /// Stops the loop and asserts it went well throughout.
     async fn finish(self) {
         self.stop.store(true, Ordering::SeqCst);
-        let mut latencies = self.task.await.expect("the bystander failed");
+        let thread = self.thread;
+        let mut latencies = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joining the bystander")
+            .expect("the bystander failed");
         latencies.sort();
         let p99 = latencies[latencies.len() * 99 / 100];
         let max = latencies[latencies.len() - 1];
