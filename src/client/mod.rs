@@ -38,7 +38,7 @@ use crate::codec::{ProtocolError, Request, RequestDecoder, RequestLimits};
 use crate::command::{classify, Command, Local, Route, Stateful};
 use crate::config::Config;
 use crate::error::{error_line, Error};
-use crate::pool::lane::{Delivery, LaneRequest};
+use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender};
 use crate::pool::{LaneHandle, Upstreams};
 use session::{PinnedConn, Session, SessionBroken, SessionEvent};
 
@@ -83,7 +83,7 @@ struct Client {
     /// RESP version the client speaks (2, or 3 after `HELLO 3`).
     protocol: u8,
     /// This client's inbox; a clone of `reply_tx` travels with each request.
-    reply_tx: mpsc::UnboundedSender<Delivery>,
+    reply_tx: ReplySender,
     reply_rx: mpsc::UnboundedReceiver<Delivery>,
     decoder: RequestDecoder,
     /// Bytes read and not yet decoded; small while the client is quiet.
@@ -116,9 +116,10 @@ struct Client {
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
     /// Reply bytes held for the client — resolved in `pending` or waiting in
-    /// the output — checked against `--client-output-limit`, so that a client
-    /// that does not read cannot make respool buffer without bound.
-    held_bytes: usize,
+    /// the output — against `--client-output-limit`, so that a client that
+    /// does not read cannot make respool buffer without bound. Lanes count
+    /// their deliveries; the client counts the rest and what it writes.
+    budget: Arc<OutputBudget>,
     /// When the client last sent something or was written to
     /// (`--client-idle-timeout`).
     last_activity: Instant,
@@ -129,7 +130,9 @@ struct Client {
 
 impl Client {
     fn new(stream: TcpStream, config: Arc<Config>, upstreams: Arc<Upstreams>) -> Client {
-        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let (tx, reply_rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(OutputBudget::new(config.client_output_limit));
+        let reply_tx = ReplySender::new(tx, budget.clone());
         let authenticated = !config.client_auth.required();
         let limits = if authenticated {
             RequestLimits {
@@ -164,7 +167,7 @@ impl Client {
             parked: None,
             checkout: None,
             events: Vec::new(),
-            held_bytes: 0,
+            budget,
             last_activity: Instant::now(),
             partial_since: None,
         }
@@ -250,7 +253,7 @@ impl Client {
                 // reading its replies; drop them along with the connection.
                 tracing::info!(
                     peer = ?self.peer,
-                    held_bytes = self.held_bytes,
+                    held_bytes = self.budget.held(),
                     "client output limit (--client-output-limit) exceeded; disconnecting the client"
                 );
                 return Ok(());
@@ -259,9 +262,7 @@ impl Client {
     }
 
     fn over_output_limit(&self) -> bool {
-        self.config
-            .client_output_limit
-            .is_some_and(|limit| self.held_bytes > limit)
+        self.budget.exceeded()
     }
 
     /// When a request the client started must be complete. Only while
@@ -415,7 +416,6 @@ impl Client {
                 self.pending.clear();
                 self.out.clear();
                 self.out_small.clear();
-                self.held_bytes = 0;
             }
         }
     }
@@ -431,7 +431,11 @@ impl Client {
         });
         match sent {
             Ok(()) => self.shared_pending += 1,
-            Err(_) => self.resolve(seq, Error::ShuttingDown.to_resp()),
+            Err(_) => {
+                let error = Error::ShuttingDown.to_resp();
+                self.budget.add(error.len());
+                self.resolve(seq, error);
+            }
         }
     }
 
@@ -668,13 +672,14 @@ impl Client {
         for event in events.drain(..) {
             match event {
                 SessionEvent::Reply(seq, reply) => {
+                    self.budget.add(reply.len());
                     self.resolve(seq, reply);
                     self.collect_ready();
                 }
                 SessionEvent::OutOfBand(frame) => {
                     // It came before the replies still outstanding.
                     self.collect_ready();
-                    self.held_bytes += frame.len();
+                    self.budget.add(frame.len());
                     self.push_out(frame);
                 }
                 SessionEvent::Nothing => {}
@@ -738,7 +743,7 @@ impl Client {
             session.discard();
         }
         for slot in self.pending.iter_mut().filter(|s| s.is_none()) {
-            self.held_bytes += error.len();
+            self.budget.add(error.len());
             *slot = Some(error.clone());
         }
         self.parked = None;
@@ -753,7 +758,7 @@ impl Client {
     }
 
     fn push_ready(&mut self, reply: Bytes) {
-        self.held_bytes += reply.len();
+        self.budget.add(reply.len());
         self.pending.push_back(Some(reply));
     }
 
@@ -762,13 +767,15 @@ impl Client {
         self.resolve(d.seq, d.reply);
     }
 
+    /// Fills the slot of request `seq` with a reply already counted in the
+    /// budget (uncounted again if there is no such slot).
     fn resolve(&mut self, seq: u64, reply: Bytes) {
-        let Some(index) = seq.checked_sub(self.base_seq) else {
-            return;
-        };
-        if let Some(slot @ None) = self.pending.get_mut(index as usize) {
-            self.held_bytes += reply.len();
-            *slot = Some(reply);
+        let slot = seq
+            .checked_sub(self.base_seq)
+            .and_then(|index| self.pending.get_mut(index as usize));
+        match slot {
+            Some(slot @ None) => *slot = Some(reply),
+            _ => self.budget.release(reply.len()),
         }
     }
 
@@ -810,7 +817,7 @@ impl Client {
             };
             match self.stream.try_write(chunk) {
                 Ok(n) => {
-                    self.held_bytes = self.held_bytes.saturating_sub(n);
+                    self.budget.release(n);
                     self.last_activity = Instant::now();
                     if let Some(front) = self.out.front_mut() {
                         front.advance(n);
