@@ -140,6 +140,18 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MAX_PENDING_PER_CLIENT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_per_client: u32,
 
+    /// Reply bytes one client may have waiting in respool (received from the upstream, not yet written to the client) before it is disconnected, like Redis's client-output-buffer-limit; 0 = unlimited. Also caps the largest single reply a client can receive.
+    #[arg(long, env = "RESPOOL_CLIENT_OUTPUT_LIMIT", default_value = "256MiB", value_parser = parse_bytes)]
+    pub client_output_limit: u64,
+
+    /// Close a client that has sent nothing for this long and has no request in flight (0s = never, like Redis's `timeout 0`). Subscribed and blocked clients are exempt.
+    #[arg(long, env = "RESPOOL_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub client_idle_timeout: Duration,
+
+    /// Time a client has to finish sending a command it has started; after that it gets a protocol error and is closed (0s = no limit).
+    #[arg(long, env = "RESPOOL_REQUEST_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
+
     /// What a new upstream connection must pass before it is pooled.
     #[arg(long, env = "RESPOOL_VALIDATE", value_enum, default_value = "write")]
     pub validate: Validate,
@@ -331,6 +343,12 @@ pub struct Config {
     pub max_bulk_length: u64,
     /// Per-client in-flight request limit.
     pub max_pending_per_client: usize,
+    /// Per-client limit on reply bytes held for it (`None` = unlimited).
+    pub client_output_limit: Option<usize>,
+    /// Idle time after which a client is closed (`None` = never).
+    pub client_idle_timeout: Option<Duration>,
+    /// Deadline for completing a started request (`None` = none).
+    pub request_read_timeout: Option<Duration>,
     /// Validation level.
     pub validate: Validate,
     /// Probe key prefix.
@@ -434,6 +452,12 @@ impl Config {
             read_buffer_size: flags.read_buffer_size as usize,
             max_bulk_length: flags.max_bulk_length,
             max_pending_per_client: flags.max_pending_per_client as usize,
+            client_output_limit: (flags.client_output_limit > 0)
+                .then(|| usize::try_from(flags.client_output_limit).unwrap_or(usize::MAX)),
+            client_idle_timeout: (!flags.client_idle_timeout.is_zero())
+                .then_some(flags.client_idle_timeout),
+            request_read_timeout: (!flags.request_read_timeout.is_zero())
+                .then_some(flags.request_read_timeout),
             validate: flags.validate,
             probe_prefix: flags.probe_prefix,
             probe_ttl: flags.probe_ttl.max(Duration::from_secs(1)),
@@ -556,6 +580,26 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:6380");
         assert_eq!(&*c.upstream.addr, "127.0.0.1:6379");
         assert_eq!(c.validate, Validate::Write);
+        assert_eq!(c.client_output_limit, Some(256 << 20));
+        assert_eq!(c.client_idle_timeout, None);
+        assert_eq!(c.request_read_timeout, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn zero_turns_client_limits_off() {
+        let c = Config::parse_from_args([
+            "respool",
+            "--client-output-limit",
+            "0",
+            "--client-idle-timeout",
+            "0s",
+            "--request-read-timeout",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(c.client_output_limit, None);
+        assert_eq!(c.client_idle_timeout, None);
+        assert_eq!(c.request_read_timeout, None);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::codec::ProtocolError;
+
 /// A failure that ends one client request (or one client connection).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -67,6 +69,10 @@ pub enum Error {
     /// The client sent something that is not a valid request.
     #[error("Protocol error: {0}")]
     ClientProtocol(#[from] crate::codec::ProtocolError),
+    /// The client started a request and did not finish sending it within
+    /// `--request-read-timeout`; its connection is closed.
+    #[error("Protocol error: request not completed within {}", Secs(*.0))]
+    RequestIncomplete(Duration),
     /// No dedicated connection could be had for a client entering connection
     /// state (MULTI, WATCH, a blocking command, SUBSCRIBE, SELECT …).
     #[error("no dedicated upstream connection to {addr} within {}: {cause}", Secs(*waited))]
@@ -89,6 +95,18 @@ pub enum Error {
 impl Error {
     /// The reply line a client receives, `-ERR …\r\n`.
     pub fn to_resp(&self) -> Bytes {
+        if let Error::ClientProtocol(ProtocolError::ExpectedBulk(got)) = self {
+            // Redis echoes the offending byte as it came, UTF-8 or not;
+            // `got` holds it as the char of the same value (U+0000..U+00FF).
+            let got = match *got as u8 {
+                b'\r' | b'\n' => b' ',
+                byte => byte,
+            };
+            let mut line = BytesMut::from(&b"-ERR Protocol error: expected '$', got '"[..]);
+            line.put_u8(got);
+            line.put_slice(b"'\r\n");
+            return line.freeze();
+        }
         error_line("ERR", &self.to_string())
     }
 }
@@ -136,6 +154,20 @@ mod tests {
         assert_eq!(
             &e.to_resp()[..],
             b"-ERR upstream 127.0.0.1:6379 unavailable: connection refused (retried 5 times over 3.1s)\r\n"
+        );
+    }
+
+    #[test]
+    fn unexpected_bytes_are_echoed_raw_as_redis_does() {
+        let e = Error::ClientProtocol(ProtocolError::ExpectedBulk(0xfe as char));
+        assert_eq!(
+            &e.to_resp()[..],
+            b"-ERR Protocol error: expected '$', got '\xfe'\r\n"
+        );
+        let e = Error::ClientProtocol(ProtocolError::ExpectedBulk('*'));
+        assert_eq!(
+            &e.to_resp()[..],
+            b"-ERR Protocol error: expected '$', got '*'\r\n"
         );
     }
 

@@ -22,6 +22,7 @@ mod session;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ use crate::codec::{ProtocolError, Request, RequestDecoder, RequestLimits};
 use crate::command::{classify, Command, Local, Route, Stateful};
 use crate::config::Config;
 use crate::error::{error_line, Error};
-use crate::pool::lane::{Delivery, LaneRequest};
+use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender};
 use crate::pool::{LaneHandle, Upstreams};
 use session::{PinnedConn, Session, SessionBroken, SessionEvent};
 
@@ -69,6 +70,8 @@ pub async fn serve(
 
 struct Client {
     stream: TcpStream,
+    /// The client's address, for log lines about it.
+    peer: Option<SocketAddr>,
     config: Arc<Config>,
     upstreams: Arc<Upstreams>,
     /// This client's id (CLIENT ID, HELLO).
@@ -78,7 +81,7 @@ struct Client {
     /// RESP version the client speaks (2, or 3 after `HELLO 3`).
     protocol: u8,
     /// This client's inbox; a clone of `reply_tx` travels with each request.
-    reply_tx: mpsc::UnboundedSender<Delivery>,
+    reply_tx: ReplySender,
     reply_rx: mpsc::UnboundedReceiver<Delivery>,
     decoder: RequestDecoder,
     /// Bytes read and not yet decoded; small while the client is quiet.
@@ -110,11 +113,24 @@ struct Client {
     checkout: Option<Checkout>,
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
+    /// Reply bytes held for the client — resolved in `pending` or waiting in
+    /// the output — against `--client-output-limit`, so that a client that
+    /// does not read cannot make respool buffer without bound. Lanes count
+    /// their deliveries; the client counts the rest and what it writes.
+    budget: Arc<OutputBudget>,
+    /// When the client last sent something or was written to
+    /// (`--client-idle-timeout`).
+    last_activity: Instant,
+    /// Since when the decoder has been waiting for the rest of a request the
+    /// client started (`--request-read-timeout`).
+    partial_since: Option<Instant>,
 }
 
 impl Client {
     fn new(stream: TcpStream, config: Arc<Config>, upstreams: Arc<Upstreams>) -> Client {
-        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let (tx, reply_rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(OutputBudget::new(config.client_output_limit));
+        let reply_tx = ReplySender::new(tx, budget.clone());
         let authenticated = !config.client_auth.required();
         let limits = if authenticated {
             RequestLimits {
@@ -125,6 +141,7 @@ impl Client {
             RequestLimits::unauthenticated()
         };
         Client {
+            peer: stream.peer_addr().ok(),
             stream,
             id: upstreams.next_client_id(),
             lane: upstreams.lane(2),
@@ -148,6 +165,9 @@ impl Client {
             parked: None,
             checkout: None,
             events: Vec::new(),
+            budget,
+            last_activity: Instant::now(),
+            partial_since: None,
         }
     }
 
@@ -177,12 +197,15 @@ impl Client {
             let session_stream = self.session.as_ref().map(Session::stream);
             let session_wants_write = self.session.as_ref().is_some_and(|s| !s.wbuf.is_empty());
             let session_deadline = self.session.as_ref().and_then(Session::deadline);
+            let request_deadline = self.request_deadline(can_read);
+            let idle_deadline = self.idle_deadline();
             tokio::select! {
                 biased;
                 _ = &mut aborted => return Ok(()),
                 Some(d) = self.reply_rx.recv() => {
                     self.resolve_shared(d);
-                    while let Ok(d) = self.reply_rx.try_recv() {
+                    while !self.over_output_limit() {
+                        let Ok(d) = self.reply_rx.try_recv() else { break };
                         self.resolve_shared(d);
                     }
                 }
@@ -203,13 +226,20 @@ impl Client {
                     self.on_checkout(result);
                 }
                 _ = sleep_until_opt(session_deadline) => self.session_timed_out(),
+                _ = sleep_until_opt(request_deadline) => self.request_timed_out(),
+                _ = sleep_until_opt(idle_deadline) => {
+                    tracing::debug!(peer = ?self.peer, "closing an idle client (--client-idle-timeout)");
+                    return Ok(());
+                }
                 r = self.stream.writable(), if want_write => r?,
                 r = self.stream.readable(), if can_read => {
                     r?;
-                    if self.read_some()? == Some(0) {
+                    match self.read_some()? {
                         // EOF: the client is gone; replies still pending would
                         // reach nobody. (Its commands still run, as with Redis.)
-                        return Ok(());
+                        Some(0) => return Ok(()),
+                        Some(_) => self.last_activity = Instant::now(),
+                        None => {}
                     }
                 }
                 _ = &mut shutting_down, if !shutdown_seen => {
@@ -223,7 +253,54 @@ impl Client {
             if self.write_some()? {
                 return Ok(());
             }
+            if self.over_output_limit() {
+                // Like Redis's client-output-buffer-limit: the client is not
+                // reading its replies; drop them along with the connection.
+                tracing::info!(
+                    peer = ?self.peer,
+                    held_bytes = self.budget.held(),
+                    "client output limit (--client-output-limit) exceeded; disconnecting the client"
+                );
+                return Ok(());
+            }
         }
+    }
+
+    fn over_output_limit(&self) -> bool {
+        self.budget.exceeded()
+    }
+
+    /// When a request the client started must be complete. Only while
+    /// respool is reading: a full pipeline waiting on replies is respool's
+    /// wait, not the client's.
+    fn request_deadline(&self, can_read: bool) -> Option<Instant> {
+        let timeout = self.config.request_read_timeout?;
+        let since = self.partial_since.filter(|_| can_read)?;
+        Some(since + timeout)
+    }
+
+    fn request_timed_out(&mut self) {
+        let Some(after) = self.config.request_read_timeout else {
+            return;
+        };
+        tracing::debug!(peer = ?self.peer, "client did not complete a request in time; closing its connection");
+        self.reading_done = true;
+        self.inbuf.clear();
+        self.partial_since = None;
+        self.push_ready(Error::RequestIncomplete(after).to_resp());
+    }
+
+    /// When a quiet client is closed: nothing in flight, nothing to write,
+    /// and — as Redis exempts them — not subscribed (a blocked command is in
+    /// flight, so blocked clients are exempt too).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.config.client_idle_timeout?;
+        let busy = !self.pending.is_empty()
+            || !self.out_is_empty()
+            || self.parked.is_some()
+            || self.checkout.is_some()
+            || self.session.as_ref().is_some_and(Session::subscribed);
+        (!busy).then_some(self.last_activity + timeout)
     }
 
     /// Routes buffered requests and moves parked ones on, until the input is
@@ -277,8 +354,16 @@ impl Client {
             && self.parked.is_none()
         {
             match self.decoder.decode(&mut self.inbuf) {
-                Ok(Some(req)) => self.route(req),
-                Ok(None) => break,
+                Ok(Some(req)) => {
+                    self.partial_since = None;
+                    self.route(req);
+                }
+                Ok(None) => {
+                    if self.decoder.in_progress(&self.inbuf) {
+                        self.partial_since.get_or_insert_with(Instant::now);
+                    }
+                    break;
+                }
                 Err(e) => self.protocol_error(e),
             }
         }
@@ -348,9 +433,9 @@ impl Client {
         match sent {
             Ok(()) => self.shared_pending += 1,
             Err(_) => {
-                if let Some(slot) = self.pending.back_mut() {
-                    *slot = Some(Error::ShuttingDown.to_resp());
-                }
+                let error = Error::ShuttingDown.to_resp();
+                self.budget.add(error.len());
+                self.resolve(seq, error);
             }
         }
     }
@@ -593,12 +678,14 @@ impl Client {
         for event in events.drain(..) {
             match event {
                 SessionEvent::Reply(seq, reply) => {
+                    self.budget.add(reply.len());
                     self.resolve(seq, reply);
                     self.collect_ready();
                 }
                 SessionEvent::OutOfBand(frame) => {
                     // It came before the replies still outstanding.
                     self.collect_ready();
+                    self.budget.add(frame.len());
                     self.push_out(frame);
                 }
                 SessionEvent::Nothing => {}
@@ -662,6 +749,7 @@ impl Client {
             session.discard();
         }
         for slot in self.pending.iter_mut().filter(|s| s.is_none()) {
+            self.budget.add(error.len());
             *slot = Some(error.clone());
         }
         self.parked = None;
@@ -676,6 +764,7 @@ impl Client {
     }
 
     fn push_ready(&mut self, reply: Bytes) {
+        self.budget.add(reply.len());
         self.pending.push_back(Some(reply));
     }
 
@@ -684,12 +773,15 @@ impl Client {
         self.resolve(d.seq, d.reply);
     }
 
+    /// Fills the slot of request `seq` with a reply already counted in the
+    /// budget (uncounted again if there is no such slot).
     fn resolve(&mut self, seq: u64, reply: Bytes) {
-        let Some(index) = seq.checked_sub(self.base_seq) else {
-            return;
-        };
-        if let Some(slot) = self.pending.get_mut(index as usize) {
-            *slot = Some(reply);
+        let slot = seq
+            .checked_sub(self.base_seq)
+            .and_then(|index| self.pending.get_mut(index as usize));
+        match slot {
+            Some(slot @ None) => *slot = Some(reply),
+            _ => self.budget.release(reply.len()),
         }
     }
 
@@ -731,6 +823,8 @@ impl Client {
             };
             match self.stream.try_write(chunk) {
                 Ok(n) => {
+                    self.budget.release(n);
+                    self.last_activity = Instant::now();
                     if let Some(front) = self.out.front_mut() {
                         front.advance(n);
                         if front.is_empty() {

@@ -291,6 +291,11 @@ impl Session {
             && !self.state.flags
     }
 
+    /// True while the connection is in pub/sub mode.
+    pub(crate) fn subscribed(&self) -> bool {
+        self.state.subscribed()
+    }
+
     /// True when no request is outstanding.
     pub(crate) fn idle(&self) -> bool {
         self.expect.is_empty()

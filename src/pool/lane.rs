@@ -15,6 +15,7 @@
 //! doubt (timeout, bad reply, EOF) is marked broken and never reused.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,8 +65,81 @@ pub struct Delivery {
 }
 
 /// A client's inbox for deliveries (one per client, cloned into each request:
-/// a reference-count increment, not an allocation per request).
-pub type ReplySender = mpsc::UnboundedSender<Delivery>;
+/// reference-count increments, not an allocation per request), with the
+/// client's output budget.
+#[derive(Debug, Clone)]
+pub struct ReplySender {
+    tx: mpsc::UnboundedSender<Delivery>,
+    budget: Arc<OutputBudget>,
+}
+
+impl ReplySender {
+    /// An inbox whose replies count against `budget`.
+    pub fn new(tx: mpsc::UnboundedSender<Delivery>, budget: Arc<OutputBudget>) -> Self {
+        ReplySender { tx, budget }
+    }
+
+    /// Counts the reply against the client's budget, then delivers it — or,
+    /// past the limit, an empty reply instead: the client is about to be
+    /// disconnected, and the lane may run ahead of it by many replies, so
+    /// they must not pile up in its inbox. The empty delivery still wakes it.
+    fn send(&self, seq: u64, reply: Bytes) {
+        let reply = if self.budget.add(reply.len()) {
+            Bytes::new()
+        } else {
+            reply
+        };
+        // A client that has gone away no longer wants its reply.
+        let _ = self.tx.send(Delivery { seq, reply });
+    }
+}
+
+/// Reply bytes held for one client — delivered to it and not yet written to
+/// its socket — against `--client-output-limit`. Shared by the client and the
+/// lanes that deliver to it, so that it is counted before a reply is queued.
+#[derive(Debug)]
+pub struct OutputBudget {
+    held: AtomicUsize,
+    limit: Option<usize>,
+    /// The limit was passed once: the client must go, even if writing to it
+    /// brings the count back down — replies may have been dropped for it.
+    exceeded: AtomicBool,
+}
+
+impl OutputBudget {
+    /// A budget of `limit` bytes (`None`: unlimited).
+    pub fn new(limit: Option<usize>) -> Self {
+        OutputBudget {
+            held: AtomicUsize::new(0),
+            limit,
+            exceeded: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts `n` more bytes; true once the limit has been passed.
+    pub fn add(&self, n: usize) -> bool {
+        let held = self.held.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if self.limit.is_some_and(|limit| held > limit) {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        self.exceeded()
+    }
+
+    /// `n` bytes were written to the client (or dropped).
+    pub fn release(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether the limit has been passed (it stays passed).
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+}
 
 /// What a lane needs to know.
 #[derive(Debug, Clone)]
@@ -105,11 +179,7 @@ struct Job {
 
 impl Job {
     fn deliver(self, reply: Bytes) {
-        // A client that has gone away no longer wants its reply.
-        let _ = self.req.reply_to.send(Delivery {
-            seq: self.req.seq,
-            reply,
-        });
+        self.req.reply_to.send(self.req.seq, reply);
     }
 }
 

@@ -26,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod process;
 pub mod proxy;
 pub mod redis;
 pub mod relay;
@@ -34,6 +35,8 @@ pub mod wait;
 // Re-exported for convenience; each test binary uses only some of them.
 #[allow(unused_imports)]
 pub use client::{ReadError, Reply, TestClient};
+#[allow(unused_imports)]
+pub use process::ProxyProcess;
 #[allow(unused_imports)]
 pub use proxy::TestProxy;
 #[allow(unused_imports)]

@@ -71,6 +71,12 @@ pub enum RelayMode {
     /// upstream that is down, whose connection attempts (unlike refused
     /// ones) `connections_accepted` still counts.
     AcceptAndReset,
+    /// Replace the next upstream→client chunk (on whichever connection
+    /// carries one first) with these bytes, once per `set_mode`; everything
+    /// else passes. For malformed-reply injection in front of a real Redis:
+    /// the request reaches Redis and runs, its reply is swapped for garbage.
+    /// (`&'static` keeps the mode `Copy`; `Box::leak` a built-up buffer.)
+    InjectReply(&'static [u8]),
 }
 
 /// The relay's switchable state, published through a `watch` channel so
@@ -93,6 +99,8 @@ struct Shared {
     to_upstream: AtomicU64,
     /// Whether the listening socket is open (false under `Refuse`).
     listening: AtomicBool,
+    /// Mode generation whose `InjectReply` was already spent.
+    injected: AtomicU64,
     /// Live connections: id → reset generation they were opened under.
     connections: Mutex<HashMap<u64, u64>>,
 }
@@ -510,6 +518,19 @@ async fn forward(
                         if !data.is_empty() {
                             return Err(Ending::Cut);
                         }
+                    }
+                    RelayMode::InjectReply(bytes) if direction == Direction::ToClient => {
+                        let generation = now.mode_generation;
+                        let first =
+                            shared.injected.swap(generation, Ordering::SeqCst) != generation;
+                        write(
+                            &mut to,
+                            if first { bytes } else { &data },
+                            direction,
+                            shared,
+                        )
+                        .await?;
+                        data.clear();
                     }
                     RelayMode::Slice(n) => {
                         let take = n.max(1).min(data.len());

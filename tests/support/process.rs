@@ -1,0 +1,100 @@
+//! `ProxyProcess`: the `respool` binary run as a child process, for tests
+//! that measure the process itself (memory from `/proc/<pid>/status`) or read
+//! its log. Its stderr (the log) is collected in the background. Dropping it
+//! kills the child.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::wait;
+
+/// A running `respool` child process.
+pub struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ProxyProcess {
+    /// Starts `respool --listen 127.0.0.1:<free port> --upstream <url>` with
+    /// `extra` flags, and waits until it accepts connections.
+    pub fn start(upstream_url: &str, extra: &[&str]) -> ProxyProcess {
+        // A port that was free a moment ago; another process taking it in
+        // between would make the start fail loudly, not wrongly.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("finding a free port: {e}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_respool"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--upstream")
+            .arg(upstream_url)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", env!("CARGO_BIN_EXE_respool")));
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(mut stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut log) = log.lock() {
+                        log.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    }
+                }
+            });
+        }
+        let mut process = ProxyProcess { child, addr, log };
+        wait::until("respool to accept connections", wait::DEADLINE, || {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("respool exited with {status}: {}", process.log());
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        });
+        process
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// A `/proc/<pid>/status` field in bytes (`VmRSS`, `VmHWM`: kB there).
+    pub fn status_bytes(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("no {field} in {path}"))
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
