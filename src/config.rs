@@ -634,6 +634,58 @@ mod tests {
     }
 
     #[test]
+    fn rediss_urls_need_a_trust_decision() {
+        let u = Upstream::parse("rediss://:pw@[::1]:6390/2").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.host(), "::1");
+        assert_eq!(
+            Upstream::parse("rediss://cache.example").unwrap().host(),
+            "cache.example"
+        );
+        assert!(!Upstream::parse("redis://h:1").unwrap().tls);
+
+        let upstream = ["respool", "--upstream", "rediss://127.0.0.1:6390"];
+        let e = Config::parse_from_args(upstream).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--upstream-ca"), "{e}");
+
+        let c = Config::parse_from_args([&upstream[..], &["--upstream-tls-insecure"]].concat())
+            .unwrap();
+        assert!(c.upstream_tls.as_ref().is_some_and(|t| t.insecure));
+        assert!(c.listener_tls.is_none());
+
+        let e = Config::parse_from_args(
+            [&upstream[..], &["--upstream-ca", "/nonexistent/ca.pem"]].concat(),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn tls_flags_that_would_be_ignored_are_errors() {
+        for args in [
+            &["--upstream-ca", "ca.pem"][..],
+            &["--upstream-tls-insecure"],
+            &["--upstream-cert", "c.pem", "--upstream-key", "k.pem"],
+            &["--tls-cert", "c.pem"],
+            &["--tls-ca", "ca.pem"],
+        ] {
+            let e = Config::parse_from_args([&["respool"][..], args].concat()).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let e = Config::parse_from_args([
+            "respool",
+            "--tls-cert",
+            "/nonexistent/c.pem",
+            "--tls-key",
+            "/nonexistent/k.pem",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot read '--tls-cert'"), "{e}");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let u = Upstream::parse("redis://alice:hunter2@localhost:7000").unwrap();
         let shown = format!("{u:?}");

@@ -328,3 +328,156 @@ impl TlsStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::FutureExt;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A respool-side TLS [`Stream`] (server) and the peer's tokio-rustls
+    /// stream, connected over loopback.
+    async fn tls_pair() -> (Stream, tokio_rustls::client::TlsStream<TcpStream>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = CertificateDer::from_pem_slice(ck.cert.pem().as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            Stream::from(acceptor.accept(tcp).await.unwrap())
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        };
+        tokio::join!(accept, connect)
+    }
+
+    #[tokio::test]
+    async fn half_a_record_is_a_spurious_wakeup_not_data() {
+        let (mut server, client) = tls_pair().await;
+        let (mut tcp, mut session) = client.into_inner();
+        session.writer().write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        let mut record = Vec::new();
+        while session.wants_write() {
+            session.write_tls(&mut record).unwrap();
+        }
+        let half = record.len() / 2;
+        tcp.write_all(&record[..half]).await.unwrap();
+
+        let mut buf = BytesMut::with_capacity(1024);
+        server.readable().await.unwrap();
+        assert!(server.read_buf(&mut buf).now_or_never().is_none());
+        assert!(buf.is_empty());
+
+        tcp.write_all(&record[half..]).await.unwrap();
+        let n = loop {
+            server.readable().await.unwrap();
+            if let Some(read) = server.read_buf(&mut buf).now_or_never() {
+                break read.unwrap();
+            }
+        };
+        assert_eq!(&buf[..n], b"*1\r\n$4\r\nPING\r\n");
+
+        // A close without close_notify reads as EOF.
+        tcp.shutdown().await.unwrap();
+        let n = loop {
+            server.readable().await.unwrap();
+            if let Some(read) = server.read_buf(&mut buf).now_or_never() {
+                break read.unwrap();
+            }
+        };
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn writes_the_socket_cannot_take_are_flushed_later() {
+        let (server, mut client) = tls_pair().await;
+        let data: Vec<u8> = (0..32 << 20).map(|i| (i % 251) as u8).collect();
+
+        // The peer does not read yet: write until the socket pushes back.
+        // Everything accepted counts as written, but the last records are
+        // still waiting in the session.
+        let mut sent = 0;
+        loop {
+            match server.try_write(&data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(sent < data.len(), "the socket never pushed back");
+        assert!(server.has_pending_output());
+
+        let expected = data[..sent].to_vec();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            got == expected
+        });
+        // Readiness-driven, as the client task does it: the peer gets the
+        // last bytes only because they are flushed.
+        while server.has_pending_output() {
+            server.writable().await.unwrap();
+            match server.try_flush() {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => panic!("{e}"),
+                _ => {}
+            }
+        }
+        let intact = tokio::time::timeout(std::time::Duration::from_secs(20), reader)
+            .await
+            .expect("every accepted byte arrives once flushed")
+            .unwrap();
+        assert!(intact, "the bytes arrived changed");
+    }
+
+    #[tokio::test]
+    async fn split_halves_carry_both_directions() {
+        let (mut server, mut client) = tls_pair().await;
+        let (mut rd, mut wr) = server.split();
+        let mut out = BytesMut::from(&vec![b'a'; 1 << 20][..]);
+        let mut inbuf = BytesMut::with_capacity(64 * 1024);
+        let peer = async {
+            client.write_all(b"hello").await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = vec![0u8; 1 << 20];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let local = async {
+            while !out.is_empty() || wr.has_pending_output() {
+                wr.write_buf(&mut out).await.unwrap();
+            }
+            while inbuf.len() < 5 {
+                rd.read_buf(&mut inbuf).await.unwrap();
+            }
+        };
+        let (got, ()) = tokio::join!(peer, local);
+        assert!(got.iter().all(|&b| b == b'a'));
+        assert_eq!(&inbuf[..], b"hello");
+    }
+}
