@@ -425,6 +425,7 @@ impl Config {
         if flags.timeout.is_zero()
             || flags.connect_timeout.is_zero()
             || flags.checkout_timeout.is_zero()
+            || flags.tls_handshake_timeout.is_zero()
         {
             return Err(invalid("timeouts must be greater than zero".into()));
         }
