@@ -180,6 +180,38 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Serve clients over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "RESPOOL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RESPOOL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Require TLS clients to present a certificate signed by a CA in this PEM file.
+    #[arg(long, env = "RESPOOL_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// How long a TLS client may take to complete its handshake.
+    #[arg(long, env = "RESPOOL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Trust these CA certificates (PEM) for a rediss:// upstream; its certificate must also name the URL's host.
+    #[arg(long, env = "RESPOOL_UPSTREAM_CA")]
+    pub upstream_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate chain (PEM) presented to a rediss:// upstream (Redis's tls-auth-clients).
+    #[arg(long, env = "RESPOOL_UPSTREAM_CERT", requires = "upstream_key")]
+    pub upstream_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --upstream-cert.
+    #[arg(long, env = "RESPOOL_UPSTREAM_KEY", requires = "upstream_cert")]
+    pub upstream_key: Option<std::path::PathBuf>,
+
+    /// FOR TESTS ONLY: accept any certificate from a rediss:// upstream (no verification; anyone on the path can read and change the traffic).
+    #[arg(long, env = "RESPOOL_UPSTREAM_TLS_INSECURE", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "upstream_ca")]
+    pub upstream_tls_insecure: bool,
+
     /// Log format.
     #[arg(long, env = "RESPOOL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -221,14 +253,21 @@ pub struct Upstream {
     pub password: Option<Secret>,
     /// Database index selected on every connection.
     pub db: u32,
+    /// `rediss://`: connect with TLS.
+    pub tls: bool,
 }
 
 impl Upstream {
-    /// Parses `redis://[[user]:password@]host:port[/db]`.
+    /// Parses `redis://[[user]:password@]host:port[/db]` (`rediss://` for TLS).
     pub fn parse(url: &str) -> Result<Upstream, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| "must start with redis://".to_string())?;
+        let (tls, rest) = match url.strip_prefix("rediss://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                url.strip_prefix("redis://")
+                    .ok_or_else(|| "must start with redis:// or rediss://".to_string())?,
+            ),
+        };
         let (userinfo, rest) = match rest.rsplit_once('@') {
             Some((u, r)) => (Some(u), r),
             None => (None, rest),
@@ -280,7 +319,18 @@ impl Upstream {
             username,
             password,
             db,
+            tls,
         })
+    }
+
+    /// The host part of the address, without port or IPv6 brackets: the
+    /// name the upstream's TLS certificate must carry.
+    pub fn host(&self) -> &str {
+        let host = self
+            .addr
+            .rsplit_once(':')
+            .map_or(&*self.addr, |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -363,6 +413,10 @@ pub struct Config {
     pub require_upstream: bool,
     /// Drain deadline at shutdown.
     pub shutdown_timeout: Duration,
+    /// TLS for clients (`--tls-cert`/`--tls-key`), or plain TCP.
+    pub listener_tls: Option<crate::tls::ListenerTls>,
+    /// TLS for a `rediss://` upstream.
+    pub upstream_tls: Option<crate::tls::UpstreamTls>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -398,6 +452,7 @@ impl Config {
         if flags.timeout.is_zero()
             || flags.connect_timeout.is_zero()
             || flags.checkout_timeout.is_zero()
+            || flags.tls_handshake_timeout.is_zero()
         {
             return Err(invalid("timeouts must be greater than zero".into()));
         }
@@ -431,7 +486,22 @@ impl Config {
         let client_auth =
             crate::client::auth::ClientAuth::new(flags.requirepass.as_deref(), &users)
                 .map_err(|e| invalid(format!("invalid client user: {e}")))?;
+        let listener_tls = match (&flags.tls_cert, &flags.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::ListenerTls::load(
+                    cert,
+                    key,
+                    flags.tls_ca.as_deref(),
+                    flags.tls_handshake_timeout,
+                )
+                .map_err(invalid)?,
+            ),
+            _ => None,
+        };
+        let upstream_tls = upstream_tls(&flags, &upstream).map_err(invalid)?;
         Ok(Config {
+            listener_tls,
+            upstream_tls,
             max_pinned: flags.max_pinned,
             client_auth,
             deny: crate::command::DenyList::new(&flags.deny_commands),
@@ -469,6 +539,40 @@ impl Config {
             log_level: flags.log_level,
         })
     }
+}
+
+/// The TLS settings of a `rediss://` upstream; TLS flags without one are an
+/// error rather than silently ignored.
+fn upstream_tls(
+    flags: &Flags,
+    upstream: &Upstream,
+) -> Result<Option<crate::tls::UpstreamTls>, String> {
+    use crate::tls::{UpstreamTls, UpstreamTrust};
+    if !upstream.tls {
+        let given = [
+            ("--upstream-ca", flags.upstream_ca.is_some()),
+            ("--upstream-cert", flags.upstream_cert.is_some()),
+            ("--upstream-tls-insecure", flags.upstream_tls_insecure),
+        ];
+        return match given.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(format!(
+                "'{flag}' needs a TLS upstream: use a rediss:// URL for '--upstream'"
+            )),
+            None => Ok(None),
+        };
+    }
+    let trust = match (&flags.upstream_ca, flags.upstream_tls_insecure) {
+        (Some(ca), _) => UpstreamTrust::Ca(ca),
+        (None, true) => UpstreamTrust::Insecure,
+        (None, false) => {
+            return Err("a rediss:// upstream needs '--upstream-ca' (the CA that signed the server's certificate), or '--upstream-tls-insecure' for tests".into())
+        }
+    };
+    let client_cert = flags
+        .upstream_cert
+        .as_deref()
+        .zip(flags.upstream_key.as_deref());
+    UpstreamTls::load(upstream.host(), trust, client_cert).map(Some)
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `1m`, `100us`, `1h`.
@@ -564,6 +668,58 @@ mod tests {
         assert!(Upstream::parse("redis://127.0.0.1:").is_err());
         assert!(Upstream::parse("redis://:6379").is_err());
         assert!(Upstream::parse("redis://h:1/x").is_err());
+    }
+
+    #[test]
+    fn rediss_urls_need_a_trust_decision() {
+        let u = Upstream::parse("rediss://:pw@[::1]:6390/2").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.host(), "::1");
+        assert_eq!(
+            Upstream::parse("rediss://cache.example").unwrap().host(),
+            "cache.example"
+        );
+        assert!(!Upstream::parse("redis://h:1").unwrap().tls);
+
+        let upstream = ["respool", "--upstream", "rediss://127.0.0.1:6390"];
+        let e = Config::parse_from_args(upstream).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--upstream-ca"), "{e}");
+
+        let c = Config::parse_from_args([&upstream[..], &["--upstream-tls-insecure"]].concat())
+            .unwrap();
+        assert!(c.upstream_tls.as_ref().is_some_and(|t| t.insecure));
+        assert!(c.listener_tls.is_none());
+
+        let e = Config::parse_from_args(
+            [&upstream[..], &["--upstream-ca", "/nonexistent/ca.pem"]].concat(),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn tls_flags_that_would_be_ignored_are_errors() {
+        for args in [
+            &["--upstream-ca", "ca.pem"][..],
+            &["--upstream-tls-insecure"],
+            &["--upstream-cert", "c.pem", "--upstream-key", "k.pem"],
+            &["--tls-cert", "c.pem"],
+            &["--tls-ca", "ca.pem"],
+        ] {
+            let e = Config::parse_from_args([&["respool"][..], args].concat()).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let e = Config::parse_from_args([
+            "respool",
+            "--tls-cert",
+            "/nonexistent/c.pem",
+            "--tls-key",
+            "/nonexistent/k.pem",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot read '--tls-cert'"), "{e}");
     }
 
     #[test]

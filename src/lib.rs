@@ -19,6 +19,8 @@
 //! * [`pool`] — the bb8 manager and validation gate, and the shared lanes that
 //!   multiplex many clients over few connections.
 //! * [`upstream`] — one upstream connection: connect, socket options, exchanges.
+//! * [`net`] — the byte stream of a connection: plain TCP or TLS.
+//! * [`tls`] — certificates and keys for the TLS listener and `rediss://` upstreams.
 //! * [`retry`] — backoff and what may be retried.
 //! * [`error`] — the one error type, rendered as a Redis error line.
 //! * [`bench`] — `respool bench`, a load generator that checks every reply.
@@ -40,9 +42,11 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod net;
 pub mod pool;
 pub mod retry;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

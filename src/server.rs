@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::net::Stream;
 use crate::pool::{probe_upstream, Upstreams};
 use crate::upstream::{configure_socket, ConnectError};
 
@@ -68,11 +69,15 @@ impl Proxy {
             addr: config.listen,
             source,
         })?;
+        if config.upstream_tls.as_ref().is_some_and(|t| t.insecure) {
+            tracing::warn!(upstream = %config.upstream.addr, "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
+        }
         let config = Arc::new(config);
         let upstreams = Arc::new(Upstreams::start(config.clone()));
         let shutdown = CancellationToken::new();
+        let tls = config.listener_tls.is_some();
         let task = tokio::spawn(accept_loop(listener, config, upstreams, shutdown.clone()));
-        tracing::info!(listen = %local_addr, "respool accepting clients");
+        tracing::info!(listen = %local_addr, tls, "respool accepting clients");
         Ok(Proxy {
             local_addr,
             shutdown,
@@ -140,6 +145,9 @@ async fn accept_loop(
         );
         clients.spawn(async move {
             let _guard = guard;
+            let Some(stream) = handshake(stream, &config, &abort).await else {
+                return;
+            };
             crate::client::serve(stream, config, upstreams, shutdown, abort).await;
         });
     }
@@ -162,6 +170,31 @@ async fn accept_loop(
         None => tracing::warn!("upstream connections still referenced at shutdown; dropping them"),
     }
     tracing::info!("respool stopped");
+}
+
+/// Wraps a client's socket: as is, or after a TLS handshake (with a
+/// deadline, so a client that never finishes it does not hold its slot).
+async fn handshake(tcp: TcpStream, config: &Config, abort: &CancellationToken) -> Option<Stream> {
+    let Some(tls) = &config.listener_tls else {
+        return Some(Stream::Tcp(tcp));
+    };
+    let peer = tcp.peer_addr().ok();
+    let accept = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(tcp));
+    let result = tokio::select! {
+        _ = abort.cancelled() => return None,
+        result = accept => result,
+    };
+    match result {
+        Ok(Ok(stream)) => Some(Stream::from(stream)),
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "client TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?peer, timeout = ?tls.handshake_timeout, "client TLS handshake timed out");
+            None
+        }
+    }
 }
 
 async fn refuse(mut stream: TcpStream) {

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 use crate::codec::{ReplyDecoder, Request};
 use crate::config::{Config, Secret, Validate};
 use crate::error::Secs;
+use crate::net::Stream;
+use crate::tls::UpstreamTls;
 
 /// Everything needed to open and validate an upstream connection.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct UpstreamSettings {
     pub protocol: u8,
     /// The upstream's version, learned during validation.
     pub server_version: ServerVersion,
+    /// TLS (`rediss://`), or plain TCP.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// The upstream server's version (`INFO server`), shared by every pool.
@@ -85,6 +88,7 @@ impl UpstreamSettings {
             health_check_interval: c.health_check_interval,
             protocol: 2,
             server_version: ServerVersion::default(),
+            tls: c.upstream_tls.clone(),
         }
     }
 }
@@ -101,6 +105,10 @@ pub enum ConnectError {
     /// Another socket error.
     #[error("{0}")]
     Io(Arc<str>),
+    /// The TLS handshake failed (certificate not trusted, wrong name, the
+    /// server wants a client certificate, …).
+    #[error("TLS handshake failed: {0}")]
+    Tls(Arc<str>),
     /// Redis answered a validation step with an error (`-LOADING`, `-READONLY`,
     /// `-NOAUTH`, `-WRONGPASS`, `-OOM`, …).
     #[error("{step} rejected: {reply}")]
@@ -151,8 +159,8 @@ impl ConnectError {
 /// An open upstream connection.
 #[derive(Debug)]
 pub struct UpstreamConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (plain or TLS).
+    pub stream: Stream,
     /// Bytes read but not yet framed; kept with the connection so nothing is
     /// lost between the exchanges that use it.
     pub read_buf: BytesMut,
@@ -166,14 +174,12 @@ pub struct UpstreamConn {
 impl UpstreamConn {
     /// Connects (with deadline, nodelay, keepalive) and runs the validation
     /// gate. A connection that fails any step is closed, never returned.
+    /// With TLS, the handshake shares the connect deadline.
     pub async fn open(s: &UpstreamSettings) -> Result<UpstreamConn, ConnectError> {
-        let stream =
-            match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&*s.addr)).await {
-                Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
-                Ok(Err(e)) => return Err(ConnectError::from_io(&e)),
-                Ok(Ok(stream)) => stream,
-            };
-        configure_socket(&stream, s.keepalive);
+        let stream = match tokio::time::timeout(s.connect_timeout, connect(s)).await {
+            Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
+            Ok(result) => result?,
+        };
         let mut conn = UpstreamConn {
             stream,
             read_buf: BytesMut::with_capacity(s.read_buffer_size),
@@ -277,6 +283,28 @@ impl UpstreamConn {
             }
         }
         Ok(replies)
+    }
+}
+
+/// Opens the TCP connection and, for `rediss://`, runs the TLS handshake.
+async fn connect(s: &UpstreamSettings) -> Result<Stream, ConnectError> {
+    let tcp = TcpStream::connect(&*s.addr)
+        .await
+        .map_err(|e| ConnectError::from_io(&e))?;
+    configure_socket(&tcp, s.keepalive);
+    let Some(tls) = &s.tls else {
+        return Ok(Stream::Tcp(tcp));
+    };
+    match tls.connector.connect(tls.server_name.clone(), tcp).await {
+        Ok(tls) => Ok(Stream::from(tls)),
+        // rustls reports a failed verification as InvalidData with the
+        // rustls error inside; anything else is the socket's own failure.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(ConnectError::Tls(e.to_string().into()))
+        }
+        Err(e) => Err(ConnectError::Tls(
+            ConnectError::from_io(&e).to_string().into(),
+        )),
     }
 }
 

@@ -28,8 +28,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Decoder;
@@ -39,6 +37,7 @@ use crate::codec::{ProtocolError, Request, RequestDecoder, RequestLimits};
 use crate::command::{classify, Command, Local, Route, Stateful};
 use crate::config::Config;
 use crate::error::{error_line, Error};
+use crate::net::Stream;
 use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender};
 use crate::pool::{LaneHandle, Upstreams};
 use session::{PinnedConn, Session, SessionBroken, SessionEvent};
@@ -52,7 +51,7 @@ type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
 /// Serves one client until it disconnects, QUITs, breaks the protocol, or the
 /// proxy shuts down.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     config: Arc<Config>,
     upstreams: Arc<Upstreams>,
     shutdown: CancellationToken,
@@ -69,7 +68,7 @@ pub async fn serve(
 }
 
 struct Client {
-    stream: TcpStream,
+    stream: Stream,
     /// The client's address, for log lines about it.
     peer: Option<SocketAddr>,
     config: Arc<Config>,
@@ -127,7 +126,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(stream: TcpStream, config: Arc<Config>, upstreams: Arc<Upstreams>) -> Client {
+    fn new(stream: Stream, config: Arc<Config>, upstreams: Arc<Upstreams>) -> Client {
         let (tx, reply_rx) = mpsc::unbounded_channel();
         let budget = Arc::new(OutputBudget::new(config.client_output_limit));
         let reply_tx = ReplySender::new(tx, budget.clone());
@@ -193,9 +192,9 @@ impl Client {
             let can_read = !self.reading_done
                 && self.parked.is_none()
                 && self.pending.len() < self.config.max_pending_per_client;
-            let want_write = !self.out_is_empty();
+            let want_write = !self.out_is_empty() || self.stream.has_pending_output();
             let session_stream = self.session.as_ref().map(Session::stream);
-            let session_wants_write = self.session.as_ref().is_some_and(|s| !s.wbuf.is_empty());
+            let session_wants_write = self.session.as_ref().is_some_and(Session::wants_write);
             let session_deadline = self.session.as_ref().and_then(Session::deadline);
             let request_deadline = self.request_deadline(can_read);
             let idle_deadline = self.idle_deadline();
@@ -838,6 +837,10 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+        match self.stream.try_flush() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            result => result?,
+        }
         if self.out_small.is_empty() && self.out_small.capacity() > 64 * 1024 {
             self.out_small = BytesMut::new();
         }
@@ -870,14 +873,14 @@ async fn checkout(
     }
 }
 
-async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
+async fn readable(stream: Option<&Stream>) -> io::Result<()> {
     match stream {
         Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }
 
-async fn writable(stream: Option<&TcpStream>) -> io::Result<()> {
+async fn writable(stream: Option<&Stream>) -> io::Result<()> {
     match stream {
         Some(s) => s.writable().await,
         None => std::future::pending().await,

@@ -150,8 +150,13 @@ impl Session {
     }
 
     /// The socket, for readiness.
-    pub(crate) fn stream(&self) -> &tokio::net::TcpStream {
+    pub(crate) fn stream(&self) -> &crate::net::Stream {
         &self.conn.stream
+    }
+
+    /// Requests (or, on TLS, encrypted output) are waiting for the socket.
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.wbuf.is_empty() || self.conn.stream.has_pending_output()
     }
 
     /// Sends a request on respool's own account; its reply is swallowed.
@@ -310,7 +315,6 @@ impl Session {
     /// `Ok(None)` when the read would block.
     pub(crate) fn read(&mut self, events: &mut Vec<SessionEvent>) -> Result<(), SessionBroken> {
         use futures_util::FutureExt;
-        use tokio::io::AsyncReadExt;
         let c = &mut *self.conn;
         if c.read_buf.capacity() - c.read_buf.len() < 1024 {
             c.read_buf.reserve(self.read_buffer_size);
@@ -341,7 +345,12 @@ impl Session {
                 Err(e) => return Err(SessionBroken::Lost(e.to_string())),
             }
         }
-        Ok(())
+        match self.conn.stream.try_flush() {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                Err(SessionBroken::Lost(e.to_string()))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, SessionBroken> {

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use bb8::{Pool, PooledConnection, RunError};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Decoder;
@@ -503,7 +502,7 @@ impl Lane {
                             }
                         }
                     },
-                    r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match r {
+                    r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() || wr.has_pending_output() => match r {
                         Ok(n) => {
                             written += n as u64;
                             last_io = Instant::now();

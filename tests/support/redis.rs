@@ -612,7 +612,7 @@ impl Drop for RedisServer {
 
 /// A port that was free a moment ago: bind port 0, note it, release it.
 /// Callers retry when something else grabs it before they bind.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let listener = TcpListener::bind("127.0.0.1:0")
             .unwrap_or_else(|e| panic!("binding 127.0.0.1:0 to find a free port: {e}"));

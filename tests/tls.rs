@@ -1,0 +1,375 @@
+//! TLS on both sides against real processes: a `redis-server` started with
+//! `--tls-port` and certificates this test generates (rcgen), respool
+//! connecting to it with `rediss://`, and TLS clients (tokio-rustls)
+//! connecting to respool's TLS listener.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::client::{encode_command, parse_reply};
+use support::{RedisServer, Reply, TestProxy};
+
+/// Fail fast when the upstream is unusable.
+const FAST: [&str; 4] = ["--checkout-timeout", "1s", "--backoff-cap", "200ms"];
+
+/// A CA, a server certificate (for 127.0.0.1 and localhost) and a client
+/// certificate signed by it, plus an unrelated CA; all as PEM files.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("respool-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let ca = new_ca("respool test CA");
+        let other = new_ca("some other CA");
+
+        let mut server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("server params");
+        server.distinguished_name.push(DnType::CommonName, "redis");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate().expect("server key");
+        let server_cert = server.signed_by(&server_key, &ca.1).expect("server cert");
+
+        let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        client.distinguished_name.push(DnType::CommonName, "client");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("client key");
+        let client_cert = client.signed_by(&client_key, &ca.1).expect("client cert");
+
+        let write = |name: &str, pem: String| {
+            std::fs::write(dir.path().join(name), pem).expect("writing a PEM file")
+        };
+        write("ca.pem", ca.0);
+        write("other-ca.pem", other.0);
+        write("server.pem", server_cert.pem());
+        write("server.key", server_key.serialize_pem());
+        write("client.pem", client_cert.pem());
+        write("client.key", client_key.serialize_pem());
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+/// A self-signed CA: its PEM and the issuer that signs with it.
+fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().expect("CA key");
+    let cert = params.self_signed(&key).expect("CA cert");
+    (cert.pem(), Issuer::new(params, key))
+}
+
+/// A redis-server that also listens with TLS (client certificates required,
+/// Redis's default); returns it and its TLS port.
+fn tls_redis(pki: &Pki) -> (RedisServer, u16) {
+    let tls_port = support::redis::free_port();
+    let redis = RedisServer::builder()
+        .arg("tls-port", &tls_port.to_string())
+        .arg("tls-cert-file", &pki.arg("server.pem"))
+        .arg("tls-key-file", &pki.arg("server.key"))
+        .arg("tls-ca-cert-file", &pki.arg("ca.pem"))
+        .start();
+    (redis, tls_port)
+}
+
+/// A minimal RESP client over TLS.
+struct TlsClient {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    buf: BytesMut,
+}
+
+impl TlsClient {
+    async fn connect(
+        addr: SocketAddr,
+        ca: &Path,
+        cert: Option<(&Path, &Path)>,
+    ) -> std::io::Result<TlsClient> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+            roots.add(cert.expect("CA cert")).expect("adding the CA");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+        let config = match cert {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(cert)
+                        .expect("cert file")
+                        .collect::<Result<Vec<_>, _>>()
+                        .expect("cert"),
+                    PrivateKeyDer::from_pem_file(key).expect("key"),
+                )
+                .expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from("127.0.0.1").expect("server name");
+        let stream = connector.connect(name, tcp).await?;
+        Ok(TlsClient {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, String> {
+        let read = async {
+            loop {
+                if let Some((reply, used)) = parse_reply(&self.buf)? {
+                    self.buf.advance(used);
+                    return Ok(reply);
+                }
+                self.buf.reserve(64 * 1024);
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) => return Err("connection closed".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .map_err(|_| "no reply within 10s".to_string())?
+    }
+
+    async fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Reply, String> {
+        self.send_raw(&encode_command(args))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.read_reply().await
+    }
+}
+
+fn bulk(s: impl AsRef<[u8]>) -> Reply {
+    Reply::Bulk(s.as_ref().to_vec())
+}
+
+#[tokio::test]
+async fn a_rediss_upstream_is_verified_and_serves_plain_clients() {
+    let pki = Pki::generate();
+    let (_redis, tls_port) = tls_redis(&pki);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (ca, cert, key) = (
+        pki.arg("ca.pem"),
+        pki.arg("client.pem"),
+        pki.arg("client.key"),
+    );
+    let proxy = TestProxy::start(
+        &url,
+        &[
+            "--upstream-ca",
+            &ca,
+            "--upstream-cert",
+            &cert,
+            "--upstream-key",
+            &key,
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "tls:k", "v"]).await.expect_ok();
+    assert_eq!(client.cmd(&["GET", "tls:k"]).await, bulk("v"));
+
+    // A large value through a shared lane: many TLS records both ways.
+    let big = vec![b'x'; 1 << 20];
+    client
+        .cmd(&[&b"SET"[..], b"tls:big", &big])
+        .await
+        .expect_ok();
+    assert_eq!(client.cmd(&["GET", "tls:big"]).await, bulk(&big));
+
+    // A pinned session (MULTI/EXEC) rides a TLS connection too.
+    client.cmd(&["MULTI"]).await.expect_ok();
+    assert_eq!(
+        client.cmd(&["INCR", "tls:n"]).await,
+        Reply::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Array(vec![Reply::Int(1)])
+    );
+    assert_eq!(client.cmd(&["GET", "tls:big"]).await, bulk(&big));
+
+    // Without verification (tests only), the same server is reachable.
+    let insecure = TestProxy::start(
+        &url,
+        &[
+            "--upstream-tls-insecure",
+            "--upstream-cert",
+            &cert,
+            "--upstream-key",
+            &key,
+        ],
+    )
+    .await;
+    let mut client = insecure.client().await;
+    assert_eq!(client.cmd(&["GET", "tls:k"]).await, bulk("v"));
+}
+
+#[tokio::test]
+async fn an_untrusted_upstream_certificate_is_reported_to_clients() {
+    let pki = Pki::generate();
+    let (_redis, tls_port) = tls_redis(&pki);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (cert, key) = (pki.arg("client.pem"), pki.arg("client.key"));
+    let wrong_ca = pki.arg("other-ca.pem");
+    let proxy = TestProxy::start(
+        &url,
+        &[
+            &FAST[..],
+            &[
+                "--upstream-ca",
+                &wrong_ca,
+                "--upstream-cert",
+                &cert,
+                "--upstream-key",
+                &key,
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let reply = client.cmd(&["GET", "k"]).await;
+    let Reply::Error(text) = &reply else {
+        panic!("expected an error, got {reply}");
+    };
+    assert!(
+        text.starts_with(&format!("ERR upstream 127.0.0.1:{tls_port} unavailable: "))
+            && text.contains("TLS handshake failed")
+            && text.contains("certificate"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn tls_clients_are_served_with_large_values_and_pipelines() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let proxy = TestProxy::start(&redis.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let mut client = TlsClient::connect(proxy.addr(), &pki.path("ca.pem"), None)
+        .await
+        .expect("TLS handshake with respool");
+
+    assert_eq!(
+        client.cmd(&["SET", "k", "v"]).await,
+        Ok(Reply::Simple("OK".into()))
+    );
+    assert_eq!(client.cmd(&["GET", "k"]).await, Ok(bulk("v")));
+
+    let big = vec![b'y'; 1 << 20];
+    assert_eq!(
+        client.cmd(&[&b"SET"[..], b"big", &big]).await,
+        Ok(Reply::Simple("OK".into()))
+    );
+    assert_eq!(client.cmd(&["GET", "big"]).await, Ok(bulk(&big)));
+
+    // 1000 requests in one write; 1000 replies, in order.
+    let mut pipeline = Vec::new();
+    for i in 0..1000 {
+        pipeline.extend(encode_command(&["INCR", "counter"]));
+        if i % 100 == 0 {
+            pipeline.extend(encode_command(&["GET", "big"]));
+        }
+    }
+    client
+        .send_raw(&pipeline)
+        .await
+        .expect("sending the pipeline");
+    for i in 0..1000 {
+        assert_eq!(
+            client.read_reply().await,
+            Ok(Reply::Int(i + 1)),
+            "reply {i}"
+        );
+        if i % 100 == 0 {
+            assert_eq!(client.read_reply().await, Ok(bulk(&big)), "big reply {i}");
+        }
+    }
+    // A plain-TCP client gets nothing useful from a TLS port.
+    let mut plain = proxy.client().await;
+    plain.send_raw(b"*1\r\n$4\r\nPING\r\n").await.ok();
+    assert!(plain
+        .read_reply_within(Duration::from_secs(5))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let (cert, key, ca) = (
+        pki.arg("server.pem"),
+        pki.arg("server.key"),
+        pki.arg("ca.pem"),
+    );
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca],
+    )
+    .await;
+
+    // TLS 1.3 clients finish their side of the handshake before the server
+    // checks their certificate: the refusal shows on the first read.
+    let refused = match TlsClient::connect(proxy.addr(), &pki.path("ca.pem"), None).await {
+        Err(_) => true,
+        Ok(mut client) => client.cmd(&["PING"]).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    let mut client = TlsClient::connect(
+        proxy.addr(),
+        &pki.path("ca.pem"),
+        Some((&pki.path("client.pem"), &pki.path("client.key"))),
+    )
+    .await
+    .expect("TLS handshake with a client certificate");
+    assert_eq!(
+        client.cmd(&["PING"]).await,
+        Ok(Reply::Simple("PONG".into()))
+    );
+}
