@@ -48,7 +48,7 @@ def make_client(host, port):
         socket_keepalive=True,
         # Retries: respool now owns retrying against Redis. It retries what is
         # safe (commands not yet sent, -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN,
-        # and read-only or idempotent commands whose connection was lost) with
+        # and read-only commands whose connection was lost) with
         # exponential backoff (`--retries`, `--backoff-base`, `--backoff-cap`),
         # and never applies a write twice. A client-side retry now only covers
         # the local hop (respool restarting). Keep it small: redis-py retries

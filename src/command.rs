@@ -71,9 +71,9 @@ pub enum SubKind {
 pub enum Local {
     /// `+OK`, then close the connection.
     Quit,
-    /// `AUTH`: no client passwords are configured, answered as Redis does then.
+    /// `AUTH`: checked against respool's own client users (`--requirepass`, `--user`).
     Auth,
-    /// `HELLO`: only RESP2 is offered for now.
+    /// `HELLO`: protocol switch (RESP2/RESP3 lanes), HELLO AUTH and SETNAME.
     Hello,
     /// `+OK` without doing anything (`CLIENT SETINFO`, which would otherwise
     /// label a shared connection).
@@ -96,7 +96,7 @@ pub struct Command {
     /// Where it goes.
     pub route: Route,
     /// May be sent again after the connection was lost with the request
-    /// already written (read-only or idempotent commands).
+    /// already written (read-only commands only).
     pub retry_safe: bool,
 }
 

@@ -288,6 +288,14 @@ impl Upstream {
             return Err(format!("missing port after '{hostport}'"));
         }
         // A bare host (or bracketed IPv6 address) gets Redis's default port.
+        if let Some((_, port)) = hostport.rsplit_once(':') {
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_err()
+            {
+                return Err(format!("invalid port '{port}'"));
+            }
+        }
         let has_port = hostport.rsplit_once(':').is_some_and(|(host, port)| {
             port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
         });
@@ -452,6 +460,7 @@ impl Config {
         if flags.timeout.is_zero()
             || flags.connect_timeout.is_zero()
             || flags.checkout_timeout.is_zero()
+            || flags.hold_timeout.is_some_and(|h| h.is_zero())
             || flags.tls_handshake_timeout.is_zero()
         {
             return Err(invalid("timeouts must be greater than zero".into()));
@@ -666,6 +675,7 @@ mod tests {
 
         assert!(Upstream::parse("http://x").is_err());
         assert!(Upstream::parse("redis://127.0.0.1:").is_err());
+        assert!(Upstream::parse("redis://127.0.0.1:99999").is_err());
         assert!(Upstream::parse("redis://:6379").is_err());
         assert!(Upstream::parse("redis://h:1/x").is_err());
     }

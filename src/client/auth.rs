@@ -60,6 +60,9 @@ impl ClientAuth {
             None | Some(b"default") => match &self.default {
                 Some(p) => p,
                 None if user.is_none() => return AuthOutcome::NoPasswordConfigured,
+                // Like Redis's `default` user with `nopass`: any password works,
+                // unless named users exist (the default user is then off).
+                None if self.users.is_empty() => return AuthOutcome::Ok,
                 None => return AuthOutcome::WrongPass,
             },
             Some(name) => match std::str::from_utf8(name)
@@ -119,7 +122,12 @@ mod tests {
         let auth = ClientAuth::new(None, &[]).unwrap();
         assert!(!auth.required());
         assert_eq!(auth.check(None, b"x"), AuthOutcome::NoPasswordConfigured);
-        assert_eq!(auth.check(Some(b"default"), b"x"), AuthOutcome::WrongPass);
+        assert_eq!(auth.check(Some(b"default"), b"x"), AuthOutcome::Ok);
+        let users_only = ClientAuth::new(None, &["alice:pw".into()]).unwrap();
+        assert_eq!(
+            users_only.check(Some(b"default"), b"x"),
+            AuthOutcome::WrongPass
+        );
     }
 
     #[test]

@@ -192,14 +192,16 @@ impl Session {
             // `+QUEUED`, CLIENT REPLY OFF gets a reply, BLPOP does not block.
             // What they do at EXEC is Redis's business; the connection is
             // already dirty (RESET before reuse) because of the MULTI.
-            // (SELECT and flags keep their effect: one reply either way,
-            // and at EXEC they do take effect.)
             Some(
                 Stateful::Blocking
                 | Stateful::Subscribe(_)
                 | Stateful::Unsubscribe(_)
                 | Stateful::ClientReply,
             ) if self.queuing => None,
+            // A queued SELECT takes effect at EXEC, or never (DISCARD): the
+            // database is unknown until then, so keep the connection pinned
+            // for the rest of the client's life (or until RESET).
+            Some(Stateful::Select) if self.queuing => Some(Stateful::ConnectionFlag),
             _ => stateful,
         };
         let mut frames = Some(1);
@@ -424,10 +426,19 @@ impl Session {
         let Some(done) = self.expect.pop_front() else {
             return Ok(SessionEvent::Nothing);
         };
+        // The next request's reply deadline runs from now: it may have been
+        // queued behind a command that blocked for longer than --timeout.
+        if let Some(next) = self.expect.front_mut() {
+            if next.deadline.is_some() {
+                next.deadline = Some(Instant::now() + self.timeout);
+            }
+        }
         let is_error = matches!(frame.first(), Some(b'-' | b'!'));
         match done.effect {
             Effect::Multi if !is_error => self.state.multi = true,
-            Effect::EndTransaction => {
+            // EXEC/DISCARD end the transaction and the WATCHes, and so does
+            // an EXECABORT; "EXEC without MULTI" ends nothing (a WATCH stays).
+            Effect::EndTransaction if !is_error || frame.starts_with(b"-EXECABORT") => {
                 self.state.multi = false;
                 self.state.watching = false;
             }

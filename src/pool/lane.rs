@@ -377,7 +377,7 @@ impl Lane {
                 }
                 Err(e) => match &mut self.outage {
                     None => {
-                        tracing::warn!(lane = self.id, upstream = %self.settings.addr, error = %e, "upstream unavailable; reconnecting with backoff, requests wait up to --checkout-timeout");
+                        tracing::warn!(lane = self.id, upstream = %self.settings.addr, error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
                         self.outage = Some(Outage {
                             since: Instant::now(),
                             attempts: 1,
@@ -463,7 +463,7 @@ impl Lane {
                                     after: s.timeout,
                                 }
                             } else {
-                                self.not_sent_error(s.timeout)
+                                self.not_sent_error(now.saturating_duration_since(job.accepted))
                             };
                             job.deliver(error.to_resp());
                             continue;
