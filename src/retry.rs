@@ -31,6 +31,7 @@ impl BackoffPolicy {
     /// no delay exceeds the cap.
     pub fn delays(&self) -> Backoff {
         Backoff {
+            used: false,
             inner: ExponentialBuilder::new()
                 .with_min_delay(self.base)
                 .with_max_delay(self.cap)
@@ -45,11 +46,19 @@ impl BackoffPolicy {
 #[derive(Debug)]
 pub struct Backoff {
     inner: <ExponentialBuilder as BackoffBuilder>::Backoff,
+    /// A delay was taken from this sequence.
+    used: bool,
 }
 
 impl Backoff {
+    /// True once a delay has been taken from this sequence.
+    pub fn used(&self) -> bool {
+        self.used
+    }
+
     /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
+        self.used = true;
         let full = self.inner.next().unwrap_or(Duration::from_secs(1));
         full.mul_f64(0.5 + rand::random::<f64>() * 0.5)
     }

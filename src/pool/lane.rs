@@ -584,7 +584,9 @@ impl Lane {
                 *hold_until = Some(hold_until.map_or(until, |h| h.max(until)));
                 return Ok(());
             }
-        } else {
+        } else if backoff.used() {
+            // Only a sequence that was drawn from needs replacing: building
+            // one per reply would cost more than the reply itself.
             *backoff = self.settings.backoff.delays();
         }
         job.deliver(frame);
