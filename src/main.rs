@@ -65,7 +65,9 @@ fn bench(args: BenchArgs) -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Single-threaded, like the proxy by default: `--sweep` runs respool in
+    // this runtime, while the load itself runs on a thread of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
