@@ -198,19 +198,7 @@ impl UpstreamConn {
         step: &'static str,
         timeout: Duration,
     ) -> Result<Vec<Bytes>, ConnectError> {
-        let result = tokio::time::timeout(timeout, self.exchange_inner(requests)).await;
-        let result = match result {
-            Err(_) => Err(ConnectError::StepTimeout {
-                step,
-                after: timeout,
-            }),
-            Ok(r) => r,
-        };
-        if result.is_err() {
-            self.broken = true;
-        }
-        self.last_used = Instant::now();
-        result
+        self.exchange_within(requests, step, timeout, false).await
     }
 
     /// Like [`exchange`](Self::exchange), but frames that arrive before the
@@ -222,8 +210,22 @@ impl UpstreamConn {
         step: &'static str,
         timeout: Duration,
     ) -> Result<Vec<Bytes>, ConnectError> {
-        let result = tokio::time::timeout(timeout, self.exchange_frames(requests, true)).await;
-        let result = match result {
+        self.exchange_within(requests, step, timeout, true).await
+    }
+
+    async fn exchange_within(
+        &mut self,
+        requests: &[Request],
+        step: &'static str,
+        timeout: Duration,
+        skip_leading_pushes: bool,
+    ) -> Result<Vec<Bytes>, ConnectError> {
+        let result = match tokio::time::timeout(
+            timeout,
+            self.exchange_frames(requests, skip_leading_pushes),
+        )
+        .await
+        {
             Err(_) => Err(ConnectError::StepTimeout {
                 step,
                 after: timeout,
@@ -235,10 +237,6 @@ impl UpstreamConn {
         }
         self.last_used = Instant::now();
         result
-    }
-
-    async fn exchange_inner(&mut self, requests: &[Request]) -> Result<Vec<Bytes>, ConnectError> {
-        self.exchange_frames(requests, false).await
     }
 
     async fn exchange_frames(
