@@ -236,3 +236,47 @@ async fn denied_commands_are_refused_without_a_byte_upstream() {
         Reply::Array(vec![bulk("maxmemory"), bulk("0")])
     );
 }
+
+/// Redis fails a whole transaction when it refused to queue one of its
+/// commands; a command respool refuses inside MULTI does the same: EXEC
+/// answers EXECABORT and nothing of the transaction runs.
+#[tokio::test]
+async fn a_denied_command_inside_multi_aborts_the_transaction() {
+    let redis = RedisServer::start();
+    let (_relay, proxy) = proxy_behind_relay(&redis, &["--deny-command", "FLUSHALL"]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "k", "before"]).await.expect_ok();
+
+    client.cmd(&["MULTI"]).await.expect_ok();
+    assert_eq!(
+        client.cmd(&["SET", "k", "inside"]).await,
+        Reply::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        client.cmd(&["FLUSHALL"]).await,
+        Reply::Error("ERR command 'FLUSHALL' is disabled on this proxy".into())
+    );
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
+    );
+    // Nothing ran, and the client is out of the transaction.
+    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("before"));
+    assert_eq!(redis.command(&[b"GET".as_slice(), b"k"]), bulk("before"));
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Error("ERR EXEC without MULTI".into())
+    );
+
+    // A transaction after it runs normally.
+    client.cmd(&["MULTI"]).await.expect_ok();
+    assert_eq!(
+        client.cmd(&["SET", "k", "after"]).await,
+        Reply::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Array(vec![Reply::Simple("OK".into())])
+    );
+    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("after"));
+}

@@ -392,6 +392,9 @@ impl Client {
             return;
         }
         if self.config.deny.denies(&req) {
+            if let Some(session) = &mut self.session {
+                session.abort_transaction_on_exec();
+            }
             self.deny(&req);
             return;
         }

@@ -61,6 +61,9 @@ struct Expect {
     /// Frames of a multi-frame reply received so far.
     got: u32,
     acc: Option<BytesMut>,
+    /// What the client gets instead of Redis's reply (an EXEC sent upstream
+    /// as DISCARD answers `-EXECABORT`).
+    reply_instead: Option<Bytes>,
 }
 
 /// The connection state that makes a session necessary.
@@ -121,6 +124,10 @@ pub(crate) struct Session {
     /// A MULTI was sent and no EXEC/DISCARD since: Redis only queues what
     /// follows, one `+QUEUED` (or error) each, so nothing is special.
     queuing: bool,
+    /// A command of the open transaction was refused by respool (denied):
+    /// its EXEC must fail with EXECABORT, as Redis fails a transaction with
+    /// a command it refused to queue.
+    abort_exec: bool,
     timeout: Duration,
     read_buffer_size: usize,
 }
@@ -144,6 +151,7 @@ impl Session {
             default_db,
             dirty: false,
             queuing: false,
+            abort_exec: false,
             timeout,
             read_buffer_size,
         }
@@ -172,13 +180,24 @@ impl Session {
             deadline: Some(Instant::now() + self.timeout),
             got: 0,
             acc: None,
+            reply_instead: None,
         });
     }
 
     /// Sends a client request. Returns false when Redis will not reply to it
     /// (CLIENT REPLY OFF/SKIP), so the client must not wait for one.
     pub(crate) fn send(&mut self, req: &Request, seq: u64, stateful: Option<Stateful>) -> bool {
-        self.wbuf.extend_from_slice(req.raw());
+        let mut reply_instead = None;
+        if stateful == Some(Stateful::Exec) && std::mem::take(&mut self.abort_exec) {
+            // Redis would abort: discard the transaction upstream instead.
+            self.wbuf.extend_from_slice(b"*1\r\n$7\r\nDISCARD\r\n");
+            reply_instead = Some(crate::error::error_line(
+                "EXECABORT",
+                "Transaction discarded because of previous errors.",
+            ));
+        } else {
+            self.wbuf.extend_from_slice(req.raw());
+        }
         let stateful = match stateful {
             Some(Stateful::Multi) => {
                 self.queuing = true;
@@ -186,6 +205,7 @@ impl Session {
             }
             Some(Stateful::Exec | Stateful::Discard) => {
                 self.queuing = false;
+                self.abort_exec &= stateful == Some(Stateful::Exec);
                 stateful
             }
             // Queued, not run: a SUBSCRIBE of two channels gets one
@@ -281,8 +301,18 @@ impl Session {
             deadline,
             got: 0,
             acc: None,
+            reply_instead,
         });
         true
+    }
+
+    /// A command inside the open transaction was refused locally; returns
+    /// false when no transaction is open.
+    pub(crate) fn abort_transaction_on_exec(&mut self) -> bool {
+        if self.queuing {
+            self.abort_exec = true;
+        }
+        self.queuing
     }
 
     /// True when nothing is outstanding and no state is left: the client may
@@ -448,9 +478,10 @@ impl Session {
             Effect::Flag if !is_error => self.state.flags = true,
             _ => {}
         }
-        let reply = match done.acc {
-            Some(acc) => acc.freeze(),
-            None => frame,
+        let reply = match (done.reply_instead, done.acc) {
+            (Some(instead), _) => instead,
+            (None, Some(acc)) => acc.freeze(),
+            (None, None) => frame,
         };
         Ok(match done.seq {
             Some(seq) => SessionEvent::Reply(seq, reply),
