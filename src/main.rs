@@ -133,8 +133,10 @@ fn init_logging(config: &Config) {
         );
         tracing_subscriber::EnvFilter::new("info")
     });
+    // Colours only on a terminal: escape codes in a log file or journal are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
