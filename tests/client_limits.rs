@@ -12,19 +12,6 @@ use support::{ProxyProcess, RedisServer, Reply, TestClient, TestProxy};
 
 const MIB: u64 = 1 << 20;
 
-/// Deterministic, non-repeating bytes, so a wrong reply cannot look right.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_disconnected_before_memory_passes_the_limit() {
     const LIMIT: u64 = 32 * MIB;
@@ -42,7 +29,7 @@ async fn a_client_that_does_not_read_is_disconnected_before_memory_passes_the_li
             "30s",
         ],
     );
-    let value = pattern(VALUE, 5);
+    let value = support::pattern(VALUE, 5);
     let mut reader = TestClient::connect(proxy.addr()).await.expect("connect");
     reader.set_read_timeout(Duration::from_secs(30));
     reader

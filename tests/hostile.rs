@@ -168,19 +168,6 @@ fn protocol_error(text: &str) -> Vec<u8> {
     format!("-ERR Protocol error: {text}\r\n").into_bytes()
 }
 
-/// Deterministic bytes of every value (CR and LF included).
-fn garbage(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 async fn setup() -> (RedisServer, TestProxy) {
     let redis = RedisServer::start();
     let proxy = TestProxy::start(&redis.url(), &[]).await;
@@ -301,7 +288,11 @@ async fn binary_garbage_costs_only_its_connection() {
     {
         let mut input = b"*2\r\n$3\r\nGET\r\n".to_vec();
         input.push(marker);
-        input.extend(garbage(4096, marker as u64).iter().map(|&b| b.max(1)));
+        input.extend(
+            support::pattern(4096, marker as u64)
+                .iter()
+                .map(|&b| b.max(1)),
+        );
         let mut expected = b"-ERR Protocol error: expected '$', got '".to_vec();
         expected.push(marker);
         expected.extend_from_slice(b"'\r\n");

@@ -43,21 +43,6 @@ fn args(parts: &[&str]) -> Vec<Vec<u8>> {
     parts.iter().map(|p| p.as_bytes().to_vec()).collect()
 }
 
-/// Deterministic, non-repeating bytes (every byte value, CR and LF
-/// included), so that a shifted or truncated copy cannot compare equal.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            // xorshift64
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn commands_get_the_same_replies_as_from_redis_directly() {
     let redis = RedisServer::start();
@@ -286,7 +271,7 @@ async fn large_values_round_trip_byte_exact() {
     client.set_read_timeout(Duration::from_secs(60));
 
     for (key, len, seed) in [("one-mib", 1 << 20, 7), ("sixty-four-mib", 64 << 20, 11)] {
-        let value = pattern(len, seed);
+        let value = support::pattern(len, seed);
         client
             .cmd(&[b"SET".as_slice(), key.as_bytes(), &value])
             .await

@@ -43,3 +43,18 @@ pub use proxy::TestProxy;
 pub use redis::RedisServer;
 #[allow(unused_imports)]
 pub use relay::{FaultRelay, RelayMode};
+
+/// Deterministic, non-repeating bytes of every value (CR and LF included),
+/// so that a shifted, truncated or foreign copy cannot compare equal.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
