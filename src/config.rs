@@ -168,7 +168,7 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: u32,
 
-    /// Worker threads: 1 = a single-threaded runtime (fastest on small machines, see README "Tuning"); 0 = one per CPU core.
+    /// Event-loop threads: 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools; 0 = one per CPU core. See README "Tuning".
     #[arg(long, env = "RESPOOL_THREADS", default_value_t = 1)]
     pub threads: u32,
 
@@ -419,6 +419,9 @@ pub struct Config {
     pub threads: usize,
     /// Exit when the upstream is unavailable at start.
     pub require_upstream: bool,
+    /// Bind the listener with SO_REUSEPORT (set for each thread's listener
+    /// when `--threads` > 1; not a flag).
+    pub reuse_port: bool,
     /// Drain deadline at shutdown.
     pub shutdown_timeout: Duration,
     /// TLS for clients (`--tls-cert`/`--tls-key`), or plain TCP.
@@ -543,6 +546,7 @@ impl Config {
             max_clients: flags.max_clients as usize,
             threads: flags.threads as usize,
             require_upstream: flags.require_upstream,
+            reuse_port: false,
             shutdown_timeout: flags.shutdown_timeout,
             log_format: flags.log_format,
             log_level: flags.log_level,

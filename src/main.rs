@@ -41,23 +41,124 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let mut runtime = if config.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if threads == 1 {
+        match current_thread_runtime() {
+            Ok(runtime) => runtime.block_on(run(config)),
+            Err(e) => {
+                eprintln!("respool: cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        }
     } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if config.threads > 1 {
-            b.worker_threads(config.threads);
+        run_loops(config, threads)
+    }
+}
+
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Thread per core: `threads` independent single-threaded event loops, each
+/// with its own listener on the same address (SO_REUSEPORT: the kernel
+/// spreads connections), its own lanes and pools. Nothing is shared on the
+/// request path, so no wake-up ever crosses threads.
+fn run_loops(mut config: Config, threads: usize) -> ExitCode {
+    use std::sync::mpsc;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, threads, "starting respool");
+    config.reuse_port = true;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (started_tx, started_rx) = mpsc::channel::<Result<std::net::SocketAddr, String>>();
+    let mut handles = Vec::new();
+    let mut failed = None;
+    for index in 0..threads {
+        match spawn_loop(index, config.clone(), stop.clone(), started_tx.clone()) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                failed = Some(format!("cannot start thread {index}: {e}"));
+                break;
+            }
         }
-        b
-    };
-    let runtime = match runtime.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("respool: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+        if index == 0 {
+            // The other loops bind the address the first one got (port 0
+            // becomes a real port), so that all share one listening address.
+            match started_rx.recv() {
+                Ok(Ok(addr)) => config.listen = addr,
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => failed = Some("the first event loop ended during start-up".into()),
+            }
+            if failed.is_some() {
+                break;
+            }
+        }
+    }
+    drop(started_tx);
+    if failed.is_none() {
+        for _ in 1..handles.len() {
+            match started_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => failed = Some("an event loop ended during start-up".into()),
+            }
+        }
+    }
+    let code = match failed {
+        Some(e) => {
+            tracing::error!(error = %e, "respool could not start");
+            eprintln!("respool: {e}");
+            ExitCode::FAILURE
+        }
+        None => {
+            match current_thread_runtime() {
+                Ok(rt) => rt.block_on(wait_for_signal()),
+                Err(e) => eprintln!("respool: cannot wait for signals: {e}"),
+            }
+            tracing::info!("signal received; shutting down");
+            ExitCode::SUCCESS
         }
     };
-    runtime.block_on(run(config))
+    stop.cancel();
+    for handle in handles {
+        let _ = handle.join();
+    }
+    code
+}
+
+/// One event loop on a thread of its own: a proxy that runs until `stop`.
+fn spawn_loop(
+    index: usize,
+    config: Config,
+    stop: tokio_util::sync::CancellationToken,
+    started: std::sync::mpsc::Sender<Result<std::net::SocketAddr, String>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("respool-{index}"))
+        .spawn(move || {
+            let runtime = match current_thread_runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = started.send(Err(format!("cannot start the async runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let proxy = match Proxy::start(config).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = started.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(proxy.local_addr()));
+                stop.cancelled().await;
+                proxy.shutdown().await;
+            });
+        })
 }
 
 fn bench(args: BenchArgs) -> ExitCode {

@@ -59,12 +59,10 @@ impl Proxy {
                 })?;
         }
         let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+            bind(config.listen, config.reuse_port).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -105,6 +103,25 @@ impl Proxy {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
+}
+
+/// Binds the client listener. With `reuse_port` (one listener per thread,
+/// `--threads` > 1) every thread binds the same address with SO_REUSEPORT and
+/// the kernel spreads new connections across them.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop(

@@ -183,7 +183,6 @@ pub struct Upstreams {
     pub pinned: PinnedPool,
     /// The upstream's version, as validation learned it.
     pub version: ServerVersion,
-    next_client_id: std::sync::atomic::AtomicU64,
 }
 
 impl Upstreams {
@@ -195,7 +194,6 @@ impl Upstreams {
             resp3: std::sync::OnceLock::new(),
             pinned: PinnedPool::new(&config, version.clone()),
             version,
-            next_client_id: std::sync::atomic::AtomicU64::new(1),
             config,
         }
     }
@@ -213,7 +211,9 @@ impl Upstreams {
 
     /// A fresh client id (CLIENT ID, HELLO).
     pub fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+        // One sequence for the process, so ids stay unique across threads.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Closes all lanes (after every client is gone).
