@@ -10,6 +10,7 @@ use tokio_util::codec::Decoder;
 pub const SMALL_LIMITS: RequestLimits = RequestLimits {
     max_bulk_len: 16,
     max_args: 4,
+    unauthenticated: false,
 };
 
 /// Nesting cap small enough for the fuzzer to hit it often.
