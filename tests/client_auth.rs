@@ -23,20 +23,11 @@ fn wrongpass() -> Reply {
     Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
 }
 
-/// A proxy with one lane, no spare connection and no health checks behind a
-/// relay: once warmed up, every byte the relay carries is a client request.
+/// A proxy behind a relay: once warmed up, every byte the relay carries is a
+/// client request.
 async fn proxy_behind_relay(redis: &RedisServer, extra: &[&str]) -> (FaultRelay, TestProxy) {
     let relay = FaultRelay::start(redis.addr());
-    let mut flags = vec![
-        "--max-connections",
-        "1",
-        "--min-idle",
-        "0",
-        "--health-check-interval",
-        "0s",
-    ];
-    flags.extend_from_slice(extra);
-    let proxy = TestProxy::start(&format!("redis://{}", relay.addr()), &flags).await;
+    let proxy = TestProxy::behind_relay(&relay, extra).await;
     (relay, proxy)
 }
 

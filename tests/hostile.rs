@@ -401,28 +401,10 @@ async fn many_connections_trickling_a_byte_at_a_time_all_get_their_replies() {
     bystander.finish().await;
 }
 
-/// One lane through a relay, no spare and no health checks, so the relay's
-/// next upstream→client chunk after a warm-up is the reply to the test's
-/// next request.
-async fn proxy_behind_relay(relay: &FaultRelay) -> TestProxy {
-    TestProxy::start(
-        &format!("redis://{}", relay.addr()),
-        &[
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
-            "--health-check-interval",
-            "0s",
-        ],
-    )
-    .await
-}
-
 async fn assert_bad_reply_closes_the_upstream_connection(reply: &'static [u8], detail: &str) {
     let redis = RedisServer::start();
     let relay = FaultRelay::start(redis.addr());
-    let proxy = proxy_behind_relay(&relay).await;
+    let proxy = TestProxy::behind_relay(&relay, &[]).await;
     let mut client = proxy.client().await;
     assert_eq!(client.cmd(&["INCR", "n"]).await, Reply::Int(1));
     let connections = relay.connections_accepted();

@@ -141,19 +141,7 @@ async fn local_and_denied_commands_never_reach_the_upstream() {
     let relay = FaultRelay::start(redis.addr());
     // One lane, no spare connection and no health checks: once the lane is
     // connected, every byte the relay carries to Redis is a client request.
-    let upstream = format!("redis://{}", relay.addr());
-    let proxy = TestProxy::start(
-        &upstream,
-        &[
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
-            "--health-check-interval",
-            "0s",
-        ],
-    )
-    .await;
+    let proxy = TestProxy::behind_relay(&relay, &[]).await;
     let mut client = proxy.client().await;
 
     // PING and ECHO go upstream: exactly their bytes cross the relay.

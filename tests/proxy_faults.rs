@@ -506,18 +506,7 @@ async fn graceful_shutdown_delivers_replies_in_flight() {
     const N: usize = 100;
     let redis = RedisServer::start();
     let relay = FaultRelay::start(redis.addr());
-    let proxy = TestProxy::start(
-        &format!("redis://{}", relay.addr()),
-        &[
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
-            "--health-check-interval",
-            "0s",
-        ],
-    )
-    .await;
+    let proxy = TestProxy::behind_relay(&relay, &[]).await;
     let addr = proxy.addr();
     let mut client = proxy.client().await;
     assert_eq!(client.cmd(&["INCR", "n"]).await, Reply::Int(1));

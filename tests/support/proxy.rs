@@ -35,6 +35,23 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
+    /// A proxy with one lane, no spare connection and no health checks
+    /// behind `relay`, with `extra` flags appended: once its lane is up,
+    /// every byte the relay carries to Redis is a client request, and the
+    /// relay's next upstream→client chunk is the reply to the next one.
+    pub async fn behind_relay(relay: &super::relay::FaultRelay, extra: &[&str]) -> TestProxy {
+        let mut flags = vec![
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--health-check-interval",
+            "0s",
+        ];
+        flags.extend_from_slice(extra);
+        Self::start(&format!("redis://{}", relay.addr()), &flags).await
+    }
+
     /// Starts a proxy on `127.0.0.1:0` in front of `upstream_url`, with
     /// `extra` flags appended (`&["--max-connections", "2"]`). Panics if the
     /// flags are invalid or the proxy does not start.
