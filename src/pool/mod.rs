@@ -21,12 +21,11 @@ use manager::UpstreamManager;
 /// A handle a client uses to send requests into its lane.
 pub type LaneHandle = mpsc::UnboundedSender<LaneRequest>;
 
-/// The shared lanes and the bb8 pool behind them.
+/// The shared lanes (each holds a handle to the bb8 pool behind them).
 pub struct SharedLanes {
     lanes: Vec<LaneHandle>,
     tasks: Vec<JoinHandle<()>>,
     next: AtomicUsize,
-    pool: bb8::Pool<UpstreamManager>,
 }
 
 impl SharedLanes {
@@ -87,7 +86,6 @@ impl SharedLanes {
             lanes,
             tasks,
             next: AtomicUsize::new(0),
-            pool,
         }
     }
 
@@ -95,11 +93,6 @@ impl SharedLanes {
     pub fn pick(&self) -> LaneHandle {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         self.lanes[i].clone()
-    }
-
-    /// Pool statistics, for logs and tests.
-    pub fn pool_state(&self) -> bb8::State {
-        self.pool.state()
     }
 
     /// Closes the lanes: each finishes what is pending (clients must already
