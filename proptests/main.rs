@@ -127,7 +127,7 @@ proptest! {
         let decoded = decode_in_pieces(RequestDecoder::default(), &stream, &cuts).expect("valid requests");
         prop_assert_eq!(decoded.len(), reqs.len());
         for ((req, args), bytes) in decoded.iter().zip(&reqs).zip(&encoded) {
-            prop_assert_eq!(&req.raw()[..], &bytes[..]);
+            prop_assert_eq!(req.raw(), &bytes[..]);
             let got: Vec<&[u8]> = req.args().collect();
             let want: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             prop_assert_eq!(got, want);

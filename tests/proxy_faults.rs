@@ -645,3 +645,110 @@ async fn replies_arriving_in_tiny_pieces_are_reassembled_in_order() {
         );
     }
 }
+
+/// A pipeline crosses into the lane as one run of requests. When the
+/// connection breaks after part of the run was answered, each request of the
+/// rest is settled on its own: the answered one is not repeated, the write is
+/// reported as in doubt (never resent), and the reads are resent — in order.
+#[tokio::test]
+async fn a_pipeline_cut_after_its_first_reply_is_settled_request_by_request() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+            "--validate",
+            "ping",
+            "--timeout",
+            "15s",
+            "--checkout-timeout",
+            "10s",
+            "--backoff-cap",
+            "100ms",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "k", "value"]).await.expect_ok();
+    let gets = command_calls(&redis, "get");
+
+    // 4 bytes: the first reply (":1\r\n") passes, then both sides are
+    // closed. New connections cannot validate either (PONG is 7 bytes), so
+    // the resends wait until the relay passes again.
+    let accepted = relay.connections_accepted();
+    relay.set_mode(RelayMode::CutReplyAfter(4));
+    let pipeline: Vec<u8> = [
+        encode_command(&["INCR", "a"]),
+        encode_command(&["GET", "k"]),
+        encode_command(&["INCR", "b"]),
+        encode_command(&["GET", "k"]),
+    ]
+    .concat();
+    client.send_raw(&pipeline).await.expect("send the pipeline");
+    wait::until_async(
+        "the proxy to reconnect after the cut",
+        Duration::from_secs(20),
+        || relay.connections_accepted() > accepted,
+    )
+    .await;
+    relay.set_mode(RelayMode::Pass);
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(client.read_reply().await.expect("a reply"));
+    }
+    assert_eq!(
+        replies,
+        vec![
+            Reply::Int(1),
+            bulk("value"),
+            Reply::Error(AMBIGUOUS.into()),
+            bulk("value"),
+        ]
+    );
+    assert_eq!(redis.command(&[b"GET", b"a"]), bulk("1"), "INCR a ran once");
+    assert_eq!(redis.command(&[b"GET", b"b"]), bulk("1"), "INCR b ran once");
+    // Two GETs, both resent once (plus the two GETs just made here).
+    assert_eq!(command_calls(&redis, "get") - gets, 4 + 2);
+    assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
+}
+
+/// A `-LOADING` reply in the middle of a pipelined run: the replies before it
+/// are delivered, the request it answered is held and resent, and the replies
+/// after it still reach the right requests — in order.
+#[tokio::test]
+async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::behind_relay(&relay, &["--backoff-cap", "100ms"]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "k", "value"]).await.expect_ok();
+    let gets = command_calls(&redis, "get");
+
+    // Redis answers the three GETs in one write; the relay swaps that chunk
+    // for three replies of which the second says LOADING.
+    relay.set_mode(RelayMode::InjectReply(
+        b"$5\r\nfirst\r\n-LOADING Redis is loading the dataset in memory\r\n$5\r\nthird\r\n",
+    ));
+    let pipeline: Vec<u8> = [
+        encode_command(&["GET", "k"]),
+        encode_command(&["GET", "k"]),
+        encode_command(&["GET", "k"]),
+    ]
+    .concat();
+    client.send_raw(&pipeline).await.expect("send the pipeline");
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(client.read_reply().await.expect("a reply"));
+    }
+    assert_eq!(replies, vec![bulk("first"), bulk("value"), bulk("third")]);
+    assert_eq!(
+        command_calls(&redis, "get") - gets,
+        4,
+        "three GETs and one resend of the held one"
+    );
+    assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
+}

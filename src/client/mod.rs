@@ -38,7 +38,7 @@ use crate::command::{classify, Command, Local, Route, Stateful};
 use crate::config::Config;
 use crate::error::{error_line, Error};
 use crate::net::Stream;
-use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender};
+use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender, MAX_RUN};
 use crate::pool::{LaneHandle, Upstreams};
 use session::{PinnedConn, Session, SessionBroken, SessionEvent};
 
@@ -91,8 +91,12 @@ struct Client {
     pending: VecDeque<Option<Bytes>>,
     /// Sequence number of `pending[0]`.
     base_seq: u64,
-    /// Slots waiting on the shared lane.
+    /// Slots waiting on the shared lane (those in `run` included).
     shared_pending: usize,
+    /// Consecutive requests for the shared lane not handed over yet: they go
+    /// as one message when the input is used up (or something else comes
+    /// between them), so a pipeline costs one hand-over, not one per request.
+    run: Option<Run>,
     /// Resolved replies waiting to be written: small ones coalesced into
     /// `out_small`, large ones queued as their own buffers.
     out: VecDeque<Bytes>,
@@ -155,6 +159,7 @@ impl Client {
             pending: VecDeque::new(),
             base_seq: 0,
             shared_pending: 0,
+            run: None,
             out: VecDeque::new(),
             out_small: BytesMut::new(),
             reading_done: false,
@@ -308,13 +313,14 @@ impl Client {
         loop {
             self.unpark();
             if self.parked.is_some() || self.reading_done {
-                return;
+                break;
             }
             self.process_input();
             if self.parked.is_none() {
-                return;
+                break;
             }
         }
+        self.flush_run();
     }
 
     /// Reads what the socket has, after `readable()` fired. `Some(0)` is EOF;
@@ -399,6 +405,11 @@ impl Client {
             return;
         }
         let command = classify(&req, self.config.upstream.db);
+        if command.route != Route::Shared || self.session.is_some() {
+            // Whatever this request does (it may even switch lanes), the
+            // shared requests before it are on their way first.
+            self.flush_run();
+        }
         match command.route {
             Route::Shared => match &mut self.session {
                 Some(session) => {
@@ -407,7 +418,7 @@ impl Client {
                         self.pending.push_back(None);
                     }
                 }
-                None => self.send_shared(&req, command.retry_safe),
+                None => self.send_shared(req, command.retry_safe),
             },
             Route::Local(local) => self.local(local, req, command),
             Route::Dedicated(state) => self.dedicated(state, req, command),
@@ -416,6 +427,7 @@ impl Client {
                 // Like Redis: drop the connection without a word.
                 tracing::warn!("possible cross-protocol attack (HTTP request on the proxy port); connection closed");
                 self.protocol_error(ProtocolError::Http);
+                self.run = None;
                 self.pending.clear();
                 self.out.clear();
                 self.out_small.clear();
@@ -423,22 +435,49 @@ impl Client {
         }
     }
 
-    fn send_shared(&mut self, req: &Request, retry_safe: bool) {
+    /// Adds a request for the shared lane to the run being collected.
+    fn send_shared(&mut self, req: Request, retry_safe: bool) {
         let seq = self.next_seq();
         self.pending.push_back(None);
-        let sent = self.lane.send(LaneRequest {
+        self.shared_pending += 1;
+        if let Some(run) = &mut self.run {
+            if run.count < MAX_RUN && run.seq + u64::from(run.count) == seq {
+                // Free: the request was split off the read buffer right
+                // after the previous one.
+                run.raw.unsplit(req.into_raw());
+                run.retry_safe |= u64::from(retry_safe) << run.count;
+                run.count += 1;
+                return;
+            }
+            self.flush_run();
+        }
+        self.run = Some(Run {
             seq,
-            raw: req.raw().clone(),
-            retry_safe,
+            raw: req.into_raw(),
+            count: 1,
+            retry_safe: u64::from(retry_safe),
+        });
+    }
+
+    /// Hands the collected run of shared requests to the lane.
+    fn flush_run(&mut self) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let sent = self.lane.send(LaneRequest {
+            seq: run.seq,
+            raw: run.raw.freeze(),
+            count: run.count,
+            retry_safe: run.retry_safe,
             reply_to: self.reply_tx.clone(),
         });
-        match sent {
-            Ok(()) => self.shared_pending += 1,
-            Err(_) => {
-                let error = Error::ShuttingDown.to_resp();
+        if sent.is_err() {
+            let error = Error::ShuttingDown.to_resp();
+            for seq in run.seq..run.seq + u64::from(run.count) {
                 self.budget.add(error.len());
-                self.resolve(seq, error);
+                self.resolve(seq, error.clone());
             }
+            self.shared_pending -= run.count as usize;
         }
     }
 
@@ -770,9 +809,15 @@ impl Client {
         self.pending.push_back(Some(reply));
     }
 
+    /// A delivery from the lane: the replies to `d.count` requests, back to
+    /// back. The first slot takes all the bytes, the others an empty reply,
+    /// so they are written out together in one piece.
     fn resolve_shared(&mut self, d: Delivery) {
-        self.shared_pending = self.shared_pending.saturating_sub(1);
+        self.shared_pending = self.shared_pending.saturating_sub(d.count as usize);
         self.resolve(d.seq, d.reply);
+        for seq in d.seq + 1..d.seq + u64::from(d.count) {
+            self.resolve(seq, Bytes::new());
+        }
     }
 
     /// Fills the slot of request `seq` with a reply already counted in the
@@ -849,6 +894,17 @@ impl Client {
         }
         Ok(self.reading_done && self.pending.is_empty() && self.parked.is_none())
     }
+}
+
+/// Consecutive requests for the shared lane, collected while decoding.
+struct Run {
+    /// Sequence number of the first.
+    seq: u64,
+    /// The requests, back to back.
+    raw: BytesMut,
+    count: u32,
+    /// Bit `i`: request `i` may be resent after a connection loss.
+    retry_safe: u64,
 }
 
 /// Checks out a dedicated connection, saying precisely why when none comes.

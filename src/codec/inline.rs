@@ -2,7 +2,7 @@
 //! raw mode, split exactly the way Redis's `sdssplitargs` splits them and
 //! re-encoded as a RESP array so that everything downstream sees one form.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use super::ProtocolError;
 
@@ -90,7 +90,7 @@ pub(super) fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
 }
 
 /// Encodes arguments as a RESP array of bulk strings.
-pub(crate) fn encode_array<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
+pub(crate) fn encode_array<A: AsRef<[u8]>>(args: &[A]) -> BytesMut {
     let size: usize = args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>() + 16;
     let mut out = BytesMut::with_capacity(size);
     out.put_u8(b'*');
@@ -104,7 +104,7 @@ pub(crate) fn encode_array<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
         out.put_slice(arg);
         out.put_slice(b"\r\n");
     }
-    out.freeze()
+    out
 }
 
 fn is_space(b: u8) -> bool {

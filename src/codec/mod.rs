@@ -19,7 +19,7 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{ReplyDecoder, ReplyKind};
-pub use request::{Request, RequestDecoder, RequestLimits};
+pub use request::{first_request_len, Request, RequestDecoder, RequestLimits};
 
 /// Why a byte stream is not valid RESP. The texts match Redis's own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -77,6 +77,15 @@ impl Decoder for ReplyDecoder {
     type Error = ProtocolError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+        Ok(self.decode_mut(buf)?.map(BytesMut::freeze))
+    }
+}
+
+impl ReplyDecoder {
+    /// Like [`Decoder::decode`], but the frame stays a `BytesMut`, so that
+    /// frames split one after another off the same buffer can be joined back
+    /// into one for free ([`BytesMut::unsplit`]).
+    pub fn decode_mut(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
         loop {
             let Some(&kind) = buf.get(self.pos) else {
                 return Ok(None);
@@ -152,7 +161,7 @@ impl Decoder for ReplyDecoder {
                     None => {
                         let len = self.pos;
                         self.pos = 0;
-                        return Ok(Some(buf.split_to(len).freeze()));
+                        return Ok(Some(buf.split_to(len)));
                     }
                     Some(left) => {
                         *left -= 1;

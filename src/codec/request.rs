@@ -1,6 +1,6 @@
 //! Client request decoding: RESP arrays of bulk strings, or inline commands.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::{find_crlf, inline, parse_int, ProtocolError, MAX_INLINE_LEN};
@@ -43,8 +43,10 @@ impl Default for RequestLimits {
 /// strings so that it can be forwarded without re-encoding.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Request {
-    /// The whole request, `*N\r\n$len\r\narg\r\n…`.
-    raw: Bytes,
+    /// The whole request, `*N\r\n$len\r\narg\r\n…`. Kept mutable (never
+    /// mutated) so that requests split one after another off a client's
+    /// read buffer can be joined again for free ([`BytesMut::unsplit`]).
+    raw: BytesMut,
     /// Number of arguments (≥ 1).
     argc: usize,
     /// Offset and length of the command name inside `raw`, so classifying a
@@ -61,7 +63,7 @@ impl Request {
     }
 
     /// Wraps an encoded array whose argument count is known.
-    fn from_encoded(raw: Bytes, argc: usize) -> Request {
+    fn from_encoded(raw: BytesMut, argc: usize) -> Request {
         let mut args = ArgIter {
             raw: &raw,
             pos: 0,
@@ -76,8 +78,13 @@ impl Request {
     }
 
     /// The request's bytes, exactly as they go upstream.
-    pub fn raw(&self) -> &Bytes {
+    pub fn raw(&self) -> &[u8] {
         &self.raw
+    }
+
+    /// The request's bytes, taken out of it.
+    pub fn into_raw(self) -> BytesMut {
+        self.raw
     }
 
     /// The number of arguments, command name included.
@@ -118,6 +125,27 @@ impl std::fmt::Debug for Request {
             self.raw.len()
         )
     }
+}
+
+/// The length of the first request in `run`, a concatenation of requests
+/// that were decoded (so validated) earlier and are all arrays — inline
+/// commands were re-encoded as arrays. `None` if `run` does not start with a
+/// whole request.
+pub fn first_request_len(run: &[u8]) -> Option<usize> {
+    if run.first() != Some(&b'*') {
+        return None;
+    }
+    let cr = find_crlf(run, 1)?;
+    let argc = usize::try_from(parse_int(&run[1..cr])?).ok()?;
+    let mut args = ArgIter {
+        raw: run,
+        pos: cr + 2,
+        left: argc,
+    };
+    for _ in 0..argc {
+        args.next()?;
+    }
+    Some(args.pos)
 }
 
 fn header_len(len: usize) -> usize {
@@ -342,7 +370,7 @@ impl Decoder for RequestDecoder {
             }
             let done = *p;
             self.partial = None;
-            let raw = buf.split_to(done.pos).freeze();
+            let raw = buf.split_to(done.pos);
             return Ok(Some(Request {
                 raw,
                 argc: done.argc,
@@ -367,6 +395,24 @@ mod tests {
     }
 
     #[test]
+    fn first_request_len_walks_a_run_of_decoded_requests() {
+        let input =
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\nGET k\r\n*1\r\n$4\r\nPING\r\n";
+        let reqs = decode_all(input).unwrap();
+        let run: Vec<u8> = reqs.iter().flat_map(|r| r.raw().to_vec()).collect();
+        let mut at = 0;
+        for req in &reqs {
+            let len = first_request_len(&run[at..]).expect("a whole request");
+            assert_eq!(&run[at..at + len], req.raw());
+            at += len;
+        }
+        assert_eq!(at, run.len());
+        assert_eq!(first_request_len(b""), None);
+        assert_eq!(first_request_len(b"*2\r\n$3\r\nGET\r\n"), None, "cut short");
+        assert_eq!(first_request_len(b"PING\r\n"), None, "not an array");
+    }
+
+    #[test]
     fn decodes_a_pipeline_verbatim() {
         let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nget\r\n$1\r\nk\r\n";
         let reqs = decode_all(input).unwrap();
@@ -386,7 +432,7 @@ mod tests {
         let reqs = decode_all(b"set k \"a b\"\r\n\r\nPING\n").unwrap();
         assert_eq!(reqs.len(), 2);
         assert_eq!(
-            &reqs[0].raw()[..],
+            reqs[0].raw(),
             b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\na b\r\n"
         );
         assert_eq!(reqs[1].name(), b"PING");
@@ -496,7 +542,7 @@ mod tests {
             let first = dec.decode(&mut buf).unwrap();
             buf.extend_from_slice(&full[cut..]);
             let req = first.or_else(|| dec.decode(&mut buf).unwrap()).unwrap();
-            assert_eq!(&req.raw()[..], full);
+            assert_eq!(req.raw(), full);
         }
     }
 

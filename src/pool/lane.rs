@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bb8::{Pool, PooledConnection, RunError};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::Decoder;
 
-use crate::codec::{ReplyDecoder, ReplyKind};
+use crate::codec::{first_request_len, ReplyDecoder, ReplyKind};
 use crate::error::Error;
 use crate::pool::manager::UpstreamManager;
 use crate::retry::{is_transient_error, Backoff, BackoffPolicy};
@@ -41,25 +40,36 @@ const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
-/// A client's request, as handed to a lane.
+/// Most requests in one [`LaneRequest`] (one bit each in its `retry_safe`).
+pub const MAX_RUN: u32 = 64;
+
+/// A run of consecutive requests of one client, as handed to a lane: a
+/// pipeline crosses into the lane as one message, not one per request.
 #[derive(Debug)]
 pub struct LaneRequest {
-    /// The client's sequence number for the request; echoed in the delivery.
+    /// The client's sequence number for the first request; the others follow
+    /// it. Echoed in the deliveries.
     pub seq: u64,
-    /// The request bytes, forwarded verbatim.
+    /// `count` whole requests back to back, forwarded verbatim.
     pub raw: Bytes,
-    /// May be resent after the connection was lost with it written.
-    pub retry_safe: bool,
-    /// Where the reply goes.
+    /// How many requests `raw` holds (1 to [`MAX_RUN`]).
+    pub count: u32,
+    /// Bit `i` set: request `i` may be resent after the connection was lost
+    /// with it written.
+    pub retry_safe: u64,
+    /// Where the replies go.
     pub reply_to: ReplySender,
 }
 
-/// The final answer to one request: an upstream reply, or an error line.
+/// The final answers to one or more consecutive requests: upstream replies
+/// or error lines.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The request's sequence number.
+    /// Sequence number of the first request answered.
     pub seq: u64,
-    /// RESP bytes to send to the client as they are.
+    /// How many requests `reply` answers, in order.
+    pub count: u32,
+    /// `count` RESP replies back to back, to send to the client as they are.
     pub reply: Bytes,
 }
 
@@ -82,14 +92,14 @@ impl ReplySender {
     /// past the limit, an empty reply instead: the client is about to be
     /// disconnected, and the lane may run ahead of it by many replies, so
     /// they must not pile up in its inbox. The empty delivery still wakes it.
-    fn send(&self, seq: u64, reply: Bytes) {
+    fn send(&self, seq: u64, count: u32, reply: Bytes) {
         let reply = if self.budget.add(reply.len()) {
             Bytes::new()
         } else {
             reply
         };
         // A client that has gone away no longer wants its reply.
-        let _ = self.tx.send(Delivery { seq, reply });
+        let _ = self.tx.send(Delivery { seq, count, reply });
     }
 }
 
@@ -161,9 +171,11 @@ pub struct LaneSettings {
     pub read_buffer_size: usize,
 }
 
-/// A request inside the lane.
+/// A run of requests inside the lane.
 struct Job {
     req: LaneRequest,
+    /// Requests of the run answered so far (replies arrive in order).
+    answered: u32,
     /// When the lane took it.
     accepted: Instant,
     /// Until when it may be held unsent: while no connection can be had, or
@@ -177,8 +189,81 @@ struct Job {
 }
 
 impl Job {
-    fn deliver(self, reply: Bytes) {
-        self.req.reply_to.send(self.req.seq, reply);
+    /// Requests of the run still waiting for their reply.
+    fn remaining(&self) -> u32 {
+        self.req.count - self.answered
+    }
+
+    /// Hands the next `count` replies, back to back in `reply`, to the client.
+    fn deliver(&mut self, count: u32, reply: Bytes) {
+        let seq = self.req.seq + u64::from(self.answered);
+        self.req.reply_to.send(seq, count, reply);
+        self.answered += count;
+    }
+
+    /// Answers every request still waiting with the error `line`.
+    fn fail(mut self, line: &Bytes) {
+        let n = self.remaining();
+        let reply = if n == 1 {
+            line.clone()
+        } else {
+            let mut all = BytesMut::with_capacity(line.len() * n as usize);
+            for _ in 0..n {
+                all.extend_from_slice(line);
+            }
+            all.freeze()
+        };
+        self.deliver(n, reply);
+    }
+
+    /// Drops the requests already answered from the front of the run.
+    /// Returns how many bytes they took.
+    fn trim_answered(&mut self) -> usize {
+        let mut skipped = 0;
+        for _ in 0..self.answered {
+            match first_request_len(&self.req.raw[skipped..]) {
+                Some(len) => skipped += len,
+                None => break,
+            }
+        }
+        self.req.raw.advance(skipped);
+        self.req.seq += u64::from(self.answered);
+        self.req.count -= self.answered;
+        self.req.retry_safe = self.req.retry_safe.checked_shr(self.answered).unwrap_or(0);
+        self.answered = 0;
+        skipped
+    }
+
+    /// Takes the first unanswered request off the run, as a job of its own
+    /// (to hold it after a transient error, or to settle it alone after the
+    /// connection was lost).
+    fn take_first(&mut self) -> Job {
+        self.trim_answered();
+        // The run was validated when decoded, so its first request is whole;
+        // should that ever not hold, the rest goes as one job rather than
+        // being misattributed.
+        let (len, count) = match first_request_len(&self.req.raw) {
+            Some(len) if self.req.count > 1 => (len, 1),
+            _ => (self.req.raw.len(), self.req.count),
+        };
+        let first = Job {
+            req: LaneRequest {
+                seq: self.req.seq,
+                raw: self.req.raw.split_to(len),
+                count,
+                retry_safe: self.req.retry_safe & 1,
+                reply_to: self.req.reply_to.clone(),
+            },
+            answered: 0,
+            accepted: self.accepted,
+            hold_deadline: self.hold_deadline,
+            attempts: self.attempts,
+            written: self.written,
+        };
+        self.req.seq += u64::from(count);
+        self.req.count -= count;
+        self.req.retry_safe = self.req.retry_safe.checked_shr(count).unwrap_or(0);
+        first
     }
 }
 
@@ -191,6 +276,39 @@ struct Sent {
     end: u64,
     /// Reply deadline.
     deadline: Instant,
+}
+
+/// Replies to the front run of requests that arrived and are not delivered
+/// yet, joined back to back.
+#[derive(Default)]
+struct Replies {
+    bytes: BytesMut,
+    count: u32,
+}
+
+impl Replies {
+    fn push(&mut self, frame: BytesMut) {
+        // Free when `frame` directly follows the bytes already here in the
+        // same read buffer, which is the rule; a copy otherwise.
+        self.bytes.unsplit(frame);
+        self.count += 1;
+    }
+
+    fn deliver_to(&mut self, job: &mut Job) {
+        if self.count > 0 {
+            job.deliver(self.count, std::mem::take(&mut self.bytes).freeze());
+            self.count = 0;
+        }
+    }
+}
+
+/// The per-connection state replies act on.
+struct Answers<'a> {
+    inflight: &'a mut VecDeque<Sent>,
+    /// Requests answered with a transient error, to resend after a pause.
+    retry_later: &'a mut VecDeque<Job>,
+    hold_until: &'a mut Option<Instant>,
+    backoff: &'a mut Backoff,
 }
 
 /// Why a connection stopped being usable.
@@ -270,6 +388,7 @@ impl Lane {
         let s = &self.settings;
         self.queue.push_back(Job {
             req,
+            answered: 0,
             accepted: now,
             hold_deadline: now + s.hold_timeout,
             attempts: 0,
@@ -324,14 +443,12 @@ impl Lane {
                     after: self.settings.timeout,
                 }
                 .to_resp();
-                job.deliver(line);
+                job.fail(&line);
                 continue;
             }
             let waited = now.saturating_duration_since(job.accepted);
-            let line = error
-                .get_or_insert_with(|| self.not_sent_error(waited).to_resp())
-                .clone();
-            job.deliver(line);
+            let line = error.get_or_insert_with(|| self.not_sent_error(waited).to_resp());
+            job.fail(line);
         }
     }
 
@@ -350,7 +467,7 @@ impl Lane {
             if self.closing {
                 let error = Error::ShuttingDown.to_resp();
                 for job in self.queue.drain(..) {
-                    job.deliver(error.clone());
+                    job.fail(&error);
                 }
                 return None;
             }
@@ -465,7 +582,7 @@ impl Lane {
                             } else {
                                 self.not_sent_error(now.saturating_duration_since(job.accepted))
                             };
-                            job.deliver(error.to_resp());
+                            job.fail(&error.to_resp());
                             continue;
                         }
                         wbuf.extend_from_slice(&job.req.raw);
@@ -489,16 +606,14 @@ impl Lane {
                         Err(e) => break 'conn Some(Broken::Lost(e.to_string())),
                         Ok(_) => {
                             last_io = Instant::now();
-                            loop {
-                                match decoder.decode(rbuf) {
-                                    Ok(Some(frame)) => {
-                                        if let Err(b) = self.on_reply(frame, &mut inflight, &mut retry_later, &mut hold_until, &mut transient_backoff) {
-                                            break 'conn Some(b);
-                                        }
-                                    }
-                                    Ok(None) => break,
-                                    Err(e) => break 'conn Some(Broken::BadReply(e.to_string())),
-                                }
+                            let mut answers = Answers {
+                                inflight: &mut inflight,
+                                retry_later: &mut retry_later,
+                                hold_until: &mut hold_until,
+                                backoff: &mut transient_backoff,
+                            };
+                            if let Err(b) = self.on_replies(rbuf, &mut decoder, &mut answers) {
+                                break 'conn Some(b);
                             }
                         }
                     },
@@ -541,14 +656,43 @@ impl Lane {
         }
     }
 
-    /// Handles one reply frame.
+    /// Takes every whole reply out of `rbuf` and answers the requests in
+    /// flight with them. The replies to one run of requests reach its client
+    /// as one delivery, joined without a copy (they lie back to back in
+    /// `rbuf`): one hand-over per pipeline, not one per reply.
+    fn on_replies(
+        &mut self,
+        rbuf: &mut BytesMut,
+        decoder: &mut ReplyDecoder,
+        a: &mut Answers<'_>,
+    ) -> Result<(), Broken> {
+        let mut replies = Replies::default();
+        let result = loop {
+            match decoder.decode_mut(rbuf) {
+                Ok(Some(frame)) => {
+                    if let Err(b) = self.on_reply(frame, &mut replies, a) {
+                        break Err(b);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Broken::BadReply(e.to_string())),
+            }
+        };
+        // Whatever part of the front run was answered goes out now, even on
+        // error: those replies are good, and the client can write them.
+        if let Some(job) = a.inflight.front_mut().and_then(|s| s.job.as_mut()) {
+            replies.deliver_to(job);
+        }
+        result
+    }
+
+    /// Handles one reply frame: adds it to `replies` (the front run's
+    /// undelivered replies), or holds its request after a transient error.
     fn on_reply(
         &mut self,
-        frame: Bytes,
-        inflight: &mut VecDeque<Sent>,
-        retry_later: &mut VecDeque<Job>,
-        hold_until: &mut Option<Instant>,
-        backoff: &mut Backoff,
+        frame: BytesMut,
+        replies: &mut Replies,
+        a: &mut Answers<'_>,
     ) -> Result<(), Broken> {
         if ReplyKind::of(&frame) == ReplyKind::Push {
             // Shared connections never subscribe or track; ignore strays.
@@ -558,12 +702,13 @@ impl Lane {
             );
             return Ok(());
         }
-        let Some(sent) = inflight.pop_front() else {
+        let Some(sent) = a.inflight.front_mut() else {
             return Err(Broken::BadReply(
                 "a reply arrived with no request pending".into(),
             ));
         };
-        let Some(job) = sent.job else {
+        let Some(job) = sent.job.as_mut() else {
+            a.inflight.pop_front();
             if &frame[..] == b"+PONG\r\n" {
                 return Ok(());
             }
@@ -576,20 +721,30 @@ impl Lane {
             // The command did not run: hold it and resend after a backoff,
             // for as long as its hold window lasts (not limited by --retries:
             // a restart's LOADING phase is one outage, however many polls).
-            let delay = backoff.next_delay();
+            let delay = a.backoff.next_delay();
             let now = Instant::now();
             if now + delay < job.hold_deadline {
-                retry_later.push_back(job);
+                // The replies before it in its run are good: hand them over
+                // first, then take the held request out of the run.
+                replies.deliver_to(job);
+                a.retry_later.push_back(job.take_first());
+                if job.remaining() == 0 {
+                    a.inflight.pop_front();
+                }
                 let until = now + delay;
-                *hold_until = Some(hold_until.map_or(until, |h| h.max(until)));
+                *a.hold_until = Some(a.hold_until.map_or(until, |h| h.max(until)));
                 return Ok(());
             }
-        } else if backoff.used() {
+        } else if a.backoff.used() {
             // Only a sequence that was drawn from needs replacing: building
             // one per reply would cost more than the reply itself.
-            *backoff = self.settings.backoff.delays();
+            *a.backoff = self.settings.backoff.delays();
         }
-        job.deliver(frame);
+        replies.push(frame);
+        if replies.count == job.remaining() {
+            replies.deliver_to(job);
+            a.inflight.pop_front();
+        }
         Ok(())
     }
 
@@ -629,28 +784,38 @@ impl Lane {
         // every request still in flight; the queue holds the newest.
         let mut again: VecDeque<Job> = retry_later;
         for sent in inflight {
-            let Some(mut job) = sent.job else { continue };
-            let fully_written = sent.end <= written;
-            if !fully_written {
-                // Redis executes only whole commands: this one did not run.
-                again.push_back(job);
-            } else if sent.deadline <= now {
-                job.deliver(timeout_error.clone());
-            } else if job.req.retry_safe && job.attempts < s.retries {
-                job.attempts += 1;
-                job.written = true;
-                again.push_back(job);
-            } else if job.req.retry_safe {
-                let attempts = job.attempts + 1;
-                job.deliver(
-                    Error::RetriesExhausted {
-                        addr: s.addr.clone(),
-                        attempts,
-                    }
-                    .to_resp(),
-                );
-            } else {
-                job.deliver(error.clone());
+            let Some(mut run) = sent.job else { continue };
+            // Each request of a run is settled on its own: a write may have
+            // stopped in the middle of the run. The run's bytes end at
+            // `sent.end` in the connection's byte stream.
+            let mut end = sent.end - run.req.raw.len() as u64;
+            end += run.trim_answered() as u64;
+            while run.remaining() > 0 {
+                let mut job = run.take_first();
+                end += job.req.raw.len() as u64;
+                let fully_written = end <= written;
+                let retry_safe = job.req.retry_safe & 1 == 1;
+                if !fully_written {
+                    // Redis executes only whole commands: this one did not run.
+                    again.push_back(job);
+                } else if sent.deadline <= now {
+                    job.fail(&timeout_error);
+                } else if retry_safe && job.attempts < s.retries {
+                    job.attempts += 1;
+                    job.written = true;
+                    again.push_back(job);
+                } else if retry_safe {
+                    let attempts = job.attempts + 1;
+                    job.fail(
+                        &Error::RetriesExhausted {
+                            addr: s.addr.clone(),
+                            attempts,
+                        }
+                        .to_resp(),
+                    );
+                } else {
+                    job.fail(&error);
+                }
             }
         }
         again.append(&mut self.queue);
@@ -687,5 +852,98 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(
+        raw: &'static [u8],
+        count: u32,
+        retry_safe: u64,
+    ) -> (Job, mpsc::UnboundedReceiver<Delivery>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let job = Job {
+            req: LaneRequest {
+                seq: 10,
+                raw: Bytes::from_static(raw),
+                count,
+                retry_safe,
+                reply_to: ReplySender::new(tx, Arc::new(OutputBudget::new(None))),
+            },
+            answered: 0,
+            accepted: now,
+            hold_deadline: now,
+            attempts: 2,
+            written: true,
+        };
+        (job, rx)
+    }
+
+    const RUN: &[u8] =
+        b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$4\r\nINCR\r\n$1\r\nb\r\n*1\r\n$4\r\nPING\r\n";
+
+    #[test]
+    fn a_run_splits_into_its_requests_in_order() {
+        // GET and PING may be resent, INCR not.
+        let (mut run, _rx) = job(RUN, 3, 0b101);
+        let first = run.take_first();
+        assert_eq!(&first.req.raw[..], b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n");
+        assert_eq!(
+            (first.req.seq, first.req.count, first.req.retry_safe),
+            (10, 1, 1)
+        );
+        assert_eq!((first.attempts, first.written), (2, true));
+        let second = run.take_first();
+        assert_eq!(&second.req.raw[..], b"*2\r\n$4\r\nINCR\r\n$1\r\nb\r\n");
+        assert_eq!((second.req.seq, second.req.retry_safe), (11, 0));
+        assert_eq!((run.req.seq, run.req.count, run.req.retry_safe), (12, 1, 1));
+        let third = run.take_first();
+        assert_eq!(&third.req.raw[..], b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(run.remaining(), 0);
+        assert!(run.req.raw.is_empty());
+    }
+
+    #[test]
+    fn answered_requests_are_skipped_before_splitting() {
+        let (mut run, mut rx) = job(RUN, 3, 0b111);
+        run.deliver(1, Bytes::from_static(b"$1\r\nx\r\n"));
+        let d = rx.try_recv().unwrap();
+        assert_eq!((d.seq, d.count, &d.reply[..]), (10, 1, &b"$1\r\nx\r\n"[..]));
+        let skipped = run.trim_answered();
+        assert_eq!(skipped, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n".len());
+        assert_eq!((run.req.seq, run.req.count, run.answered), (11, 2, 0));
+        let next = run.take_first();
+        assert_eq!(next.req.seq, 11);
+        assert!(next.req.raw.starts_with(b"*2\r\n$4\r\nINCR"));
+    }
+
+    #[test]
+    fn failing_a_run_answers_each_remaining_request() {
+        let (mut run, mut rx) = job(RUN, 3, 0);
+        run.deliver(1, Bytes::from_static(b":1\r\n"));
+        run.fail(&Bytes::from_static(b"-ERR gone\r\n"));
+        let first = rx.try_recv().unwrap();
+        assert_eq!((first.seq, first.count), (10, 1));
+        let rest = rx.try_recv().unwrap();
+        assert_eq!((rest.seq, rest.count), (11, 2));
+        assert_eq!(&rest.reply[..], b"-ERR gone\r\n-ERR gone\r\n");
+    }
+
+    #[test]
+    fn replies_split_off_one_buffer_are_joined_without_a_copy() {
+        let mut buf = BytesMut::from(&b":1\r\n:2\r\n:3\r\n"[..]);
+        let start = buf.as_ptr();
+        let mut replies = Replies::default();
+        let mut decoder = ReplyDecoder::default();
+        while let Some(frame) = decoder.decode_mut(&mut buf).unwrap() {
+            replies.push(frame);
+        }
+        assert_eq!(replies.count, 3);
+        assert_eq!(&replies.bytes[..], b":1\r\n:2\r\n:3\r\n");
+        assert_eq!(replies.bytes.as_ptr(), start, "joined in place");
     }
 }
