@@ -168,8 +168,8 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: u32,
 
-    /// Event-loop threads: 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools; 0 = one per CPU core. See README "Tuning".
-    #[arg(long, env = "RESPOOL_THREADS", default_value_t = 1)]
+    /// Event-loop threads: 0 = one per CPU core, at most 4; 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools. See README "Tuning".
+    #[arg(long, env = "RESPOOL_THREADS", default_value_t = 0)]
     pub threads: u32,
 
     /// Exit with an error instead of serving when the upstream is unavailable at start.
@@ -361,6 +361,10 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The validated configuration.
+/// `--threads 0` starts one event loop per core, but no more than this: one
+/// Redis is one thread, and each loop holds its own upstream connections.
+pub const AUTO_THREADS_MAX: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Client listen address.
@@ -415,7 +419,11 @@ pub struct Config {
     pub probe_ttl: Duration,
     /// Client connection limit.
     pub max_clients: usize,
-    /// Worker threads (0 = per core).
+    /// Clients connected now, counted against `max_clients`. Shared by every
+    /// clone of the configuration, so the event loops of `--threads` N count
+    /// against one limit (not a flag).
+    pub connected_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Event loops (0 = one per core, at most [`AUTO_THREADS_MAX`]).
     pub threads: usize,
     /// Exit when the upstream is unavailable at start.
     pub require_upstream: bool,
@@ -544,6 +552,7 @@ impl Config {
             probe_prefix: flags.probe_prefix,
             probe_ttl: flags.probe_ttl.max(Duration::from_secs(1)),
             max_clients: flags.max_clients as usize,
+            connected_clients: Arc::default(),
             threads: flags.threads as usize,
             require_upstream: flags.require_upstream,
             reuse_port: false,

@@ -132,7 +132,7 @@ async fn accept_loop(
 ) {
     let clients = TaskTracker::new();
     let abort = CancellationToken::new();
-    let connected = Arc::new(AtomicUsize::new(0));
+    let connected = config.connected_clients.clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,

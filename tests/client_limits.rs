@@ -190,3 +190,31 @@ async fn idle_clients_are_closed_but_subscribed_blocked_and_active_ones_are_not(
     );
     assert_eq!(active.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
 }
+
+/// With several event loops (`--threads 2`, each with its own listener on the
+/// same port), `--max-clients` is still one limit for the process, wherever
+/// the kernel hands each connection.
+#[tokio::test]
+async fn max_clients_is_one_limit_across_event_loops() {
+    let redis = RedisServer::start();
+    let proxy = ProxyProcess::start(&redis.url(), &["--threads", "2", "--max-clients", "4"]);
+    let mut served = Vec::new();
+    let mut refused = 0;
+    // One at a time, each answered before the next connects, so the count
+    // is exact; 12 connections reach both loops all but surely.
+    for _ in 0..12 {
+        let mut client = TestClient::connect(proxy.addr()).await.expect("connect");
+        match client.try_cmd(&["PING"]).await {
+            Ok(Reply::Simple(s)) if s == "PONG" => served.push(client),
+            Ok(Reply::Error(e)) if e == "ERR max number of clients reached" => refused += 1,
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert_eq!((served.len(), refused), (4, 8));
+    for client in &mut served {
+        assert_eq!(
+            client.cmd(&["ECHO", "still"]).await,
+            Reply::Bulk(b"still".to_vec())
+        );
+    }
+}
