@@ -443,6 +443,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// Event loop `index`'s share of the pool sizes when `loops` event loops
+    /// run (`--threads`): `--max-connections`, `--min-idle` and
+    /// `--max-pinned` are totals for the process, split as evenly as
+    /// possible, with at least one lane and one dedicated connection per
+    /// loop. (`--max-clients` is one shared count, see `connected_clients`.)
+    pub fn loop_share(&self, index: usize, loops: usize) -> Config {
+        let loops = loops.max(1) as u32;
+        let index = index as u32;
+        let split = |total: u32, at_least: u32| {
+            (total / loops + u32::from(index < total % loops)).max(at_least)
+        };
+        Config {
+            max_connections: split(self.max_connections, 1),
+            min_idle: split(self.min_idle, 0),
+            max_pinned: split(self.max_pinned, 1),
+            ..self.clone()
+        }
+    }
+
     /// Parses command-line style arguments (the first is the program name).
     pub fn parse_from_args<I, T>(args: I) -> Result<Config, clap::Error>
     where
@@ -649,6 +668,32 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_sizes_are_split_between_event_loops() {
+        let config = Config::parse_from_args([
+            "respool",
+            "--max-connections",
+            "5",
+            "--min-idle",
+            "1",
+            "--max-pinned",
+            "64",
+        ])
+        .unwrap();
+        let shares: Vec<_> = (0..2)
+            .map(|i| {
+                let c = config.loop_share(i, 2);
+                (c.max_connections, c.min_idle, c.max_pinned)
+            })
+            .collect();
+        assert_eq!(shares, vec![(3, 1, 32), (2, 0, 32)]);
+        // More loops than lanes: each loop still needs one.
+        let few = Config::parse_from_args(["respool", "--max-connections", "2"]).unwrap();
+        assert_eq!(few.loop_share(3, 4).max_connections, 1);
+        // One loop gets everything.
+        assert_eq!(config.loop_share(0, 1).max_connections, 5);
+    }
 
     #[test]
     fn durations_accept_operator_units() {

@@ -79,7 +79,12 @@ fn run_loops(mut config: Config, threads: usize) -> ExitCode {
     let mut handles = Vec::new();
     let mut failed = None;
     for index in 0..threads {
-        match spawn_loop(index, config.clone(), stop.clone(), started_tx.clone()) {
+        match spawn_loop(
+            index,
+            config.loop_share(index, threads),
+            stop.clone(),
+            started_tx.clone(),
+        ) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 failed = Some(format!("cannot start thread {index}: {e}"));

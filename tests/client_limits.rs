@@ -218,3 +218,44 @@ async fn max_clients_is_one_limit_across_event_loops() {
         );
     }
 }
+
+/// `--max-connections` counts upstream connections for the whole process:
+/// with two event loops and the default of 2, each loop has one lane, so
+/// Redis sees two shared connections, not four.
+#[tokio::test]
+async fn max_connections_is_a_total_across_event_loops() {
+    let redis = RedisServer::start();
+    let proxy = ProxyProcess::start(
+        &redis.url(),
+        &["--threads", "2", "--max-connections", "2", "--min-idle", "0"],
+    );
+    // Clients on both loops (the kernel spreads 12 connections), each served.
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let mut client = TestClient::connect(proxy.addr()).await.expect("connect");
+        assert_eq!(
+            client.cmd(&["ECHO", &i.to_string()]).await,
+            Reply::Bulk(i.to_string().into_bytes())
+        );
+        clients.push(client);
+    }
+    let upstream_connections = || {
+        let list = redis.command(&[b"CLIENT".as_slice(), b"LIST"]);
+        let text = list.as_str().unwrap_or_default().to_string();
+        // Not counting the connection that asks.
+        text.lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count()
+    };
+    support::wait::until_async(
+        "both loops' lanes to be connected",
+        Duration::from_secs(20),
+        || upstream_connections() >= 2,
+    )
+    .await;
+    // More requests on every client: no loop opens a second lane.
+    for client in &mut clients {
+        assert_eq!(client.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+    }
+    assert_eq!(upstream_connections(), 2);
+}
