@@ -227,7 +227,14 @@ async fn max_connections_is_a_total_across_event_loops() {
     let redis = RedisServer::start();
     let proxy = ProxyProcess::start(
         &redis.url(),
-        &["--threads", "2", "--max-connections", "2", "--min-idle", "0"],
+        &[
+            "--threads",
+            "2",
+            "--max-connections",
+            "2",
+            "--min-idle",
+            "0",
+        ],
     );
     // Clients on both loops (the kernel spreads 12 connections), each served.
     let mut clients = Vec::new();

@@ -186,6 +186,10 @@ struct Job {
     /// It was fully written on a connection that then broke, so it may have
     /// run (only read-only requests are requeued after that).
     written: bool,
+    /// The transient error (`-LOADING`, `-BUSY`, …) it was last answered
+    /// with: Redis's own answer, which it gets if its hold window ends
+    /// before a resend is served.
+    transient: Option<Bytes>,
 }
 
 impl Job {
@@ -259,6 +263,7 @@ impl Job {
             hold_deadline: self.hold_deadline,
             attempts: self.attempts,
             written: self.written,
+            transient: None,
         };
         self.req.seq += u64::from(count);
         self.req.count -= count;
@@ -393,6 +398,7 @@ impl Lane {
             hold_deadline: now + s.hold_timeout,
             attempts: 0,
             written: false,
+            transient: None,
         });
     }
 
@@ -429,6 +435,25 @@ impl Lane {
         }
     }
 
+    /// The answer for a request whose hold window ended before it could be
+    /// (re)sent: the transient error it got last, if any (Redis's own
+    /// `-LOADING` is the truth, not "never sent"); a timeout if it was
+    /// written on a connection that broke; else why it was never sent.
+    fn expired_error(&self, job: &Job, now: Instant) -> Bytes {
+        if let Some(reply) = &job.transient {
+            return reply.clone();
+        }
+        if job.written {
+            return Error::Timeout {
+                addr: self.settings.addr.clone(),
+                after: self.settings.timeout,
+            }
+            .to_resp();
+        }
+        self.not_sent_error(now.saturating_duration_since(job.accepted))
+            .to_resp()
+    }
+
     /// Fails queued requests whose hold deadline has passed.
     fn expire_queue(&mut self) {
         let now = Instant::now();
@@ -437,12 +462,8 @@ impl Lane {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            if job.written {
-                let line = Error::Timeout {
-                    addr: self.settings.addr.clone(),
-                    after: self.settings.timeout,
-                }
-                .to_resp();
+            if job.written || job.transient.is_some() {
+                let line = self.expired_error(&job, now);
                 job.fail(&line);
                 continue;
             }
@@ -570,21 +591,17 @@ impl Lane {
                 if hold_until.is_none() {
                     let now = Instant::now();
                     while wbuf.len() < WRITE_HIGH_WATER {
-                        let Some(job) = self.queue.pop_front() else {
+                        let Some(mut job) = self.queue.pop_front() else {
                             break;
                         };
                         if job.hold_deadline <= now {
-                            let error = if job.written {
-                                Error::Timeout {
-                                    addr: s.addr.clone(),
-                                    after: s.timeout,
-                                }
-                            } else {
-                                self.not_sent_error(now.saturating_duration_since(job.accepted))
-                            };
-                            job.fail(&error.to_resp());
+                            let error = self.expired_error(&job, now);
+                            job.fail(&error);
                             continue;
                         }
+                        // Sent again: an earlier transient answer is no
+                        // longer the latest word on it.
+                        job.transient = None;
                         wbuf.extend_from_slice(&job.req.raw);
                         enqueued += job.req.raw.len() as u64;
                         // The reply deadline runs from the write.
@@ -727,7 +744,9 @@ impl Lane {
                 // The replies before it in its run are good: hand them over
                 // first, then take the held request out of the run.
                 replies.deliver_to(job);
-                a.retry_later.push_back(job.take_first());
+                let mut held = job.take_first();
+                held.transient = Some(frame.freeze());
+                a.retry_later.push_back(held);
                 if job.remaining() == 0 {
                     a.inflight.pop_front();
                 }
@@ -879,6 +898,7 @@ mod tests {
             hold_deadline: now,
             attempts: 2,
             written: true,
+            transient: None,
         };
         (job, rx)
     }
