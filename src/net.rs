@@ -29,6 +29,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,6 +85,29 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.peer_addr(),
             Stream::Tls(s) => s.tcp.peer_addr(),
+        }
+    }
+
+    /// Like [`readable`](Self::readable), as a poll: cheaper in a loop that
+    /// polls it on every turn, because the waker goes into the socket's one
+    /// reader slot instead of a waiter list that each poll would join and
+    /// each drop would leave.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            // Decrypted plaintext waiting, or the peer's close_notify: the
+            // next read returns at once, whatever the socket says.
+            Stream::Tls(s) if !s.session().wants_read() => Poll::Ready(Ok(())),
+            Stream::Tls(s) => s.tcp.poll_read_ready(cx),
+        }
+    }
+
+    /// Like [`writable`](Self::writable), as a poll (see
+    /// [`poll_read_ready`](Self::poll_read_ready)).
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write_ready(cx),
+            Stream::Tls(s) => s.tcp.poll_write_ready(cx),
         }
     }
 

@@ -2,10 +2,10 @@
 //! read buffer at all while an active one reads without allocating.
 //!
 //! A client takes a buffer when its socket becomes readable and gives it back
-//! as soon as everything read has been decoded. Requests sliced from the
-//! buffer may still be in flight then; they share its memory, and the buffer
-//! becomes reusable in place once they are answered (`BytesMut::reserve`
-//! reclaims a uniquely owned allocation instead of allocating).
+//! once everything read has been decoded and answered: the requests sliced
+//! from it are gone by then, so the next taker reuses it in place
+//! (`BytesMut::reserve` reclaims a uniquely owned allocation instead of
+//! allocating).
 
 use std::cell::RefCell;
 

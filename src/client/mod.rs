@@ -20,7 +20,7 @@ mod local;
 mod session;
 
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -213,30 +213,32 @@ impl Client {
                         self.resolve_shared(d);
                     }
                 }
-                r = readable(session_stream) => {
+                r = poll_fn(|cx| poll_ready(session_stream, cx, Stream::poll_read_ready)), if session_stream.is_some() => {
                     if r.is_ok() {
                         self.on_session_readable();
                     } else {
                         self.session_failed(SessionBroken::Lost("socket error".into()));
                     }
                 }
-                r = writable(session_stream), if session_wants_write => {
+                r = poll_fn(|cx| poll_ready(session_stream, cx, Stream::poll_write_ready)), if session_wants_write => {
                     if r.is_err() {
                         self.session_failed(SessionBroken::Lost("socket error".into()));
                     }
                 }
-                result = poll_checkout(&mut self.checkout) => {
+                result = poll_checkout(&mut self.checkout), if self.checkout.is_some() => {
                     self.checkout = None;
                     self.on_checkout(result);
                 }
-                _ = sleep_until_opt(session_deadline) => self.session_timed_out(),
-                _ = sleep_until_opt(request_deadline) => self.request_timed_out(),
-                _ = sleep_until_opt(idle_deadline) => {
+                // Only an armed deadline is polled: these branches sit in
+                // every turn of the loop, which is once or twice per request.
+                _ = sleep_until_opt(session_deadline), if session_deadline.is_some() => self.session_timed_out(),
+                _ = sleep_until_opt(request_deadline), if request_deadline.is_some() => self.request_timed_out(),
+                _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
                     tracing::debug!(peer = ?self.peer, "closing an idle client (--client-idle-timeout)");
                     return Ok(());
                 }
-                r = self.stream.writable(), if want_write => r?,
-                r = self.stream.readable(), if can_read => {
+                r = poll_fn(|cx| self.stream.poll_write_ready(cx)), if want_write => r?,
+                r = poll_fn(|cx| self.stream.poll_read_ready(cx)), if can_read => {
                     r?;
                     match self.read_some()? {
                         // EOF: the client is gone; replies still pending would
@@ -253,6 +255,7 @@ impl Client {
             }
             self.advance();
             self.collect_ready();
+            self.release_idle_buffer();
             self.flush_session();
             if self.write_some()? {
                 return Ok(());
@@ -372,8 +375,16 @@ impl Client {
                 Err(e) => self.protocol_error(e),
             }
         }
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
-            // Everything read is decoded: an idle client keeps no buffer.
+    }
+
+    /// An idle client keeps no read buffer: once everything read is decoded
+    /// *and answered*, the buffer goes back to the thread's pool. Not sooner:
+    /// requests in flight still share its memory, and a buffer handed on in
+    /// that state could not be reused in place — the next client to take it
+    /// would allocate a new one (and a new shared header), once per request
+    /// for clients that do not pipeline.
+    fn release_idle_buffer(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 && self.pending.is_empty() {
             buffers::give_back(std::mem::take(&mut self.inbuf));
         }
     }
@@ -932,17 +943,15 @@ async fn checkout(
     }
 }
 
-async fn readable(stream: Option<&Stream>) -> io::Result<()> {
+/// Polls a readiness of the session's stream (pending without a session).
+fn poll_ready(
+    stream: Option<&Stream>,
+    cx: &mut std::task::Context<'_>,
+    poll: fn(&Stream, &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>>,
+) -> std::task::Poll<io::Result<()>> {
     match stream {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn writable(stream: Option<&Stream>) -> io::Result<()> {
-    match stream {
-        Some(s) => s.writable().await,
-        None => std::future::pending().await,
+        Some(s) => poll(s, cx),
+        None => std::task::Poll::Pending,
     }
 }
 
