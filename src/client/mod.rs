@@ -18,6 +18,7 @@ pub mod auth;
 mod buffers;
 mod local;
 mod session;
+mod stop;
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -41,6 +42,7 @@ use crate::net::Stream;
 use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender, MAX_RUN};
 use crate::pool::{LaneHandle, Upstreams};
 use session::{PinnedConn, Session, SessionBroken, SessionEvent};
+use stop::{Stop, StopSignals};
 
 /// Replies up to this size are copied into the output buffer; larger ones are
 /// written from their own buffer to avoid copying megabytes.
@@ -180,12 +182,7 @@ impl Client {
         shutdown: CancellationToken,
         abort: CancellationToken,
     ) -> io::Result<()> {
-        // Created once: polling a fresh `cancelled()` future on every turn of
-        // the loop would register a waiter with the (shared) token each time.
-        let aborted = abort.cancelled();
-        let shutting_down = shutdown.cancelled();
-        tokio::pin!(aborted, shutting_down);
-        let mut shutdown_seen = false;
+        let mut stop = StopSignals::new(shutdown, abort);
         loop {
             if self.reading_done
                 && self.pending.is_empty()
@@ -205,7 +202,10 @@ impl Client {
             let idle_deadline = self.idle_deadline();
             tokio::select! {
                 biased;
-                _ = &mut aborted => return Ok(()),
+                signal = poll_fn(|cx| stop.poll_stop(cx)) => match signal {
+                    Stop::Abort => return Ok(()),
+                    Stop::Shutdown => self.reading_done = true,
+                },
                 Some(d) = self.reply_rx.recv() => {
                     self.resolve_shared(d);
                     while !self.over_output_limit() {
@@ -247,10 +247,6 @@ impl Client {
                         Some(_) => self.last_activity = Instant::now(),
                         None => {}
                     }
-                }
-                _ = &mut shutting_down, if !shutdown_seen => {
-                    shutdown_seen = true;
-                    self.reading_done = true;
                 }
             }
             self.advance();
