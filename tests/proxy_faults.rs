@@ -17,6 +17,32 @@ use support::{wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestP
 /// The error for a write whose connection was lost after it was sent.
 const AMBIGUOUS: &str = "ERR upstream connection lost; the command may or may not have executed";
 
+/// Flags for a proxy whose upstream replies get cut: `--validate ping` keeps
+/// the probe's GET out of GET call counts; long deadlines and a short backoff
+/// let resends wait for the relay to pass again, then go out at once.
+const CUT_THEN_RETRY: &[&str] = &[
+    "--validate",
+    "ping",
+    "--timeout",
+    "15s",
+    "--checkout-timeout",
+    "10s",
+    "--backoff-cap",
+    "100ms",
+];
+
+/// Waits until the proxy opens a new connection through `relay` (more than
+/// `accepted`: the cut connection is gone), then lets traffic pass again.
+async fn pass_once_reconnecting(relay: &FaultRelay, accepted: u64) {
+    wait::until_async(
+        "the proxy to reconnect after the cut",
+        Duration::from_secs(20),
+        || relay.connections_accepted() > accepted,
+    )
+    .await;
+    relay.set_mode(RelayMode::Pass);
+}
+
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
 }
@@ -339,25 +365,7 @@ async fn blackholed_upstream_times_out_then_recovers_on_a_new_connection() {
 async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is_retried() {
     let redis = RedisServer::start();
     let relay = FaultRelay::start(redis.addr());
-    // `--validate ping` keeps the probe's GET out of the GET call count.
-    let proxy = TestProxy::start(
-        &format!("redis://{}", relay.addr()),
-        &[
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
-            "--validate",
-            "ping",
-            "--timeout",
-            "15s",
-            "--checkout-timeout",
-            "10s",
-            "--backoff-cap",
-            "100ms",
-        ],
-    )
-    .await;
+    let proxy = TestProxy::behind_relay(&relay, CUT_THEN_RETRY).await;
     let mut client = proxy.client().await;
     assert_eq!(client.cmd(&["INCR", "counter"]).await, Reply::Int(1));
     client.cmd(&["SET", "k", "value"]).await.expect_ok();
@@ -384,13 +392,7 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
     client.send(&["GET", "k"]).await.expect("send GET");
     // The lane reconnecting proves the GET's connection was cut; the retry
     // then waits (validation fails under the cut) until the relay passes.
-    wait::until_async(
-        "the proxy to reconnect after the cut",
-        Duration::from_secs(20),
-        || relay.connections_accepted() > accepted,
-    )
-    .await;
-    relay.set_mode(RelayMode::Pass);
+    pass_once_reconnecting(&relay, accepted).await;
     assert_eq!(client.read_reply().await.expect("GET reply"), bulk("value"));
     assert_eq!(
         command_calls(&redis, "get") - gets,
@@ -588,13 +590,7 @@ async fn a_reply_cut_mid_way_is_never_delivered_in_part() {
     let accepted = relay.connections_accepted();
     relay.set_mode(RelayMode::CutReplyAfter(50));
     client.send(&["GET", "big"]).await.expect("send GET");
-    wait::until_async(
-        "the proxy to reconnect after the cut",
-        Duration::from_secs(20),
-        || relay.connections_accepted() > accepted,
-    )
-    .await;
-    relay.set_mode(RelayMode::Pass);
+    pass_once_reconnecting(&relay, accepted).await;
     let reply = client.read_reply().await.expect("GET reply");
     match &reply {
         Reply::Bulk(got) => assert!(
@@ -654,24 +650,7 @@ async fn replies_arriving_in_tiny_pieces_are_reassembled_in_order() {
 async fn a_pipeline_cut_after_its_first_reply_is_settled_request_by_request() {
     let redis = RedisServer::start();
     let relay = FaultRelay::start(redis.addr());
-    let proxy = TestProxy::start(
-        &format!("redis://{}", relay.addr()),
-        &[
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
-            "--validate",
-            "ping",
-            "--timeout",
-            "15s",
-            "--checkout-timeout",
-            "10s",
-            "--backoff-cap",
-            "100ms",
-        ],
-    )
-    .await;
+    let proxy = TestProxy::behind_relay(&relay, CUT_THEN_RETRY).await;
     let mut client = proxy.client().await;
     client.cmd(&["SET", "k", "value"]).await.expect_ok();
     let gets = command_calls(&redis, "get");
@@ -689,13 +668,7 @@ async fn a_pipeline_cut_after_its_first_reply_is_settled_request_by_request() {
     ]
     .concat();
     client.send_raw(&pipeline).await.expect("send the pipeline");
-    wait::until_async(
-        "the proxy to reconnect after the cut",
-        Duration::from_secs(20),
-        || relay.connections_accepted() > accepted,
-    )
-    .await;
-    relay.set_mode(RelayMode::Pass);
+    pass_once_reconnecting(&relay, accepted).await;
     let mut replies = Vec::new();
     for _ in 0..4 {
         replies.push(client.read_reply().await.expect("a reply"));
