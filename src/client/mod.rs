@@ -820,6 +820,12 @@ impl Client {
     /// back. The first slot takes all the bytes, the others an empty reply,
     /// so they are written out together in one piece.
     fn resolve_shared(&mut self, d: Delivery) {
+        if d.count == 0 {
+            // Answers nothing (lanes never send one; a slot must not be
+            // filled by it).
+            self.budget.release(d.reply.len());
+            return;
+        }
         self.shared_pending = self.shared_pending.saturating_sub(d.count as usize);
         self.resolve(d.seq, d.reply);
         for seq in d.seq + 1..d.seq + u64::from(d.count) {

@@ -208,6 +208,9 @@ impl Job {
     /// Answers every request still waiting with the error `line`.
     fn fail(mut self, line: &Bytes) {
         let n = self.remaining();
+        if n == 0 {
+            return;
+        }
         let reply = if n == 1 {
             line.clone()
         } else {
