@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use redis_protocol::resp2::decode::decode as resp2_decode;
 use redis_protocol::resp2::encode::encode as resp2_encode;
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
-use respool::codec::{ReplyDecoder, Request, RequestDecoder};
+use respool::codec::{first_request_len, ReplyDecoder, Request, RequestDecoder};
 use tokio_util::codec::Decoder;
 
 fn encode_resp2(frame: &OwnedFrame) -> Vec<u8> {
@@ -133,6 +133,26 @@ proptest! {
             prop_assert_eq!(got, want);
             prop_assert_eq!(req.name(), &args[0][..]);
         }
+    }
+
+    /// A run of decoded requests joined back to back (as a client's pipeline
+    /// reaches its lane) is split again at exactly the request boundaries.
+    #[test]
+    fn runs_split_back_into_their_requests(reqs in proptest::collection::vec(request(), 1..12)) {
+        let mut run = Vec::new();
+        let mut lens = Vec::new();
+        for args in &reqs {
+            let bytes = encode_resp2(&OwnedFrame::Array(args.iter().map(|a| OwnedFrame::BulkString(a.clone())).collect()));
+            lens.push(bytes.len());
+            run.extend_from_slice(&bytes);
+        }
+        let mut at = 0;
+        for len in lens {
+            prop_assert_eq!(first_request_len(&run[at..]), Some(len));
+            at += len;
+        }
+        prop_assert_eq!(at, run.len());
+        prop_assert_eq!(first_request_len(&run[at..]), None);
     }
 
     /// `Request::from_args` and the decoder agree (encode∘decode = id).
