@@ -7,6 +7,12 @@
 //! `pending` is filled is moved to the output and written, so replies leave in
 //! request order no matter the order in which they were resolved.
 //!
+//! Consecutive requests for the shared lane go to it as one *run* (see
+//! [`crate::pool::lane::LaneRequest`]), handed over once the input is used up
+//! or something else comes between them; the lane answers a run with one
+//! delivery whose first slot takes all the reply bytes (the other slots get
+//! empty replies), so a pipeline costs one hand-over each way.
+//!
 //! A client starts on a shared lane. A command that needs connection state
 //! (see [`crate::command::Stateful`]) first waits until every earlier request
 //! of the client has been answered (so nothing overtakes it on another

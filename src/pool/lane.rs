@@ -1,11 +1,14 @@
 //! A shared lane: one upstream connection that carries the stateless
 //! commands of many clients at once.
 //!
-//! Clients send [`LaneRequest`]s into the lane's queue; the lane coalesces
-//! everything queued into one write, keeps a FIFO of requests awaiting
-//! replies, splits replies off its read buffer and hands each one (as the raw
-//! bytes that arrived) to the client that sent the request. A client is bound
-//! to one lane, so its commands execute in the order it sent them.
+//! Clients send [`LaneRequest`]s — runs of consecutive requests — into the
+//! lane's queue; the lane coalesces everything queued into one write, keeps a
+//! FIFO of runs awaiting replies, splits replies off its read buffer and hands
+//! those of each run (as the raw bytes that arrived, joined without a copy)
+//! to the client that sent it, in one delivery per run and read. A run is
+//! split into its requests only to hold one after a transient error or to
+//! settle each on its own after a connection loss. A client is bound to one
+//! lane, so its commands execute in the order it sent them.
 //!
 //! The lane owns the rules of [`crate::retry`]: it reconnects with backoff and
 //! holds requests meanwhile (each up to its checkout deadline), holds and
