@@ -379,6 +379,30 @@ async fn ten_thousand_pipelined_commands_get_ten_thousand_replies_in_order() {
     assert_eq!(client.cmd(&["GET", "seq"]).await, bulk(N.to_string()));
 }
 
+/// A pipeline already read in full, from a client at its in-flight limit,
+/// is decoded as replies free room — even though no more bytes will arrive
+/// to wake the proxy. (With `--max-pending-per-client 1` every request
+/// fills the limit; the proxy once waited for the socket after each reply
+/// and hung after the first. The 10 000-request test above caught it about
+/// one run in twenty.)
+#[tokio::test]
+async fn a_pipeline_read_in_full_is_served_past_the_in_flight_limit() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &["--max-pending-per-client", "1"]).await;
+    let mut client = proxy.client().await;
+    let out: Vec<u8> = (0..50)
+        .flat_map(|i| encode_command(&["ECHO", &format!("e{i}")]))
+        .collect();
+    client.send_raw(&out).await.expect("writing the pipeline");
+    for i in 0..50 {
+        let reply = client
+            .read_reply()
+            .await
+            .unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert_eq!(reply, bulk(format!("e{i}")), "reply {i}");
+    }
+}
+
 #[tokio::test]
 async fn a_client_reads_its_own_writes_in_a_pipeline() {
     let redis = RedisServer::start();

@@ -255,6 +255,10 @@ impl Client {
                     }
                 }
             }
+            // Replies resolved above leave `pending` first, so that the room
+            // they free is there when the input is decoded: with a full
+            // pipeline already read, nothing else would come to decode it.
+            self.collect_ready();
             self.advance();
             self.collect_ready();
             self.release_idle_buffer();
