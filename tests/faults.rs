@@ -466,6 +466,9 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
     let gets_before = command_calls(&redis, "get");
     let incrs_done = Arc::new(AtomicBool::new(false));
     let replies_seen = Arc::new(AtomicU64::new(0));
+    // GETs handed to the proxy so far (counted before each batch is sent):
+    // more GETs run upstream than this proves that one was resent.
+    let gets_handed = Arc::new(AtomicU64::new(0));
 
     let mut incr_tasks = Vec::new();
     for c in 0..INCR_CLIENTS {
@@ -493,6 +496,7 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
     let mut get_tasks = Vec::new();
     for c in 0..GET_CLIENTS {
         let (proxy, incrs_done) = (Arc::clone(&proxy), Arc::clone(&incrs_done));
+        let gets_handed = Arc::clone(&gets_handed);
         get_tasks.push(tokio::spawn(async move {
             let mut client = proxy.client().await;
             client.set_read_timeout(Duration::from_secs(60));
@@ -501,6 +505,7 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
                 .collect();
             let mut sent = 0u64;
             while !incrs_done.load(Ordering::SeqCst) {
+                gets_handed.fetch_add(GET_BATCH as u64, Ordering::SeqCst);
                 client.send_raw(&batch).await.expect("client write");
                 sent += GET_BATCH as u64;
                 for i in 0..GET_BATCH {
@@ -538,6 +543,18 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
     let mut all = Vec::new();
     for task in incr_tasks {
         all.extend(task.await.expect("INCR client panicked"));
+    }
+    // Whether a reset caught a GET between write and reply is chance (the
+    // GET clients have far fewer requests in flight than the INCR clients):
+    // keep resetting, with the GETs still flowing, until one was resent.
+    let more_resets = Instant::now();
+    while command_calls(&redis, "get") - gets_before <= gets_handed.load(Ordering::SeqCst)
+        && more_resets.elapsed() < Duration::from_secs(20)
+    {
+        let relay = Arc::clone(&relay);
+        blocking(move || relay.set_mode(RelayMode::ResetNow)).await;
+        resets += 1;
+        tokio::time::sleep(RESET_EVERY).await;
     }
     incrs_done.store(true, Ordering::SeqCst);
     let mut gets_sent = 0;
