@@ -725,3 +725,53 @@ async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
     );
     assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
 }
+
+/// A read that was written, lost with its connection, and could not be
+/// resent before its `--hold-timeout` ran out (the upstream stays
+/// unreachable) is answered with the outage — not with a reply timeout that
+/// never happened.
+#[tokio::test]
+async fn a_read_that_cannot_be_resent_in_time_reports_the_outage() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::behind_relay(
+        &relay,
+        &[
+            "--validate",
+            "ping",
+            "--timeout",
+            "15s",
+            "--hold-timeout",
+            "1s",
+            "--backoff-cap",
+            "100ms",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "k", "value"]).await.expect_ok();
+
+    let accepted = relay.connections_accepted();
+    relay.set_mode(RelayMode::CutReplyAfter(0));
+    client.send(&["GET", "k"]).await.expect("send GET");
+    wait::until_async(
+        "the proxy to try to reconnect after the cut",
+        Duration::from_secs(20),
+        || relay.connections_accepted() > accepted,
+    )
+    .await;
+    // Down for good: every connection, the one just opened included, is
+    // reset.
+    relay.set_mode(RelayMode::AcceptAndReset);
+    let reply = client.read_reply().await.expect("GET reply");
+    let Reply::Error(text) = &reply else {
+        panic!("GET answered {reply} while the upstream was unreachable");
+    };
+    let expected = format!("ERR upstream {} unavailable: ", relay.addr());
+    assert!(
+        text.starts_with(&expected) && text.contains("retried"),
+        "GET answered {text:?}"
+    );
+    relay.set_mode(RelayMode::Pass);
+    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("value"));
+}

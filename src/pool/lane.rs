@@ -443,21 +443,19 @@ impl Lane {
 
     /// The answer for a request whose hold window ended before it could be
     /// (re)sent: the transient error it got last, if any (Redis's own
-    /// `-LOADING` is the truth, not "never sent"); a timeout if it was
-    /// written on a connection that broke; else why it was never sent.
+    /// `-LOADING` is the truth, not "never sent"). A request that was written
+    /// on a connection that then broke may have run: the outage that kept it
+    /// from being resent if there is one, else the lost connection. Anything
+    /// else was never sent, and the error says why.
     fn expired_error(&self, job: &Job, now: Instant) -> Bytes {
         if let Some(reply) = &job.transient {
             return reply.clone();
         }
-        if job.written {
-            return Error::Timeout {
-                addr: self.settings.addr.clone(),
-                after: self.settings.timeout,
-            }
-            .to_resp();
+        let waited = now.saturating_duration_since(job.accepted);
+        if job.written && self.outage.is_none() {
+            return Error::LostAfterWrite.to_resp();
         }
-        self.not_sent_error(now.saturating_duration_since(job.accepted))
-            .to_resp()
+        self.not_sent_error(waited).to_resp()
     }
 
     /// Fails queued requests whose hold deadline has passed.
