@@ -846,6 +846,16 @@ impl Lane {
     }
 }
 
+/// How often a checkout that is still waiting asks the pool again. bb8 does
+/// not wake a waiter when a connection attempt fails, and starts a new
+/// attempt only for a waiter that arrives while none is pending. On a
+/// multi-thread runtime an attempt can fail between our look at `failures`
+/// and bb8's count of pending attempts, and the waiter then slept until
+/// bb8's own timeout (seen in a test as a 10 s stall after the upstream was
+/// back). Asking again re-evaluates; it never starts a second attempt while
+/// one is pending.
+const CHECKOUT_REPOLL: Duration = Duration::from_millis(100);
+
 /// Checks out a connection, returning the connect error as soon as an attempt
 /// fails (bb8 itself would only report a timeout).
 async fn checkout(
@@ -859,15 +869,24 @@ async fn checkout(
             .clone()
             .unwrap_or(ConnectError::CheckoutTimeout(wait))
     };
-    tokio::select! {
-        r = pool.get_owned() => r.map_err(|e| match e {
-            RunError::User(e) => e,
-            RunError::TimedOut => last(&failures),
-        }),
-        changed = failures.changed() => match changed {
-            Ok(()) => Err(last(&failures)),
-            Err(_) => Err(ConnectError::CheckoutTimeout(wait)),
-        },
+    let deadline = Instant::now() + wait;
+    loop {
+        let ask_again = (Instant::now() + CHECKOUT_REPOLL).min(deadline);
+        tokio::select! {
+            r = pool.get_owned() => return r.map_err(|e| match e {
+                RunError::User(e) => e,
+                RunError::TimedOut => last(&failures),
+            }),
+            changed = failures.changed() => return match changed {
+                Ok(()) => Err(last(&failures)),
+                Err(_) => Err(ConnectError::CheckoutTimeout(wait)),
+            },
+            () = sleep_until(ask_again) => {
+                if ask_again >= deadline {
+                    return Err(last(&failures));
+                }
+            }
+        }
     }
 }
 
