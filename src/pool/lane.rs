@@ -237,11 +237,17 @@ impl Job {
             }
         }
         self.req.raw.advance(skipped);
-        self.req.seq += u64::from(self.answered);
-        self.req.count -= self.answered;
-        self.req.retry_safe = self.req.retry_safe.checked_shr(self.answered).unwrap_or(0);
+        self.skip_requests(self.answered);
         self.answered = 0;
         skipped
+    }
+
+    /// Moves the start of the run past its first `n` requests, whose bytes
+    /// have already been taken off `raw`.
+    fn skip_requests(&mut self, n: u32) {
+        self.req.seq += u64::from(n);
+        self.req.count -= n;
+        self.req.retry_safe = self.req.retry_safe.checked_shr(n).unwrap_or(0);
     }
 
     /// Takes the first unanswered request off the run, as a job of its own
@@ -271,9 +277,7 @@ impl Job {
             written: self.written,
             transient: None,
         };
-        self.req.seq += u64::from(count);
-        self.req.count -= count;
-        self.req.retry_safe = self.req.retry_safe.checked_shr(count).unwrap_or(0);
+        self.skip_requests(count);
         first
     }
 }
@@ -446,34 +450,33 @@ impl Lane {
     /// `-LOADING` is the truth, not "never sent"). A request that was written
     /// on a connection that then broke may have run: the outage that kept it
     /// from being resent if there is one, else the lost connection. Anything
-    /// else was never sent, and the error says why.
-    fn expired_error(&self, job: &Job, now: Instant) -> Bytes {
+    /// else was never sent, and the error says why — kept in `not_sent` so
+    /// that many requests expiring at once share one line.
+    fn expired_error(&self, job: &Job, now: Instant, not_sent: &mut Option<Bytes>) -> Bytes {
         if let Some(reply) = &job.transient {
             return reply.clone();
         }
-        let waited = now.saturating_duration_since(job.accepted);
         if job.written && self.outage.is_none() {
             return Error::LostAfterWrite.to_resp();
         }
-        self.not_sent_error(waited).to_resp()
+        not_sent
+            .get_or_insert_with(|| {
+                self.not_sent_error(now.saturating_duration_since(job.accepted))
+                    .to_resp()
+            })
+            .clone()
     }
 
     /// Fails queued requests whose hold deadline has passed.
     fn expire_queue(&mut self) {
         let now = Instant::now();
-        let mut error: Option<Bytes> = None;
+        let mut not_sent = None;
         while self.queue.front().is_some_and(|j| j.hold_deadline <= now) {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            if job.written || job.transient.is_some() {
-                let line = self.expired_error(&job, now);
-                job.fail(&line);
-                continue;
-            }
-            let waited = now.saturating_duration_since(job.accepted);
-            let line = error.get_or_insert_with(|| self.not_sent_error(waited).to_resp());
-            job.fail(line);
+            let line = self.expired_error(&job, now, &mut not_sent);
+            job.fail(&line);
         }
     }
 
@@ -599,7 +602,7 @@ impl Lane {
                             break;
                         };
                         if job.hold_deadline <= now {
-                            let error = self.expired_error(&job, now);
+                            let error = self.expired_error(&job, now, &mut None);
                             job.fail(&error);
                             continue;
                         }
