@@ -313,22 +313,8 @@ async fn blackholed_requests_fail_at_the_timeout_and_late_replies_reach_nobody()
     let relay = FaultRelay::start(redis.addr());
     // One connection, no spare, no health-check PINGs: every request of both
     // clients shares the one connection that gets blackholed.
-    let proxy = TestProxy::start(
-        &format!("redis://{}", relay.addr()),
-        &[
-            "--timeout",
-            "2s",
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
-            "--health-check-interval",
-            "0s",
-            "--backoff-cap",
-            "200ms",
-        ],
-    )
-    .await;
+    let proxy =
+        TestProxy::behind_relay(&relay, &["--timeout", "2s", "--backoff-cap", "200ms"]).await;
     let mut a = proxy.client().await;
     let mut b = proxy.client().await;
     assert_eq!(a.cmd(&["ECHO", "a-before"]).await, bulk("a-before"));

@@ -32,15 +32,16 @@ const CUT_THEN_RETRY: &[&str] = &[
 ];
 
 /// Waits until the proxy opens a new connection through `relay` (more than
-/// `accepted`: the cut connection is gone), then lets traffic pass again.
-async fn pass_once_reconnecting(relay: &FaultRelay, accepted: u64) {
+/// `accepted`: the cut connection is gone), then switches the relay to
+/// `mode`.
+async fn once_reconnecting_set(relay: &FaultRelay, accepted: u64, mode: RelayMode) {
     wait::until_async(
         "the proxy to reconnect after the cut",
         Duration::from_secs(20),
         || relay.connections_accepted() > accepted,
     )
     .await;
-    relay.set_mode(RelayMode::Pass);
+    relay.set_mode(mode);
 }
 
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
@@ -392,7 +393,7 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
     client.send(&["GET", "k"]).await.expect("send GET");
     // The lane reconnecting proves the GET's connection was cut; the retry
     // then waits (validation fails under the cut) until the relay passes.
-    pass_once_reconnecting(&relay, accepted).await;
+    once_reconnecting_set(&relay, accepted, RelayMode::Pass).await;
     assert_eq!(client.read_reply().await.expect("GET reply"), bulk("value"));
     assert_eq!(
         command_calls(&redis, "get") - gets,
@@ -557,13 +558,9 @@ async fn graceful_shutdown_delivers_replies_in_flight() {
 async fn a_reply_cut_mid_way_is_never_delivered_in_part() {
     let redis = RedisServer::start();
     let relay = FaultRelay::start(redis.addr());
-    let proxy = TestProxy::start(
-        &format!("redis://{}", relay.addr()),
+    let proxy = TestProxy::behind_relay(
+        &relay,
         &[
-            "--max-connections",
-            "1",
-            "--min-idle",
-            "0",
             "--validate",
             "write",
             "--timeout",
@@ -590,7 +587,7 @@ async fn a_reply_cut_mid_way_is_never_delivered_in_part() {
     let accepted = relay.connections_accepted();
     relay.set_mode(RelayMode::CutReplyAfter(50));
     client.send(&["GET", "big"]).await.expect("send GET");
-    pass_once_reconnecting(&relay, accepted).await;
+    once_reconnecting_set(&relay, accepted, RelayMode::Pass).await;
     let reply = client.read_reply().await.expect("GET reply");
     match &reply {
         Reply::Bulk(got) => assert!(
@@ -668,7 +665,7 @@ async fn a_pipeline_cut_after_its_first_reply_is_settled_request_by_request() {
     ]
     .concat();
     client.send_raw(&pipeline).await.expect("send the pipeline");
-    pass_once_reconnecting(&relay, accepted).await;
+    once_reconnecting_set(&relay, accepted, RelayMode::Pass).await;
     let mut replies = Vec::new();
     for _ in 0..4 {
         replies.push(client.read_reply().await.expect("a reply"));
@@ -754,15 +751,9 @@ async fn a_read_that_cannot_be_resent_in_time_reports_the_outage() {
     let accepted = relay.connections_accepted();
     relay.set_mode(RelayMode::CutReplyAfter(0));
     client.send(&["GET", "k"]).await.expect("send GET");
-    wait::until_async(
-        "the proxy to try to reconnect after the cut",
-        Duration::from_secs(20),
-        || relay.connections_accepted() > accepted,
-    )
-    .await;
     // Down for good: every connection, the one just opened included, is
     // reset.
-    relay.set_mode(RelayMode::AcceptAndReset);
+    once_reconnecting_set(&relay, accepted, RelayMode::AcceptAndReset).await;
     let reply = client.read_reply().await.expect("GET reply");
     let Reply::Error(text) = &reply else {
         panic!("GET answered {reply} while the upstream was unreachable");
