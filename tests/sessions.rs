@@ -817,6 +817,66 @@ async fn inside_a_transaction_stateful_commands_are_only_queued() {
     }
 }
 
+/// Redis queues AUTH, HELLO and CLIENT ID/GETNAME/SETNAME inside MULTI and
+/// runs them at EXEC. respool answers those itself, so it cannot put their
+/// results into EXEC's array: it refuses them while queueing instead, and
+/// Redis's rule for a refused command applies (EXECABORT, nothing runs). A
+/// client library counting replies never sees one too few.
+#[tokio::test]
+async fn commands_respool_answers_itself_are_refused_inside_a_transaction() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut client = proxy.client().await;
+    let commands: [&[&str]; 5] = [
+        &["CLIENT", "SETNAME", "inside"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "ID"],
+        &["HELLO", "3"],
+        &["AUTH", "secret-password"],
+    ];
+    for (i, command) in commands.iter().enumerate() {
+        client.cmd(&["MULTI"]).await.expect_ok();
+        let value = format!("v{i}");
+        assert_eq!(client.cmd(&["SET", "k", &value]).await, queued());
+        let refused = client.cmd(command).await;
+        refused.expect_error_code("ERR");
+        let text = format!("{refused:?}");
+        assert!(
+            text.contains("cannot be queued in a transaction"),
+            "{command:?}: {text}"
+        );
+        assert!(
+            !text.contains("secret"),
+            "an AUTH argument was echoed: {text}"
+        );
+        assert_eq!(
+            client.cmd(&["EXEC"]).await,
+            Reply::Error("EXECABORT Transaction discarded because of previous errors.".into()),
+            "{command:?} inside MULTI"
+        );
+        assert_eq!(
+            client.cmd(&["GET", "k"]).await,
+            Reply::Nil,
+            "{command:?}: the aborted SET ran"
+        );
+    }
+    // None of them took effect, and the client is out of the transaction.
+    assert_eq!(client.cmd(&["CLIENT", "GETNAME"]).await, Reply::Nil);
+    assert_eq!(client.cmd(&["PING"]).await, simple("PONG"));
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Error("ERR EXEC without MULTI".into())
+    );
+    // QUIT is not queued, by Redis either: it answers and closes at once.
+    client.cmd(&["MULTI"]).await.expect_ok();
+    client.cmd(&["QUIT"]).await.expect_ok();
+    let after = client.read_reply().await;
+    assert!(
+        matches!(&after, Err(e) if e.is_closed()),
+        "after QUIT: {after:?}"
+    );
+}
+
 #[tokio::test]
 async fn monitor_is_refused_inside_a_session_too() {
     let redis = RedisServer::start();

@@ -15,6 +15,24 @@ pub(super) fn allowed_before_auth(req: &Request) -> bool {
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
+/// The refusal of a command respool answers itself, sent inside MULTI.
+pub(super) fn not_queueable(req: &Request) -> Bytes {
+    let name = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
+    let name = match req.arg(1) {
+        Some(sub) if name == "CLIENT" => {
+            format!(
+                "CLIENT {}",
+                String::from_utf8_lossy(sub).to_ascii_uppercase()
+            )
+        }
+        _ => name,
+    };
+    error_line(
+        "ERR",
+        &format!("{name} cannot be queued in a transaction through respool (respool answers it itself); send it before MULTI or after EXEC"),
+    )
+}
+
 /// `-WRONGPASS`, worded as Redis 7 words it.
 pub(super) fn wrongpass() -> Bytes {
     error_line(

@@ -534,6 +534,19 @@ impl Client {
 
     /// Commands answered (or partly answered) by respool itself.
     fn local(&mut self, local: Local, req: Request, command: Command) {
+        if !matches!(local, Local::Quit | Local::Reset | Local::SelectDefault)
+            && self
+                .session
+                .as_mut()
+                .is_some_and(|s| s.abort_transaction_on_exec())
+        {
+            // Redis would queue it and run it at EXEC, but respool answers
+            // it itself and has no place in EXEC's reply for it. Refusing it
+            // keeps the reply count right: as with any command refused while
+            // queueing, EXEC answers EXECABORT and nothing runs.
+            self.push_ready(local::not_queueable(&req));
+            return;
+        }
         match local {
             Local::Quit => {
                 self.push_ready(Bytes::from_static(b"+OK\r\n"));
