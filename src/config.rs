@@ -128,6 +128,10 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
     pub keepalive: Duration,
 
+    /// Hold a lane's new requests while its previous write is unanswered (at most until 64 runs wait), so requests from many clients reach Redis in one write, like Nagle's algorithm with Redis's replies as the acknowledgement; off = write each request as it arrives. An idle lane writes at once either way. See README "Tuning".
+    #[arg(long, env = "RESPOOL_BATCH_WRITES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub batch_writes: bool,
+
     /// Read buffer size per connection (e.g. 64KiB).
     #[arg(long, env = "RESPOOL_READ_BUFFER_SIZE", default_value = "64KiB", value_parser = parse_bytes)]
     pub read_buffer_size: u64,
@@ -399,6 +403,8 @@ pub struct Config {
     pub health_check_interval: Option<Duration>,
     /// TCP keepalive idle time.
     pub keepalive: Option<Duration>,
+    /// Hold new requests while a lane's write is unanswered.
+    pub batch_writes: bool,
     /// Read buffer size per connection.
     pub read_buffer_size: usize,
     /// Largest client bulk string.
@@ -558,6 +564,7 @@ impl Config {
             health_check_interval: (!flags.health_check_interval.is_zero())
                 .then_some(flags.health_check_interval),
             keepalive: (!flags.keepalive.is_zero()).then_some(flags.keepalive),
+            batch_writes: flags.batch_writes,
             read_buffer_size: flags.read_buffer_size as usize,
             max_bulk_length: flags.max_bulk_length,
             max_pending_per_client: flags.max_pending_per_client as usize,

@@ -30,6 +30,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::codec::{first_request_len, ReplyDecoder, ReplyKind};
 use crate::error::Error;
 use crate::pool::manager::UpstreamManager;
+use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff, BackoffPolicy};
 use crate::upstream::ConnectError;
 
@@ -172,6 +173,8 @@ pub struct LaneSettings {
     pub health_check_interval: Option<Duration>,
     /// Read buffer size.
     pub read_buffer_size: usize,
+    /// Hold new requests while a write is unanswered (`--batch-writes`).
+    pub batch_writes: bool,
 }
 
 /// A run of requests inside the lane.
@@ -571,6 +574,7 @@ impl Lane {
         let mut written: u64 = 0;
         let mut decoder = ReplyDecoder::default();
         let mut last_io = Instant::now();
+        let mut gate = WriteGate::new(s.batch_writes);
         // Deadlines (reply timeout, end of a hold, idle health check) are
         // checked on one periodic tick instead of a timer per loop turn:
         // arming and disarming timers on every batch costs more than the
@@ -593,9 +597,11 @@ impl Lane {
                 {
                     break 'conn None;
                 }
+                gate.answered_up_to(inflight.front().map(|f| f.end));
                 // Move queued requests into the write buffer, unless holding
-                // after a transient error (order must be kept).
-                if hold_until.is_none() {
+                // after a transient error (order must be kept) or batching
+                // behind an unanswered write (`write_gate`).
+                if hold_until.is_none() && !self.queue.is_empty() && gate.open(self.queue.len()) {
                     let now = Instant::now();
                     while wbuf.len() < WRITE_HIGH_WATER {
                         let Some(mut job) = self.queue.pop_front() else {
@@ -619,6 +625,7 @@ impl Lane {
                             deadline,
                         });
                     }
+                    gate.wrote(enqueued);
                 }
                 if rbuf.capacity() - rbuf.len() < s.read_buffer_size / 4 {
                     rbuf.reserve(s.read_buffer_size);

@@ -4,6 +4,7 @@
 pub mod lane;
 pub mod manager;
 pub mod validate;
+pub mod write_gate;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,6 +68,7 @@ impl SharedLanes {
             },
             health_check_interval: config.health_check_interval,
             read_buffer_size: config.read_buffer_size,
+            batch_writes: config.batch_writes,
         });
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
