@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::client::encode_command;
-use support::{FaultRelay, RedisServer, Reply, TestClient, TestProxy};
+use support::{FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
 
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
@@ -540,4 +540,77 @@ async fn a_protocol_error_closes_only_that_client() {
     assert_eq!(bystander.read_reply().await.expect("GET b"), bulk("1"));
     let mut newcomer = proxy.client().await;
     assert_eq!(newcomer.cmd(&["GET", "b"]).await, bulk("1"));
+}
+
+/// With `--batch-writes` (the default), requests that arrive while the lane's
+/// previous write is unanswered wait in respool and then leave together in
+/// one write; with `off`, each goes out as it arrives. Either way every
+/// client gets its own reply.
+#[tokio::test]
+async fn requests_behind_an_unanswered_write_leave_together() {
+    const CLIENTS: usize = 20;
+    const HELD: Duration = Duration::from_secs(2);
+    let redis = RedisServer::start();
+    for (batch_writes, expect_held) in [("on", true), ("off", false)] {
+        let relay = FaultRelay::start(redis.addr());
+        let proxy =
+            TestProxy::behind_relay(&relay, &["--threads", "1", "--batch-writes", batch_writes])
+                .await;
+        let mut first = proxy.client().await;
+        first.cmd(&["SET", "k", "v"]).await.expect_ok();
+        let mut others = Vec::new();
+        for _ in 0..CLIENTS {
+            others.push(proxy.client().await);
+        }
+
+        // The lane's next write waits for its reply for HELD.
+        relay.set_mode(RelayMode::Delay(HELD));
+        let before = relay.bytes_to_upstream();
+        first
+            .send(&["GET", "k"])
+            .await
+            .expect("sending the first GET");
+        let get = encode_command(&["GET", "k"]).len() as u64;
+        support::wait::until_async(
+            "the first GET reaches Redis",
+            Duration::from_secs(10),
+            || relay.bytes_to_upstream() >= before + get,
+        )
+        .await;
+        for client in &mut others {
+            client.send(&["GET", "k"]).await.expect("sending a GET");
+        }
+        let all = before + get * (CLIENTS as u64 + 1);
+        if expect_held {
+            // Nothing moves while the first reply is delayed. (A fixed
+            // wait: it checks that something does *not* happen.)
+            tokio::time::sleep(HELD / 4).await;
+            assert_eq!(
+                relay.bytes_to_upstream(),
+                before + get,
+                "--batch-writes on: requests went out behind an unanswered write"
+            );
+        } else {
+            support::wait::until_async(
+                "--batch-writes off: every GET reaches Redis while the first reply is held",
+                HELD * 3 / 4,
+                || relay.bytes_to_upstream() >= all,
+            )
+            .await;
+        }
+        assert_eq!(first.read_reply().await.expect("first reply"), bulk("v"));
+        for (i, client) in others.iter_mut().enumerate() {
+            assert_eq!(
+                client.read_reply().await.expect("a held reply"),
+                bulk("v"),
+                "client {i}, --batch-writes {batch_writes}"
+            );
+        }
+        assert_eq!(
+            relay.bytes_to_upstream(),
+            all,
+            "--batch-writes {batch_writes}"
+        );
+        relay.set_mode(RelayMode::Pass);
+    }
 }
