@@ -312,9 +312,21 @@ async fn blackholed_requests_fail_at_the_timeout_and_late_replies_reach_nobody()
     let redis = RedisServer::start();
     let relay = FaultRelay::start(redis.addr());
     // One connection, no spare, no health-check PINGs: every request of both
-    // clients shares the one connection that gets blackholed.
-    let proxy =
-        TestProxy::behind_relay(&relay, &["--timeout", "2s", "--backoff-cap", "200ms"]).await;
+    // clients shares the one connection that gets blackholed. Without write
+    // batching both requests go out on it at once; with it, the second would
+    // wait behind the first (see the next test).
+    let proxy = TestProxy::behind_relay(
+        &relay,
+        &[
+            "--timeout",
+            "2s",
+            "--backoff-cap",
+            "200ms",
+            "--batch-writes",
+            "off",
+        ],
+    )
+    .await;
     let mut a = proxy.client().await;
     let mut b = proxy.client().await;
     assert_eq!(a.cmd(&["ECHO", "a-before"]).await, bulk("a-before"));
@@ -404,6 +416,80 @@ async fn blackholed_requests_fail_at_the_timeout_and_late_replies_reach_nobody()
     }
     assert_eq!(a.cmd(&["GET", "late"]).await, bulk("stale-b"));
     assert_eq!(b.cmd(&["ECHO", "b-last"]).await, bulk("b-last"));
+}
+
+/// With write batching (the default), a request that arrives while the
+/// lane's write is unanswered waits in respool. If that write then times out
+/// on a blackholed connection, the waiting request was never sent: it is not
+/// reported "may or may not have executed", and it never runs late.
+#[tokio::test]
+async fn a_request_waiting_behind_a_blackholed_write_is_never_sent_on_it() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::behind_relay(
+        &relay,
+        &[
+            "--timeout",
+            "2s",
+            "--hold-timeout",
+            "3s",
+            "--backoff-cap",
+            "200ms",
+        ],
+    )
+    .await;
+    let mut a = proxy.client().await;
+    let mut b = proxy.client().await;
+    assert_eq!(a.cmd(&["ECHO", "a-before"]).await, bulk("a-before"));
+    assert_eq!(b.cmd(&["ECHO", "b-before"]).await, bulk("b-before"));
+
+    relay.set_mode(RelayMode::Blackhole);
+    let before = relay.bytes_from_client();
+    a.send(&["INCR", "written"]).await.expect("send");
+    let incr = encode_command(&["INCR", "written"]).len() as u64;
+    wait::until_async(
+        "the proxy to write A's INCR",
+        Duration::from_secs(10),
+        || relay.bytes_from_client() >= before + incr,
+    )
+    .await;
+    b.send(&["SET", "waiting", "never"]).await.expect("send");
+
+    let reply_a = a.read_reply().await.expect("A's reply");
+    assert_eq!(failure(&reply_a), Some(Failure::Maybe), "{reply_a}");
+    let reply_b = b.read_reply().await.expect("B's reply");
+    assert_eq!(failure(&reply_b), Some(Failure::NotRun), "{reply_b}");
+
+    // The blackholed INCR runs late once traffic flows; the SET never does.
+    relay.set_mode(RelayMode::Pass);
+    wait::until_async("the held INCR to run late", Duration::from_secs(20), || {
+        redis.command(&[b"GET", b"written"]) == bulk("1")
+    })
+    .await;
+    // And the proxy serves both clients again.
+    for client in [&mut a, &mut b] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let reply = client.cmd(&["ECHO", "after"]).await;
+            if reply == bulk("after") {
+                break;
+            }
+            // Still reconnecting: nothing ran; ask again.
+            assert_eq!(failure(&reply), Some(Failure::NotRun), "{reply}");
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not recover: {reply}"
+            );
+        }
+    }
+    // Had the SET gone out on the blackholed connection, it would have
+    // followed the INCR to Redis by now.
+    assert_eq!(
+        redis.command(&[b"GET", b"waiting"]),
+        Reply::Nil,
+        "the waiting SET went out on the blackholed connection"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -97,6 +97,8 @@ struct Control {
 struct Shared {
     accepted: AtomicU64,
     to_upstream: AtomicU64,
+    /// Bytes read from the client side, forwarded or not (under `Blackhole`).
+    from_client: AtomicU64,
     /// Whether the listening socket is open (false under `Refuse`).
     listening: AtomicBool,
     /// Mode generation whose `InjectReply` was already spent.
@@ -243,6 +245,12 @@ impl FaultRelay {
     /// started. Held (blackholed) bytes are not counted until sent.
     pub fn bytes_to_upstream(&self) -> u64 {
         self.shared.to_upstream.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the relay has read from its clients (the proxy), including those
+    /// it holds under `Blackhole`: what the proxy has written.
+    pub fn bytes_from_client(&self) -> u64 {
+        self.shared.from_client.load(Ordering::SeqCst)
     }
 
     /// Connections currently open (accepted and not yet fully closed).
@@ -466,7 +474,10 @@ async fn forward(
                 // EOF: dropping `chunks_tx` tells the writer to shut down
                 // its side after the queued data.
                 Ok(0) => return Ok(()),
-                Ok(_) => {
+                Ok(n) => {
+                    if direction == Direction::ToUpstream {
+                        shared.from_client.fetch_add(n as u64, Ordering::SeqCst);
+                    }
                     if chunks_tx.send((Instant::now(), buf.freeze())).is_err() {
                         return Ok(());
                     }
