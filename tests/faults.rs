@@ -276,9 +276,12 @@ async fn upstream_killed_for_2s_under_200_clients() {
         mismatches.len(),
         &mismatches[..mismatches.len().min(10)]
     );
+    // The outage must have been felt: as errors, or (requests held unsent
+    // until Redis was back, which write batching makes likely for all of
+    // them) as requests that took most of the outage.
     assert!(
-        not_run + maybe > 0,
-        "Redis was down for {down_for:?} and no client saw an error"
+        not_run + maybe > 0 || slowest >= Duration::from_secs(1),
+        "Redis was down for {down_for:?} and no client noticed: no error, slowest request {slowest:?}"
     );
     assert!(
         slowest <= TIMEOUT + Duration::from_secs(1),
