@@ -218,11 +218,12 @@ impl ReadHalf<'_> {
 impl WriteHalf<'_> {
     /// Writes some of `buf` and advances it; on TLS, with `buf` empty, sends
     /// waiting encrypted output. Cancel-safe.
-    pub async fn write_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    pub async fn write_buf<B: Buf>(&mut self, buf: &mut B) -> io::Result<usize> {
         match self {
+            // Vectored when `buf` is in pieces.
             WriteHalf::Tcp(w) => w.write_buf(buf).await,
             WriteHalf::Tls(s) => {
-                let n = s.write_some(buf).await?;
+                let n = s.write_some(buf.chunk()).await?;
                 buf.advance(n);
                 Ok(n)
             }

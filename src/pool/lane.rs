@@ -30,6 +30,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::codec::{first_request_len, ReplyDecoder, ReplyKind};
 use crate::error::Error;
 use crate::pool::manager::UpstreamManager;
+use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff, BackoffPolicy};
 use crate::upstream::ConnectError;
@@ -569,7 +570,7 @@ impl Lane {
         let mut retry_later: VecDeque<Job> = VecDeque::new();
         let mut hold_until: Option<Instant> = None;
         let mut transient_backoff = s.backoff.delays();
-        let mut wbuf = BytesMut::with_capacity(s.read_buffer_size);
+        let mut wbuf = Outbox::with_capacity(s.read_buffer_size);
         let mut enqueued: u64 = 0;
         let mut written: u64 = 0;
         let mut decoder = ReplyDecoder::default();
@@ -615,7 +616,7 @@ impl Lane {
                         // Sent again: an earlier transient answer is no
                         // longer the latest word on it.
                         job.transient = None;
-                        wbuf.extend_from_slice(&job.req.raw);
+                        wbuf.push(&job.req.raw);
                         enqueued += job.req.raw.len() as u64;
                         // The reply deadline runs from the write.
                         let deadline = now + s.timeout;
@@ -671,7 +672,7 @@ impl Lane {
                         }
                         let idle = inflight.is_empty() && wbuf.is_empty() && hold_until.is_none();
                         if idle && s.health_check_interval.is_some_and(|i| last_io + i <= now) {
-                            wbuf.extend_from_slice(PING);
+                            wbuf.push_static(PING);
                             enqueued += PING.len() as u64;
                             inflight.push_back(Sent { job: None, end: enqueued, deadline: now + s.timeout });
                         }

@@ -3,6 +3,7 @@
 
 pub mod lane;
 pub mod manager;
+pub mod outbox;
 pub mod validate;
 pub mod write_gate;
 
