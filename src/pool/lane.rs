@@ -604,6 +604,7 @@ impl Lane {
                 // behind an unanswered write (`write_gate`).
                 if hold_until.is_none() && !self.queue.is_empty() && gate.open(self.queue.len()) {
                     let now = Instant::now();
+                    let batch_start = enqueued;
                     while wbuf.len() < WRITE_HIGH_WATER {
                         let Some(mut job) = self.queue.pop_front() else {
                             break;
@@ -626,7 +627,10 @@ impl Lane {
                             deadline,
                         });
                     }
-                    gate.wrote(enqueued);
+                    // Unless every job had expired unsent.
+                    if enqueued > batch_start {
+                        gate.wrote(enqueued);
+                    }
                 }
                 if rbuf.capacity() - rbuf.len() < s.read_buffer_size / 4 {
                     rbuf.reserve(s.read_buffer_size);

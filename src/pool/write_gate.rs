@@ -52,9 +52,11 @@ impl WriteGate {
         !self.enabled || self.unanswered.is_empty() || queued_runs >= OPEN_AT_QUEUED_RUNS
     }
 
-    /// Records a batch moved into the write buffer, ending at `end`.
+    /// Records a batch of new bytes moved into the write buffer, ending at
+    /// `end` (past the end of the previous batch).
     pub fn wrote(&mut self, end: u64) {
-        if self.enabled && self.unanswered.back() != Some(&end) {
+        if self.enabled {
+            debug_assert!(self.unanswered.back().is_none_or(|&last| last < end));
             self.unanswered.push_back(end);
         }
     }
