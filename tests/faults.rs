@@ -308,18 +308,32 @@ async fn upstream_killed_for_2s_under_200_clients() {
 // 2. Blackholed upstream.
 // ---------------------------------------------------------------------------
 
+/// A proxy with one lane behind a fresh relay (`flags` appended), and two
+/// clients it has served once each, so that the lane is up before a fault.
+async fn two_served_clients(
+    redis: &RedisServer,
+    flags: &[&str],
+) -> (FaultRelay, TestProxy, TestClient, TestClient) {
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::behind_relay(&relay, flags).await;
+    let mut a = proxy.client().await;
+    let mut b = proxy.client().await;
+    assert_eq!(a.cmd(&["ECHO", "a-before"]).await, bulk("a-before"));
+    assert_eq!(b.cmd(&["ECHO", "b-before"]).await, bulk("b-before"));
+    (relay, proxy, a, b)
+}
+
 #[tokio::test]
 async fn blackholed_requests_fail_at_the_timeout_and_late_replies_reach_nobody() {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
-    let relay = FaultRelay::start(redis.addr());
     // One connection, no spare, no health-check PINGs: every request of both
     // clients shares the one connection that gets blackholed. Without write
     // batching both requests go out on it at once; with it, the second would
     // wait behind the first (see the next test).
-    let proxy = TestProxy::behind_relay(
-        &relay,
+    let (relay, _proxy, mut a, mut b) = two_served_clients(
+        &redis,
         &[
             "--timeout",
             "2s",
@@ -330,10 +344,6 @@ async fn blackholed_requests_fail_at_the_timeout_and_late_replies_reach_nobody()
         ],
     )
     .await;
-    let mut a = proxy.client().await;
-    let mut b = proxy.client().await;
-    assert_eq!(a.cmd(&["ECHO", "a-before"]).await, bulk("a-before"));
-    assert_eq!(b.cmd(&["ECHO", "b-before"]).await, bulk("b-before"));
     let accepted = relay.connections_accepted();
     assert_eq!(relay.active_connections(), 1);
 
@@ -429,9 +439,8 @@ async fn blackholed_requests_fail_at_the_timeout_and_late_replies_reach_nobody()
 async fn a_request_waiting_behind_a_blackholed_write_is_never_sent_on_it() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
-    let relay = FaultRelay::start(redis.addr());
-    let proxy = TestProxy::behind_relay(
-        &relay,
+    let (relay, _proxy, mut a, mut b) = two_served_clients(
+        &redis,
         &[
             "--timeout",
             "2s",
@@ -442,10 +451,6 @@ async fn a_request_waiting_behind_a_blackholed_write_is_never_sent_on_it() {
         ],
     )
     .await;
-    let mut a = proxy.client().await;
-    let mut b = proxy.client().await;
-    assert_eq!(a.cmd(&["ECHO", "a-before"]).await, bulk("a-before"));
-    assert_eq!(b.cmd(&["ECHO", "b-before"]).await, bulk("b-before"));
 
     relay.set_mode(RelayMode::Blackhole);
     let before = relay.bytes_from_client();
