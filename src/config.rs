@@ -172,7 +172,7 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: u32,
 
-    /// Event-loop threads: 0 = one per CPU core, at most 4; 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools. See README "Tuning".
+    /// Event-loop threads: 0 = one per two CPU cores, at least 1 and at most 4; 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools. See README "Tuning".
     #[arg(long, env = "RESPOOL_THREADS", default_value_t = 0)]
     pub threads: u32,
 
@@ -365,9 +365,22 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The validated configuration.
-/// `--threads 0` starts one event loop per core, but no more than this: one
-/// Redis is one thread, and each loop holds its own upstream connections.
+/// `--threads 0` starts no more event loops than this: one Redis is one
+/// thread, and each loop holds its own upstream connections.
 pub const AUTO_THREADS_MAX: usize = 4;
+
+/// The event loops `--threads 0` starts on a machine with `cores` cores: one
+/// per two cores, at least one, at most [`AUTO_THREADS_MAX`].
+///
+/// Half, not one per core, because respool shares its machine with the
+/// processes whose work it carries: at least Redis (one thread) and usually
+/// its clients. On 2 cores one loop beat two on every workload measured with
+/// write batching (README "Tuning"): fewer lanes write larger batches, and a
+/// second loop only adds wake-ups competing with Redis and the clients for
+/// the same cores.
+pub fn auto_threads(cores: usize) -> usize {
+    (cores / 2).clamp(1, AUTO_THREADS_MAX)
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -429,7 +442,7 @@ pub struct Config {
     /// clone of the configuration, so the event loops of `--threads` N count
     /// against one limit (not a flag).
     pub connected_clients: Arc<std::sync::atomic::AtomicUsize>,
-    /// Event loops (0 = one per core, at most [`AUTO_THREADS_MAX`]).
+    /// Event loops (0 = [`auto_threads`] of the machine's cores).
     pub threads: usize,
     /// Exit when the upstream is unavailable at start.
     pub require_upstream: bool,
@@ -675,6 +688,12 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_event_loops_are_one_per_two_cores_within_bounds() {
+        let loops = [1, 2, 3, 4, 6, 8, 64].map(auto_threads);
+        assert_eq!(loops, [1, 1, 1, 2, 3, 4, 4]);
+    }
 
     #[test]
     fn pool_sizes_are_split_between_event_loops() {

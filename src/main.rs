@@ -42,9 +42,9 @@ fn main() -> ExitCode {
     init_logging(&config);
 
     let threads = match config.threads {
-        0 => std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(respool::config::AUTO_THREADS_MAX),
+        0 => respool::config::auto_threads(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ),
         n => n,
     };
     if threads == 1 {
