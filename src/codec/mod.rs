@@ -107,9 +107,27 @@ pub(crate) fn parse_int(line: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+/// Bytes [`find_crlf`] scans one by one before it hands over to `memchr`.
+/// Nearly every line it looks for is a header (`*2`, `$16`, `:1`, `+OK`):
+/// a plain loop finds their CR in a few steps, where `memchr` pays its
+/// vector setup and tail handling first (callgrind: 125 of the ~1 700
+/// instructions respool spends per pipelined GET were in `memchr`).
+const SCAN_BEFORE_MEMCHR: usize = 16;
+
 /// Index of the `\r` of the first CRLF at or after `from`, if any.
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
+    let scan_end = buf.len().min(from.saturating_add(SCAN_BEFORE_MEMCHR));
+    while at < scan_end {
+        if buf[at] == b'\r' {
+            match buf.get(at + 1) {
+                Some(b'\n') => return Some(at),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        at += 1;
+    }
     while at < buf.len() {
         let rel = memchr::memchr(b'\r', &buf[at..])?;
         let cr = at + rel;
@@ -149,5 +167,35 @@ mod tests {
         assert_eq!(find_crlf(b"ab\rc\r\n", 0), Some(4));
         assert_eq!(find_crlf(b"ab\r", 0), None);
         assert_eq!(find_crlf(b"\r\n\r\n", 1), Some(2));
+    }
+
+    /// The byte-by-byte scan and the `memchr` search behind it must find the
+    /// same CRLF as a plain search, wherever it lies relative to the point
+    /// where one hands over to the other (lone CRs and LFs on either side).
+    #[test]
+    fn crlf_search_agrees_with_a_plain_search_across_the_memchr_handover() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 48) as usize;
+            let buf: Vec<u8> = (0..len)
+                .map(|_| match next() % 8 {
+                    0 => b'\r',
+                    1 => b'\n',
+                    _ => b'x',
+                })
+                .collect();
+            let from = (next() % (len as u64 + 1)) as usize;
+            let plain = buf[from..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map(|i| from + i);
+            assert_eq!(find_crlf(&buf, from), plain, "{buf:?} from {from}");
+        }
     }
 }
