@@ -442,7 +442,8 @@ pub struct Config {
     /// clone of the configuration, so the event loops of `--threads` N count
     /// against one limit (not a flag).
     pub connected_clients: Arc<std::sync::atomic::AtomicUsize>,
-    /// Event loops (0 = [`auto_threads`] of the machine's cores).
+    /// Event loops (0 = [`auto_threads`] of the machine's cores; `main`
+    /// replaces 0 by the number it starts).
     pub threads: usize,
     /// Exit when the upstream is unavailable at start.
     pub require_upstream: bool,

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     if let Some(Command::Bench(args)) = cli.command {
         return bench(args);
     }
-    let config = match Config::from_flags(cli.flags) {
+    let mut config = match Config::from_flags(cli.flags) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
@@ -47,6 +47,8 @@ fn main() -> ExitCode {
         ),
         n => n,
     };
+    // The startup line shows the loops actually started, not `0`.
+    config.threads = threads;
     if threads == 1 {
         match current_thread_runtime() {
             Ok(runtime) => runtime.block_on(run(config)),
@@ -72,7 +74,7 @@ fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// request path, so no wake-up ever crosses threads.
 fn run_loops(mut config: Config, threads: usize) -> ExitCode {
     use std::sync::mpsc;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, threads, "starting respool");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "starting respool");
     config.reuse_port = true;
     let stop = tokio_util::sync::CancellationToken::new();
     let (started_tx, started_rx) = mpsc::channel::<Result<std::net::SocketAddr, String>>();
