@@ -167,7 +167,7 @@ fn classify_mix(c: &mut Criterion) {
     group.bench_function("mix_16", |b| {
         b.iter(|| {
             for req in &mix {
-                black_box(classify(black_box(req), 0));
+                black_box(classify(black_box(req).view(), 0));
             }
         })
     });

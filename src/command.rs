@@ -6,7 +6,9 @@
 //! command reaches Redis (whose error text then reaches the client) and an
 //! unknown write is never applied twice.
 
+#[cfg(test)]
 use crate::codec::Request;
+use crate::codec::RequestRef;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +131,7 @@ impl Command {
 const MAX_NAME: usize = 24;
 
 /// Classifies a request. `db` is the database the upstream connections use.
-pub fn classify(req: &Request, db: u32) -> Command {
+pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
     let name = req.name();
     if name.len() > MAX_NAME {
         return Command::shared(false);
@@ -209,7 +211,7 @@ pub fn classify(req: &Request, db: u32) -> Command {
     }
 }
 
-fn classify_client(req: &Request) -> Command {
+fn classify_client(req: RequestRef<'_>) -> Command {
     let Some(sub) = req.arg(1) else {
         return Command::shared(false);
     };
@@ -251,7 +253,7 @@ impl DenyList {
     }
 
     /// True when the request's command (or command|subcommand) is denied.
-    pub fn denies(&self, req: &Request) -> bool {
+    pub fn denies(&self, req: RequestRef<'_>) -> bool {
         if self.names.is_empty() {
             return false;
         }
@@ -273,7 +275,7 @@ impl DenyList {
 /// True when `word` is one of the options from position `from` on, looking
 /// no further than `STREAMS` (after which XREAD's arguments are stream names
 /// and ids, not options).
-fn has_option(req: &Request, from: usize, word: &[u8]) -> bool {
+fn has_option(req: RequestRef<'_>, from: usize, word: &[u8]) -> bool {
     req.args()
         .skip(from)
         .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
@@ -382,7 +384,7 @@ mod tests {
     use super::*;
 
     fn class(args: &[&str]) -> Command {
-        classify(&Request::from_args(args), 0)
+        classify(Request::from_args(args).view(), 0)
     }
 
     #[test]
@@ -432,10 +434,10 @@ mod tests {
     #[test]
     fn deny_list_matches_names_and_subcommands() {
         let deny = DenyList::new(&["flushall", "CONFIG|SET"]);
-        assert!(deny.denies(&Request::from_args(&["FLUSHALL"])));
-        assert!(deny.denies(&Request::from_args(&["config", "set", "x", "y"])));
-        assert!(!deny.denies(&Request::from_args(&["CONFIG", "GET", "x"])));
-        assert!(!deny.denies(&Request::from_args(&["GET", "k"])));
+        assert!(deny.denies(Request::from_args(&["FLUSHALL"]).view()));
+        assert!(deny.denies(Request::from_args(&["config", "set", "x", "y"]).view()));
+        assert!(!deny.denies(Request::from_args(&["CONFIG", "GET", "x"]).view()));
+        assert!(!deny.denies(Request::from_args(&["GET", "k"]).view()));
     }
 
     #[test]
@@ -446,7 +448,7 @@ mod tests {
             Route::Local(Local::SelectDefault)
         );
         assert_eq!(
-            classify(&Request::from_args(&["SELECT", "2"]), 2).route,
+            classify(Request::from_args(&["SELECT", "2"]).view(), 2).route,
             Route::Local(Local::SelectDefault)
         );
         assert_eq!(

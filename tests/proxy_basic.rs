@@ -542,6 +542,66 @@ async fn a_protocol_error_closes_only_that_client() {
     assert_eq!(newcomer.cmd(&["GET", "b"]).await, bulk("1"));
 }
 
+/// Requests for the shared lane travel as one run while they follow each
+/// other in the client's input; anything else in the same read — an inline
+/// command, an empty line, `*0`, a command respool answers itself, a refused
+/// one, and finally a protocol error — ends the run there. Every request
+/// before the bad bytes is answered, in order, before the error.
+#[tokio::test]
+async fn a_pipeline_mixing_inline_local_and_empty_commands_is_answered_in_order() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &["--deny-command", "FLUSHALL"]).await;
+    let mut client = proxy.client().await;
+    let mut input = Vec::new();
+    input.extend(encode_command(&["SET", "mix", "1"]));
+    input.extend(encode_command(&["INCR", "mix"]));
+    input.extend(b"INCR mix\r\n");
+    input.extend(b"\r\n");
+    input.extend(encode_command(&["INCR", "mix"]));
+    input.extend(b"*0\r\n");
+    input.extend(encode_command(&["GET", "mix"]));
+    input.extend(encode_command(&["CLIENT", "GETNAME"]));
+    input.extend(encode_command(&["INCR", "mix"]));
+    input.extend(encode_command(&["FLUSHALL"]));
+    input.extend(encode_command(&["INCR", "mix"]));
+    input.extend(b"ECHO inline\r\n");
+    input.extend(encode_command(&["INCR", "mix"]));
+    input.extend(b"*1\r\n*1\r\n");
+    client.send_raw(&input).await.expect("the pipeline");
+    let mut replies = Vec::new();
+    for i in 0..12 {
+        replies.push(
+            client
+                .read_reply()
+                .await
+                .unwrap_or_else(|e| panic!("reply {i}: {e}")),
+        );
+    }
+    assert_eq!(
+        replies,
+        vec![
+            simple("OK"),
+            Reply::Int(2),
+            Reply::Int(3),
+            Reply::Int(4),
+            bulk("4"),
+            Reply::Nil,
+            Reply::Int(5),
+            Reply::Error("ERR command 'FLUSHALL' is disabled on this proxy".into()),
+            Reply::Int(6),
+            bulk("inline"),
+            Reply::Int(7),
+            Reply::Error("ERR Protocol error: expected '$', got '*'".into()),
+        ]
+    );
+    match client.read_reply().await {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the connection to close after a protocol error, got {other:?}"),
+    }
+    let mut check = proxy.client().await;
+    assert_eq!(check.cmd(&["GET", "mix"]).await, bulk("7"));
+}
+
 /// With `--batch-writes` (the default), requests that arrive while the lane's
 /// previous write is unanswered wait in respool and then leave together in
 /// one write; with `off`, each goes out as it arrives. Either way every

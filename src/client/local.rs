@@ -4,11 +4,11 @@
 use bytes::Bytes;
 
 use super::auth::{AuthOutcome, ClientAuth};
-use crate::codec::Request;
+use crate::codec::{Request, RequestRef};
 use crate::error::error_line;
 
 /// Commands a client may send before it has authenticated (as in Redis).
-pub(super) fn allowed_before_auth(req: &Request) -> bool {
+pub(super) fn allowed_before_auth(req: RequestRef<'_>) -> bool {
     let name = req.name();
     ["AUTH", "HELLO", "QUIT", "RESET"]
         .iter()

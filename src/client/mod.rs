@@ -37,10 +37,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{ProtocolError, Request, RequestDecoder, RequestLimits};
+use crate::codec::{
+    Decoded, ProtocolError, Request, RequestDecoder, RequestLimits, RequestRef, RequestSpan,
+};
 use crate::command::{classify, Command, Local, Route, Stateful};
 use crate::config::Config;
 use crate::error::{error_line, Error};
@@ -298,7 +299,7 @@ impl Client {
         };
         tracing::debug!(peer = ?self.peer, "client did not complete a request in time; closing its connection");
         self.reading_done = true;
-        self.inbuf.clear();
+        self.discard_input();
         self.partial_since = None;
         self.push_ready(Error::RequestIncomplete(after).to_resp());
     }
@@ -367,13 +368,26 @@ impl Client {
             && !self.reading_done
             && self.parked.is_none()
         {
-            match self.decoder.decode(&mut self.inbuf) {
-                Ok(Some(req)) => {
+            // Requests joining the run stay in `inbuf` until it is handed
+            // over: decoding goes on after them.
+            let start = self.run.as_ref().map_or(0, |run| run.len);
+            match self.decoder.decode_at(&mut self.inbuf, start) {
+                Ok(Some(Decoded::Request(span))) => {
                     self.partial_since = None;
-                    self.route(req);
+                    self.route_in_place(start, span);
+                }
+                Ok(Some(Decoded::Inline { consumed, request })) => {
+                    self.partial_since = None;
+                    self.flush_run();
+                    self.inbuf.advance(consumed);
+                    self.route(request);
+                }
+                Ok(Some(Decoded::Nothing { consumed })) => {
+                    self.flush_run();
+                    self.inbuf.advance(consumed);
                 }
                 Ok(None) => {
-                    if self.decoder.in_progress(&self.inbuf) {
+                    if self.decoder.in_progress(&self.inbuf[start..]) {
                         self.partial_since.get_or_insert_with(Instant::now);
                     }
                     break;
@@ -395,9 +409,16 @@ impl Client {
         }
     }
 
+    /// Drops what the client sent after the requests already routed, which
+    /// (the run among them) still go on: they have their slots.
+    fn discard_input(&mut self) {
+        self.flush_run();
+        self.inbuf.clear();
+    }
+
     fn protocol_error(&mut self, e: ProtocolError) {
         self.reading_done = true;
-        self.inbuf.clear();
+        self.discard_input();
         if e == ProtocolError::Http {
             return;
         }
@@ -409,24 +430,77 @@ impl Client {
         self.base_seq + self.pending.len() as u64
     }
 
-    fn route(&mut self, req: Request) {
-        if !self.authenticated && !local::allowed_before_auth(&req) {
-            self.push_ready(error_line("NOAUTH", "Authentication required."));
-            return;
+    /// What becomes of a request, before anything is done with it.
+    fn admit(&self, req: RequestRef<'_>) -> Admission {
+        if !self.authenticated && !local::allowed_before_auth(req) {
+            Admission::NoAuth
+        } else if self.config.deny.denies(req) {
+            Admission::Denied
+        } else {
+            Admission::Command(classify(req, self.config.upstream.db))
         }
-        if self.config.deny.denies(&req) {
-            if let Some(session) = &mut self.session {
-                session.abort_transaction_on_exec();
+    }
+
+    /// Routes the request `span` found at `inbuf[start..]`, right after the
+    /// run being collected. The common case — another request for the
+    /// shared lane — only lengthens the run: the request is neither split
+    /// off nor copied, and the whole run leaves `inbuf` as one piece.
+    fn route_in_place(&mut self, start: usize, span: RequestSpan) {
+        let admission = self.admit(span.view(&self.inbuf[start..]));
+        let command = match admission {
+            Admission::Command(c) if c.route == Route::Shared && self.session.is_none() => c,
+            _ => {
+                self.flush_run();
+                let req = span.split_off(&mut self.inbuf);
+                self.dispatch(req, admission);
+                return;
             }
-            self.deny(&req);
-            return;
-        }
-        let command = classify(&req, self.config.upstream.db);
-        if command.route != Route::Shared || self.session.is_some() {
-            // Whatever this request does (it may even switch lanes), the
-            // shared requests before it are on their way first.
+        };
+        let seq = self.next_seq();
+        self.pending.push_back(None);
+        self.shared_pending += 1;
+        let safe = u64::from(command.retry_safe);
+        if let Some(run) = &mut self.run {
+            if run.count < MAX_RUN {
+                debug_assert_eq!(run.seq + u64::from(run.count), seq);
+                run.len += span.len();
+                run.retry_safe |= safe << run.count;
+                run.count += 1;
+                return;
+            }
             self.flush_run();
         }
+        self.run = Some(Run {
+            seq,
+            len: span.len(),
+            count: 1,
+            retry_safe: safe,
+        });
+    }
+
+    fn route(&mut self, req: Request) {
+        let admission = self.admit(req.view());
+        self.dispatch(req, admission);
+    }
+
+    fn dispatch(&mut self, req: Request, admission: Admission) {
+        let command = match admission {
+            Admission::NoAuth => {
+                self.push_ready(error_line("NOAUTH", "Authentication required."));
+                return;
+            }
+            Admission::Denied => {
+                if let Some(session) = &mut self.session {
+                    session.abort_transaction_on_exec();
+                }
+                self.deny(&req);
+                return;
+            }
+            Admission::Command(command) => command,
+        };
+        // Whatever this request does (it may even switch lanes), the shared
+        // requests before it are on their way first.
+        self.flush_run();
         match command.route {
             Route::Shared => match &mut self.session {
                 Some(session) => {
@@ -444,7 +518,6 @@ impl Client {
                 // Like Redis: drop the connection without a word.
                 tracing::warn!("possible cross-protocol attack (HTTP request on the proxy port); connection closed");
                 self.protocol_error(ProtocolError::Http);
-                self.run = None;
                 self.pending.clear();
                 self.out.clear();
                 self.out_small.clear();
@@ -452,28 +525,13 @@ impl Client {
         }
     }
 
-    /// Adds a request for the shared lane to the run being collected.
+    /// Sends one request that is not in `inbuf` (an inline command, a
+    /// request that waited) to the lane on its own.
     fn send_shared(&mut self, req: Request, retry_safe: bool) {
         let seq = self.next_seq();
         self.pending.push_back(None);
         self.shared_pending += 1;
-        if let Some(run) = &mut self.run {
-            if run.count < MAX_RUN && run.seq + u64::from(run.count) == seq {
-                // Free: the request was split off the read buffer right
-                // after the previous one.
-                run.raw.unsplit(req.into_raw());
-                run.retry_safe |= u64::from(retry_safe) << run.count;
-                run.count += 1;
-                return;
-            }
-            self.flush_run();
-        }
-        self.run = Some(Run {
-            seq,
-            raw: req.into_raw(),
-            count: 1,
-            retry_safe: u64::from(retry_safe),
-        });
+        self.hand_to_lane(seq, req.into_raw().freeze(), 1, u64::from(retry_safe));
     }
 
     /// Hands the collected run of shared requests to the lane.
@@ -481,20 +539,25 @@ impl Client {
         let Some(run) = self.run.take() else {
             return;
         };
+        let raw = self.inbuf.split_to(run.len).freeze();
+        self.hand_to_lane(run.seq, raw, run.count, run.retry_safe);
+    }
+
+    fn hand_to_lane(&mut self, seq: u64, raw: Bytes, count: u32, retry_safe: u64) {
         let sent = self.lane.send(LaneRequest {
-            seq: run.seq,
-            raw: run.raw.freeze(),
-            count: run.count,
-            retry_safe: run.retry_safe,
+            seq,
+            raw,
+            count,
+            retry_safe,
             reply_to: self.reply_tx.clone(),
         });
         if sent.is_err() {
             let error = Error::ShuttingDown.to_resp();
-            for seq in run.seq..run.seq + u64::from(run.count) {
+            for seq in seq..seq + u64::from(count) {
                 self.budget.add(error.len());
                 self.resolve(seq, error.clone());
             }
-            self.shared_pending -= run.count as usize;
+            self.shared_pending -= count as usize;
         }
     }
 
@@ -932,15 +995,27 @@ impl Client {
     }
 }
 
-/// Consecutive requests for the shared lane, collected while decoding.
+/// Consecutive requests for the shared lane, collected while decoding. They
+/// stay at the front of the client's read buffer, back to back as they
+/// arrived, until the run is handed over.
 struct Run {
     /// Sequence number of the first.
     seq: u64,
-    /// The requests, back to back.
-    raw: BytesMut,
+    /// Their bytes: `inbuf[..len]`.
+    len: usize,
     count: u32,
     /// Bit `i`: request `i` may be resent after a connection loss.
     retry_safe: u64,
+}
+
+/// What becomes of a request ([`Client::admit`]).
+#[derive(Clone, Copy)]
+enum Admission {
+    /// Refused: the client has not authenticated.
+    NoAuth,
+    /// Refused by `--deny-command`.
+    Denied,
+    Command(Command),
 }
 
 /// Checks out a dedicated connection, saying precisely why when none comes.

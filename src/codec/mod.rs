@@ -19,7 +19,9 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{ReplyDecoder, ReplyKind};
-pub use request::{first_request_len, Request, RequestDecoder, RequestLimits};
+pub use request::{
+    first_request_len, Decoded, Request, RequestDecoder, RequestLimits, RequestRef, RequestSpan,
+};
 
 /// Why a byte stream is not valid RESP. The texts match Redis's own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -43,9 +43,7 @@ impl Default for RequestLimits {
 /// strings so that it can be forwarded without re-encoding.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Request {
-    /// The whole request, `*N\r\n$len\r\narg\r\n…`. Kept mutable (never
-    /// mutated) so that requests split one after another off a client's
-    /// read buffer can be joined again for free ([`BytesMut::unsplit`]).
+    /// The whole request, `*N\r\n$len\r\narg\r\n…`.
     raw: BytesMut,
     /// Number of arguments (≥ 1).
     argc: usize,
@@ -77,6 +75,15 @@ impl Request {
         Request { raw, argc, name }
     }
 
+    /// The request seen in place, for classifying it.
+    pub fn view(&self) -> RequestRef<'_> {
+        RequestRef {
+            raw: &self.raw,
+            argc: self.argc,
+            name: self.name,
+        }
+    }
+
     /// The request's bytes, exactly as they go upstream.
     pub fn raw(&self) -> &[u8] {
         &self.raw
@@ -94,13 +101,50 @@ impl Request {
 
     /// The command name, as sent (any case).
     pub fn name(&self) -> &[u8] {
-        &self.raw[self.name.0..self.name.0 + self.name.1]
+        self.view().name()
     }
 
     /// All arguments, command name first.
     pub fn args(&self) -> ArgIter<'_> {
+        self.view().args()
+    }
+
+    /// Argument `i` (0 is the command name).
+    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+        self.view().arg(i)
+    }
+}
+
+/// A decoded request seen where it lies — in a [`Request`], or still in the
+/// client's read buffer — so that it can be classified before (or instead
+/// of) being split off into a buffer of its own.
+#[derive(Clone, Copy)]
+pub struct RequestRef<'a> {
+    raw: &'a [u8],
+    argc: usize,
+    name: (usize, usize),
+}
+
+impl<'a> RequestRef<'a> {
+    /// The request's bytes.
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    /// The number of arguments, command name included.
+    pub fn argc(&self) -> usize {
+        self.argc
+    }
+
+    /// The command name, as sent (any case).
+    pub fn name(&self) -> &'a [u8] {
+        &self.raw[self.name.0..self.name.0 + self.name.1]
+    }
+
+    /// All arguments, command name first.
+    pub fn args(&self) -> ArgIter<'a> {
         let mut it = ArgIter {
-            raw: &self.raw,
+            raw: self.raw,
             pos: 0,
             left: self.argc,
         };
@@ -109,9 +153,61 @@ impl Request {
     }
 
     /// Argument `i` (0 is the command name).
-    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+    pub fn arg(&self, i: usize) -> Option<&'a [u8]> {
         self.args().nth(i)
     }
+}
+
+/// A whole request found at the front of what the decoder was given, not
+/// split off yet ([`RequestDecoder::decode_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSpan {
+    len: usize,
+    argc: usize,
+    name: (usize, usize),
+}
+
+impl RequestSpan {
+    /// The request's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: a request has at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The request, in `at`: the bytes the decoder was given, from where it
+    /// was told to start.
+    pub fn view<'a>(&self, at: &'a [u8]) -> RequestRef<'a> {
+        RequestRef {
+            raw: &at[..self.len],
+            argc: self.argc,
+            name: self.name,
+        }
+    }
+
+    /// Splits the request off the front of `buf`, where it must lie.
+    pub fn split_off(self, buf: &mut BytesMut) -> Request {
+        Request {
+            raw: buf.split_to(self.len),
+            argc: self.argc,
+            name: self.name,
+        }
+    }
+}
+
+/// What [`RequestDecoder::decode_at`] found.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A request in RESP form, verbatim in the buffer.
+    Request(RequestSpan),
+    /// An inline command, re-encoded as a RESP array; it took `consumed`
+    /// bytes of input.
+    Inline { consumed: usize, request: Request },
+    /// `consumed` bytes that hold no command (an empty line, `*0`), to drop.
+    Nothing { consumed: usize },
 }
 
 impl std::fmt::Debug for Request {
@@ -225,36 +321,34 @@ impl RequestDecoder {
         self.limits = limits;
     }
 
-    /// True while a request has started arriving but is not complete — a
-    /// client stuck here for long is sending a half command.
-    pub fn in_progress(&self, buf: &BytesMut) -> bool {
-        self.partial.is_some() || !buf.is_empty()
+    /// True while a request has started arriving in `input` (what follows
+    /// the decoded requests) but is not complete — a client stuck here for
+    /// long is sending a half command.
+    pub fn in_progress(&self, input: &[u8]) -> bool {
+        self.partial.is_some() || !input.is_empty()
     }
 
-    fn decode_inline(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<Option<Request>>, ProtocolError> {
+    fn decode_inline(&mut self, input: &[u8]) -> Result<Option<Decoded>, ProtocolError> {
         let Some(nl) =
-            memchr::memchr(b'\n', &buf[self.inline_scanned..]).map(|i| i + self.inline_scanned)
+            memchr::memchr(b'\n', &input[self.inline_scanned..]).map(|i| i + self.inline_scanned)
         else {
-            if buf.len() > MAX_INLINE_LEN {
+            if input.len() > MAX_INLINE_LEN {
                 return Err(ProtocolError::InlineTooLong);
             }
-            self.inline_scanned = buf.len();
+            self.inline_scanned = input.len();
             return Ok(None);
         };
         self.inline_scanned = 0;
         if nl > MAX_INLINE_LEN {
             return Err(ProtocolError::InlineTooLong);
         }
-        let line = buf.split_to(nl + 1);
-        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let consumed = nl + 1;
+        let line = &input[..nl];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let args = inline::split_args(line)?;
         if args.is_empty() {
             // An empty line is ignored, as Redis does.
-            return Ok(Some(None));
+            return Ok(Some(Decoded::Nothing { consumed }));
         }
         // An inline command becomes a RESP array like any other: the same
         // limits apply to it.
@@ -268,10 +362,114 @@ impl RequestDecoder {
             return Err(ProtocolError::InvalidBulkLength);
         }
         let argc = args.len();
-        Ok(Some(Some(Request::from_encoded(
-            inline::encode_array(&args),
-            argc,
-        ))))
+        let request = Request::from_encoded(inline::encode_array(&args), argc);
+        Ok(Some(Decoded::Inline { consumed, request }))
+    }
+
+    /// Decodes the request that starts at `buf[start..]` without taking it
+    /// out of `buf`, so that a caller collecting consecutive requests can
+    /// split them off as one piece. Progress on an incomplete request is
+    /// kept relative to `start`: call again with the same start (or, after
+    /// taking the bytes before it out of `buf`, with the start moved back
+    /// by as many) once more bytes arrived.
+    pub fn decode_at(
+        &mut self,
+        buf: &mut BytesMut,
+        start: usize,
+    ) -> Result<Option<Decoded>, ProtocolError> {
+        if self.partial.is_none() {
+            let input = &buf[start..];
+            let Some(&first) = input.first() else {
+                return Ok(None);
+            };
+            if first != b'*' {
+                return self.decode_inline(input);
+            }
+            let Some(cr) = find_crlf(input, self.header_scanned.max(1)) else {
+                if input.len() > MAX_INLINE_LEN {
+                    return Err(ProtocolError::MultibulkCountTooLong);
+                }
+                // A CR may be the last byte; search again from it next time.
+                self.header_scanned = input.len() - 1;
+                return Ok(None);
+            };
+            let n = parse_int(&input[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+            let next = cr + 2;
+            self.header_scanned = 0;
+            if n > self.limits.max_args as i64 {
+                return Err(if self.limits.unauthenticated {
+                    ProtocolError::UnauthenticatedMultibulk
+                } else {
+                    ProtocolError::InvalidMultibulkLength
+                });
+            }
+            if n <= 0 {
+                // `*0` and `*-1` are empty commands: Redis skips them silently.
+                return Ok(Some(Decoded::Nothing { consumed: next }));
+            }
+            self.partial = Some(Partial {
+                argc: n as usize,
+                seen: 0,
+                pos: next,
+                name: (0, 0),
+            });
+        }
+        let Some(p) = self.partial.as_mut() else {
+            return Ok(None);
+        };
+        while p.seen < p.argc {
+            let input = &buf[start..];
+            let Some(&marker) = input.get(p.pos) else {
+                return Ok(None);
+            };
+            if marker != b'$' {
+                return Err(ProtocolError::ExpectedBulk(marker as char));
+            }
+            let Some(cr) = find_crlf(input, self.header_scanned.max(p.pos + 1)) else {
+                if input.len() - p.pos > MAX_INLINE_LEN {
+                    return Err(ProtocolError::BulkCountTooLong);
+                }
+                self.header_scanned = input.len() - 1;
+                return Ok(None);
+            };
+            let len = parse_int(&input[p.pos + 1..cr])
+                .filter(|&l| l >= 0)
+                .ok_or(ProtocolError::InvalidBulkLength)? as u64;
+            let data = cr + 2;
+            self.header_scanned = 0;
+            if len > self.limits.max_bulk_len {
+                return Err(if self.limits.unauthenticated {
+                    ProtocolError::UnauthenticatedBulk
+                } else {
+                    ProtocolError::InvalidBulkLength
+                });
+            }
+            let len = len as usize;
+            let end = data + len;
+            if input.len() < end + 2 {
+                // Make room for the argument at once instead of growing
+                // the buffer piece by piece — up to 1 MiB: a header alone
+                // must not make a client reserve 512 MiB.
+                let missing = end + 2 - input.len();
+                buf.reserve(missing.min(1 << 20));
+                return Ok(None);
+            }
+            if &input[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError::MissingCrlf);
+            }
+            if p.seen == 0 {
+                p.name = (data, len);
+            }
+            p.seen += 1;
+            p.pos = end + 2;
+        }
+        let done = *p;
+        self.partial = None;
+        Ok(Some(Decoded::Request(RequestSpan {
+            len: done.pos,
+            argc: done.argc,
+            name: done.name,
+        })))
     }
 }
 
@@ -281,101 +479,15 @@ impl Decoder for RequestDecoder {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
-            if self.partial.is_none() {
-                let Some(&first) = buf.first() else {
-                    return Ok(None);
-                };
-                if first != b'*' {
-                    match self.decode_inline(buf)? {
-                        None => return Ok(None),
-                        Some(None) => continue,
-                        Some(Some(req)) => return Ok(Some(req)),
-                    }
+            match self.decode_at(buf, 0)? {
+                None => return Ok(None),
+                Some(Decoded::Request(span)) => return Ok(Some(span.split_off(buf))),
+                Some(Decoded::Inline { consumed, request }) => {
+                    buf.advance(consumed);
+                    return Ok(Some(request));
                 }
-                let Some(cr) = find_crlf(buf, self.header_scanned.max(1)) else {
-                    if buf.len() > MAX_INLINE_LEN {
-                        return Err(ProtocolError::MultibulkCountTooLong);
-                    }
-                    // A CR may be the last byte; search again from it next time.
-                    self.header_scanned = buf.len() - 1;
-                    return Ok(None);
-                };
-                self.header_scanned = 0;
-                let n = parse_int(&buf[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
-                if n > self.limits.max_args as i64 {
-                    return Err(if self.limits.unauthenticated {
-                        ProtocolError::UnauthenticatedMultibulk
-                    } else {
-                        ProtocolError::InvalidMultibulkLength
-                    });
-                }
-                if n <= 0 {
-                    // `*0` and `*-1` are empty commands: Redis skips them silently.
-                    buf.advance(cr + 2);
-                    continue;
-                }
-                self.partial = Some(Partial {
-                    argc: n as usize,
-                    seen: 0,
-                    pos: cr + 2,
-                    name: (0, 0),
-                });
+                Some(Decoded::Nothing { consumed }) => buf.advance(consumed),
             }
-            let Some(p) = self.partial.as_mut() else {
-                continue;
-            };
-            while p.seen < p.argc {
-                let Some(&marker) = buf.get(p.pos) else {
-                    return Ok(None);
-                };
-                if marker != b'$' {
-                    return Err(ProtocolError::ExpectedBulk(marker as char));
-                }
-                let Some(cr) = find_crlf(buf, self.header_scanned.max(p.pos + 1)) else {
-                    if buf.len() - p.pos > MAX_INLINE_LEN {
-                        return Err(ProtocolError::BulkCountTooLong);
-                    }
-                    self.header_scanned = buf.len() - 1;
-                    return Ok(None);
-                };
-                self.header_scanned = 0;
-                let len = parse_int(&buf[p.pos + 1..cr])
-                    .filter(|&l| l >= 0)
-                    .ok_or(ProtocolError::InvalidBulkLength)?;
-                if len as u64 > self.limits.max_bulk_len {
-                    return Err(if self.limits.unauthenticated {
-                        ProtocolError::UnauthenticatedBulk
-                    } else {
-                        ProtocolError::InvalidBulkLength
-                    });
-                }
-                let len = len as usize;
-                let data = cr + 2;
-                let end = data + len;
-                if buf.len() < end + 2 {
-                    // Make room for the argument at once instead of growing
-                    // the buffer piece by piece — up to 1 MiB: a header alone
-                    // must not make a client reserve 512 MiB.
-                    buf.reserve((end + 2 - buf.len()).min(1 << 20));
-                    return Ok(None);
-                }
-                if &buf[end..end + 2] != b"\r\n" {
-                    return Err(ProtocolError::MissingCrlf);
-                }
-                if p.seen == 0 {
-                    p.name = (data, len);
-                }
-                p.seen += 1;
-                p.pos = end + 2;
-            }
-            let done = *p;
-            self.partial = None;
-            let raw = buf.split_to(done.pos);
-            return Ok(Some(Request {
-                raw,
-                argc: done.argc,
-                name: done.name,
-            }));
         }
     }
 }
@@ -392,6 +504,83 @@ mod tests {
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// `decode_at` leaves requests where they are, so a caller can decode
+    /// one after another and take them out as one piece; a request cut short
+    /// at the end is finished after the bytes before it were taken out.
+    #[test]
+    fn decode_at_leaves_requests_in_place_and_resumes_after_a_split() {
+        let first = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n";
+        let second = b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$5\r\nhello\r\n";
+        let third = b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n";
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(first);
+        buf.extend_from_slice(second);
+        buf.extend_from_slice(&third[..13]);
+        let mut dec = RequestDecoder::default();
+
+        let Some(Decoded::Request(a)) = dec.decode_at(&mut buf, 0).unwrap() else {
+            panic!("the first request")
+        };
+        assert_eq!(a.len(), first.len());
+        assert_eq!(a.view(&buf).raw(), first);
+        assert_eq!(a.view(&buf).name(), b"GET");
+        let Some(Decoded::Request(b)) = dec.decode_at(&mut buf, a.len()).unwrap() else {
+            panic!("the second request")
+        };
+        let at = a.len();
+        assert_eq!(b.view(&buf[at..]).raw(), second);
+        assert_eq!(b.view(&buf[at..]).arg(2), Some(&b"hello"[..]));
+        assert_eq!(
+            buf.len(),
+            first.len() + second.len() + 13,
+            "nothing taken out"
+        );
+
+        let run = a.len() + b.len();
+        assert!(dec.decode_at(&mut buf, run).unwrap().is_none(), "cut short");
+        assert!(dec.in_progress(&buf[run..]));
+        // The caller hands the run on, then more bytes arrive.
+        let taken = buf.split_to(run);
+        assert_eq!(&taken[..first.len()], first);
+        buf.extend_from_slice(&third[13..]);
+        let Some(Decoded::Request(c)) = dec.decode_at(&mut buf, 0).unwrap() else {
+            panic!("the third request")
+        };
+        let req = c.split_off(&mut buf);
+        assert_eq!(req.raw(), third);
+        assert_eq!(req.name(), b"INCR");
+        assert_eq!(req.arg(1), Some(&b"counter"[..]));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn decode_at_reports_inline_commands_and_empty_ones_with_their_length() {
+        let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO hi\r\n\r\n*0\r\n"[..]);
+        let mut dec = RequestDecoder::default();
+        let Some(Decoded::Request(ping)) = dec.decode_at(&mut buf, 0).unwrap() else {
+            panic!("PING")
+        };
+        let mut at = ping.len();
+        match dec.decode_at(&mut buf, at).unwrap() {
+            Some(Decoded::Inline { consumed, request }) => {
+                assert_eq!(consumed, b"ECHO hi\r\n".len());
+                assert_eq!(request.raw(), b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n");
+                at += consumed;
+            }
+            other => panic!("expected the inline ECHO, got {other:?}"),
+        }
+        match dec.decode_at(&mut buf, at).unwrap() {
+            Some(Decoded::Nothing { consumed: 2 }) => at += 2,
+            other => panic!("expected the empty line, got {other:?}"),
+        }
+        match dec.decode_at(&mut buf, at).unwrap() {
+            Some(Decoded::Nothing { consumed: 4 }) => at += 4,
+            other => panic!("expected *0, got {other:?}"),
+        }
+        assert_eq!(at, buf.len());
+        assert!(dec.decode_at(&mut buf, at).unwrap().is_none());
     }
 
     #[test]
