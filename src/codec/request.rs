@@ -223,6 +223,32 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// The common case of a header line, `*<n>\r\n` or `$<n>\r\n` at
+/// `input[at..]`, read in one pass: `n` and the offset just past its CRLF.
+/// `None` for anything else — a line not complete yet, a sign, a leading
+/// zero, more than 18 digits, a stray byte — which the general path
+/// (`find_crlf` + [`parse_int`]) then waits for or refuses with the right
+/// error.
+#[inline]
+fn plain_header(input: &[u8], at: usize) -> Option<(usize, usize)> {
+    let digits = input.get(at + 1..)?;
+    let mut value = 0usize;
+    let mut i = 0;
+    while i < 18 {
+        let d = digits.get(i)?.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        value = value * 10 + d as usize;
+        i += 1;
+    }
+    if i == 0 || (i > 1 && digits[0] == b'0') {
+        return None;
+    }
+    (digits.get(i) == Some(&b'\r') && digits.get(i + 1) == Some(&b'\n'))
+        .then_some((value, at + 1 + i + 2))
+}
+
 /// The length of the first request in `run`, a concatenation of requests
 /// that were decoded (so validated) earlier and are all arrays — inline
 /// commands were re-encoded as arrays. `None` if `run` does not start with a
@@ -385,16 +411,22 @@ impl RequestDecoder {
             if first != b'*' {
                 return self.decode_inline(input);
             }
-            let Some(cr) = find_crlf(input, self.header_scanned.max(1)) else {
-                if input.len() > MAX_INLINE_LEN {
-                    return Err(ProtocolError::MultibulkCountTooLong);
+            let (n, next) = match plain_header(input, 0) {
+                Some((n, next)) => (n as i64, next),
+                None => {
+                    let Some(cr) = find_crlf(input, self.header_scanned.max(1)) else {
+                        if input.len() > MAX_INLINE_LEN {
+                            return Err(ProtocolError::MultibulkCountTooLong);
+                        }
+                        // A CR may be the last byte; search again from it next time.
+                        self.header_scanned = input.len() - 1;
+                        return Ok(None);
+                    };
+                    let n =
+                        parse_int(&input[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+                    (n, cr + 2)
                 }
-                // A CR may be the last byte; search again from it next time.
-                self.header_scanned = input.len() - 1;
-                return Ok(None);
             };
-            let n = parse_int(&input[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
-            let next = cr + 2;
             self.header_scanned = 0;
             if n > self.limits.max_args as i64 {
                 return Err(if self.limits.unauthenticated {
@@ -425,17 +457,22 @@ impl RequestDecoder {
             if marker != b'$' {
                 return Err(ProtocolError::ExpectedBulk(marker as char));
             }
-            let Some(cr) = find_crlf(input, self.header_scanned.max(p.pos + 1)) else {
-                if input.len() - p.pos > MAX_INLINE_LEN {
-                    return Err(ProtocolError::BulkCountTooLong);
+            let (len, data) = match plain_header(input, p.pos) {
+                Some((len, data)) => (len as u64, data),
+                None => {
+                    let Some(cr) = find_crlf(input, self.header_scanned.max(p.pos + 1)) else {
+                        if input.len() - p.pos > MAX_INLINE_LEN {
+                            return Err(ProtocolError::BulkCountTooLong);
+                        }
+                        self.header_scanned = input.len() - 1;
+                        return Ok(None);
+                    };
+                    let len = parse_int(&input[p.pos + 1..cr])
+                        .filter(|&l| l >= 0)
+                        .ok_or(ProtocolError::InvalidBulkLength)?;
+                    (len as u64, cr + 2)
                 }
-                self.header_scanned = input.len() - 1;
-                return Ok(None);
             };
-            let len = parse_int(&input[p.pos + 1..cr])
-                .filter(|&l| l >= 0)
-                .ok_or(ProtocolError::InvalidBulkLength)? as u64;
-            let data = cr + 2;
             self.header_scanned = 0;
             if len > self.limits.max_bulk_len {
                 return Err(if self.limits.unauthenticated {
@@ -581,6 +618,57 @@ mod tests {
         }
         assert_eq!(at, buf.len());
         assert!(dec.decode_at(&mut buf, at).unwrap().is_none());
+    }
+
+    /// The one-pass header read must agree with the general path wherever it
+    /// answers, and must answer for every plain length (or it would never be
+    /// the fast path it is there to be).
+    #[test]
+    fn plain_header_agrees_with_the_general_path() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50_000 {
+            let len = (next() % 24) as usize;
+            let mut line = vec![b'$'];
+            line.extend((0..len).map(|_| match next() % 12 {
+                0 => b'\r',
+                1 => b'\n',
+                2 => b'-',
+                3 => b'x',
+                n => b'0' + (n as u8 - 4) % 3,
+            }));
+            if let Some((value, next_at)) = plain_header(&line, 0) {
+                let cr = find_crlf(&line, 1).expect("a CRLF");
+                assert_eq!(next_at, cr + 2, "{line:?}");
+                assert_eq!(parse_int(&line[1..cr]), Some(value as i64), "{line:?}");
+            }
+        }
+        for _ in 0..50_000 {
+            let value = next() % 10u64.pow((next() % 19) as u32).max(1);
+            let line = format!("*{value}\r\nrest");
+            assert_eq!(
+                plain_header(line.as_bytes(), 0),
+                Some((value as usize, line.len() - 4)),
+                "{line}"
+            );
+        }
+        // Cut short, or not plain: left to the general path.
+        for line in [
+            &b"$12"[..],
+            b"$12\r",
+            b"$-1\r\n",
+            b"$012\r\n",
+            b"$1x\r\n",
+            b"$\r\n",
+        ] {
+            assert_eq!(plain_header(line, 0), None, "{line:?}");
+        }
+        assert_eq!(plain_header(b"$0\r\n", 0), Some((0, 4)));
     }
 
     #[test]
