@@ -142,6 +142,17 @@ pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// A small deterministic generator (xorshift) for the randomized codec tests.
+#[cfg(test)]
+pub(crate) fn test_rng(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,13 +187,7 @@ mod tests {
     /// where one hands over to the other (lone CRs and LFs on either side).
     #[test]
     fn crlf_search_agrees_with_a_plain_search_across_the_memchr_handover() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = test_rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..20_000 {
             let len = (next() % 48) as usize;
             let buf: Vec<u8> = (0..len)

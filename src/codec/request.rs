@@ -625,13 +625,7 @@ mod tests {
     /// the fast path it is there to be).
     #[test]
     fn plain_header_agrees_with_the_general_path() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::codec::test_rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..50_000 {
             let len = (next() % 24) as usize;
             let mut line = vec![b'$'];
