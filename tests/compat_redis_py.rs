@@ -156,6 +156,13 @@ def pubsub_round_trip():
     p = r.pubsub(ignore_subscribe_messages=True)
     p.subscribe("py:chan")
     p.psubscribe("py:pat:*")
+    # subscribe() does not wait for Redis to confirm, and PUBLISH goes over
+    # another connection: through a proxy the subscriber's connection may
+    # still be on its way. Wait until Redis counts both subscriptions.
+    for _ in range(500):
+        p.get_message(timeout=0.01)
+        if r.pubsub_numsub("py:chan")[0][1] == 1 and r.pubsub_numpat() >= 1:
+            break
     got = []
     for channel, payload in [("py:chan", b"one"), ("py:pat:x", b"\x00\r\n\xff")]:
         receivers = r.publish(channel, payload)
