@@ -674,3 +674,125 @@ async fn requests_behind_an_unanswered_write_leave_together() {
         relay.set_mode(RelayMode::Pass);
     }
 }
+
+/// `cmdstat_ping` calls on `redis`, read over a direct connection.
+async fn ping_calls(direct: &mut TestClient) -> u64 {
+    let info = direct.cmd(&["INFO", "commandstats"]).await;
+    let text = String::from_utf8_lossy(info.as_bytes().expect("INFO is a bulk string")).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+/// Ids of the connections Redis has from others than `direct` itself (which
+/// is the one running CLIENT LIST), with `field` among their fields.
+async fn connection_ids(direct: &mut TestClient, field: &str) -> Vec<String> {
+    let list = direct.cmd(&["CLIENT", "LIST"]).await;
+    let list =
+        String::from_utf8_lossy(list.as_bytes().expect("CLIENT LIST is a bulk string")).to_string();
+    list.lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .filter(|l| l.split(' ').any(|f| f == field))
+        .filter_map(|l| Some(l.split(' ').next()?.strip_prefix("id=")?.to_string()))
+        .collect()
+}
+
+/// An idle lane PINGs Redis (`--health-check-interval`) and swallows the
+/// PONG: the replies to the requests that follow are each client's own.
+#[tokio::test]
+async fn health_check_pings_on_an_idle_lane_leave_replies_aligned() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &[
+            "--health-check-interval",
+            "100ms",
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "0",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "hc", "0"]).await.expect_ok();
+    let mut direct = TestClient::connect(redis.addr())
+        .await
+        .expect("direct connection");
+    let lane = connection_ids(&mut direct, "resp=2").await;
+    assert_eq!(lane.len(), 1, "one lane connection");
+    let before = ping_calls(&mut direct).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ping_calls(&mut direct).await < before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle lane sent no health-check PINGs within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for round in 0..3 {
+        let commands: Vec<Vec<Vec<u8>>> = (0..50).map(|_| args(&["INCR", "hc"])).collect();
+        let replies = pipeline(&mut client, &commands).await;
+        let expected: Vec<Reply> = (1..=50).map(|n| Reply::Int(round * 50 + n)).collect();
+        assert_eq!(replies, expected, "round {round}");
+        // Idle again long enough for another check before the next round.
+        let now = ping_calls(&mut direct).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while ping_calls(&mut direct).await <= now {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no PING after round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Every PONG was taken as the good answer it is: the connection was
+    // never dropped and replaced.
+    assert_eq!(connection_ids(&mut direct, "resp=2").await, lane);
+}
+
+/// Redis can push to a shared connection that never asked for it: another
+/// connection's `CLIENT TRACKING ON REDIRECT <id>` sends invalidations there
+/// (a RESP3 `>` frame on the RESP3 lane). The lane drops them; its clients'
+/// replies stay aligned.
+#[tokio::test]
+async fn a_push_frame_on_a_shared_connection_is_dropped_and_replies_stay_aligned() {
+    let redis = RedisServer::start();
+    let proxy =
+        TestProxy::start(&redis.url(), &["--max-connections", "1", "--min-idle", "0"]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["HELLO", "3"]).await;
+    client.cmd(&["SET", "tracked", "v0"]).await.expect_ok();
+
+    let mut direct = TestClient::connect(redis.addr())
+        .await
+        .expect("direct connection");
+    let lanes = connection_ids(&mut direct, "resp=3").await;
+    assert_eq!(lanes.len(), 1, "one RESP3 lane connection");
+    direct
+        .cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &lanes[0]])
+        .await
+        .expect_ok();
+    for n in 1..=20 {
+        // Track the key, then change it: Redis pushes an invalidation to the
+        // lane's connection, in between the replies it sends there.
+        direct.cmd(&["GET", "tracked"]).await;
+        let value = format!("v{n}");
+        direct.cmd(&["SET", "tracked", &value]).await.expect_ok();
+        let commands = vec![
+            args(&["GET", "tracked"]),
+            args(&["INCR", "pushes"]),
+            args(&["GET", "tracked"]),
+        ];
+        let replies = pipeline(&mut client, &commands).await;
+        assert_eq!(
+            replies,
+            vec![bulk(&value), Reply::Int(n), bulk(&value)],
+            "round {n}"
+        );
+    }
+    // The pushes were dropped, not taken for a broken connection: the lane
+    // still has the connection the invalidations were redirected to.
+    assert_eq!(connection_ids(&mut direct, "resp=3").await, lanes);
+}

@@ -82,25 +82,38 @@ impl Decoder for ReplyDecoder {
 }
 
 impl ReplyDecoder {
-    /// Like [`Decoder::decode`], but the frame stays a `BytesMut`, so that
-    /// frames split one after another off the same buffer can be joined back
-    /// into one for free ([`BytesMut::unsplit`]).
+    /// Like [`Decoder::decode`], but the frame stays a `BytesMut`.
     pub fn decode_mut(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+        Ok(self.decode_at(buf, 0)?.map(|len| buf.split_to(len)))
+    }
+
+    /// Finds the end of the frame that starts at `buf[start..]` and returns
+    /// its length, leaving it in `buf`, so that the replies to a pipeline
+    /// can be taken out together. Progress on an incomplete frame is kept
+    /// relative to `start`: call again with the same start (or, after taking
+    /// the bytes before it out of `buf`, with the start moved back by as
+    /// many) once more bytes arrived.
+    pub fn decode_at(
+        &mut self,
+        buf: &mut BytesMut,
+        start: usize,
+    ) -> Result<Option<usize>, ProtocolError> {
         loop {
-            let Some(&kind) = buf.get(self.pos) else {
+            let input = &buf[start..];
+            let Some(&kind) = input.get(self.pos) else {
                 return Ok(None);
             };
             let search_from = (self.pos + 1).max(self.line_scanned);
-            let Some(cr) = find_crlf(buf, search_from) else {
-                if buf.len() - self.pos > MAX_REPLY_LINE {
+            let Some(cr) = find_crlf(input, search_from) else {
+                if input.len() - self.pos > MAX_REPLY_LINE {
                     return Err(ProtocolError::BadHeader);
                 }
                 // A CR may be the last byte; search again from it next time.
-                self.line_scanned = buf.len().saturating_sub(1).max(self.pos + 1);
+                self.line_scanned = input.len().saturating_sub(1).max(self.pos + 1);
                 return Ok(None);
             };
             self.line_scanned = 0;
-            let line = &buf[self.pos + 1..cr];
+            let line = &input[self.pos + 1..cr];
             let next = cr + 2;
             // Items this one opens (0 for a scalar or an empty aggregate).
             let children: u64 = match kind {
@@ -117,11 +130,12 @@ impl ReplyDecoder {
                             return Err(ProtocolError::BadHeader);
                         }
                         let end = next + len as usize;
-                        if buf.len() < end + 2 {
-                            buf.reserve((end + 2 - buf.len()).min(64 << 20));
+                        if input.len() < end + 2 {
+                            let missing = end + 2 - input.len();
+                            buf.reserve(missing.min(64 << 20));
                             return Ok(None);
                         }
-                        if &buf[end..end + 2] != b"\r\n" {
+                        if &input[end..end + 2] != b"\r\n" {
                             return Err(ProtocolError::MissingCrlf);
                         }
                         self.pos = end + 2;
@@ -161,7 +175,7 @@ impl ReplyDecoder {
                     None => {
                         let len = self.pos;
                         self.pos = 0;
-                        return Ok(Some(buf.split_to(len)));
+                        return Ok(Some(len));
                     }
                     Some(left) => {
                         *left -= 1;

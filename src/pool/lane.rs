@@ -298,24 +298,25 @@ struct Sent {
 }
 
 /// Replies to the front run of requests that arrived and are not delivered
-/// yet, joined back to back.
+/// yet. They stay at the front of the read buffer, back to back as Redis
+/// sent them, until they are handed over together.
 #[derive(Default)]
 struct Replies {
-    bytes: BytesMut,
+    /// Their bytes: `rbuf[..len]`.
+    len: usize,
     count: u32,
 }
 
 impl Replies {
-    fn push(&mut self, frame: BytesMut) {
-        // Free when `frame` directly follows the bytes already here in the
-        // same read buffer, which is the rule; a copy otherwise.
-        self.bytes.unsplit(frame);
+    fn push(&mut self, frame_len: usize) {
+        self.len += frame_len;
         self.count += 1;
     }
 
-    fn deliver_to(&mut self, job: &mut Job) {
+    fn deliver_to(&mut self, rbuf: &mut BytesMut, job: &mut Job) {
         if self.count > 0 {
-            job.deliver(self.count, std::mem::take(&mut self.bytes).freeze());
+            job.deliver(self.count, rbuf.split_to(self.len).freeze());
+            self.len = 0;
             self.count = 0;
         }
     }
@@ -694,8 +695,8 @@ impl Lane {
 
     /// Takes every whole reply out of `rbuf` and answers the requests in
     /// flight with them. The replies to one run of requests reach its client
-    /// as one delivery, joined without a copy (they lie back to back in
-    /// `rbuf`): one hand-over per pipeline, not one per reply.
+    /// as one delivery, taken out of `rbuf` in one piece (they lie back to
+    /// back there): one hand-over per pipeline, not one per reply.
     fn on_replies(
         &mut self,
         rbuf: &mut BytesMut,
@@ -704,9 +705,9 @@ impl Lane {
     ) -> Result<(), Broken> {
         let mut replies = Replies::default();
         let result = loop {
-            match decoder.decode_mut(rbuf) {
-                Ok(Some(frame)) => {
-                    if let Err(b) = self.on_reply(frame, &mut replies, a) {
+            match decoder.decode_at(rbuf, replies.len) {
+                Ok(Some(len)) => {
+                    if let Err(b) = self.on_reply(rbuf, len, &mut replies, a) {
                         break Err(b);
                     }
                 }
@@ -717,25 +718,37 @@ impl Lane {
         // Whatever part of the front run was answered goes out now, even on
         // error: those replies are good, and the client can write them.
         if let Some(job) = a.inflight.front_mut().and_then(|s| s.job.as_mut()) {
-            replies.deliver_to(job);
+            replies.deliver_to(rbuf, job);
         }
+        // Replies only gather for the front run, so nothing is left over;
+        // the decoder's place in an unfinished frame counts from here.
+        debug_assert_eq!(replies.count, 0);
         result
     }
 
-    /// Handles one reply frame: adds it to `replies` (the front run's
-    /// undelivered replies), or holds its request after a transient error.
+    /// Handles the reply frame `rbuf[replies.len..][..len]`: adds it to
+    /// `replies` (the front run's undelivered replies), or holds its request
+    /// after a transient error.
     fn on_reply(
         &mut self,
-        frame: BytesMut,
+        rbuf: &mut BytesMut,
+        len: usize,
         replies: &mut Replies,
         a: &mut Answers<'_>,
     ) -> Result<(), Broken> {
-        if ReplyKind::of(&frame) == ReplyKind::Push {
+        let frame = &rbuf[replies.len..replies.len + len];
+        if ReplyKind::of(frame) == ReplyKind::Push {
             // Shared connections never subscribe or track; ignore strays.
             tracing::debug!(
                 lane = self.id,
                 "ignoring a push frame on a shared connection"
             );
+            // The replies before it go first, so that it can be dropped
+            // from the front.
+            if let Some(job) = a.inflight.front_mut().and_then(|s| s.job.as_mut()) {
+                replies.deliver_to(rbuf, job);
+            }
+            rbuf.advance(replies.len + len);
             return Ok(());
         }
         let Some(sent) = a.inflight.front_mut() else {
@@ -744,16 +757,18 @@ impl Lane {
             ));
         };
         let Some(job) = sent.job.as_mut() else {
+            // A health check's PING: the runs before it were answered in
+            // full, so nothing is gathered ahead of its reply.
+            debug_assert_eq!(replies.len, 0);
+            let broken = (frame != b"+PONG\r\n").then(|| {
+                let answer = String::from_utf8_lossy(&frame[..frame.len().min(64)]);
+                Broken::BadReply(format!("health check PING answered {}", answer.trim_end()))
+            });
             a.inflight.pop_front();
-            if &frame[..] == b"+PONG\r\n" {
-                return Ok(());
-            }
-            return Err(Broken::BadReply(format!(
-                "health check PING answered {}",
-                String::from_utf8_lossy(&frame[..frame.len().min(64)]).trim_end()
-            )));
+            rbuf.advance(len);
+            return broken.map_or(Ok(()), Err);
         };
-        if is_transient_error(&frame) {
+        if is_transient_error(frame) {
             // The command did not run: hold it and resend after a backoff,
             // for as long as its hold window lasts (not limited by --retries:
             // a restart's LOADING phase is one outage, however many polls).
@@ -762,9 +777,9 @@ impl Lane {
             if now + delay < job.hold_deadline {
                 // The replies before it in its run are good: hand them over
                 // first, then take the held request out of the run.
-                replies.deliver_to(job);
+                replies.deliver_to(rbuf, job);
                 let mut held = job.take_first();
-                held.transient = Some(frame.freeze());
+                held.transient = Some(rbuf.split_to(len).freeze());
                 a.retry_later.push_back(held);
                 if job.remaining() == 0 {
                     a.inflight.pop_front();
@@ -778,9 +793,9 @@ impl Lane {
             // one per reply would cost more than the reply itself.
             *a.backoff = self.settings.backoff.delays();
         }
-        replies.push(frame);
+        replies.push(len);
         if replies.count == job.remaining() {
-            replies.deliver_to(job);
+            replies.deliver_to(rbuf, job);
             a.inflight.pop_front();
         }
         Ok(())
@@ -992,16 +1007,27 @@ mod tests {
     }
 
     #[test]
-    fn replies_split_off_one_buffer_are_joined_without_a_copy() {
-        let mut buf = BytesMut::from(&b":1\r\n:2\r\n:3\r\n"[..]);
-        let start = buf.as_ptr();
+    fn replies_gathered_in_place_leave_the_buffer_in_one_piece() {
+        let (mut run, mut rx) = job(RUN, 3, 0);
+        // Three replies, and the start of a fourth frame.
+        let mut buf = BytesMut::from(&b":1\r\n$2\r\nab\r\n:3\r\n$5\r\nhe"[..]);
         let mut replies = Replies::default();
         let mut decoder = ReplyDecoder::default();
-        while let Some(frame) = decoder.decode_mut(&mut buf).unwrap() {
-            replies.push(frame);
+        while let Some(len) = decoder.decode_at(&mut buf, replies.len).unwrap() {
+            replies.push(len);
         }
-        assert_eq!(replies.count, 3);
-        assert_eq!(&replies.bytes[..], b":1\r\n:2\r\n:3\r\n");
-        assert_eq!(replies.bytes.as_ptr(), start, "joined in place");
+        // (The unfinished bulk made room for itself: the buffer may have moved.)
+        let start = buf.as_ptr();
+        assert_eq!((replies.count, replies.len), (3, 16));
+        replies.deliver_to(&mut buf, &mut run);
+        let d = rx.try_recv().unwrap();
+        assert_eq!((d.seq, d.count), (10, 3));
+        assert_eq!(&d.reply[..], b":1\r\n$2\r\nab\r\n:3\r\n");
+        assert_eq!(d.reply.as_ptr(), start, "taken out in place, not copied");
+        assert_eq!((replies.count, replies.len), (0, 0));
+        // The unfinished frame is finished from the new front of the buffer.
+        buf.extend_from_slice(b"llo\r\n");
+        assert_eq!(decoder.decode_at(&mut buf, 0).unwrap(), Some(11));
+        assert_eq!(&buf[..], b"$5\r\nhello\r\n");
     }
 }
