@@ -59,18 +59,6 @@ fn failure(reply: &Reply) -> Option<Failure> {
     }
 }
 
-/// `calls` of `cmdstat_<command>` in Redis's INFO commandstats (0 if absent).
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let info = redis.command(&[b"INFO", b"commandstats"]);
-    let text = info.as_str().unwrap_or_default().to_string();
-    let prefix = format!("cmdstat_{command}:calls=");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map(|n| n.parse().expect("a call count"))
-        .unwrap_or(0)
-}
-
 /// Runs a blocking harness call (kill, restart, relay mode) off the test's
 /// runtime, so that client tasks keep running meanwhile.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -543,7 +531,7 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
         )
         .await,
     );
-    let gets_before = command_calls(&redis, "get");
+    let gets_before = redis.command_calls("get");
     let incrs_done = Arc::new(AtomicBool::new(false));
     let replies_seen = Arc::new(AtomicU64::new(0));
     // GETs handed to the proxy so far (counted before each batch is sent):
@@ -628,7 +616,7 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
     // GET clients have far fewer requests in flight than the INCR clients):
     // keep resetting, with the GETs still flowing, until one was resent.
     let more_resets = Instant::now();
-    while command_calls(&redis, "get") - gets_before <= gets_handed.load(Ordering::SeqCst)
+    while redis.command_calls("get") - gets_before <= gets_handed.load(Ordering::SeqCst)
         && more_resets.elapsed() < Duration::from_secs(20)
     {
         let relay = Arc::clone(&relay);
@@ -654,7 +642,7 @@ async fn resets_during_100k_pipelined_incrs_apply_none_twice_and_gets_are_retrie
         }
     }
     assert_eq!(all.len(), INCRS, "every INCR gets exactly one reply");
-    let gets_run = command_calls(&redis, "get") - gets_before;
+    let gets_run = redis.command_calls("get") - gets_before;
     let counter: u64 = redis
         .command(&[b"GET", b"counter"])
         .as_str()

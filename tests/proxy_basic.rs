@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::client::encode_command;
-use support::{FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
+use support::{wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
 
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
@@ -675,24 +675,12 @@ async fn requests_behind_an_unanswered_write_leave_together() {
     }
 }
 
-/// `cmdstat_ping` calls on `redis`, read over a direct connection.
-async fn ping_calls(direct: &mut TestClient) -> u64 {
-    let info = direct.cmd(&["INFO", "commandstats"]).await;
-    let text = String::from_utf8_lossy(info.as_bytes().expect("INFO is a bulk string")).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("a call count"))
-}
-
-/// Ids of the connections Redis has from others than `direct` itself (which
-/// is the one running CLIENT LIST), with `field` among their fields.
-async fn connection_ids(direct: &mut TestClient, field: &str) -> Vec<String> {
-    let list = direct.cmd(&["CLIENT", "LIST"]).await;
-    let list =
-        String::from_utf8_lossy(list.as_bytes().expect("CLIENT LIST is a bulk string")).to_string();
-    list.lines()
-        .filter(|l| !l.contains("cmd=client|list"))
+/// Ids of the connections Redis has (other than the one asking) with
+/// `field` among their CLIENT LIST fields.
+fn connection_ids(redis: &RedisServer, field: &str) -> Vec<String> {
+    redis
+        .other_clients()
+        .iter()
         .filter(|l| l.split(' ').any(|f| f == field))
         .filter_map(|l| Some(l.split(' ').next()?.strip_prefix("id=")?.to_string()))
         .collect()
@@ -717,39 +705,30 @@ async fn health_check_pings_on_an_idle_lane_leave_replies_aligned() {
     .await;
     let mut client = proxy.client().await;
     client.cmd(&["SET", "hc", "0"]).await.expect_ok();
-    let mut direct = TestClient::connect(redis.addr())
-        .await
-        .expect("direct connection");
-    let lane = connection_ids(&mut direct, "resp=2").await;
+    let lane = connection_ids(&redis, "resp=2");
     assert_eq!(lane.len(), 1, "one lane connection");
-    let before = ping_calls(&mut direct).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while ping_calls(&mut direct).await < before + 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the idle lane sent no health-check PINGs within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let before = redis.command_calls("ping");
+    wait::until_async(
+        "three health-check PINGs from the idle lane",
+        wait::DEADLINE,
+        || redis.command_calls("ping") >= before + 3,
+    )
+    .await;
     for round in 0..3 {
         let commands: Vec<Vec<Vec<u8>>> = (0..50).map(|_| args(&["INCR", "hc"])).collect();
         let replies = pipeline(&mut client, &commands).await;
         let expected: Vec<Reply> = (1..=50).map(|n| Reply::Int(round * 50 + n)).collect();
         assert_eq!(replies, expected, "round {round}");
         // Idle again long enough for another check before the next round.
-        let now = ping_calls(&mut direct).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while ping_calls(&mut direct).await <= now {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no PING after round {round}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let now = redis.command_calls("ping");
+        wait::until_async("a PING after the round", wait::DEADLINE, || {
+            redis.command_calls("ping") > now
+        })
+        .await;
     }
     // Every PONG was taken as the good answer it is: the connection was
     // never dropped and replaced.
-    assert_eq!(connection_ids(&mut direct, "resp=2").await, lane);
+    assert_eq!(connection_ids(&redis, "resp=2"), lane);
 }
 
 /// Redis can push to a shared connection that never asked for it: another
@@ -768,7 +747,7 @@ async fn a_push_frame_on_a_shared_connection_is_dropped_and_replies_stay_aligned
     let mut direct = TestClient::connect(redis.addr())
         .await
         .expect("direct connection");
-    let lanes = connection_ids(&mut direct, "resp=3").await;
+    let lanes = connection_ids(&redis, "resp=3");
     assert_eq!(lanes.len(), 1, "one RESP3 lane connection");
     direct
         .cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &lanes[0]])
@@ -794,5 +773,5 @@ async fn a_push_frame_on_a_shared_connection_is_dropped_and_replies_stay_aligned
     }
     // The pushes were dropped, not taken for a broken connection: the lane
     // still has the connection the invalidations were redirected to.
-    assert_eq!(connection_ids(&mut direct, "resp=3").await, lanes);
+    assert_eq!(connection_ids(&redis, "resp=3"), lanes);
 }

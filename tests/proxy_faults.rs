@@ -61,18 +61,6 @@ fn unused_port() -> u16 {
     port
 }
 
-/// `calls` of `cmdstat_<command>` in Redis's INFO commandstats (0 if absent).
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let info = redis.command(&[b"INFO", b"commandstats"]);
-    let text = info.as_str().unwrap_or_default().to_string();
-    let prefix = format!("cmdstat_{command}:calls=");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map(|n| n.parse().expect("a call count"))
-        .unwrap_or(0)
-}
-
 /// Sends commands until one gets a non-error reply, allowing only the
 /// proxy's upstream-failure errors meanwhile; returns that reply.
 async fn until_served(client: &mut TestClient, command: &[&str], within: Duration) -> Reply {
@@ -387,7 +375,7 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
 
     // A GET whose reply is cut is sent again on a new connection and the
     // client sees only the value.
-    let gets = command_calls(&redis, "get");
+    let gets = redis.command_calls("get");
     let accepted = relay.connections_accepted();
     relay.set_mode(RelayMode::CutReplyAfter(0));
     client.send(&["GET", "k"]).await.expect("send GET");
@@ -396,7 +384,7 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
     once_reconnecting_set(&relay, accepted, RelayMode::Pass).await;
     assert_eq!(client.read_reply().await.expect("GET reply"), bulk("value"));
     assert_eq!(
-        command_calls(&redis, "get") - gets,
+        redis.command_calls("get") - gets,
         2,
         "the GET should have run exactly twice upstream (cut, then retried)"
     );
@@ -650,7 +638,7 @@ async fn a_pipeline_cut_after_its_first_reply_is_settled_request_by_request() {
     let proxy = TestProxy::behind_relay(&relay, CUT_THEN_RETRY).await;
     let mut client = proxy.client().await;
     client.cmd(&["SET", "k", "value"]).await.expect_ok();
-    let gets = command_calls(&redis, "get");
+    let gets = redis.command_calls("get");
 
     // 4 bytes: the first reply (":1\r\n") passes, then both sides are
     // closed. New connections cannot validate either (PONG is 7 bytes), so
@@ -682,7 +670,7 @@ async fn a_pipeline_cut_after_its_first_reply_is_settled_request_by_request() {
     assert_eq!(redis.command(&[b"GET", b"a"]), bulk("1"), "INCR a ran once");
     assert_eq!(redis.command(&[b"GET", b"b"]), bulk("1"), "INCR b ran once");
     // Two GETs, both resent once (plus the two GETs just made here).
-    assert_eq!(command_calls(&redis, "get") - gets, 4 + 2);
+    assert_eq!(redis.command_calls("get") - gets, 4 + 2);
     assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
 }
 
@@ -696,7 +684,7 @@ async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
     let proxy = TestProxy::behind_relay(&relay, &["--backoff-cap", "100ms"]).await;
     let mut client = proxy.client().await;
     client.cmd(&["SET", "k", "value"]).await.expect_ok();
-    let gets = command_calls(&redis, "get");
+    let gets = redis.command_calls("get");
 
     // Redis answers the three GETs in one write; the relay swaps that chunk
     // for three replies of which the second says LOADING.
@@ -716,7 +704,7 @@ async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
     }
     assert_eq!(replies, vec![bulk("first"), bulk("value"), bulk("third")]);
     assert_eq!(
-        command_calls(&redis, "get") - gets,
+        redis.command_calls("get") - gets,
         4,
         "three GETs and one resend of the held one"
     );

@@ -13,22 +13,6 @@ fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
 }
 
-/// `field` of `cmdstat_<command>` in INFO commandstats (0 if absent).
-fn command_stat(redis: &RedisServer, command: &str, field: &str) -> u64 {
-    let info = redis.command(&[b"INFO", b"commandstats"]);
-    let text = info.as_str().unwrap_or_default().to_string();
-    let prefix = format!("cmdstat_{command}:");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|stats| {
-            stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
-                .map(|n| n.parse().expect("a number in commandstats"))
-        })
-        .unwrap_or(0)
-}
-
 /// Sends `command` and returns the reply with how long it took.
 async fn timed(client: &mut TestClient, command: &[&str]) -> (Reply, Duration) {
     let started = Instant::now();
@@ -219,7 +203,7 @@ async fn loading_replies_are_held_within_the_hold_window() {
         redis.is_loading()
     })
     .await;
-    let rejected_before = command_stat(&redis, "get", "rejected_calls");
+    let rejected_before = redis.command_stat("get", "rejected_calls");
 
     // A hold window shorter than the load: Redis's own -LOADING error, once
     // the window runs out, about 1 s later.
@@ -238,7 +222,7 @@ async fn loading_replies_are_held_within_the_hold_window() {
     assert_eq!(reply, bulk("value:3"), "after {took:?}");
     reloading.await.expect("DEBUG RELOAD").expect_ok();
     assert!(
-        command_stat(&redis, "get", "rejected_calls") > rejected_before,
+        redis.command_stat("get", "rejected_calls") > rejected_before,
         "Redis never answered the proxy's GET with -LOADING: nothing was retried"
     );
     assert_eq!(hasty_client.cmd(&["GET", "key:4"]).await, bulk("value:4"));
@@ -267,7 +251,7 @@ async fn probe_keys_are_never_left_behind() {
         wait::until_async(
             "all four connections to be validated",
             wait::DEADLINE,
-            || command_stat(&redis, "del", "calls") >= validated,
+            || redis.command_stat("del", "calls") >= validated,
         )
         .await;
         proxy.shutdown().await;
@@ -280,8 +264,8 @@ async fn probe_keys_are_never_left_behind() {
     );
     // Validation did write and delete a probe on every connection: one SET
     // (the clients never SET) and one DEL each.
-    let sets = command_stat(&redis, "set", "calls");
-    let dels = command_stat(&redis, "del", "calls");
+    let sets = redis.command_stat("set", "calls");
+    let dels = redis.command_stat("del", "calls");
     assert_eq!(sets, dels, "{sets} probe SETs but {dels} probe DELs");
     assert!(
         sets >= validated,

@@ -452,6 +452,42 @@ impl RedisServer {
         })
     }
 
+    /// `field` of `cmdstat_<command>` in INFO commandstats (0 if the
+    /// command never ran).
+    pub fn command_stat(&self, command: &str, field: &str) -> u64 {
+        let info = self.command(&[b"INFO", b"commandstats"]);
+        let text = info.as_str().unwrap_or_default().to_string();
+        let prefix = format!("cmdstat_{command}:");
+        let key = format!("{field}=");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|stats| {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&key))
+                    .map(|n| n.parse().expect("a number in commandstats"))
+            })
+            .unwrap_or(0)
+    }
+
+    /// How many times `command` ran (`calls` in INFO commandstats).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        self.command_stat(command, "calls")
+    }
+
+    /// The `CLIENT LIST` lines of every connection but the one asking.
+    pub fn other_clients(&self) -> Vec<String> {
+        let list = self.command(&[b"CLIENT".as_slice(), b"LIST"]);
+        let text = list
+            .as_str()
+            .unwrap_or_else(|| panic!("CLIENT LIST answered {list}"))
+            .to_string();
+        text.lines()
+            .filter(|line| !line.contains("cmd=client|list"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// A `TestClient` connected straight to this server, authenticated if
     /// it has a password.
     pub async fn direct(&self) -> TestClient {
