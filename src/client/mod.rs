@@ -430,6 +430,15 @@ impl Client {
         self.base_seq + self.pending.len() as u64
     }
 
+    /// Opens the reply slot of a request for the shared lane; its sequence
+    /// number.
+    fn shared_slot(&mut self) -> u64 {
+        let seq = self.next_seq();
+        self.pending.push_back(None);
+        self.shared_pending += 1;
+        seq
+    }
+
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
         if !self.authenticated && !local::allowed_before_auth(req) {
@@ -456,9 +465,7 @@ impl Client {
                 return;
             }
         };
-        let seq = self.next_seq();
-        self.pending.push_back(None);
-        self.shared_pending += 1;
+        let seq = self.shared_slot();
         let safe = u64::from(command.retry_safe);
         if let Some(run) = &mut self.run {
             if run.count < MAX_RUN {
@@ -528,9 +535,7 @@ impl Client {
     /// Sends one request that is not in `inbuf` (an inline command, a
     /// request that waited) to the lane on its own.
     fn send_shared(&mut self, req: Request, retry_safe: bool) {
-        let seq = self.next_seq();
-        self.pending.push_back(None);
-        self.shared_pending += 1;
+        let seq = self.shared_slot();
         self.hand_to_lane(seq, req.into_raw().freeze(), 1, u64::from(retry_safe));
     }
 

@@ -77,16 +77,13 @@ impl Decoder for ReplyDecoder {
     type Error = ProtocolError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
-        Ok(self.decode_mut(buf)?.map(BytesMut::freeze))
+        Ok(self
+            .decode_at(buf, 0)?
+            .map(|len| buf.split_to(len).freeze()))
     }
 }
 
 impl ReplyDecoder {
-    /// Like [`Decoder::decode`], but the frame stays a `BytesMut`.
-    pub fn decode_mut(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
-        Ok(self.decode_at(buf, 0)?.map(|len| buf.split_to(len)))
-    }
-
     /// Finds the end of the frame that starts at `buf[start..]` and returns
     /// its length, leaving it in `buf`, so that the replies to a pipeline
     /// can be taken out together. Progress on an incomplete frame is kept

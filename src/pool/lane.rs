@@ -320,6 +320,13 @@ impl Replies {
             self.count = 0;
         }
     }
+
+    /// Delivers to the front run, the only one replies gather for.
+    fn deliver_to_front(&mut self, rbuf: &mut BytesMut, inflight: &mut VecDeque<Sent>) {
+        if let Some(job) = inflight.front_mut().and_then(|s| s.job.as_mut()) {
+            self.deliver_to(rbuf, job);
+        }
+    }
 }
 
 /// The per-connection state replies act on.
@@ -717,9 +724,7 @@ impl Lane {
         };
         // Whatever part of the front run was answered goes out now, even on
         // error: those replies are good, and the client can write them.
-        if let Some(job) = a.inflight.front_mut().and_then(|s| s.job.as_mut()) {
-            replies.deliver_to(rbuf, job);
-        }
+        replies.deliver_to_front(rbuf, a.inflight);
         // Replies only gather for the front run, so nothing is left over;
         // the decoder's place in an unfinished frame counts from here.
         debug_assert_eq!(replies.count, 0);
@@ -745,9 +750,7 @@ impl Lane {
             );
             // The replies before it go first, so that it can be dropped
             // from the front.
-            if let Some(job) = a.inflight.front_mut().and_then(|s| s.job.as_mut()) {
-                replies.deliver_to(rbuf, job);
-            }
+            replies.deliver_to_front(rbuf, a.inflight);
             rbuf.advance(replies.len + len);
             return Ok(());
         }
