@@ -38,12 +38,9 @@ fn blocked_clients(redis: &RedisServer) -> u64 {
 /// connection state: another database, subscriptions, a transaction, flags
 /// (blocked, tracking, CLIENT REPLY, …). Empty when nothing leaked.
 fn upstream_connections_with_state(redis: &RedisServer) -> Vec<String> {
-    let list = redis.command(&[b"CLIENT".as_slice(), b"LIST"]);
-    let text = list
-        .as_str()
-        .unwrap_or_else(|| panic!("CLIENT LIST answered {list}"))
-        .to_string();
-    text.lines()
+    redis
+        .other_clients()
+        .into_iter()
         .filter(|line| {
             let field = |name: &str| {
                 line.split(' ')
@@ -57,7 +54,6 @@ fn upstream_connections_with_state(redis: &RedisServer) -> Vec<String> {
                 || field("multi") != "-1"
                 || field("flags") != "N"
         })
-        .map(str::to_string)
         .collect()
 }
 
