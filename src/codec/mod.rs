@@ -14,6 +14,8 @@
 //! and only after [`reply::ReplyDecoder`] has delimited and depth-checked the
 //! frame.
 
+use bytes::BytesMut;
+
 mod inline;
 pub mod reply;
 pub mod request;
@@ -107,6 +109,29 @@ pub(crate) fn parse_int(line: &[u8]) -> Option<i64> {
         v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
     }
     Some(if neg { -v } else { v })
+}
+
+/// Whether a bulk string's body, ending at `end` in `buf[start..]`, has
+/// arrived with its CRLF. If not, makes room for the rest at once instead of
+/// growing the buffer piece by piece — but at most `reserve_cap` bytes: a
+/// header alone must not make a peer reserve the whole length it claims.
+#[inline]
+pub(crate) fn bulk_body_arrived(
+    buf: &mut BytesMut,
+    start: usize,
+    end: usize,
+    reserve_cap: usize,
+) -> Result<bool, ProtocolError> {
+    let input = &buf[start..];
+    if input.len() < end + 2 {
+        let missing = end + 2 - input.len();
+        buf.reserve(missing.min(reserve_cap));
+        return Ok(false);
+    }
+    if &input[end..end + 2] != b"\r\n" {
+        return Err(ProtocolError::MissingCrlf);
+    }
+    Ok(true)
 }
 
 /// Bytes [`find_crlf`] scans one by one before it hands over to `memchr`.

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::{find_crlf, parse_int, ProtocolError};
+use super::{bulk_body_arrived, find_crlf, parse_int, ProtocolError};
 
 /// Longest header or simple-string line accepted in a reply.
 const MAX_REPLY_LINE: usize = 64 << 20;
@@ -127,13 +127,8 @@ impl ReplyDecoder {
                             return Err(ProtocolError::BadHeader);
                         }
                         let end = next + len as usize;
-                        if input.len() < end + 2 {
-                            let missing = end + 2 - input.len();
-                            buf.reserve(missing.min(64 << 20));
+                        if !bulk_body_arrived(buf, start, end, 64 << 20)? {
                             return Ok(None);
-                        }
-                        if &input[end..end + 2] != b"\r\n" {
-                            return Err(ProtocolError::MissingCrlf);
                         }
                         self.pos = end + 2;
                     }

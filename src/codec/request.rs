@@ -3,7 +3,7 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::{find_crlf, inline, parse_int, ProtocolError, MAX_INLINE_LEN};
+use super::{bulk_body_arrived, find_crlf, inline, parse_int, ProtocolError, MAX_INLINE_LEN};
 
 /// Limits applied while decoding client requests, before anything is buffered
 /// for the frame they describe.
@@ -483,16 +483,10 @@ impl RequestDecoder {
             }
             let len = len as usize;
             let end = data + len;
-            if input.len() < end + 2 {
-                // Make room for the argument at once instead of growing
-                // the buffer piece by piece — up to 1 MiB: a header alone
-                // must not make a client reserve 512 MiB.
-                let missing = end + 2 - input.len();
-                buf.reserve(missing.min(1 << 20));
+            // Room for up to 1 MiB of a missing argument at once, not the
+            // 512 MiB a header may claim.
+            if !bulk_body_arrived(buf, start, end, 1 << 20)? {
                 return Ok(None);
-            }
-            if &input[end..end + 2] != b"\r\n" {
-                return Err(ProtocolError::MissingCrlf);
             }
             if p.seen == 0 {
                 p.name = (data, len);
