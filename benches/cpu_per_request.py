@@ -73,14 +73,18 @@ def machine_times():
 
 def run_once(args, redis_pid, port, proxy):
     n = args.requests
-    before = (cpu_seconds(redis_pid), cpu_seconds(proxy.pid) if proxy else (0, 0), machine_times())
+
+    def snapshot():
+        return cpu_seconds(redis_pid), cpu_seconds(proxy.pid) if proxy else (0, 0), machine_times()
+
+    before = snapshot()
     bench = subprocess.Popen(
         ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(args.clients),
          "-P", str(args.pipeline), "-n", str(n), "-t", args.test, "-r", "100000", "-q", "--csv"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = bench.stdout.read()
     _, _, usage = os.wait4(bench.pid, 0)
-    after = (cpu_seconds(redis_pid), cpu_seconds(proxy.pid) if proxy else (0, 0), machine_times())
+    after = snapshot()
     rps = float(out.strip().splitlines()[-1].split(",")[1].strip('"'))
     per = lambda a, b: (b - a) * 1e6 / n  # noqa: E731
     row = {
