@@ -35,7 +35,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +45,7 @@ use crate::command::{classify, Command, Local, Route, Stateful};
 use crate::config::Config;
 use crate::error::{error_line, Error};
 use crate::net::Stream;
-use crate::pool::lane::{Delivery, LaneRequest, OutputBudget, ReplySender, MAX_RUN};
+use crate::pool::lane::{Delivery, LaneRequest, ReplyInbox, MAX_RUN};
 use crate::pool::{LaneHandle, Upstreams};
 use session::{PinnedConn, Session, SessionBroken, SessionEvent};
 use stop::{Stop, StopSignals};
@@ -88,9 +87,15 @@ struct Client {
     lane: LaneHandle,
     /// RESP version the client speaks (2, or 3 after `HELLO 3`).
     protocol: u8,
-    /// This client's inbox; a clone of `reply_tx` travels with each request.
-    reply_tx: ReplySender,
-    reply_rx: mpsc::UnboundedReceiver<Delivery>,
+    /// Where lanes deliver this client's replies (a sender for it travels
+    /// with each request), and the budget they count against: reply bytes
+    /// held for the client — resolved in `pending` or waiting in the output —
+    /// against `--client-output-limit`, so that a client that does not read
+    /// cannot make respool buffer without bound. Lanes count their
+    /// deliveries; the client counts the rest and what it writes.
+    replies: ReplyInbox,
+    /// Deliveries taken from `replies`, kept for its allocation.
+    arrived: Vec<Delivery>,
     decoder: RequestDecoder,
     /// Bytes read and not yet decoded; small while the client is quiet.
     inbuf: BytesMut,
@@ -125,11 +130,6 @@ struct Client {
     checkout: Option<Checkout>,
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
-    /// Reply bytes held for the client — resolved in `pending` or waiting in
-    /// the output — against `--client-output-limit`, so that a client that
-    /// does not read cannot make respool buffer without bound. Lanes count
-    /// their deliveries; the client counts the rest and what it writes.
-    budget: Arc<OutputBudget>,
     /// When the client last sent something or was written to
     /// (`--client-idle-timeout`).
     last_activity: Instant,
@@ -140,9 +140,7 @@ struct Client {
 
 impl Client {
     fn new(stream: Stream, config: Arc<Config>, upstreams: Arc<Upstreams>) -> Client {
-        let (tx, reply_rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(OutputBudget::new(config.client_output_limit));
-        let reply_tx = ReplySender::new(tx, budget.clone());
+        let replies = ReplyInbox::new(config.client_output_limit);
         let authenticated = !config.client_auth.required();
         let limits = if authenticated {
             RequestLimits {
@@ -160,8 +158,8 @@ impl Client {
             protocol: 2,
             config,
             upstreams,
-            reply_tx,
-            reply_rx,
+            replies,
+            arrived: Vec::new(),
             decoder: RequestDecoder::new(limits),
             inbuf: BytesMut::new(),
             last_read_filled: false,
@@ -178,7 +176,6 @@ impl Client {
             parked: None,
             checkout: None,
             events: Vec::new(),
-            budget,
             last_activity: Instant::now(),
             partial_since: None,
         }
@@ -213,12 +210,12 @@ impl Client {
                     Stop::Abort => return Ok(()),
                     Stop::Shutdown => self.reading_done = true,
                 },
-                Some(d) = self.reply_rx.recv() => {
-                    self.resolve_shared(d);
-                    while !self.over_output_limit() {
-                        let Ok(d) = self.reply_rx.try_recv() else { break };
+                () = poll_fn(|cx| self.replies.poll_take(cx, &mut self.arrived)) => {
+                    let mut arrived = std::mem::take(&mut self.arrived);
+                    for d in arrived.drain(..) {
                         self.resolve_shared(d);
                     }
+                    self.arrived = arrived;
                 }
                 r = poll_fn(|cx| poll_ready(session_stream, cx, Stream::poll_read_ready)), if session_stream.is_some() => {
                     if r.is_ok() {
@@ -272,7 +269,7 @@ impl Client {
                 // reading its replies; drop them along with the connection.
                 tracing::info!(
                     peer = ?self.peer,
-                    held_bytes = self.budget.held(),
+                    held_bytes = self.replies.budget().held(),
                     "client output limit (--client-output-limit) exceeded; disconnecting the client"
                 );
                 return Ok(());
@@ -281,7 +278,7 @@ impl Client {
     }
 
     fn over_output_limit(&self) -> bool {
-        self.budget.exceeded()
+        self.replies.budget().exceeded()
     }
 
     /// When a request the client started must be complete. Only while
@@ -563,12 +560,12 @@ impl Client {
             raw,
             count,
             retry_safe,
-            reply_to: self.reply_tx.clone(),
+            reply_to: self.replies.sender(),
         });
         if sent.is_err() {
             let error = Error::ShuttingDown.to_resp();
             for seq in seq..seq + u64::from(count) {
-                self.budget.add(error.len());
+                self.replies.budget().add(error.len());
                 self.resolve(seq, error.clone());
             }
             self.shared_pending -= count as usize;
@@ -826,14 +823,14 @@ impl Client {
         for event in events.drain(..) {
             match event {
                 SessionEvent::Reply(seq, reply) => {
-                    self.budget.add(reply.len());
+                    self.replies.budget().add(reply.len());
                     self.resolve(seq, reply);
                     self.collect_ready();
                 }
                 SessionEvent::OutOfBand(frame) => {
                     // It came before the replies still outstanding.
                     self.collect_ready();
-                    self.budget.add(frame.len());
+                    self.replies.budget().add(frame.len());
                     self.push_out(frame);
                 }
                 SessionEvent::Nothing => {}
@@ -897,7 +894,7 @@ impl Client {
             session.discard();
         }
         for slot in self.pending.iter_mut().filter(|s| s.is_none()) {
-            self.budget.add(error.len());
+            self.replies.budget().add(error.len());
             *slot = Some(error.clone());
         }
         self.parked = None;
@@ -912,7 +909,7 @@ impl Client {
     }
 
     fn push_ready(&mut self, reply: Bytes) {
-        self.budget.add(reply.len());
+        self.replies.budget().add(reply.len());
         self.pending.push_back(Some(reply));
     }
 
@@ -923,7 +920,7 @@ impl Client {
         if d.count == 0 {
             // Answers nothing (lanes never send one; a slot must not be
             // filled by it).
-            self.budget.release(d.reply.len());
+            self.replies.budget().release(d.reply.len());
             return;
         }
         self.shared_pending = self.shared_pending.saturating_sub(d.count as usize);
@@ -941,7 +938,7 @@ impl Client {
             .and_then(|index| self.pending.get_mut(index as usize));
         match slot {
             Some(slot @ None) => *slot = Some(reply),
-            _ => self.budget.release(reply.len()),
+            _ => self.replies.budget().release(reply.len()),
         }
     }
 
@@ -983,7 +980,7 @@ impl Client {
             };
             match self.stream.try_write(chunk) {
                 Ok(n) => {
-                    self.budget.release(n);
+                    self.replies.budget().release(n);
                     self.touch();
                     if let Some(front) = self.out.front_mut() {
                         front.advance(n);

@@ -18,17 +18,20 @@
 //! doubt (timeout, bad reply, EOF) is marked broken and never reused.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bb8::{Pool, PooledConnection, RunError};
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 use crate::codec::{first_request_len, ReplyDecoder, ReplyKind};
 use crate::error::Error;
+use crate::pool::mailbox::Mailbox;
 use crate::pool::manager::UpstreamManager;
 use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
@@ -38,8 +41,6 @@ use crate::upstream::ConnectError;
 /// Stop taking new requests into the write buffer above this many bytes, so
 /// that a slow upstream pushes back on clients instead of growing memory.
 const WRITE_HIGH_WATER: usize = 4 << 20;
-/// Requests drained from the queue per wakeup before yielding to I/O.
-const MAX_BATCH: usize = 1024;
 /// The health-check request, sent on an idle lane.
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 /// A connection that lasted this long resets the reconnect backoff.
@@ -66,6 +67,69 @@ pub struct LaneRequest {
     pub reply_to: ReplySender,
 }
 
+/// A client's way into its lane, cloned once per client (not per request).
+/// When the last handle is dropped the lane finishes what it has and stops.
+#[derive(Debug)]
+pub struct LaneHandle(Arc<LaneQueue>);
+
+/// A lane's end of its queue of [`LaneRequest`]s.
+#[derive(Debug)]
+pub(crate) struct LaneInbox(Arc<LaneQueue>);
+
+#[derive(Debug)]
+struct LaneQueue {
+    mailbox: Mailbox<LaneRequest>,
+    /// Live [`LaneHandle`]s.
+    handles: AtomicUsize,
+}
+
+impl LaneHandle {
+    /// A new lane's queue: the first handle to it, and the lane's end.
+    pub(crate) fn open() -> (LaneHandle, LaneInbox) {
+        let queue = Arc::new(LaneQueue {
+            mailbox: Mailbox::default(),
+            handles: AtomicUsize::new(1),
+        });
+        (LaneHandle(queue.clone()), LaneInbox(queue))
+    }
+
+    /// Queues a run for the lane; gives it back if the lane has stopped.
+    pub fn send(&self, req: LaneRequest) -> Result<(), LaneRequest> {
+        self.0.mailbox.send(req)
+    }
+}
+
+impl Clone for LaneHandle {
+    fn clone(&self) -> LaneHandle {
+        self.0.handles.fetch_add(1, Ordering::Relaxed);
+        LaneHandle(self.0.clone())
+    }
+}
+
+impl Drop for LaneHandle {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.mailbox.hang_up();
+        }
+    }
+}
+
+impl LaneInbox {
+    /// Moves every run waiting to `into`; ready with `false` once the queue
+    /// is empty and every handle is gone.
+    fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<LaneRequest>) -> Poll<bool> {
+        self.0.mailbox.poll_take(cx, into)
+    }
+}
+
+impl Drop for LaneInbox {
+    fn drop(&mut self) {
+        // Runs sent after the lane stopped are refused, so their clients
+        // answer them at once.
+        self.0.mailbox.close();
+    }
+}
+
 /// The final answers to one or more consecutive requests: upstream replies
 /// or error lines.
 #[derive(Debug)]
@@ -78,33 +142,77 @@ pub struct Delivery {
     pub reply: Bytes,
 }
 
-/// A client's inbox for deliveries (one per client, cloned into each request:
-/// reference-count increments, not an allocation per request), with the
-/// client's output budget.
-#[derive(Debug, Clone)]
-pub struct ReplySender {
-    tx: mpsc::UnboundedSender<Delivery>,
-    budget: Arc<OutputBudget>,
+/// What a client shares with the lanes that answer it: its mailbox for
+/// deliveries and its output budget, in one allocation per client.
+#[derive(Debug)]
+struct ReplyBox {
+    mailbox: Mailbox<Delivery>,
+    budget: OutputBudget,
 }
 
-impl ReplySender {
-    /// An inbox whose replies count against `budget`.
-    pub fn new(tx: mpsc::UnboundedSender<Delivery>, budget: Arc<OutputBudget>) -> Self {
-        ReplySender { tx, budget }
+/// A client's end of its [`ReplyBox`]: it takes the deliveries, and closes
+/// the mailbox when dropped, so that replies arriving for a client that has
+/// gone are dropped rather than kept.
+#[derive(Debug)]
+pub struct ReplyInbox(Arc<ReplyBox>);
+
+impl ReplyInbox {
+    /// An inbox whose replies count against a budget of `limit` bytes
+    /// (`None`: unlimited).
+    pub fn new(limit: Option<usize>) -> ReplyInbox {
+        ReplyInbox(Arc::new(ReplyBox {
+            mailbox: Mailbox::default(),
+            budget: OutputBudget::new(limit),
+        }))
     }
 
+    /// Where a request's replies are to go (a reference-count increment,
+    /// not an allocation, per request).
+    pub fn sender(&self) -> ReplySender {
+        ReplySender(self.0.clone())
+    }
+
+    /// The client's output budget.
+    pub fn budget(&self) -> &OutputBudget {
+        &self.0.budget
+    }
+
+    /// Moves every delivery waiting to `into`, or registers for the next.
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<Delivery>) -> Poll<()> {
+        // Nobody hangs up a client's mailbox: the client itself holds a
+        // sender, and counts what it is owed.
+        self.0.mailbox.poll_take(cx, into).map(|_| ())
+    }
+
+    /// Moves every delivery waiting to `into`; false if there was none.
+    pub fn try_take(&self, into: &mut Vec<Delivery>) -> bool {
+        self.0.mailbox.try_take(into)
+    }
+}
+
+impl Drop for ReplyInbox {
+    fn drop(&mut self) {
+        self.0.mailbox.close();
+    }
+}
+
+/// Where the replies to a request go: cloned into each request.
+#[derive(Debug, Clone)]
+pub struct ReplySender(Arc<ReplyBox>);
+
+impl ReplySender {
     /// Counts the reply against the client's budget, then delivers it — or,
     /// past the limit, an empty reply instead: the client is about to be
     /// disconnected, and the lane may run ahead of it by many replies, so
     /// they must not pile up in its inbox. The empty delivery still wakes it.
     fn send(&self, seq: u64, count: u32, reply: Bytes) {
-        let reply = if self.budget.add(reply.len()) {
+        let reply = if self.0.budget.add(reply.len()) {
             Bytes::new()
         } else {
             reply
         };
         // A client that has gone away no longer wants its reply.
-        let _ = self.tx.send(Delivery { seq, count, reply });
+        let _ = self.0.mailbox.send(Delivery { seq, count, reply });
     }
 }
 
@@ -355,7 +463,9 @@ struct Outage {
 /// One lane's task state.
 pub(crate) struct Lane {
     id: usize,
-    rx: mpsc::UnboundedReceiver<LaneRequest>,
+    inbox: LaneInbox,
+    /// Runs taken from `inbox`, kept for its allocation.
+    arrived: Vec<LaneRequest>,
     pool: Pool<UpstreamManager>,
     failures: watch::Receiver<Option<ConnectError>>,
     settings: Arc<LaneSettings>,
@@ -369,14 +479,15 @@ pub(crate) struct Lane {
 impl Lane {
     pub(crate) fn new(
         id: usize,
-        rx: mpsc::UnboundedReceiver<LaneRequest>,
+        inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
         failures: watch::Receiver<Option<ConnectError>>,
         settings: Arc<LaneSettings>,
     ) -> Lane {
         Lane {
             id,
-            rx,
+            inbox,
+            arrived: Vec::new(),
             pool,
             failures,
             settings,
@@ -424,21 +535,19 @@ impl Lane {
         });
     }
 
-    /// Takes whatever is waiting in the channel, up to a batch.
-    fn accept_batch(&mut self, first: Option<LaneRequest>) {
-        match first {
-            None => self.closing = true,
-            Some(req) => {
-                let now = Instant::now();
-                self.accept(req, now);
-                for _ in 0..MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(req) => self.accept(req, now),
-                        Err(_) => break,
-                    }
-                }
-            }
+    /// Queues the runs taken from the inbox (`open`: false when it has
+    /// none and never will).
+    fn accept_arrived(&mut self, open: bool) {
+        if !open {
+            self.closing = true;
+            return;
         }
+        let now = Instant::now();
+        let mut arrived = std::mem::take(&mut self.arrived);
+        for req in arrived.drain(..) {
+            self.accept(req, now);
+        }
+        self.arrived = arrived;
     }
 
     /// The error for a request that never got onto a connection in time.
@@ -521,7 +630,7 @@ impl Lane {
                 let expiry = self.queue.front().map(|j| j.hold_deadline);
                 tokio::select! {
                     r = &mut attempt => break r,
-                    msg = self.rx.recv(), if !self.closing => self.accept_batch(msg),
+                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => self.accept_arrived(open),
                     _ = sleep_until_opt(expiry) => self.expire_queue(),
                 }
             };
@@ -559,8 +668,8 @@ impl Lane {
             let expiry = self.queue.front().map(|j| j.hold_deadline);
             tokio::select! {
                 _ = sleep_until(until) => return,
-                msg = self.rx.recv(), if !self.closing => {
-                    self.accept_batch(msg);
+                open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => {
+                    self.accept_arrived(open);
                     if self.closing {
                         return;
                     }
@@ -668,7 +777,7 @@ impl Lane {
                         }
                         Err(e) => break 'conn Some(Broken::Lost(e.to_string())),
                     },
-                    msg = self.rx.recv(), if !self.closing && wbuf.len() < WRITE_HIGH_WATER => self.accept_batch(msg),
+                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing && wbuf.len() < WRITE_HIGH_WATER => self.accept_arrived(open),
                     _ = ticker.tick() => {
                         let now = Instant::now();
                         if inflight.front().is_some_and(|f| f.deadline <= now) {
@@ -934,12 +1043,20 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod tests {
     use super::*;
 
-    fn job(
-        raw: &'static [u8],
-        count: u32,
-        retry_safe: u64,
-    ) -> (Job, mpsc::UnboundedReceiver<Delivery>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A client's inbox, read one delivery at a time.
+    struct Inbox(ReplyInbox, VecDeque<Delivery>);
+
+    impl Inbox {
+        fn try_recv(&mut self) -> Option<Delivery> {
+            let mut arrived = Vec::new();
+            self.0.try_take(&mut arrived);
+            self.1.extend(arrived);
+            self.1.pop_front()
+        }
+    }
+
+    fn job(raw: &'static [u8], count: u32, retry_safe: u64) -> (Job, Inbox) {
+        let inbox = Inbox(ReplyInbox::new(None), VecDeque::new());
         let now = Instant::now();
         let job = Job {
             req: LaneRequest {
@@ -947,7 +1064,7 @@ mod tests {
                 raw: Bytes::from_static(raw),
                 count,
                 retry_safe,
-                reply_to: ReplySender::new(tx, Arc::new(OutputBudget::new(None))),
+                reply_to: inbox.0.sender(),
             },
             answered: 0,
             accepted: now,
@@ -956,7 +1073,7 @@ mod tests {
             written: true,
             transient: None,
         };
-        (job, rx)
+        (job, inbox)
     }
 
     const RUN: &[u8] =

@@ -2,6 +2,7 @@
 //! ([`manager`], [`validate`]) and carried by shared, multiplexed [`lane`]s.
 
 pub mod lane;
+pub mod mailbox;
 pub mod manager;
 pub mod outbox;
 pub mod validate;
@@ -11,17 +12,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::retry::BackoffPolicy;
 use crate::upstream::{ConnectError, ServerVersion, UpstreamConn, UpstreamSettings};
-use lane::{Lane, LaneRequest, LaneSettings};
+use lane::{Lane, LaneSettings};
 use manager::UpstreamManager;
 
-/// A handle a client uses to send requests into its lane.
-pub type LaneHandle = mpsc::UnboundedSender<LaneRequest>;
+pub use lane::LaneHandle;
 
 /// The shared lanes (each holds a handle to the bb8 pool behind them).
 pub struct SharedLanes {
@@ -74,10 +73,10 @@ impl SharedLanes {
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
         for id in 0..config.max_connections as usize {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, inbox) = LaneHandle::open();
             let lane = Lane::new(
                 id,
-                rx,
+                inbox,
                 pool.clone(),
                 failures.clone(),
                 lane_settings.clone(),
