@@ -536,13 +536,15 @@ impl Lane {
     }
 
     /// Queues the runs taken from the inbox (`open`: false when it has
-    /// none and never will).
-    fn accept_arrived(&mut self, open: bool) {
+    /// none and never will). `clock` is the time if it was read already in
+    /// this turn of the caller's loop (one clock read per turn is plenty for
+    /// deadlines of milliseconds, and it shows at one client).
+    fn accept_arrived(&mut self, open: bool, clock: &mut Option<Instant>) {
         if !open {
             self.closing = true;
             return;
         }
-        let now = Instant::now();
+        let now = *clock.get_or_insert_with(Instant::now);
         let mut arrived = std::mem::take(&mut self.arrived);
         for req in arrived.drain(..) {
             self.accept(req, now);
@@ -630,7 +632,7 @@ impl Lane {
                 let expiry = self.queue.front().map(|j| j.hold_deadline);
                 tokio::select! {
                     r = &mut attempt => break r,
-                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => self.accept_arrived(open),
+                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => self.accept_arrived(open, &mut None),
                     _ = sleep_until_opt(expiry) => self.expire_queue(),
                 }
             };
@@ -669,7 +671,7 @@ impl Lane {
             tokio::select! {
                 _ = sleep_until(until) => return,
                 open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => {
-                    self.accept_arrived(open);
+                    self.accept_arrived(open, &mut None);
                     if self.closing {
                         return;
                     }
@@ -691,7 +693,13 @@ impl Lane {
         let mut enqueued: u64 = 0;
         let mut written: u64 = 0;
         let mut decoder = ReplyDecoder::default();
+        // When the connection last read or wrote, as of the last tick: the
+        // I/O itself only raises `io_since_tick`, so that it does not read
+        // the clock twice per turn for a health check measured in seconds.
         let mut last_io = Instant::now();
+        let mut io_since_tick = false;
+        // The time read in the current turn of the loop, if it was.
+        let mut turn_clock: Option<Instant> = None;
         let mut gate = WriteGate::new(s.batch_writes);
         // Deadlines (reply timeout, end of a hold, idle health check) are
         // checked on one periodic tick instead of a timer per loop turn:
@@ -720,7 +728,8 @@ impl Lane {
                 // after a transient error (order must be kept) or batching
                 // behind an unanswered write (`write_gate`).
                 if hold_until.is_none() && !self.queue.is_empty() && gate.open(self.queue.len()) {
-                    let now = Instant::now();
+                    // Read when the requests were taken in, just before.
+                    let now = *turn_clock.get_or_insert_with(Instant::now);
                     let batch_start = enqueued;
                     while wbuf.len() < WRITE_HIGH_WATER {
                         let Some(mut job) = self.queue.pop_front() else {
@@ -752,13 +761,14 @@ impl Lane {
                 if rbuf.capacity() - rbuf.len() < s.read_buffer_size / 4 {
                     rbuf.reserve(s.read_buffer_size);
                 }
+                turn_clock = None;
                 tokio::select! {
                     biased;
                     r = rd.read_buf(rbuf) => match r {
                         Ok(0) => break 'conn Some(Broken::Lost("connection closed by upstream".into())),
                         Err(e) => break 'conn Some(Broken::Lost(e.to_string())),
                         Ok(_) => {
-                            last_io = Instant::now();
+                            io_since_tick = true;
                             let mut answers = Answers {
                                 inflight: &mut inflight,
                                 retry_later: &mut retry_later,
@@ -773,13 +783,16 @@ impl Lane {
                     r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() || wr.has_pending_output() => match r {
                         Ok(n) => {
                             written += n as u64;
-                            last_io = Instant::now();
+                            io_since_tick = true;
                         }
                         Err(e) => break 'conn Some(Broken::Lost(e.to_string())),
                     },
-                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing && wbuf.len() < WRITE_HIGH_WATER => self.accept_arrived(open),
+                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing && wbuf.len() < WRITE_HIGH_WATER => self.accept_arrived(open, &mut turn_clock),
                     _ = ticker.tick() => {
                         let now = Instant::now();
+                        if std::mem::take(&mut io_since_tick) {
+                            last_io = now;
+                        }
                         if inflight.front().is_some_and(|f| f.deadline <= now) {
                             break 'conn Some(Broken::Timeout);
                         }
