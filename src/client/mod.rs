@@ -32,10 +32,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
@@ -187,71 +188,145 @@ impl Client {
         abort: CancellationToken,
     ) -> io::Result<()> {
         let mut stop = StopSignals::new(shutdown, abort);
+        let mut deadlines = Deadlines::default();
+        poll_fn(|cx| self.poll_run(cx, &mut stop, &mut deadlines)).await
+    }
+
+    /// One poll of the client's task: waits on its sources by hand rather
+    /// than through `select!`, which on every turn of the loop (three or
+    /// four per request at pipeline 1) rebuilt a future for each source and
+    /// polled them all again. Here a source whose waker is registered is not
+    /// polled again in the same poll of the task: the stop signals and the
+    /// reply mailbox are only changed by other tasks, which wake this one —
+    /// and so poll it again — when they change them. The client's own
+    /// socket, its session's and its deadlines depend on what the client
+    /// just did, and are polled on every turn as before.
+    ///
+    /// Sources are polled in the order of urgency: the stop signals, the
+    /// replies, the session, a checkout, the deadlines, then writing to and
+    /// reading from the client.
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        stop: &mut StopSignals,
+        deadlines: &mut Deadlines,
+    ) -> Poll<io::Result<()>> {
+        let mut stop_registered = false;
+        let mut replies_registered = false;
         loop {
             if self.reading_done
                 && self.pending.is_empty()
                 && self.out_is_empty()
                 && self.parked.is_none()
             {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
-            let can_read = !self.reading_done
-                && self.parked.is_none()
-                && self.pending.len() < self.config.max_pending_per_client;
-            let want_write = !self.out_is_empty() || self.stream.has_pending_output();
-            let session_stream = self.session.as_ref().map(Session::stream);
-            let session_wants_write = self.session.as_ref().is_some_and(Session::wants_write);
-            let session_deadline = self.session.as_ref().and_then(Session::deadline);
-            let request_deadline = self.request_deadline(can_read);
-            let idle_deadline = self.idle_deadline();
-            tokio::select! {
-                biased;
-                signal = poll_fn(|cx| stop.poll_stop(cx)) => match signal {
-                    Stop::Abort => return Ok(()),
-                    Stop::Shutdown => self.reading_done = true,
-                },
-                () = poll_fn(|cx| self.replies.poll_take(cx, &mut self.arrived)) => {
+            let mut progress = false;
+            if !stop_registered {
+                // Ready or not, the signal futures are left registered.
+                stop_registered = true;
+                match stop.poll_stop(cx) {
+                    Poll::Ready(Stop::Abort) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Stop::Shutdown) => {
+                        self.reading_done = true;
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !replies_registered {
+                // Taking the deliveries leaves the waker registered, and the
+                // mailbox empty: the next delivery wakes the task.
+                replies_registered = true;
+                if self.replies.poll_take(cx, &mut self.arrived).is_ready() {
                     let mut arrived = std::mem::take(&mut self.arrived);
                     for d in arrived.drain(..) {
                         self.resolve_shared(d);
                     }
                     self.arrived = arrived;
+                    progress = true;
                 }
-                r = poll_fn(|cx| poll_ready(session_stream, cx, Stream::poll_read_ready)), if session_stream.is_some() => {
-                    if r.is_ok() {
+            }
+            if let Some(session) = &self.session {
+                let stream = session.stream();
+                let wants_write = session.wants_write();
+                match stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {
                         self.on_session_readable();
-                    } else {
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
                         self.session_failed(SessionBroken::Lost("socket error".into()));
+                        progress = true;
+                    }
+                    Poll::Pending => {
+                        if wants_write {
+                            match stream.poll_write_ready(cx) {
+                                Poll::Ready(Ok(())) => progress = true,
+                                Poll::Ready(Err(_)) => {
+                                    self.session_failed(SessionBroken::Lost("socket error".into()));
+                                    progress = true;
+                                }
+                                Poll::Pending => {}
+                            }
+                        }
                     }
                 }
-                r = poll_fn(|cx| poll_ready(session_stream, cx, Stream::poll_write_ready)), if session_wants_write => {
-                    if r.is_err() {
-                        self.session_failed(SessionBroken::Lost("socket error".into()));
-                    }
-                }
-                result = poll_checkout(&mut self.checkout), if self.checkout.is_some() => {
+            }
+            if let Some(checkout) = &mut self.checkout {
+                if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
                     self.checkout = None;
                     self.on_checkout(result);
+                    progress = true;
                 }
-                // Only an armed deadline is polled: these branches sit in
-                // every turn of the loop, which is once or twice per request.
-                _ = sleep_until_opt(session_deadline), if session_deadline.is_some() => self.session_timed_out(),
-                _ = sleep_until_opt(request_deadline), if request_deadline.is_some() => self.request_timed_out(),
-                _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
-                    tracing::debug!(peer = ?self.peer, "closing an idle client (--client-idle-timeout)");
-                    return Ok(());
+            }
+            let can_read = !self.reading_done
+                && self.parked.is_none()
+                && self.pending.len() < self.config.max_pending_per_client;
+            let session_deadline = self.session.as_ref().and_then(Session::deadline);
+            if deadlines.session.poll(cx, session_deadline).is_ready() {
+                self.session_timed_out();
+                progress = true;
+            }
+            if deadlines
+                .request
+                .poll(cx, self.request_deadline(can_read))
+                .is_ready()
+            {
+                self.request_timed_out();
+                progress = true;
+            }
+            if deadlines.idle.poll(cx, self.idle_deadline()).is_ready() {
+                tracing::debug!(peer = ?self.peer, "closing an idle client (--client-idle-timeout)");
+                return Poll::Ready(Ok(()));
+            }
+            let want_write = !self.out_is_empty() || self.stream.has_pending_output();
+            if want_write {
+                if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
+                    r?;
+                    progress = true;
                 }
-                r = poll_fn(|cx| self.stream.poll_write_ready(cx)), if want_write => r?,
-                r = poll_fn(|cx| self.stream.poll_read_ready(cx)), if can_read => {
+            }
+            if can_read && !progress {
+                // Read only once the turn's events are handled: replies
+                // resolved above free their room in `pending` first.
+                if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
                     r?;
                     match self.read_some()? {
                         // EOF: the client is gone; replies still pending would
                         // reach nobody. (Its commands still run, as with Redis.)
-                        Some(0) => return Ok(()),
+                        Some(0) => return Poll::Ready(Ok(())),
                         Some(_) => self.touch(),
+                        // Nothing after all: the read registered no waker of
+                        // ours, so the next turn polls readiness again.
                         None => {}
                     }
+                    progress = true;
                 }
+            }
+            if !progress {
+                // Every source has this task's waker.
+                return Poll::Pending;
             }
             // Replies resolved above leave `pending` first, so that the room
             // they free is there when the input is decoded: with a full
@@ -262,7 +337,7 @@ impl Client {
             self.release_idle_buffer();
             self.flush_session();
             if self.write_some()? {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
             if self.over_output_limit() {
                 // Like Redis's client-output-buffer-limit: the client is not
@@ -272,7 +347,7 @@ impl Client {
                     held_bytes = self.replies.budget().held(),
                     "client output limit (--client-output-limit) exceeded; disconnecting the client"
                 );
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -1054,28 +1129,29 @@ async fn checkout(
     }
 }
 
-/// Polls a readiness of the session's stream (pending without a session).
-fn poll_ready(
-    stream: Option<&Stream>,
-    cx: &mut std::task::Context<'_>,
-    poll: fn(&Stream, &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>>,
-) -> std::task::Poll<io::Result<()>> {
-    match stream {
-        Some(s) => poll(s, cx),
-        None => std::task::Poll::Pending,
-    }
+/// The deadlines the client loop waits on, each with a timer kept from turn
+/// to turn: re-armed when its deadline moves, not rebuilt on every turn.
+#[derive(Default)]
+struct Deadlines {
+    session: Deadline,
+    request: Deadline,
+    idle: Deadline,
 }
 
-async fn poll_checkout(checkout: &mut Option<Checkout>) -> Result<PinnedConn, Error> {
-    match checkout {
-        Some(fut) => fut.await,
-        None => std::future::pending().await,
-    }
-}
+#[derive(Default)]
+struct Deadline(Option<Pin<Box<Sleep>>>);
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
+impl Deadline {
+    /// Ready once `at` has passed; pending without a deadline (a timer left
+    /// from an earlier one may still wake the task once, harmlessly).
+    fn poll(&mut self, cx: &mut Context<'_>, at: Option<Instant>) -> Poll<()> {
+        let Some(at) = at else {
+            return Poll::Pending;
+        };
+        let sleep = self.0.get_or_insert_with(|| Box::pin(sleep_until(at)));
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
+        }
+        sleep.as_mut().poll(cx)
     }
 }
