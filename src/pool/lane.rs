@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -710,64 +711,79 @@ impl Lane {
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        let broken = 'conn: {
+        // The loop is polled by hand rather than through `select!`: the
+        // inbox and the ticker are only changed by other tasks and by time,
+        // which wake this task when they do, so each is polled once per poll
+        // of the task; the connection's reads and writes, which the loop's
+        // own work changes, on every turn. Sources are taken in the order of
+        // urgency, one event per turn: replies, the write, new requests, the
+        // tick.
+        let broken = {
             let c = &mut *conn;
             let (mut rd, mut wr) = c.stream.split();
             let rbuf = &mut c.read_buf;
-            loop {
-                if self.closing
-                    && inflight.is_empty()
-                    && self.queue.is_empty()
-                    && retry_later.is_empty()
-                    && wbuf.is_empty()
-                {
-                    break 'conn None;
-                }
-                gate.answered_up_to(inflight.front().map(|f| f.end));
-                // Move queued requests into the write buffer, unless holding
-                // after a transient error (order must be kept) or batching
-                // behind an unanswered write (`write_gate`).
-                if hold_until.is_none() && !self.queue.is_empty() && gate.open(self.queue.len()) {
-                    // Read when the requests were taken in, just before.
-                    let now = *turn_clock.get_or_insert_with(Instant::now);
-                    let batch_start = enqueued;
-                    while wbuf.len() < WRITE_HIGH_WATER {
-                        let Some(mut job) = self.queue.pop_front() else {
-                            break;
-                        };
-                        if job.hold_deadline <= now {
-                            let error = self.expired_error(&job, now, &mut None);
-                            job.fail(&error);
-                            continue;
+            poll_fn(|cx| {
+                let mut inbox_registered = false;
+                loop {
+                    if self.closing
+                        && inflight.is_empty()
+                        && self.queue.is_empty()
+                        && retry_later.is_empty()
+                        && wbuf.is_empty()
+                    {
+                        return Poll::Ready(None);
+                    }
+                    gate.answered_up_to(inflight.front().map(|f| f.end));
+                    // Move queued requests into the write buffer, unless holding
+                    // after a transient error (order must be kept) or batching
+                    // behind an unanswered write (`write_gate`).
+                    if hold_until.is_none() && !self.queue.is_empty() && gate.open(self.queue.len())
+                    {
+                        // Read when the requests were taken in, just before.
+                        let now = *turn_clock.get_or_insert_with(Instant::now);
+                        let batch_start = enqueued;
+                        while wbuf.len() < WRITE_HIGH_WATER {
+                            let Some(mut job) = self.queue.pop_front() else {
+                                break;
+                            };
+                            if job.hold_deadline <= now {
+                                let error = self.expired_error(&job, now, &mut None);
+                                job.fail(&error);
+                                continue;
+                            }
+                            // Sent again: an earlier transient answer is no
+                            // longer the latest word on it.
+                            job.transient = None;
+                            wbuf.push(&job.req.raw);
+                            enqueued += job.req.raw.len() as u64;
+                            // The reply deadline runs from the write.
+                            let deadline = now + s.timeout;
+                            inflight.push_back(Sent {
+                                job: Some(job),
+                                end: enqueued,
+                                deadline,
+                            });
                         }
-                        // Sent again: an earlier transient answer is no
-                        // longer the latest word on it.
-                        job.transient = None;
-                        wbuf.push(&job.req.raw);
-                        enqueued += job.req.raw.len() as u64;
-                        // The reply deadline runs from the write.
-                        let deadline = now + s.timeout;
-                        inflight.push_back(Sent {
-                            job: Some(job),
-                            end: enqueued,
-                            deadline,
-                        });
+                        // Unless every job had expired unsent.
+                        if enqueued > batch_start {
+                            gate.wrote(enqueued);
+                        }
                     }
-                    // Unless every job had expired unsent.
-                    if enqueued > batch_start {
-                        gate.wrote(enqueued);
+                    if rbuf.capacity() - rbuf.len() < s.read_buffer_size / 4 {
+                        rbuf.reserve(s.read_buffer_size);
                     }
-                }
-                if rbuf.capacity() - rbuf.len() < s.read_buffer_size / 4 {
-                    rbuf.reserve(s.read_buffer_size);
-                }
-                turn_clock = None;
-                tokio::select! {
-                    biased;
-                    r = rd.read_buf(rbuf) => match r {
-                        Ok(0) => break 'conn Some(Broken::Lost("connection closed by upstream".into())),
-                        Err(e) => break 'conn Some(Broken::Lost(e.to_string())),
-                        Ok(_) => {
+                    turn_clock = None;
+                    let read = std::pin::pin!(rd.read_buf(rbuf)).poll(cx);
+                    match read {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Some(Broken::Lost(
+                                "connection closed by upstream".into(),
+                            )))
+                        }
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Some(Broken::Lost(e.to_string())))
+                        }
+                        Poll::Ready(Ok(_)) => {
                             io_since_tick = true;
                             let mut answers = Answers {
                                 inflight: &mut inflight,
@@ -776,25 +792,43 @@ impl Lane {
                                 backoff: &mut transient_backoff,
                             };
                             if let Err(b) = self.on_replies(rbuf, &mut decoder, &mut answers) {
-                                break 'conn Some(b);
+                                return Poll::Ready(Some(b));
                             }
+                            continue;
                         }
-                    },
-                    r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() || wr.has_pending_output() => match r {
-                        Ok(n) => {
-                            written += n as u64;
-                            io_since_tick = true;
+                        Poll::Pending => {}
+                    }
+                    if !wbuf.is_empty() || wr.has_pending_output() {
+                        let write = std::pin::pin!(wr.write_buf(&mut wbuf)).poll(cx);
+                        match write {
+                            Poll::Ready(Ok(n)) => {
+                                written += n as u64;
+                                io_since_tick = true;
+                                continue;
+                            }
+                            Poll::Ready(Err(e)) => {
+                                return Poll::Ready(Some(Broken::Lost(e.to_string())))
+                            }
+                            Poll::Pending => {}
                         }
-                        Err(e) => break 'conn Some(Broken::Lost(e.to_string())),
-                    },
-                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing && wbuf.len() < WRITE_HIGH_WATER => self.accept_arrived(open, &mut turn_clock),
-                    _ = ticker.tick() => {
+                    }
+                    if !inbox_registered && !self.closing && wbuf.len() < WRITE_HIGH_WATER {
+                        // Taking what waits leaves the waker registered.
+                        inbox_registered = true;
+                        if let Poll::Ready(open) = self.inbox.poll_take(cx, &mut self.arrived) {
+                            self.accept_arrived(open, &mut turn_clock);
+                            continue;
+                        }
+                    }
+                    // Last: its waker is the one left registered when nothing
+                    // else is ready (once per poll of the task).
+                    if ticker.poll_tick(cx).is_ready() {
                         let now = Instant::now();
                         if std::mem::take(&mut io_since_tick) {
                             last_io = now;
                         }
                         if inflight.front().is_some_and(|f| f.deadline <= now) {
-                            break 'conn Some(Broken::Timeout);
+                            return Poll::Ready(Some(Broken::Timeout));
                         }
                         // Resume after a hold only once every earlier request
                         // has answered, so resent requests keep their order.
@@ -808,11 +842,18 @@ impl Lane {
                         if idle && s.health_check_interval.is_some_and(|i| last_io + i <= now) {
                             wbuf.push_static(PING);
                             enqueued += PING.len() as u64;
-                            inflight.push_back(Sent { job: None, end: enqueued, deadline: now + s.timeout });
+                            inflight.push_back(Sent {
+                                job: None,
+                                end: enqueued,
+                                deadline: now + s.timeout,
+                            });
                         }
+                        continue;
                     }
+                    return Poll::Pending;
                 }
-            }
+            })
+            .await
         };
         conn.last_used = std::time::Instant::now();
         if let Some(broken) = broken {
