@@ -1144,10 +1144,17 @@ struct Deadline(Option<Pin<Box<Sleep>>>);
 impl Deadline {
     /// Ready once `at` has passed; pending without a deadline (a timer left
     /// from an earlier one may still wake the task once, harmlessly).
+    #[inline]
     fn poll(&mut self, cx: &mut Context<'_>, at: Option<Instant>) -> Poll<()> {
-        let Some(at) = at else {
-            return Poll::Pending;
-        };
+        // Inlined, so that an unarmed deadline (the usual case, three per
+        // turn) costs a test, not a call.
+        match at {
+            None => Poll::Pending,
+            Some(at) => self.poll_at(cx, at),
+        }
+    }
+
+    fn poll_at(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
         let sleep = self.0.get_or_insert_with(|| Box::pin(sleep_until(at)));
         if sleep.deadline() != at {
             sleep.as_mut().reset(at);
