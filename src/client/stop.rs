@@ -1,10 +1,10 @@
 //! The proxy's shutdown and abort signals, as seen from one client's loop.
 //!
-//! The loop polls them on every turn, once or twice per request. Polling a
-//! `CancellationToken`'s future costs two mutex round trips each time (about
-//! 10 % of the loop's instructions at pipeline 1), so the tokens' futures are
-//! polled with a waker of our own and only again after they have woken it;
-//! a turn in between costs one atomic load.
+//! The loop polls them once per poll of its task, about twice per request at
+//! pipeline 1. Polling a `CancellationToken`'s future costs two mutex round
+//! trips each time (about 10 % of the loop's instructions at pipeline 1), so
+//! the tokens' futures are polled with a waker of our own and only again
+//! after they have woken it; a poll in between costs one atomic load.
 
 use std::future::Future;
 use std::pin::Pin;
