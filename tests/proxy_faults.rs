@@ -711,6 +711,54 @@ async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
     assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
 }
 
+/// A `-LOADING` reply for a write whose client's next request then ran
+/// (loading ended between the two): resending the held write would run it
+/// after the later one — here, `SET k one` would undo `SET k two`. The held
+/// write gets Redis's own answer instead, as it would without respool.
+#[tokio::test]
+async fn a_held_write_overtaken_by_its_clients_next_request_is_not_resent() {
+    let redis = RedisServer::start();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::behind_relay(&relay, &["--backoff-cap", "100ms"]).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["PING"]).await;
+    let sets = redis.command_calls("set");
+
+    // Redis runs both SETs and answers them in one write; the relay swaps
+    // that chunk for LOADING followed by OK.
+    relay.set_mode(RelayMode::InjectReply(
+        b"-LOADING Redis is loading the dataset in memory\r\n+OK\r\n",
+    ));
+    let pipeline: Vec<u8> = [
+        encode_command(&["SET", "k", "one"]),
+        encode_command(&["SET", "k", "two"]),
+    ]
+    .concat();
+    client.send_raw(&pipeline).await.expect("send the pipeline");
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        replies.push(client.read_reply().await.expect("a reply"));
+    }
+    assert_eq!(
+        replies,
+        vec![
+            Reply::Error("LOADING Redis is loading the dataset in memory".into()),
+            Reply::Simple("OK".into()),
+        ]
+    );
+    assert_eq!(
+        redis.command_calls("set") - sets,
+        2,
+        "no resend of the held SET"
+    );
+    assert_eq!(
+        redis.command(&[b"GET", b"k"]),
+        bulk("two"),
+        "the client's last write stands"
+    );
+    assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
+}
+
 /// A read that was written, lost with its connection, and could not be
 /// resent before its `--hold-timeout` ran out (the upstream stays
 /// unreachable) is answered with the outage — not with a reply timeout that

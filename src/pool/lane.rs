@@ -215,6 +215,11 @@ impl ReplySender {
         // A client that has gone away no longer wants its reply.
         let _ = self.0.mailbox.send(Delivery { seq, count, reply });
     }
+
+    /// Whether both send to the same client.
+    fn same_client(&self, other: &ReplySender) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Reply bytes held for one client — delivered to it and not yet written to
@@ -285,6 +290,39 @@ pub struct LaneSettings {
     pub read_buffer_size: usize,
     /// Hold new requests while a write is unanswered (`--batch-writes`).
     pub batch_writes: bool,
+}
+
+/// The upstream has just run a request of `client` (its reply was not a
+/// transient error). The client's requests held for a resend were sent
+/// before it, and a resend would run them after it: harmless between two
+/// reads, but a write and anything else would run out of the order the
+/// client sent them in (its read would not see its write, or would see a
+/// write it sent later). So unless both are read-only (`later_read_only`,
+/// and the held request's retry-safe bit), the held request is not resent
+/// but answered with the transient error it got, as it would have been by
+/// Redis alone. This happens when, say, loading ends between two requests
+/// of one pipeline. True if any was released.
+fn release_overtaken(
+    retry_later: &mut VecDeque<Job>,
+    client: &ReplySender,
+    later_read_only: bool,
+) -> bool {
+    let overtaken = |held: &Job| {
+        held.req.reply_to.same_client(client) && !(later_read_only && held.req.retry_safe & 1 == 1)
+    };
+    if !retry_later.iter().any(overtaken) {
+        return false;
+    }
+    for held in std::mem::take(retry_later) {
+        match &held.transient {
+            Some(answer) if overtaken(&held) => {
+                let answer = answer.clone();
+                held.fail(&answer);
+            }
+            _ => retry_later.push_back(held),
+        }
+    }
+    true
 }
 
 /// A run of requests inside the lane.
@@ -954,10 +992,24 @@ impl Lane {
                 *a.hold_until = Some(a.hold_until.map_or(until, |h| h.max(until)));
                 return Ok(());
             }
-        } else if a.backoff.used() {
-            // Only a sequence that was drawn from needs replacing: building
-            // one per reply would cost more than the reply itself.
-            *a.backoff = self.settings.backoff.delays();
+        } else {
+            if a.backoff.used() {
+                // Only a sequence that was drawn from needs replacing:
+                // building one per reply would cost more than the reply.
+                *a.backoff = self.settings.backoff.delays();
+            }
+            // Whether the request this answers is read-only (its bit in the
+            // run, counted from the first request not yet delivered).
+            let index = job.answered + replies.count;
+            let read_only = index < MAX_RUN && job.req.retry_safe >> index & 1 == 1;
+            if !a.retry_later.is_empty()
+                && release_overtaken(a.retry_later, &job.req.reply_to, read_only)
+                && a.retry_later.is_empty()
+            {
+                // Nothing is left to resend, and the upstream just ran a
+                // command: no reason to keep the lane waiting.
+                *a.hold_until = None;
+            }
         }
         replies.push(len);
         if replies.count == job.remaining() {
@@ -1203,5 +1255,69 @@ mod tests {
         buf.extend_from_slice(b"llo\r\n");
         assert_eq!(decoder.decode_at(&mut buf, 0).unwrap(), Some(11));
         assert_eq!(&buf[..], b"$5\r\nhello\r\n");
+    }
+
+    /// A single request of `inbox`'s client, held after `answer`; a GET if
+    /// `read_only`, else a SET.
+    fn held(inbox: &Inbox, seq: u64, read_only: bool, answer: &'static [u8]) -> Job {
+        let now = Instant::now();
+        let raw: &'static [u8] = if read_only {
+            b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n"
+        } else {
+            b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n"
+        };
+        Job {
+            req: LaneRequest {
+                seq,
+                raw: Bytes::from_static(raw),
+                count: 1,
+                retry_safe: u64::from(read_only),
+                reply_to: inbox.0.sender(),
+            },
+            answered: 0,
+            accepted: now,
+            hold_deadline: now + Duration::from_secs(60),
+            attempts: 0,
+            written: false,
+            transient: Some(Bytes::from_static(answer)),
+        }
+    }
+
+    #[test]
+    fn held_requests_overtaken_by_a_later_one_of_their_client_get_their_transient_answer() {
+        let mut x = Inbox(ReplyInbox::new(None), VecDeque::new());
+        let mut y = Inbox(ReplyInbox::new(None), VecDeque::new());
+        let mut retry_later = VecDeque::from([
+            held(&x, 10, false, b"-LOADING x\r\n"),
+            held(&y, 4, false, b"-BUSY y\r\n"),
+            held(&x, 11, true, b"-LOADING x2\r\n"),
+        ]);
+        // Another client's request ran: nothing of x's or y's is released.
+        let z = Inbox(ReplyInbox::new(None), VecDeque::new());
+        assert!(!release_overtaken(&mut retry_later, &z.0.sender(), false));
+        assert_eq!(retry_later.len(), 3);
+        // A read of x's ran: its held write must not run after it, its held
+        // read may.
+        assert!(release_overtaken(&mut retry_later, &x.0.sender(), true));
+        let first = x.try_recv().unwrap();
+        assert_eq!(
+            (first.seq, first.count, &first.reply[..]),
+            (10, 1, &b"-LOADING x\r\n"[..])
+        );
+        assert!(x.try_recv().is_none());
+        assert_eq!(
+            retry_later.iter().map(|h| h.req.seq).collect::<Vec<_>>(),
+            [4, 11]
+        );
+        // A write of x's ran: its held read must not run after it either.
+        assert!(release_overtaken(&mut retry_later, &x.0.sender(), false));
+        let second = x.try_recv().unwrap();
+        assert_eq!(
+            (second.seq, &second.reply[..]),
+            (11, &b"-LOADING x2\r\n"[..])
+        );
+        assert_eq!(retry_later.len(), 1);
+        assert_eq!(retry_later[0].req.seq, 4);
+        assert!(y.try_recv().is_none(), "y's request is still held");
     }
 }
