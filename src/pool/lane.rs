@@ -998,17 +998,18 @@ impl Lane {
                 // building one per reply would cost more than the reply.
                 *a.backoff = self.settings.backoff.delays();
             }
-            // Whether the request this answers is read-only (its bit in the
-            // run, counted from the first request not yet delivered).
-            let index = job.answered + replies.count;
-            let read_only = index < MAX_RUN && job.req.retry_safe >> index & 1 == 1;
-            if !a.retry_later.is_empty()
-                && release_overtaken(a.retry_later, &job.req.reply_to, read_only)
-                && a.retry_later.is_empty()
-            {
-                // Nothing is left to resend, and the upstream just ran a
-                // command: no reason to keep the lane waiting.
-                *a.hold_until = None;
+            if !a.retry_later.is_empty() {
+                // Whether the request this answers is read-only (its bit in
+                // the run, counted from the first request not delivered yet).
+                let index = job.answered + replies.count;
+                let read_only = index < MAX_RUN && job.req.retry_safe >> index & 1 == 1;
+                if release_overtaken(a.retry_later, &job.req.reply_to, read_only)
+                    && a.retry_later.is_empty()
+                {
+                    // Nothing is left to resend, and the upstream just ran a
+                    // command: no reason to keep the lane waiting.
+                    *a.hold_until = None;
+                }
             }
         }
         replies.push(len);
