@@ -102,6 +102,22 @@ impl Stream {
         }
     }
 
+    /// Whether the peer has closed the connection, without taking anything
+    /// from it: `Ready(true)` at end of stream, `Ready(false)` when data is
+    /// waiting instead (which keeps the socket readable: stop asking until it
+    /// is read), pending until either. On TLS always pending: what waits
+    /// there is records, not the peer's data.
+    pub fn poll_hung_up(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        match self {
+            Stream::Tcp(s) => {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                s.poll_peek(cx, &mut buf).map_ok(|n| n == 0)
+            }
+            Stream::Tls(_) => Poll::Pending,
+        }
+    }
+
     /// Like [`writable`](Self::writable), as a poll (see
     /// [`poll_read_ready`](Self::poll_read_ready)).
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

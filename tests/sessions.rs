@@ -389,6 +389,45 @@ async fn select_isolates_a_client_until_it_selects_the_default_db_again() {
     wait_until_no_upstream_state(&redis, "after SELECT 0");
 }
 
+/// A client that hangs up while its blocking command waits for a dedicated
+/// connection leaves the queue: when the connection frees up, its command
+/// does not run for nobody, and the next client gets the connection.
+#[tokio::test]
+async fn a_client_that_hangs_up_while_waiting_for_a_dedicated_connection_leaves_the_queue() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &["--max-pinned", "1", "--checkout-timeout", "30s"],
+    )
+    .await;
+    // `a` blocks on the only dedicated connection.
+    let mut a = proxy.client().await;
+    a.send(&["BLPOP", "qa", "0"]).await.expect("BLPOP qa");
+    wait::until("a's BLPOP to block", wait::DEADLINE, || {
+        blocked_clients(&redis) == 1
+    });
+    // `b` asks for one too, and hangs up while it waits.
+    let mut b = proxy.client().await;
+    b.send(&["BLPOP", "qb", "0"]).await.expect("BLPOP qb");
+    drop(b);
+    // Free `a`'s connection: it goes back to the pool.
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["LPUSH", "qa", "x"]).await, Reply::Int(1));
+    assert_eq!(
+        a.read_reply().await.expect("a's BLPOP reply"),
+        Reply::Array(vec![bulk("qa"), bulk("x")])
+    );
+    // Had `b` kept its place in the queue, the connection would have gone to
+    // it first, and its BLPOP would have run (and blocked) upstream.
+    assert!(c.cmd(&["BLPOP", "qc", "0.01"]).await.is_nil());
+    assert_eq!(
+        redis.command_calls("blpop"),
+        2,
+        "a's and c's BLPOP, not b's"
+    );
+    assert_eq!(blocked_clients(&redis), 0);
+}
+
 /// What a client is doing when it disconnects.
 #[derive(Debug, Clone, Copy)]
 enum Midway {

@@ -129,6 +129,9 @@ struct Client {
     parked: Option<(Request, Command)>,
     /// A pinned connection being checked out.
     checkout: Option<Checkout>,
+    /// The client sent more while waiting for the checkout: its socket stays
+    /// readable, so it is not watched for a hang-up until the wait ends.
+    sent_while_waiting: bool,
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
     /// When the client last sent something or was written to
@@ -176,6 +179,7 @@ impl Client {
             session: None,
             parked: None,
             checkout: None,
+            sent_while_waiting: false,
             events: Vec::new(),
             last_activity: Instant::now(),
             partial_since: None,
@@ -273,9 +277,27 @@ impl Client {
                     }
                 }
             }
+            if self.checkout.is_some() && !self.sent_while_waiting && !self.reading_done {
+                // The client is not read while its request waits for a
+                // dedicated connection, but one that hangs up must leave the
+                // queue for one (dropping the checkout does), not be handed
+                // a connection and run a command for nobody. Looked at
+                // before the checkout: a connection handed over just now
+                // goes back to the pool with it.
+                match self.stream.poll_hung_up(cx) {
+                    Poll::Ready(Ok(true)) => {
+                        tracing::debug!(peer = ?self.peer, "client hung up while waiting for a dedicated connection");
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Ok(false)) => self.sent_while_waiting = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
             if let Some(checkout) = &mut self.checkout {
                 if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
                     self.checkout = None;
+                    self.sent_while_waiting = false;
                     self.on_checkout(result);
                     progress = true;
                 }
