@@ -249,6 +249,37 @@ fn plain_header(input: &[u8], at: usize) -> Option<(usize, usize)> {
         .then_some((value, at + 1 + i + 2))
 }
 
+/// Reads the header line (`*<n>` or `$<n>`) at `input[at..]`: its value and
+/// the offset just past its CRLF; `Ok(None)` while the line is incomplete.
+/// `scanned` remembers how far an incomplete line was searched, so a header
+/// trickling in byte by byte is scanned once. A line longer than an inline
+/// command may be fails with `too_long`, a value that is not an integer
+/// with `invalid`.
+#[inline(always)]
+fn read_header(
+    input: &[u8],
+    at: usize,
+    scanned: &mut usize,
+    too_long: ProtocolError,
+    invalid: ProtocolError,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
+    if let Some((value, next)) = plain_header(input, at) {
+        *scanned = 0;
+        return Ok(Some((value as i64, next)));
+    }
+    let Some(cr) = find_crlf(input, (*scanned).max(at + 1)) else {
+        if input.len() - at > MAX_INLINE_LEN {
+            return Err(too_long);
+        }
+        // A CR may be the last byte; search again from it next time.
+        *scanned = input.len() - 1;
+        return Ok(None);
+    };
+    *scanned = 0;
+    let value = parse_int(&input[at + 1..cr]).ok_or(invalid)?;
+    Ok(Some((value, cr + 2)))
+}
+
 /// The length of the first request in `run`, a concatenation of requests
 /// that were decoded (so validated) earlier and are all arrays — inline
 /// commands were re-encoded as arrays. `None` if `run` does not start with a
@@ -411,23 +442,16 @@ impl RequestDecoder {
             if first != b'*' {
                 return self.decode_inline(input);
             }
-            let (n, next) = match plain_header(input, 0) {
-                Some((n, next)) => (n as i64, next),
-                None => {
-                    let Some(cr) = find_crlf(input, self.header_scanned.max(1)) else {
-                        if input.len() > MAX_INLINE_LEN {
-                            return Err(ProtocolError::MultibulkCountTooLong);
-                        }
-                        // A CR may be the last byte; search again from it next time.
-                        self.header_scanned = input.len() - 1;
-                        return Ok(None);
-                    };
-                    let n =
-                        parse_int(&input[1..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
-                    (n, cr + 2)
-                }
+            let Some((n, next)) = read_header(
+                input,
+                0,
+                &mut self.header_scanned,
+                ProtocolError::MultibulkCountTooLong,
+                ProtocolError::InvalidMultibulkLength,
+            )?
+            else {
+                return Ok(None);
             };
-            self.header_scanned = 0;
             if n > self.limits.max_args as i64 {
                 return Err(if self.limits.unauthenticated {
                     ProtocolError::UnauthenticatedMultibulk
@@ -457,23 +481,20 @@ impl RequestDecoder {
             if marker != b'$' {
                 return Err(ProtocolError::ExpectedBulk(marker as char));
             }
-            let (len, data) = match plain_header(input, p.pos) {
-                Some((len, data)) => (len as u64, data),
-                None => {
-                    let Some(cr) = find_crlf(input, self.header_scanned.max(p.pos + 1)) else {
-                        if input.len() - p.pos > MAX_INLINE_LEN {
-                            return Err(ProtocolError::BulkCountTooLong);
-                        }
-                        self.header_scanned = input.len() - 1;
-                        return Ok(None);
-                    };
-                    let len = parse_int(&input[p.pos + 1..cr])
-                        .filter(|&l| l >= 0)
-                        .ok_or(ProtocolError::InvalidBulkLength)?;
-                    (len as u64, cr + 2)
-                }
+            let Some((len, data)) = read_header(
+                input,
+                p.pos,
+                &mut self.header_scanned,
+                ProtocolError::BulkCountTooLong,
+                ProtocolError::InvalidBulkLength,
+            )?
+            else {
+                return Ok(None);
             };
-            self.header_scanned = 0;
+            if len < 0 {
+                return Err(ProtocolError::InvalidBulkLength);
+            }
+            let len = len as u64;
             if len > self.limits.max_bulk_len {
                 return Err(if self.limits.unauthenticated {
                     ProtocolError::UnauthenticatedBulk
