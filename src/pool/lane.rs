@@ -68,6 +68,14 @@ pub struct LaneRequest {
     pub reply_to: ReplySender,
 }
 
+impl LaneRequest {
+    /// Whether request `i` of the run (counted from its first) may be resent
+    /// after it may have run: it is read-only.
+    fn is_retry_safe(&self, i: u32) -> bool {
+        i < MAX_RUN && self.retry_safe >> i & 1 == 1
+    }
+}
+
 /// A client's way into its lane, cloned once per client (not per request).
 /// When the last handle is dropped the lane finishes what it has and stops.
 #[derive(Debug)]
@@ -308,7 +316,7 @@ fn release_overtaken(
     later_read_only: bool,
 ) -> bool {
     let overtaken = |held: &Job| {
-        held.req.reply_to.same_client(client) && !(later_read_only && held.req.retry_safe & 1 == 1)
+        held.req.reply_to.same_client(client) && !(later_read_only && held.req.is_retry_safe(0))
     };
     if !retry_later.iter().any(overtaken) {
         return false;
@@ -999,10 +1007,9 @@ impl Lane {
                 *a.backoff = self.settings.backoff.delays();
             }
             if !a.retry_later.is_empty() {
-                // Whether the request this answers is read-only (its bit in
-                // the run, counted from the first request not delivered yet).
-                let index = job.answered + replies.count;
-                let read_only = index < MAX_RUN && job.req.retry_safe >> index & 1 == 1;
+                // The request this answers comes after the run's answered
+                // ones and those gathered in `replies`.
+                let read_only = job.req.is_retry_safe(job.answered + replies.count);
                 if release_overtaken(a.retry_later, &job.req.reply_to, read_only)
                     && a.retry_later.is_empty()
                 {
@@ -1066,7 +1073,7 @@ impl Lane {
                 let mut job = run.take_first();
                 end += job.req.raw.len() as u64;
                 let fully_written = end <= written;
-                let retry_safe = job.req.retry_safe & 1 == 1;
+                let retry_safe = job.req.is_retry_safe(0);
                 if !fully_written {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
