@@ -582,14 +582,18 @@ impl Lane {
         });
     }
 
-    /// Queues the runs taken from the inbox (`open`: false when it has
-    /// none and never will). `clock` is the time if it was read already in
-    /// this turn of the caller's loop (one clock read per turn is plenty for
-    /// deadlines of milliseconds, and it shows at one client).
-    fn accept_arrived(&mut self, open: bool, clock: &mut Option<Instant>) {
+    /// Takes the runs waiting in the inbox into the queue, or registers for
+    /// the next (ready once the inbox is empty for good, too: then the lane
+    /// is closing). `clock` is the time if it was read already in this turn
+    /// of the caller's loop (one clock read per turn is plenty for deadlines
+    /// of milliseconds, and it shows at one client).
+    fn poll_accept(&mut self, cx: &mut Context<'_>, clock: &mut Option<Instant>) -> Poll<()> {
+        let Poll::Ready(open) = self.inbox.poll_take(cx, &mut self.arrived) else {
+            return Poll::Pending;
+        };
         if !open {
             self.closing = true;
-            return;
+            return Poll::Ready(());
         }
         let now = *clock.get_or_insert_with(Instant::now);
         let mut arrived = std::mem::take(&mut self.arrived);
@@ -597,6 +601,7 @@ impl Lane {
             self.accept(req, now);
         }
         self.arrived = arrived;
+        Poll::Ready(())
     }
 
     /// The error for a request that never got onto a connection in time.
@@ -679,7 +684,7 @@ impl Lane {
                 let expiry = self.queue.front().map(|j| j.hold_deadline);
                 tokio::select! {
                     r = &mut attempt => break r,
-                    open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => self.accept_arrived(open, &mut None),
+                    () = poll_fn(|cx| self.poll_accept(cx, &mut None)), if !self.closing => {}
                     _ = sleep_until_opt(expiry) => self.expire_queue(),
                 }
             };
@@ -717,8 +722,7 @@ impl Lane {
             let expiry = self.queue.front().map(|j| j.hold_deadline);
             tokio::select! {
                 _ = sleep_until(until) => return,
-                open = poll_fn(|cx| self.inbox.poll_take(cx, &mut self.arrived)), if !self.closing => {
-                    self.accept_arrived(open, &mut None);
+                () = poll_fn(|cx| self.poll_accept(cx, &mut None)), if !self.closing => {
                     if self.closing {
                         return;
                     }
@@ -861,8 +865,7 @@ impl Lane {
                     if !inbox_registered && !self.closing && wbuf.len() < WRITE_HIGH_WATER {
                         // Taking what waits leaves the waker registered.
                         inbox_registered = true;
-                        if let Poll::Ready(open) = self.inbox.poll_take(cx, &mut self.arrived) {
-                            self.accept_arrived(open, &mut turn_clock);
+                        if self.poll_accept(cx, &mut turn_clock).is_ready() {
                             continue;
                         }
                     }
