@@ -194,6 +194,7 @@ impl ReplyInbox {
     }
 
     /// Moves every delivery waiting to `into`; false if there was none.
+    #[cfg(test)]
     pub fn try_take(&self, into: &mut Vec<Delivery>) -> bool {
         self.0.mailbox.try_take(into)
     }

@@ -81,6 +81,7 @@ impl<T> Mailbox<T> {
     }
 
     /// Moves everything waiting to the end of `into`; false if nothing was.
+    #[cfg(test)]
     pub fn try_take(&self, into: &mut Vec<T>) -> bool {
         Self::take_from(&mut self.lock(), into)
     }
