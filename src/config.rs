@@ -55,8 +55,8 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_UPSTREAM_PASSWORD", hide_env_values = true)]
     pub upstream_password: Option<String>,
 
-    /// Upstream connections shared by all clients, one multiplexed lane each (plus --min-idle validated spares).
-    #[arg(long, env = "RESPOOL_MAX_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Upstream connections shared by all clients, one multiplexed lane each (plus --min-idle validated spares); a total for the process, at least one per event loop.
+    #[arg(long, env = "RESPOOL_MAX_CONNECTIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_connections: u32,
 
     /// Dedicated upstream connections for clients in connection state (MULTI/WATCH, blocking commands, pub/sub, SELECT of another db, …); more such clients wait up to --checkout-timeout.
