@@ -28,6 +28,15 @@ pub enum Error {
         /// How long the upstream has been unavailable.
         elapsed: Duration,
     },
+    /// `HELLO` waited for a first validated upstream connection, whose
+    /// server version its reply carries, and none came in time.
+    #[error("upstream {addr} unavailable: no connection validated within {} (HELLO answers with the server's version; retry once Redis is up)", Secs(*waited))]
+    NoServerVersion {
+        /// The upstream address.
+        addr: Arc<str>,
+        /// How long the client waited.
+        waited: Duration,
+    },
     /// The connection broke after the request was written; the command is not
     /// safe to run again, so its outcome is unknown.
     #[error("upstream connection lost; the command may or may not have executed")]

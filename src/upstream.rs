@@ -50,23 +50,73 @@ pub struct UpstreamSettings {
     pub tls: Option<UpstreamTls>,
 }
 
-/// The upstream server's version (`INFO server`), shared by every pool.
+/// The upstream server's version (`INFO server`), shared by every pool, and
+/// whether any connection has passed validation yet.
 #[derive(Debug, Clone, Default)]
-pub struct ServerVersion(Arc<std::sync::RwLock<Option<Arc<str>>>>);
+pub struct ServerVersion(Arc<VersionCell>);
+
+#[derive(Debug, Default)]
+struct VersionCell {
+    version: std::sync::RwLock<Option<Arc<str>>>,
+    validated: std::sync::atomic::AtomicBool,
+    /// Woken when the first connection passes validation.
+    first_validated: tokio::sync::Notify,
+}
 
 impl ServerVersion {
-    /// Records the version seen during a validation.
-    pub fn set(&self, version: String) {
-        if let Ok(mut v) = self.0.write() {
-            if v.as_deref() != Some(version.as_str()) {
-                *v = Some(version.into());
+    /// Records a connection that passed validation, with the version its
+    /// `INFO server` gave (`None` if an ACL forbids `INFO`).
+    pub fn validated(&self, version: Option<String>) {
+        if let Some(version) = version {
+            if let Ok(mut v) = self.0.version.write() {
+                if v.as_deref() != Some(version.as_str()) {
+                    *v = Some(version.into());
+                }
             }
+        }
+        if !self
+            .0
+            .validated
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.0.first_validated.notify_waiters();
         }
     }
 
     /// The last version seen, if any connection was validated yet.
     pub fn get(&self) -> Option<Arc<str>> {
-        self.0.read().ok().and_then(|v| v.clone())
+        self.0.version.read().ok().and_then(|v| v.clone())
+    }
+
+    /// Whether any connection has passed validation: only then is the
+    /// version as known as it will be.
+    pub fn is_validated(&self) -> bool {
+        self.0.validated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once a connection has passed validation (`true`), or after
+    /// `within` without one (`false`).
+    pub fn wait_validated(
+        &self,
+        within: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let validated = async {
+                loop {
+                    // Registered before the check, so a validation in
+                    // between still wakes it.
+                    let notified = this.0.first_validated.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if this.is_validated() {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::time::timeout(within, validated).await.is_ok()
+        }
     }
 }
 

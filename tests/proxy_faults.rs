@@ -265,6 +265,78 @@ async fn upstream_down_at_start_then_served_once_it_comes_up() {
     assert_eq!(redis.command(&[b"GET", b"k"]), bulk("v"));
 }
 
+/// HELLO's reply carries the server's version, which respool learns when it
+/// validates a connection. Before the first one it waits for it, as a command
+/// would wait for the upstream, instead of answering with a made-up version.
+#[tokio::test]
+async fn hello_waits_for_the_first_validated_connection_to_report_the_version() {
+    let port = unused_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let flags = ["--backoff-cap", "100ms", "--checkout-timeout", "500ms"];
+
+    // Redis never comes: HELLO fails after --hold-timeout, saying why, and
+    // changes nothing (the client still speaks RESP2).
+    let proxy = TestProxy::start(&url, &[&flags[..], &["--hold-timeout", "500ms"]].concat()).await;
+    let mut client = proxy.client().await;
+    let started = Instant::now();
+    let reply = client.cmd(&["HELLO", "3"]).await;
+    assert_eq!(
+        reply,
+        Reply::Error(format!("ERR upstream 127.0.0.1:{port} unavailable: no connection validated within 500ms (HELLO answers with the server's version; retry once Redis is up)")),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "HELLO failed after {:?}, before --hold-timeout",
+        started.elapsed()
+    );
+    // A HELLO that would fail anyway is answered at once.
+    client
+        .cmd(&["HELLO", "4"])
+        .await
+        .expect_error_code("NOPROTO");
+    proxy.shutdown().await;
+
+    // Redis comes up while HELLO waits: the reply carries its version.
+    let proxy = TestProxy::start(&url, &[&flags[..], &["--hold-timeout", "60s"]].concat()).await;
+    let mut client = proxy.client().await;
+    client.send(&["HELLO", "3"]).await.unwrap();
+    let early = client.read_reply_within(Duration::from_millis(300)).await;
+    assert!(
+        matches!(early, Err(support::client::ReadError::Timeout { .. })),
+        "HELLO was answered with no upstream: {early:?}"
+    );
+    let redis = RedisServer::builder()
+        .arg("port", &port.to_string())
+        .start();
+    let hello = client
+        .read_reply_within(Duration::from_secs(30))
+        .await
+        .expect("HELLO answered once Redis is up");
+    let Reply::Map(fields) = &hello else {
+        panic!("HELLO 3 answered {hello}");
+    };
+    let info = redis.command(&[b"INFO", b"server"]);
+    let info =
+        String::from_utf8_lossy(info.as_bytes().expect("INFO is a bulk string")).into_owned();
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .expect("INFO names the version")
+        .trim()
+        .to_string();
+    assert!(
+        fields.contains(&(
+            Reply::Bulk(b"version".to_vec()),
+            Reply::Bulk(version.clone().into_bytes())
+        )),
+        "HELLO should report version {version}: {hello}"
+    );
+    assert!(
+        fields.contains(&(Reply::Bulk(b"proto".to_vec()), Reply::Int(3))),
+        "{hello}"
+    );
+}
+
 #[tokio::test]
 async fn require_upstream_refuses_to_start_without_an_upstream() {
     let port = unused_port();

@@ -339,3 +339,44 @@ async fn probe_keys_are_unique_and_use_the_configured_prefix() {
         Reply::Array(vec![])
     );
 }
+
+/// The validation's `INFO server` (for HELLO's `version`) never fails the
+/// gate: with an ACL that forbids it, connections still validate, and HELLO
+/// is answered at once, with the version it could not learn as `unknown`,
+/// instead of waiting for a version that never comes.
+#[tokio::test]
+async fn hello_is_answered_when_an_acl_forbids_info() {
+    let redis = RedisServer::builder()
+        .arg_values(
+            "user",
+            &["app", "on", ">app-secret", "~*", "&*", "+@all", "-info"],
+        )
+        .start();
+    let url = format!("redis://app:app-secret@127.0.0.1:{}", redis.port());
+    let proxy = TestProxy::start(&url, &["--hold-timeout", "60s"]).await;
+    let mut client = proxy.client().await;
+    let started = Instant::now();
+    let hello = client.cmd(&["HELLO", "3"]).await;
+    let Reply::Map(fields) = &hello else {
+        panic!("HELLO 3 answered {hello}");
+    };
+    assert!(
+        fields.contains(&(
+            Reply::Bulk(b"version".to_vec()),
+            Reply::Bulk(b"unknown".to_vec())
+        )),
+        "{hello}"
+    );
+    assert!(
+        fields.contains(&(Reply::Bulk(b"proto".to_vec()), Reply::Int(3))),
+        "{hello}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "HELLO took {:?}",
+        started.elapsed()
+    );
+    client.cmd(&["SET", "acl:k", "v"]).await.expect_ok();
+    let info = client.cmd(&["INFO", "server"]).await;
+    assert!(info.is_error(), "the ACL should forbid INFO: {info}");
+}

@@ -56,6 +56,8 @@ use stop::{Stop, StopSignals};
 const COPY_LIMIT: usize = 16 * 1024;
 
 type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
+/// Waiting for the upstream's version (`true` once known).
+type VersionWait = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol, or the
 /// proxy shuts down.
@@ -132,6 +134,9 @@ struct Client {
     /// The client sent more while waiting for the checkout: its socket stays
     /// readable, so it is not watched for a hang-up until the wait ends.
     sent_while_waiting: bool,
+    /// A parked `HELLO` waiting for the first validated upstream connection,
+    /// whose server version its reply carries.
+    version_wait: Option<VersionWait>,
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
     /// When the client last sent something or was written to
@@ -180,6 +185,7 @@ impl Client {
             parked: None,
             checkout: None,
             sent_while_waiting: false,
+            version_wait: None,
             events: Vec::new(),
             last_activity: Instant::now(),
             partial_since: None,
@@ -299,6 +305,15 @@ impl Client {
                     self.checkout = None;
                     self.sent_while_waiting = false;
                     self.on_checkout(result);
+                    progress = true;
+                }
+            }
+            if let Some(wait) = &mut self.version_wait {
+                if let Poll::Ready(known) = wait.as_mut().poll(cx) {
+                    self.version_wait = None;
+                    if !known {
+                        self.no_server_version();
+                    }
                     progress = true;
                 }
             }
@@ -743,8 +758,15 @@ impl Client {
                         return;
                     }
                 }
-                let reply = self.hello(&req);
-                self.push_ready(reply);
+                match self.hello(&req) {
+                    Some(reply) => self.push_ready(reply),
+                    None => {
+                        let within = self.config.hold_timeout;
+                        let wait = self.upstreams.version.wait_validated(within);
+                        self.version_wait.get_or_insert_with(|| Box::pin(wait));
+                        self.parked = Some((req, command));
+                    }
+                }
             }
             other => {
                 let reply = self.simple_local(other, &req);
@@ -793,18 +815,27 @@ impl Client {
         }
     }
 
-    fn hello(&mut self, req: &Request) -> Bytes {
+    /// HELLO's reply; `None` when it would succeed but no upstream
+    /// connection has passed validation yet, so the server version its reply
+    /// carries is not known: nothing is changed then, and the caller waits.
+    fn hello(&mut self, req: &Request) -> Option<Bytes> {
         let hello = match local::parse_hello(req) {
             Ok(h) => h,
-            Err(reply) => return reply,
+            Err(reply) => return Some(reply),
         };
-        if let Some((user, password)) = hello.auth {
-            match self.config.client_auth.check(Some(user), password) {
-                crate::client::auth::AuthOutcome::Ok => self.set_authenticated(),
-                _ => return local::wrongpass(),
-            }
-        } else if !self.authenticated {
-            return error_line("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        let authenticates = match hello.auth {
+            Some((user, password)) => match self.config.client_auth.check(Some(user), password) {
+                crate::client::auth::AuthOutcome::Ok => true,
+                _ => return Some(local::wrongpass()),
+            },
+            None if !self.authenticated => return Some(error_line("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")),
+            None => false,
+        };
+        if !self.upstreams.version.is_validated() {
+            return None;
+        }
+        if authenticates {
+            self.set_authenticated();
         }
         if let Some(name) = hello.setname {
             self.name = name;
@@ -821,12 +852,23 @@ impl Client {
                 }
             }
         }
+        // Unknown only where an ACL forbids the validation's `INFO server`.
         let version = self.upstreams.version.get();
-        local::hello_reply(
-            self.protocol,
-            self.id,
-            version.as_deref().unwrap_or("unknown"),
-        )
+        let version = version.as_deref().unwrap_or("unknown");
+        Some(local::hello_reply(self.protocol, self.id, version))
+    }
+
+    /// The parked `HELLO` waited `--hold-timeout` for a validated upstream
+    /// connection in vain: it fails, changing nothing, as a command sent
+    /// while Redis is down would.
+    fn no_server_version(&mut self) {
+        if self.parked.take().is_some() {
+            let error = Error::NoServerVersion {
+                addr: self.config.upstream.addr.to_string().into(),
+                waited: self.config.hold_timeout,
+            };
+            self.push_ready(error.to_resp());
+        }
     }
 
     /// RESET of a client without a session: its own state goes back to a new
@@ -864,7 +906,7 @@ impl Client {
                 }
             },
             Route::Local(local @ Local::Hello) => {
-                if self.shared_pending > 0 {
+                if self.shared_pending > 0 || self.version_wait.is_some() {
                     self.parked = Some((req, command));
                 } else {
                     self.local(local, req, command);

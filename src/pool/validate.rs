@@ -115,17 +115,17 @@ pub(crate) async fn run_gate(
     let replies = conn
         .exchange(&requests, "validation", s.connect_timeout)
         .await?;
+    let mut version = None;
     for ((step, _, expect), reply) in steps.iter().zip(&replies) {
         if let Err(e) = check(step, expect, reply) {
             conn.broken = true;
             return Err(e);
         }
         if let Expect::Info = expect {
-            if let Some(version) = redis_version(reply) {
-                s.server_version.set(version);
-            }
+            version = redis_version(reply);
         }
     }
+    s.server_version.validated(version);
     Ok(())
 }
 
