@@ -44,19 +44,28 @@ fn main() -> io::Result<()> {
     }
     let listener = TcpListener::bind(&listen)?;
     for client in listener.incoming() {
-        let client = client?;
-        let server = TcpStream::connect(&upstream)?;
-        for s in [&client, &server] {
-            s.set_nodelay(true)?;
-            s.set_nonblocking(spin)?;
+        // One client's failure (the upstream refusing it, say) closes that
+        // client only, and the relay keeps serving the others.
+        if let Err(e) = client.and_then(|client| relay(client, &upstream, spin)) {
+            eprintln!("relay_floor: dropping a client: {e}");
         }
-        if spin {
-            thread::spawn(move || spin_relay(client, server));
-        } else {
-            let (c2, s2) = (client.try_clone()?, server.try_clone()?);
-            thread::spawn(move || copy(client, server));
-            thread::spawn(move || copy(s2, c2));
-        }
+    }
+    Ok(())
+}
+
+/// Connects `client` to the upstream and starts copying between them.
+fn relay(client: TcpStream, upstream: &str, spin: bool) -> io::Result<()> {
+    let server = TcpStream::connect(upstream)?;
+    for s in [&client, &server] {
+        s.set_nodelay(true)?;
+        s.set_nonblocking(spin)?;
+    }
+    if spin {
+        thread::spawn(move || spin_relay(client, server));
+    } else {
+        let (c2, s2) = (client.try_clone()?, server.try_clone()?);
+        thread::spawn(move || copy(client, server));
+        thread::spawn(move || copy(s2, c2));
     }
     Ok(())
 }
