@@ -12,6 +12,7 @@
 //!
 //! * [`config`] — flags (each also `RESPOOL_<NAME>`) → one validated [`Config`].
 //! * [`server`] — the listener, the client limit, graceful shutdown.
+//! * [`event_loops`] — `--threads N`: N single-threaded loops, one listener each.
 //! * [`client`] — one task per client: read a batch, route each request, write
 //!   the replies back in request order.
 //! * [`codec`] — request decoding with limits; reply framing as raw bytes.
@@ -42,6 +43,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod event_loops;
 pub mod net;
 pub mod pool;
 pub mod retry;

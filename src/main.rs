@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use respool::bench::BenchArgs;
 use respool::config::{Flags, LogFormat};
+use respool::event_loops::EventLoops;
 use respool::{Config, Proxy};
 
 /// respool: a Redis pooling proxy. Without a subcommand it runs the proxy.
@@ -68,106 +69,25 @@ fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Thread per core: `threads` independent single-threaded event loops, each
-/// with its own listener on the same address (SO_REUSEPORT: the kernel
-/// spreads connections), its own lanes and pools. Nothing is shared on the
-/// request path, so no wake-up ever crosses threads.
-fn run_loops(mut config: Config, threads: usize) -> ExitCode {
-    use std::sync::mpsc;
+/// Thread per core: `threads` independent single-threaded event loops
+/// ([`EventLoops`]) until a signal comes.
+fn run_loops(config: Config, threads: usize) -> ExitCode {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "starting respool");
-    config.reuse_port = true;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (started_tx, started_rx) = mpsc::channel::<Result<std::net::SocketAddr, String>>();
-    let mut handles = Vec::new();
-    let mut failed = None;
-    for index in 0..threads {
-        match spawn_loop(
-            index,
-            config.loop_share(index, threads),
-            stop.clone(),
-            started_tx.clone(),
-        ) {
-            Ok(handle) => handles.push(handle),
-            Err(e) => {
-                failed = Some(format!("cannot start thread {index}: {e}"));
-                break;
-            }
-        }
-        if index == 0 {
-            // The other loops bind the address the first one got (port 0
-            // becomes a real port), so that all share one listening address.
-            match started_rx.recv() {
-                Ok(Ok(addr)) => config.listen = addr,
-                Ok(Err(e)) => failed = Some(e),
-                Err(_) => failed = Some("the first event loop ended during start-up".into()),
-            }
-            if failed.is_some() {
-                break;
-            }
-        }
-    }
-    drop(started_tx);
-    if failed.is_none() {
-        for _ in 1..handles.len() {
-            match started_rx.recv() {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => failed = Some(e),
-                Err(_) => failed = Some("an event loop ended during start-up".into()),
-            }
-        }
-    }
-    let code = match failed {
-        Some(e) => {
+    let loops = match EventLoops::start(config, threads) {
+        Ok(loops) => loops,
+        Err(e) => {
             tracing::error!(error = %e, "respool could not start");
             eprintln!("respool: {e}");
-            ExitCode::FAILURE
-        }
-        None => {
-            match current_thread_runtime() {
-                Ok(rt) => rt.block_on(wait_for_signal()),
-                Err(e) => eprintln!("respool: cannot wait for signals: {e}"),
-            }
-            tracing::info!("signal received; shutting down");
-            ExitCode::SUCCESS
+            return ExitCode::FAILURE;
         }
     };
-    stop.cancel();
-    for handle in handles {
-        let _ = handle.join();
+    match current_thread_runtime() {
+        Ok(rt) => rt.block_on(wait_for_signal()),
+        Err(e) => eprintln!("respool: cannot wait for signals: {e}"),
     }
-    code
-}
-
-/// One event loop on a thread of its own: a proxy that runs until `stop`.
-fn spawn_loop(
-    index: usize,
-    config: Config,
-    stop: tokio_util::sync::CancellationToken,
-    started: std::sync::mpsc::Sender<Result<std::net::SocketAddr, String>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("respool-{index}"))
-        .spawn(move || {
-            let runtime = match current_thread_runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = started.send(Err(format!("cannot start the async runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let proxy = match Proxy::start(config).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = started.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = started.send(Ok(proxy.local_addr()));
-                stop.cancelled().await;
-                proxy.shutdown().await;
-            });
-        })
+    tracing::info!("signal received; shutting down");
+    loops.stop();
+    ExitCode::SUCCESS
 }
 
 fn bench(args: BenchArgs) -> ExitCode {

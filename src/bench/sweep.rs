@@ -13,6 +13,7 @@ use super::driver::{run_load, LoadSpec};
 use super::report::{failure_examples, format_micros, LoadReport};
 use super::svg::{self, Chart, Series};
 use super::BenchError;
+use crate::event_loops::EventLoops;
 
 /// Stops a launched proxy and waits until it has shut down.
 pub type Shutdown = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -58,6 +59,29 @@ impl ProxyLauncher for InProcessRespool {
         argv.extend_from_slice(extra_flags);
         let config = crate::config::Config::parse_from_args(&argv)
             .map_err(|e| BenchError::Launch(e.to_string()))?;
+        // The event loops the binary would run with these flags: several run
+        // on threads of their own (so `--sweep threads=1,2,4` compares them);
+        // one runs in this runtime, as the binary runs it on its own.
+        let threads = match config.threads {
+            0 => crate::config::auto_threads(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
+            n => n,
+        };
+        if threads > 1 {
+            let loops = tokio::task::spawn_blocking(move || EventLoops::start(config, threads))
+                .await
+                .map_err(|e| BenchError::Launch(e.to_string()))?
+                .map_err(BenchError::Launch)?;
+            return Ok(LaunchedProxy {
+                addr: loops.local_addr(),
+                shutdown: Box::new(move || {
+                    Box::pin(async move {
+                        let _ = tokio::task::spawn_blocking(move || loops.stop()).await;
+                    })
+                }),
+            });
+        }
         let proxy = crate::server::Proxy::start(config)
             .await
             .map_err(|e| BenchError::Launch(e.to_string()))?;
@@ -268,6 +292,44 @@ mod tests {
         };
         assert!(error.to_string().contains("max-connections"), "{error}");
         assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    /// `--sweep threads=…` compares event loop counts, so the launcher must
+    /// start as many loops as the flag says, as the binary does.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_real_launcher_runs_the_event_loops_threads_asks_for() {
+        let loop_threads = || {
+            let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .filter(|n| {
+                    n.strip_prefix("respool-")
+                        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let launcher = InProcessRespool {
+            upstream: "redis://127.0.0.1:1".into(),
+        };
+        let proxy = launcher
+            .launch(&["--threads".into(), "3".into()])
+            .await
+            .expect("three loops start even with the upstream down");
+        assert_eq!(loop_threads(), ["respool-0", "respool-1", "respool-2"]);
+        for _ in 0..6 {
+            let connected = tokio::net::TcpStream::connect(proxy.addr).await;
+            assert!(connected.is_ok(), "{connected:?}");
+        }
+        (proxy.shutdown)().await;
+        assert!(
+            loop_threads().is_empty(),
+            "loops left running: {:?}",
+            loop_threads()
+        );
     }
 
     #[tokio::test]
