@@ -775,3 +775,46 @@ async fn a_push_frame_on_a_shared_connection_is_dropped_and_replies_stay_aligned
     // still has the connection the invalidations were redirected to.
     assert_eq!(connection_ids(&redis, "resp=3"), lanes);
 }
+
+/// With the default pool flags, the stateless commands of every client share
+/// one upstream connection (`--max-connections 1`; the validated spare runs
+/// nothing but validation), however many clients there are.
+#[tokio::test]
+async fn by_default_every_client_shares_one_upstream_connection() {
+    const CLIENTS: usize = 40;
+    let redis = RedisServer::start();
+    let proxy = Arc::new(TestProxy::start(&redis.url(), &[]).await);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let proxy = Arc::clone(&proxy);
+        tasks.push(tokio::spawn(async move {
+            let mut client = proxy.client().await;
+            let key = format!("shared:{c}");
+            for n in 1..=25 {
+                assert_eq!(client.cmd(&["INCRBY", &key, "2"]).await, Reply::Int(2 * n));
+                assert_eq!(
+                    client.cmd(&["STRLEN", &key]).await,
+                    Reply::Int((2 * n).to_string().len() as i64)
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a client task");
+    }
+    let carriers: Vec<String> = redis
+        .other_clients()
+        .into_iter()
+        .filter(|line| line.contains(" cmd=incrby ") || line.contains(" cmd=strlen "))
+        .collect();
+    assert_eq!(
+        carriers.len(),
+        1,
+        "connections that ran client commands: {carriers:#?}"
+    );
+    assert!(
+        redis.other_clients().len() <= 2,
+        "{:#?}",
+        redis.other_clients()
+    );
+}
