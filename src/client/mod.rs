@@ -56,7 +56,8 @@ use stop::{Stop, StopSignals};
 const COPY_LIMIT: usize = 16 * 1024;
 
 type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
-/// Waiting for the upstream's version (`true` once known).
+/// Waiting for the first validated upstream connection (`true` once one has
+/// passed validation, `false` if none did in time).
 type VersionWait = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol, or the
