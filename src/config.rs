@@ -463,6 +463,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The event loops these flags start on this machine: `--threads`, or
+    /// for `0` [`auto_threads`] of its cores.
+    pub fn event_loops(&self) -> usize {
+        match self.threads {
+            0 => auto_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            n => n,
+        }
+    }
+
     /// Event loop `index`'s share of the pool sizes when `loops` event loops
     /// run (`--threads`): `--max-connections`, `--min-idle` and
     /// `--max-pinned` are totals for the process, split as evenly as

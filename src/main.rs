@@ -42,12 +42,7 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let threads = match config.threads {
-        0 => respool::config::auto_threads(
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ),
-        n => n,
-    };
+    let threads = config.event_loops();
     // The startup line shows the loops actually started, not `0`.
     config.threads = threads;
     if threads == 1 {

@@ -62,12 +62,7 @@ impl ProxyLauncher for InProcessRespool {
         // The event loops the binary would run with these flags: several run
         // on threads of their own (so `--sweep threads=1,2,4` compares them);
         // one runs in this runtime, as the binary runs it on its own.
-        let threads = match config.threads {
-            0 => crate::config::auto_threads(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
-            n => n,
-        };
+        let threads = config.event_loops();
         if threads > 1 {
             let loops = tokio::task::spawn_blocking(move || EventLoops::start(config, threads))
                 .await
