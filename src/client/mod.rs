@@ -762,9 +762,11 @@ impl Client {
                 match self.hello(&req) {
                     Some(reply) => self.push_ready(reply),
                     None => {
+                        // No wait is running: a HELLO is parked while one
+                        // does, and nothing is read behind it.
                         let within = self.config.hold_timeout;
                         let wait = self.upstreams.version.wait_validated(within);
-                        self.version_wait.get_or_insert_with(|| Box::pin(wait));
+                        self.version_wait = Some(Box::pin(wait));
                         self.parked = Some((req, command));
                     }
                 }
