@@ -1165,6 +1165,10 @@ mod tests {
     struct Inbox(ReplyInbox, VecDeque<Delivery>);
 
     impl Inbox {
+        fn new() -> Inbox {
+            Inbox(ReplyInbox::new(None), VecDeque::new())
+        }
+
         fn try_recv(&mut self) -> Option<Delivery> {
             let mut arrived = Vec::new();
             self.0.try_take(&mut arrived);
@@ -1174,7 +1178,7 @@ mod tests {
     }
 
     fn job(raw: &'static [u8], count: u32, retry_safe: u64) -> (Job, Inbox) {
-        let inbox = Inbox(ReplyInbox::new(None), VecDeque::new());
+        let inbox = Inbox::new();
         let now = Instant::now();
         let job = Job {
             req: LaneRequest {
@@ -1297,15 +1301,15 @@ mod tests {
 
     #[test]
     fn held_requests_overtaken_by_a_later_one_of_their_client_get_their_transient_answer() {
-        let mut x = Inbox(ReplyInbox::new(None), VecDeque::new());
-        let mut y = Inbox(ReplyInbox::new(None), VecDeque::new());
+        let mut x = Inbox::new();
+        let mut y = Inbox::new();
         let mut retry_later = VecDeque::from([
             held(&x, 10, false, b"-LOADING x\r\n"),
             held(&y, 4, false, b"-BUSY y\r\n"),
             held(&x, 11, true, b"-LOADING x2\r\n"),
         ]);
         // Another client's request ran: nothing of x's or y's is released.
-        let z = Inbox(ReplyInbox::new(None), VecDeque::new());
+        let z = Inbox::new();
         assert!(!release_overtaken(&mut retry_later, &z.0.sender(), false));
         assert_eq!(retry_later.len(), 3);
         // A read of x's ran: its held write must not run after it, its held
