@@ -337,6 +337,53 @@ async fn hello_waits_for_the_first_validated_connection_to_report_the_version() 
     );
 }
 
+/// A client that hangs up while its HELLO waits for the first validated
+/// connection is gone at once: it does not keep its `--max-clients` slot
+/// until `--hold-timeout` ends the wait.
+#[tokio::test]
+async fn a_client_that_hangs_up_while_hello_waits_frees_its_slot() {
+    let port = unused_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let proxy = TestProxy::start(
+        &url,
+        &[
+            "--backoff-cap",
+            "100ms",
+            "--max-clients",
+            "1",
+            "--hold-timeout",
+            "120s",
+        ],
+    )
+    .await;
+    let mut waiting = proxy.client().await;
+    waiting.send(&["HELLO", "3"]).await.unwrap();
+    let early = waiting.read_reply_within(Duration::from_millis(300)).await;
+    assert!(
+        matches!(early, Err(support::client::ReadError::Timeout { .. })),
+        "HELLO was answered with no upstream: {early:?}"
+    );
+    drop(waiting);
+
+    // Without the watch, the slot would stay taken for the 120 s wait.
+    // (CLIENT ID is answered by respool itself, with Redis still down.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut newcomer = proxy.client().await;
+        match newcomer.try_cmd(&["CLIENT", "ID"]).await {
+            Ok(Reply::Int(_)) => break,
+            Ok(Reply::Error(e)) if e == "ERR max number of clients reached" => {}
+            Err(e) if e.is_closed() => {}
+            other => panic!("unexpected answer to a newcomer: {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot of a client that hung up during HELLO was not freed within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn require_upstream_refuses_to_start_without_an_upstream() {
     let port = unused_port();

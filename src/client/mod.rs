@@ -60,6 +60,40 @@ type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
 /// passed validation, `false` if none did in time).
 type VersionWait = Pin<Box<dyn Future<Output = bool> + Send>>;
 
+/// What the parked request waits for outside the client: there is one
+/// parked request, so at most one of these runs.
+enum Wait {
+    /// A dedicated connection being checked out.
+    Checkout(Checkout),
+    /// The first validated upstream connection, whose server version a
+    /// `HELLO` reply carries.
+    Version(VersionWait),
+}
+
+/// How a [`Wait`] ended.
+enum WaitOutcome {
+    Checkout(Result<PinnedConn, Error>),
+    /// Whether a connection passed validation in time.
+    Version(bool),
+}
+
+impl Wait {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<WaitOutcome> {
+        match self {
+            Wait::Checkout(checkout) => checkout.as_mut().poll(cx).map(WaitOutcome::Checkout),
+            Wait::Version(wait) => wait.as_mut().poll(cx).map(WaitOutcome::Version),
+        }
+    }
+
+    /// For log lines.
+    fn what(&self) -> &'static str {
+        match self {
+            Wait::Checkout(_) => "a dedicated connection",
+            Wait::Version(_) => "the first validated upstream connection",
+        }
+    }
+}
+
 /// Serves one client until it disconnects, QUITs, breaks the protocol, or the
 /// proxy shuts down.
 pub async fn serve(
@@ -130,14 +164,12 @@ struct Client {
     /// A request waiting for earlier ones to finish before it can go on
     /// (entering a session, ending one, switching protocol lanes).
     parked: Option<(Request, Command)>,
-    /// A pinned connection being checked out.
-    checkout: Option<Checkout>,
-    /// The client sent more while waiting for the checkout: its socket stays
-    /// readable, so it is not watched for a hang-up until the wait ends.
+    /// What the parked request waits for, if it is not the client's own
+    /// earlier requests.
+    wait: Option<Wait>,
+    /// The client sent more during the wait: its socket stays readable, so
+    /// it is not watched for a hang-up until the wait ends.
     sent_while_waiting: bool,
-    /// A parked `HELLO` waiting for the first validated upstream connection,
-    /// whose server version its reply carries.
-    version_wait: Option<VersionWait>,
     /// Reused buffer for session events.
     events: Vec<SessionEvent>,
     /// When the client last sent something or was written to
@@ -184,9 +216,8 @@ impl Client {
             name: None,
             session: None,
             parked: None,
-            checkout: None,
+            wait: None,
             sent_while_waiting: false,
-            version_wait: None,
             events: Vec::new(),
             last_activity: Instant::now(),
             partial_since: None,
@@ -214,8 +245,8 @@ impl Client {
     /// just did, and are polled on every turn as before.
     ///
     /// Sources are polled in the order of urgency: the stop signals, the
-    /// replies, the session, a checkout, the deadlines, then writing to and
-    /// reading from the client.
+    /// replies, the session, a wait (checkout or version), the deadlines,
+    /// then writing to and reading from the client.
     fn poll_run(
         &mut self,
         cx: &mut Context<'_>,
@@ -284,36 +315,35 @@ impl Client {
                     }
                 }
             }
-            if self.checkout.is_some() && !self.sent_while_waiting && !self.reading_done {
-                // The client is not read while its request waits for a
-                // dedicated connection, but one that hangs up must leave the
-                // queue for one (dropping the checkout does), not be handed
-                // a connection and run a command for nobody. Looked at
-                // before the checkout: a connection handed over just now
-                // goes back to the pool with it.
-                match self.stream.poll_hung_up(cx) {
-                    Poll::Ready(Ok(true)) => {
-                        tracing::debug!(peer = ?self.peer, "client hung up while waiting for a dedicated connection");
-                        return Poll::Ready(Ok(()));
+            if let Some(wait) = &self.wait {
+                if !self.sent_while_waiting && !self.reading_done {
+                    // The client is not read while its request waits, but
+                    // one that hangs up must not hold its place (and its
+                    // `--max-clients` slot) until the wait ends: it must
+                    // leave the queue for a dedicated connection (dropping
+                    // the checkout does), not be handed one and run a
+                    // command for nobody. Looked at before the wait: a
+                    // connection handed over just now goes back to the pool
+                    // with it.
+                    match self.stream.poll_hung_up(cx) {
+                        Poll::Ready(Ok(true)) => {
+                            tracing::debug!(peer = ?self.peer, waiting_for = wait.what(), "client hung up while its request waited");
+                            return Poll::Ready(Ok(()));
+                        }
+                        Poll::Ready(Ok(false)) => self.sent_while_waiting = true,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Ok(false)) => self.sent_while_waiting = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
                 }
             }
-            if let Some(checkout) = &mut self.checkout {
-                if let Poll::Ready(result) = checkout.as_mut().poll(cx) {
-                    self.checkout = None;
+            if let Some(wait) = &mut self.wait {
+                if let Poll::Ready(outcome) = wait.poll(cx) {
+                    self.wait = None;
                     self.sent_while_waiting = false;
-                    self.on_checkout(result);
-                    progress = true;
-                }
-            }
-            if let Some(wait) = &mut self.version_wait {
-                if let Poll::Ready(known) = wait.as_mut().poll(cx) {
-                    self.version_wait = None;
-                    if !known {
-                        self.no_server_version();
+                    match outcome {
+                        WaitOutcome::Checkout(result) => self.on_checkout(result),
+                        WaitOutcome::Version(true) => {}
+                        WaitOutcome::Version(false) => self.no_server_version(),
                     }
                     progress = true;
                 }
@@ -431,7 +461,7 @@ impl Client {
         let busy = !self.pending.is_empty()
             || !self.out_is_empty()
             || self.parked.is_some()
-            || self.checkout.is_some()
+            || self.wait.is_some()
             || self.session.as_ref().is_some_and(Session::subscribed);
         (!busy).then_some(self.last_activity + timeout)
     }
@@ -766,7 +796,7 @@ impl Client {
                         // does, and nothing is read behind it.
                         let within = self.config.hold_timeout;
                         let wait = self.upstreams.version.wait_validated(within);
-                        self.version_wait = Some(Box::pin(wait));
+                        self.wait = Some(Wait::Version(Box::pin(wait)));
                         self.parked = Some((req, command));
                     }
                 }
@@ -909,7 +939,7 @@ impl Client {
                 }
             },
             Route::Local(local @ Local::Hello) => {
-                if self.shared_pending > 0 || self.version_wait.is_some() {
+                if self.shared_pending > 0 || self.wait.is_some() {
                     self.parked = Some((req, command));
                 } else {
                     self.local(local, req, command);
@@ -918,13 +948,13 @@ impl Client {
             Route::Dedicated(state) => {
                 if self.session.is_some() {
                     self.dedicated(state, req, command);
-                } else if self.shared_pending > 0 || self.checkout.is_some() {
+                } else if self.shared_pending > 0 || self.wait.is_some() {
                     self.parked = Some((req, command));
                 } else {
-                    self.checkout = Some(Box::pin(checkout(
+                    self.wait = Some(Wait::Checkout(Box::pin(checkout(
                         self.upstreams.clone(),
                         self.config.checkout_timeout,
-                    )));
+                    ))));
                     self.parked = Some((req, command));
                 }
             }
