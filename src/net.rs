@@ -104,9 +104,8 @@ impl Stream {
 
     /// Whether the peer has closed the connection, without taking anything
     /// from it: `Ready(true)` at end of stream, `Ready(false)` when data is
-    /// waiting instead (which keeps the socket readable: stop asking until it
-    /// is read), pending until either. On TLS always pending: what waits
-    /// there is records, not the peer's data.
+    /// waiting instead (which keeps the stream readable: stop asking until it
+    /// is read), pending until either.
     pub fn poll_hung_up(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         match self {
             Stream::Tcp(s) => {
@@ -114,7 +113,7 @@ impl Stream {
                 let mut buf = tokio::io::ReadBuf::new(&mut byte);
                 s.poll_peek(cx, &mut buf).map_ok(|n| n == 0)
             }
-            Stream::Tls(_) => Poll::Pending,
+            Stream::Tls(s) => s.poll_hung_up(cx),
         }
     }
 
@@ -335,6 +334,39 @@ impl TlsStream {
         }
     }
 
+    /// See [`Stream::poll_hung_up`]. Peeking at the socket would not do: a
+    /// close_notify alert, or a record of another kind, is data there. So
+    /// this takes the records that arrived into the session, where any
+    /// plaintext stays for the next read, and asks the session.
+    fn poll_hung_up(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut session = self.session();
+        loop {
+            let state = match session.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // rustls queued an alert saying why; try to send it.
+                    let _ = self.flush(&mut session);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            };
+            if state.plaintext_bytes_to_read() > 0 {
+                return Poll::Ready(Ok(false));
+            }
+            if state.peer_has_closed() {
+                return Poll::Ready(Ok(true));
+            }
+            std::task::ready!(self.tcp.poll_read_ready(cx))?;
+            match session.read_tls(&mut SocketIo(&self.tcp)) {
+                // The socket closed without a close_notify.
+                Ok(0) => return Poll::Ready(Ok(true)),
+                Ok(_) => {}
+                // Readiness is cleared: the next turn registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     /// Sends queued records until none is left or the socket is full.
     fn flush(&self, session: &mut rustls::Connection) -> io::Result<()> {
         while session.wants_write() {
@@ -453,6 +485,45 @@ mod tests {
             }
         };
         assert_eq!(n, 0);
+    }
+
+    /// Waits for the hang-up watch's answer; a reset (the peer closed with
+    /// our session tickets unread) counts as a hang-up.
+    async fn hung_up(server: &Stream) -> bool {
+        let watch = std::future::poll_fn(|cx| server.poll_hung_up(cx));
+        match tokio::time::timeout(std::time::Duration::from_secs(20), watch)
+            .await
+            .expect("the hang-up watch answers")
+        {
+            Ok(hung_up) => hung_up,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_peer_that_hangs_up_is_noticed_and_its_data_kept() {
+        let (mut server, mut client) = tls_pair().await;
+        let watch = std::future::poll_fn(|cx| server.poll_hung_up(cx));
+        assert!(watch.now_or_never().is_none(), "a quiet peer is pending");
+
+        // Data: not a hang-up, and still there for the next read.
+        client.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        client.flush().await.unwrap();
+        assert!(!hung_up(&server).await);
+        let mut buf = BytesMut::with_capacity(1024);
+        server.read_buf(&mut buf).await.unwrap();
+        assert_eq!(&buf[..], b"*1\r\n$4\r\nPING\r\n");
+
+        // close_notify, then the socket's end: a hang-up.
+        client.shutdown().await.unwrap();
+        assert!(hung_up(&server).await);
+
+        // A socket closed without close_notify: a hang-up too.
+        let (server, client) = tls_pair().await;
+        let (tcp, _session) = client.into_inner();
+        drop(tcp);
+        assert!(hung_up(&server).await);
     }
 
     #[tokio::test]

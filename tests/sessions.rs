@@ -24,16 +24,6 @@ fn queued() -> Reply {
     simple("QUEUED")
 }
 
-/// `INFO clients` field `blocked_clients`, straight from Redis.
-fn blocked_clients(redis: &RedisServer) -> u64 {
-    let info = redis.command(&[b"INFO".as_slice(), b"clients"]);
-    let text = info.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no blocked_clients in INFO clients: {text}"))
-}
-
 /// Upstream connections (from Redis's own `CLIENT LIST`) that carry
 /// connection state: another database, subscriptions, a transaction, flags
 /// (blocked, tracking, CLIENT REPLY, …). Empty when nothing leaked.
@@ -282,7 +272,7 @@ async fn a_blocked_pop_holds_up_nobody_and_gets_the_value_pushed_by_another_clie
         .await
         .expect("sending BLPOP");
     wait::until("the BLPOP to block in Redis", wait::DEADLINE, || {
-        blocked_clients(&redis) == 1
+        redis.blocked_clients() == 1
     });
 
     // Fifty clients, each with its own counter, get through many round trips
@@ -317,7 +307,7 @@ async fn a_blocked_pop_holds_up_nobody_and_gets_the_value_pushed_by_another_clie
         "{CLIENTS} clients x {ROUNDS} rounds took {elapsed:?} while a BLPOP was blocked"
     );
     assert_eq!(
-        blocked_clients(&redis),
+        redis.blocked_clients(),
         1,
         "the BLPOP stopped blocking early"
     );
@@ -404,7 +394,7 @@ async fn a_client_that_hangs_up_while_waiting_for_a_dedicated_connection_leaves_
     let mut a = proxy.client().await;
     a.send(&["BLPOP", "qa", "0"]).await.expect("BLPOP qa");
     wait::until("a's BLPOP to block", wait::DEADLINE, || {
-        blocked_clients(&redis) == 1
+        redis.blocked_clients() == 1
     });
     // `b` asks for one too, and hangs up while it waits.
     let mut b = proxy.client().await;
@@ -425,7 +415,7 @@ async fn a_client_that_hangs_up_while_waiting_for_a_dedicated_connection_leaves_
         2,
         "a's and c's BLPOP, not b's"
     );
-    assert_eq!(blocked_clients(&redis), 0);
+    assert_eq!(redis.blocked_clients(), 0);
 }
 
 /// What a client is doing when it disconnects.
@@ -456,7 +446,7 @@ async fn leave_midway(proxy: &TestProxy, redis: &RedisServer, midway: Midway) {
                 .await
                 .expect("BLPOP");
             wait::until("the BLPOP to block", wait::DEADLINE, || {
-                blocked_clients(redis) == 1
+                redis.blocked_clients() == 1
             });
         }
         Midway::Subscribe => {

@@ -338,6 +338,70 @@ async fn tls_clients_are_served_with_large_values_and_pipelines() {
         .is_err());
 }
 
+/// A TLS client that hangs up while its blocking command waits for a
+/// dedicated connection leaves the queue, whether it says goodbye with a
+/// close_notify or just closes the socket: its command never runs.
+#[tokio::test]
+async fn a_tls_client_that_hangs_up_while_waiting_for_a_dedicated_connection_leaves_the_queue() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--max-pinned",
+            "1",
+            "--checkout-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let ca = pki.path("ca.pem");
+    let connect = || TlsClient::connect(proxy.addr(), &ca, None);
+    // `a` blocks on the only dedicated connection.
+    let mut a = connect().await.expect("TLS handshake");
+    a.send_raw(&encode_command(&["BLPOP", "qa", "0"]))
+        .await
+        .expect("BLPOP qa");
+    support::wait::until("a's BLPOP to block", support::wait::DEADLINE, || {
+        redis.blocked_clients() == 1
+    });
+    // `b` and `c` ask for one too, and hang up while they wait: `b` with a
+    // close_notify, `c` by closing its socket.
+    let mut b = connect().await.expect("TLS handshake");
+    b.send_raw(&encode_command(&["BLPOP", "qb", "0"]))
+        .await
+        .expect("BLPOP qb");
+    b.stream.shutdown().await.expect("close_notify");
+    let mut c = connect().await.expect("TLS handshake");
+    c.send_raw(&encode_command(&["BLPOP", "qc", "0"]))
+        .await
+        .expect("BLPOP qc");
+    drop(c);
+
+    // Free `a`'s connection: it goes back to the pool.
+    let mut d = connect().await.expect("TLS handshake");
+    assert_eq!(d.cmd(&["LPUSH", "qa", "x"]).await, Ok(Reply::Int(1)));
+    assert_eq!(
+        a.read_reply().await,
+        Ok(Reply::Array(vec![bulk("qa"), bulk("x")]))
+    );
+    // Had `b` or `c` kept its place in the queue, the connection would have
+    // gone to it first, its BLPOP would have blocked upstream, and `d`'s
+    // would wait for the checkout far longer than the read allows.
+    assert_eq!(d.cmd(&["BLPOP", "qd", "0.01"]).await, Ok(Reply::NilArray));
+    assert_eq!(
+        redis.command_calls("blpop"),
+        2,
+        "a's and d's BLPOP, not b's or c's"
+    );
+    assert_eq!(redis.blocked_clients(), 0);
+}
+
 #[tokio::test]
 async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
     let pki = Pki::generate();

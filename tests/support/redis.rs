@@ -475,6 +475,16 @@ impl RedisServer {
         self.command_stat(command, "calls")
     }
 
+    /// `blocked_clients` in INFO clients: connections blocked in a command.
+    pub fn blocked_clients(&self) -> u64 {
+        let info = self.command(&[b"INFO".as_slice(), b"clients"]);
+        let text = info.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no blocked_clients in INFO clients: {text}"))
+    }
+
     /// The `CLIENT LIST` lines of every connection but the one asking.
     pub fn other_clients(&self) -> Vec<String> {
         let list = self.command(&[b"CLIENT".as_slice(), b"LIST"]);
