@@ -11,11 +11,13 @@ usage: benches/cpu_per_request.py [--rounds N] [--clients N] [--pipeline N]
            [--test get] [--requests N] NAME=COMMAND ...
 
 COMMAND is the proxy's command line, with {listen} and {upstream} (host:port)
-filled in, e.g.
+filled in, or `twemproxy` for nutcracker (Debian: nutcracker) with one server
+connection, e.g.
 
   python3 benches/cpu_per_request.py --clients 50 \\
     "respool=target/release/respool --listen {listen} --upstream redis://{upstream}" \\
-    "relay=target/release/examples/relay_floor --listen {listen} --upstream redis://{upstream}"
+    "relay=target/release/examples/relay_floor --listen {listen} --upstream redis://{upstream}" \\
+    "twemproxy=twemproxy"
 
 It starts its own redis-server on a free port in a temporary directory (and
 stops it), so it never touches another Redis. Per process it reports user and
@@ -100,6 +102,16 @@ def run_once(args, redis_pid, port, proxy):
     return row
 
 
+def twemproxy_argv(tmp, port, rport):
+    """nutcracker listening on `port` in front of the Redis on `rport`, with one
+    server connection (its default), its config in `tmp`."""
+    config = os.path.join(tmp, f"nutcracker-{port}.yml")
+    with open(config, "w") as f:
+        f.write(f"pool:\n  listen: 127.0.0.1:{port}\n  redis: true\n"
+                f"  servers:\n   - 127.0.0.1:{rport}:1\n")
+    return ["nutcracker", "-c", config, "-s", str(free_port()), "-a", "127.0.0.1"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -126,7 +138,10 @@ def main():
                     proxy, port = None, rport
                     if command:
                         port = free_port()
-                        argv = command.format(listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{rport}").split()
+                        if command == "twemproxy":
+                            argv = twemproxy_argv(tmp, port, rport)
+                        else:
+                            argv = command.format(listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{rport}").split()
                         proxy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         wait_port(port, proxy, name)
                     try:
