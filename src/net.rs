@@ -176,6 +176,18 @@ impl Stream {
         }
     }
 
+    /// Tells a TLS peer that the stream ends here (a close_notify alert),
+    /// as far as the socket takes it without waiting; nothing on TCP, where
+    /// closing the socket says it. Without it a TLS client cannot tell the
+    /// end of the stream from a connection cut short.
+    pub fn close_notify(&self) {
+        if let Stream::Tls(s) = self {
+            let mut session = s.session();
+            session.send_close_notify();
+            let _ = s.flush(&mut session);
+        }
+    }
+
     /// Writes all of `data`, and flushes it.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {

@@ -133,6 +133,7 @@ async fn accept_loop(
     let clients = TaskTracker::new();
     let abort = CancellationToken::new();
     let connected = config.connected_clients.clone();
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -149,7 +150,22 @@ async fn accept_loop(
         configure_socket(&stream, config.keepalive);
         if connected.load(Ordering::Relaxed) >= config.max_clients {
             tracing::debug!(%peer, "refusing client: --max-clients reached");
-            clients.spawn(refuse(stream));
+            if config.listener_tls.is_none() {
+                clients.spawn(refuse(Stream::Tcp(stream)));
+            } else if refusing.load(Ordering::Relaxed) < MAX_TLS_REFUSALS {
+                // A TLS client can only read the refusal after a handshake.
+                refusing.fetch_add(1, Ordering::Relaxed);
+                let guard = ConnectedGuard(refusing.clone());
+                let (config, abort) = (config.clone(), abort.clone());
+                clients.spawn(async move {
+                    let _guard = guard;
+                    if let Some(stream) = handshake(stream, &config, &abort).await {
+                        refuse(stream).await;
+                    }
+                });
+            }
+            // Else the handshakes of refused clients are already using
+            // their share: this one is closed without a word.
             continue;
         }
         connected.fetch_add(1, Ordering::Relaxed);
@@ -214,14 +230,27 @@ async fn handshake(tcp: TcpStream, config: &Config, abort: &CancellationToken) -
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// Refused TLS clients whose handshakes may run at once. Beyond them a
+/// refused client is closed without a word: handshakes cost CPU, and a
+/// flood of connections at the limit must not buy more of it.
+const MAX_TLS_REFUSALS: usize = 64;
+
+/// Tells a client over the limit why it is turned away, as Redis does, and
+/// closes its connection.
+async fn refuse(mut stream: Stream) {
+    // The line fits any socket buffer: this does not wait on the client.
     let _ = stream
         .write_all(b"-ERR max number of clients reached\r\n")
         .await;
-    let _ = stream.shutdown().await;
+    match &mut stream {
+        Stream::Tcp(tcp) => {
+            let _ = tcp.shutdown().await;
+        }
+        Stream::Tls(_) => stream.close_notify(),
+    }
 }
 
-/// Decrements the client count when a client task ends, however it ends.
+/// Decrements a count when the task holding it ends, however it ends.
 struct ConnectedGuard(Arc<AtomicUsize>);
 
 impl Drop for ConnectedGuard {

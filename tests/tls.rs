@@ -338,6 +338,46 @@ async fn tls_clients_are_served_with_large_values_and_pipelines() {
         .is_err());
 }
 
+/// Over the `--max-clients` limit, a TLS client is told so over TLS (a
+/// plain-text error would only break its handshake), and the connection
+/// ends with a close_notify, as it does after QUIT.
+#[tokio::test]
+async fn tls_clients_are_refused_and_closed_in_tls() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &["--tls-cert", &cert, "--tls-key", &key, "--max-clients", "1"],
+    )
+    .await;
+    let ca = pki.path("ca.pem");
+    let mut admitted = TlsClient::connect(proxy.addr(), &ca, None)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(
+        admitted.cmd(&["PING"]).await,
+        Ok(Reply::Simple("PONG".into()))
+    );
+
+    let mut refused = TlsClient::connect(proxy.addr(), &ca, None)
+        .await
+        .expect("a refused client still completes its handshake");
+    assert_eq!(
+        refused.read_reply().await,
+        Ok(Reply::Error("ERR max number of clients reached".into()))
+    );
+    // A clean end of stream: without close_notify, tokio-rustls reports an
+    // unexpected EOF instead.
+    assert_eq!(refused.read_reply().await, Err("connection closed".into()));
+
+    assert_eq!(
+        admitted.cmd(&["QUIT"]).await,
+        Ok(Reply::Simple("OK".into()))
+    );
+    assert_eq!(admitted.read_reply().await, Err("connection closed".into()));
+}
+
 /// A TLS client that hangs up while its blocking command waits for a
 /// dedicated connection leaves the queue, whether it says goodbye with a
 /// close_notify or just closes the socket: its command never runs.

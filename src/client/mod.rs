@@ -107,6 +107,7 @@ pub async fn serve(
     let mut client = Client::new(stream, config, upstreams);
     let result = client.run(shutdown, abort).await;
     client.end_session();
+    client.stream.close_notify();
     match result {
         Ok(()) => tracing::trace!(?peer, "client closed"),
         Err(e) => tracing::debug!(?peer, error = %e, "client connection ended with an error"),
