@@ -200,7 +200,7 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
 
-    /// Trust these CA certificates (PEM) for a rediss:// upstream; its certificate must also name the URL's host.
+    /// Trust these CA certificates (PEM) for a rediss:// upstream instead of the system's trust store; its certificate must also name the URL's host.
     #[arg(long, env = "RESPOOL_UPSTREAM_CA")]
     pub upstream_ca: Option<std::path::PathBuf>,
 
@@ -635,9 +635,7 @@ fn upstream_tls(
     let trust = match (&flags.upstream_ca, flags.upstream_tls_insecure) {
         (Some(ca), _) => UpstreamTrust::Ca(ca),
         (None, true) => UpstreamTrust::Insecure,
-        (None, false) => {
-            return Err("a rediss:// upstream needs '--upstream-ca' (the CA that signed the server's certificate), or '--upstream-tls-insecure' for tests".into())
-        }
+        (None, false) => UpstreamTrust::System,
     };
     let client_cert = flags
         .upstream_cert
@@ -785,11 +783,10 @@ mod tests {
         );
         assert!(!Upstream::parse("redis://h:1").unwrap().tls);
 
+        // Without --upstream-ca the system's trust store is used; that is
+        // tested against a respool process in tests/tls.rs, where the
+        // store can be chosen without touching this process's environment.
         let upstream = ["respool", "--upstream", "rediss://127.0.0.1:6390"];
-        let e = Config::parse_from_args(upstream).unwrap_err();
-        assert_eq!(e.exit_code(), 2);
-        assert!(e.to_string().contains("--upstream-ca"), "{e}");
-
         let c = Config::parse_from_args([&upstream[..], &["--upstream-tls-insecure"]].concat())
             .unwrap();
         assert!(c.upstream_tls.as_ref().is_some_and(|t| t.insecure));

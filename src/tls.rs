@@ -1,8 +1,9 @@
 //! TLS configuration: certificates and keys loaded from PEM files into
 //! rustls configurations (the `ring` provider), for the client listener
 //! (`--tls-cert`/`--tls-key`, client certificates with `--tls-ca`) and for
-//! `rediss://` upstreams (`--upstream-ca`, `--upstream-cert`/`--upstream-key`,
-//! or `--upstream-tls-insecure` for tests).
+//! `rediss://` upstreams (the system's trust store or `--upstream-ca`,
+//! `--upstream-cert`/`--upstream-key`, or `--upstream-tls-insecure` for
+//! tests).
 //!
 //! Everything is loaded and checked once, when the flags are validated, so a
 //! bad path or a PEM file without a key is a start-up error, never a failure
@@ -105,6 +106,10 @@ impl fmt::Debug for UpstreamTls {
 pub enum UpstreamTrust<'a> {
     /// Certificates must chain to the CAs in this PEM file.
     Ca(&'a Path),
+    /// Certificates must chain to a CA the operating system trusts (on
+    /// Linux the distribution's bundle; `SSL_CERT_FILE` and `SSL_CERT_DIR`
+    /// replace it, as they do for OpenSSL and redis-cli).
+    System,
     /// No verification at all: for tests against self-signed servers only.
     Insecure,
 }
@@ -127,6 +132,7 @@ impl UpstreamTls {
             UpstreamTrust::Ca(ca) => {
                 builder.with_root_certificates(load_roots(ca, "--upstream-ca")?)
             }
+            UpstreamTrust::System => builder.with_root_certificates(system_roots()?),
             UpstreamTrust::Insecure => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
@@ -188,6 +194,24 @@ fn load_key(path: &Path, flag: &str) -> Result<PrivateKeyDer<'static>, String> {
         ),
         _ => format!("'{flag}' {} is not a valid PEM private key", path.display()),
     })
+}
+
+/// The operating system's trust store. A store with no usable CA is an
+/// error at start, not a handshake failure on every connection.
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = match found.errors.first() {
+            Some(e) => format!(": {e}"),
+            None => String::new(),
+        };
+        return Err(format!(
+            "a rediss:// upstream without '--upstream-ca' is verified against the system's trust store, and none was found{why}; give '--upstream-ca' (the CA that signed the server's certificate), install the system's CA bundle (Debian: ca-certificates), or set SSL_CERT_FILE"
+        ));
+    }
+    Ok(Arc::new(roots))
 }
 
 /// A trust store made of every certificate in a PEM file.

@@ -284,6 +284,76 @@ async fn an_untrusted_upstream_certificate_is_reported_to_clients() {
     );
 }
 
+/// Without `--upstream-ca`, a `rediss://` upstream is verified against the
+/// system's trust store, which `SSL_CERT_FILE` replaces (as for OpenSSL):
+/// served when the store holds the upstream's CA, refused with the reason
+/// when it does not, and a start-up error when there is no store at all.
+#[tokio::test]
+async fn without_upstream_ca_the_system_trust_store_decides() {
+    let pki = Pki::generate();
+    let (_redis, tls_port) = tls_redis(&pki);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (cert, key) = (pki.arg("client.pem"), pki.arg("client.key"));
+    let flags = [
+        &FAST[..],
+        &["--upstream-cert", &cert, "--upstream-key", &key],
+    ]
+    .concat();
+    let store = |file: &str| {
+        [
+            ("SSL_CERT_FILE", file.to_string()),
+            ("SSL_CERT_DIR", String::new()),
+        ]
+    };
+
+    let trusted = store(&pki.arg("ca.pem"));
+    let env: Vec<(&str, &str)> = trusted.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let proxy = support::ProxyProcess::start_with_env(&url, &flags, &env);
+    let mut client = support::TestClient::connect(proxy.addr())
+        .await
+        .expect("connecting to respool");
+    client
+        .cmd(&["SET", "k", "through the system store"])
+        .await
+        .expect_ok();
+    assert_eq!(
+        client.cmd(&["GET", "k"]).await,
+        bulk("through the system store")
+    );
+    drop(proxy);
+
+    let untrusted = store(&pki.arg("other-ca.pem"));
+    let env: Vec<(&str, &str)> = untrusted.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let proxy = support::ProxyProcess::start_with_env(&url, &flags, &env);
+    let mut client = support::TestClient::connect(proxy.addr())
+        .await
+        .expect("connecting to respool");
+    let reply = client.cmd(&["GET", "k"]).await;
+    let Reply::Error(text) = &reply else {
+        panic!("expected an error, got {reply}");
+    };
+    assert!(
+        text.contains("TLS handshake failed") && text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    drop(proxy);
+
+    let missing = pki.path("no-such-bundle.pem").display().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_respool"))
+        .args(["--listen", "127.0.0.1:0", "--upstream", &url])
+        .args(&flags)
+        .env("SSL_CERT_FILE", &missing)
+        .env("SSL_CERT_DIR", "")
+        .output()
+        .expect("running respool");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("system's trust store") && stderr.contains("--upstream-ca"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn tls_clients_are_served_with_large_values_and_pipelines() {
     let pki = Pki::generate();

@@ -22,6 +22,16 @@ impl ProxyProcess {
     /// Starts `respool --listen 127.0.0.1:<free port> --upstream <url>` with
     /// `extra` flags, and waits until it accepts connections.
     pub fn start(upstream_url: &str, extra: &[&str]) -> ProxyProcess {
+        ProxyProcess::start_with_env(upstream_url, extra, &[])
+    }
+
+    /// Like [`start`](Self::start), with these environment variables set
+    /// for the child (and nothing else of the test's environment changed).
+    pub fn start_with_env(
+        upstream_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         // A port that was free a moment ago; another process taking it in
         // between would make the start fail loudly, not wrongly.
         let addr = TcpListener::bind("127.0.0.1:0")
@@ -33,6 +43,7 @@ impl ProxyProcess {
             .arg("--upstream")
             .arg(upstream_url)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
