@@ -212,6 +212,10 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_UPSTREAM_KEY", requires = "upstream_cert")]
     pub upstream_key: Option<std::path::PathBuf>,
 
+    /// The name a rediss:// upstream's certificate must carry, and the SNI sent, when it is not the URL's host (an IP address, a tunnel or a load balancer in between).
+    #[arg(long, env = "RESPOOL_UPSTREAM_TLS_SERVER_NAME")]
+    pub upstream_tls_server_name: Option<String>,
+
     /// FOR TESTS ONLY: accept any certificate from a rediss:// upstream (no verification; anyone on the path can read and change the traffic).
     #[arg(long, env = "RESPOOL_UPSTREAM_TLS_INSECURE", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "upstream_ca")]
     pub upstream_tls_insecure: bool,
@@ -624,6 +628,10 @@ fn upstream_tls(
             ("--upstream-ca", flags.upstream_ca.is_some()),
             ("--upstream-cert", flags.upstream_cert.is_some()),
             ("--upstream-tls-insecure", flags.upstream_tls_insecure),
+            (
+                "--upstream-tls-server-name",
+                flags.upstream_tls_server_name.is_some(),
+            ),
         ];
         return match given.iter().find(|(_, set)| *set) {
             Some((flag, _)) => Err(format!(
@@ -641,7 +649,11 @@ fn upstream_tls(
         .upstream_cert
         .as_deref()
         .zip(flags.upstream_key.as_deref());
-    UpstreamTls::load(upstream.host(), trust, client_cert).map(Some)
+    let server_name = flags
+        .upstream_tls_server_name
+        .as_deref()
+        .unwrap_or(upstream.host());
+    UpstreamTls::load(server_name, trust, client_cert).map(Some)
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `1m`, `100us`, `1h`.
@@ -805,6 +817,7 @@ mod tests {
         for args in [
             &["--upstream-ca", "ca.pem"][..],
             &["--upstream-tls-insecure"],
+            &["--upstream-tls-server-name", "cache.example"],
             &["--upstream-cert", "c.pem", "--upstream-key", "k.pem"],
             &["--tls-cert", "c.pem"],
             &["--tls-ca", "ca.pem"],

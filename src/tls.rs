@@ -86,7 +86,8 @@ impl ListenerTls {
 pub struct UpstreamTls {
     /// Starts handshakes with the upstream.
     pub connector: tokio_rustls::TlsConnector,
-    /// The name the upstream's certificate must carry (the URL's host).
+    /// The name the upstream's certificate must carry, also sent as SNI
+    /// (the URL's host, or `--upstream-tls-server-name`).
     pub server_name: ServerName<'static>,
     /// Certificates are not verified (`--upstream-tls-insecure`).
     pub insecure: bool,
@@ -115,8 +116,9 @@ pub enum UpstreamTrust<'a> {
 }
 
 impl UpstreamTls {
-    /// Builds the client configuration for `host` (a DNS name or an IP
-    /// address, without brackets), with an optional client certificate for
+    /// Builds the client configuration for a server whose certificate must
+    /// name `host` (a DNS name or an IP address, without brackets: the
+    /// URL's host or `--upstream-tls-server-name`), with an optional client certificate for
     /// servers that require one (Redis's `tls-auth-clients yes`).
     pub fn load(
         host: &str,

@@ -284,6 +284,53 @@ async fn an_untrusted_upstream_certificate_is_reported_to_clients() {
     );
 }
 
+/// `--upstream-tls-server-name` is the name the upstream's certificate is
+/// checked against (and the SNI sent) instead of the URL's host: the test
+/// certificate names 127.0.0.1 and localhost, so `localhost` is served and
+/// `cache.example` is refused although the URL's 127.0.0.1 would pass.
+#[tokio::test]
+async fn the_upstream_tls_server_name_replaces_the_urls_host() {
+    let pki = Pki::generate();
+    let (_redis, tls_port) = tls_redis(&pki);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (ca, cert, key) = (
+        pki.arg("ca.pem"),
+        pki.arg("client.pem"),
+        pki.arg("client.key"),
+    );
+    let base = [
+        &FAST[..],
+        &[
+            "--upstream-ca",
+            &ca,
+            "--upstream-cert",
+            &cert,
+            "--upstream-key",
+            &key,
+        ],
+    ]
+    .concat();
+    let named = |name| [&base[..], &["--upstream-tls-server-name", name]].concat();
+
+    let proxy = TestProxy::start(&url, &named("localhost")).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "k", "v"]).await.expect_ok();
+    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("v"));
+    proxy.shutdown().await;
+
+    let proxy = TestProxy::start(&url, &named("cache.example")).await;
+    let mut client = proxy.client().await;
+    let reply = client.cmd(&["GET", "k"]).await;
+    let Reply::Error(text) = &reply else {
+        panic!("expected an error, got {reply}");
+    };
+    assert!(
+        text.contains("TLS handshake failed")
+            && text.contains("not valid for name \"cache.example\""),
+        "{text}"
+    );
+}
+
 /// Without `--upstream-ca`, a `rediss://` upstream is verified against the
 /// system's trust store, which `SSL_CERT_FILE` replaces (as for OpenSSL):
 /// served when the store holds the upstream's CA, refused with the reason
