@@ -495,6 +495,61 @@ async fn tls_clients_are_refused_and_closed_in_tls() {
     assert_eq!(admitted.read_reply().await, Err("connection closed".into()));
 }
 
+/// `respool bench --tls` drives load through a TLS listener and checks
+/// every reply; an endpoint whose certificate it does not trust is a
+/// connection error that says why, not a run.
+#[tokio::test]
+async fn respool_bench_loads_a_tls_endpoint() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let proxy = TestProxy::start(&redis.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let target = proxy.addr().to_string();
+    let untrusted = pki.arg("other-ca.pem");
+    // Run on a blocking thread: the proxy serves on this test's runtime.
+    let bench = move |extra: Vec<String>| {
+        let (target, untrusted) = (target.clone(), untrusted.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_respool"))
+                .args(["bench", "--target", &target, "--tls", "--json"])
+                .args(["--clients", "4", "--pipeline", "8", "--requests", "2000"])
+                .args(["--workload", "mixed", "--key-prefix", "tlsbench:"])
+                .args(extra)
+                .env("SSL_CERT_FILE", untrusted)
+                .env("SSL_CERT_DIR", "")
+                .output()
+                .expect("running respool bench")
+        })
+    };
+    let output = bench(vec!["--tls-ca".into(), pki.arg("ca.pem")])
+        .await
+        .expect("bench thread");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["requests"], 2000, "{report}");
+    assert_eq!(report["wrong_replies"], 0, "{report}");
+    assert_eq!(report["connection_errors"], 0, "{report}");
+    let Reply::Array(keys) = redis.command(&[b"KEYS", b"tlsbench:*"]) else {
+        panic!("KEYS answered no array");
+    };
+    assert!(!keys.is_empty(), "the benchmark's SETs reached Redis");
+
+    // The system's store (here the unrelated CA) does not vouch for it.
+    let output = bench(Vec::new()).await.expect("bench thread");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("TLS handshake failed") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+}
+
 /// A TLS client that hangs up while its blocking command waits for a
 /// dedicated connection leaves the queue, whether it says goodbye with a
 /// close_notify or just closes the socket: its command never runs.

@@ -78,6 +78,34 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
 
+    /// Connect with TLS: to a respool started with --tls-cert, or a Redis
+    /// tls-port. Applies to --target and to --compare.
+    #[arg(long, conflicts_with = "sweep")]
+    pub tls: bool,
+
+    /// CA certificates (PEM) the endpoint's certificate must chain to,
+    /// instead of the system's trust store.
+    #[arg(long, requires = "tls")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate chain (PEM), for endpoints that require one
+    /// (respool's --tls-ca, Redis's tls-auth-clients).
+    #[arg(long, requires_all = ["tls", "tls_key"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The name the endpoint's certificate must carry (also sent as SNI),
+    /// when it is not the target's host.
+    #[arg(long, requires = "tls")]
+    pub tls_server_name: Option<String>,
+
+    /// FOR TESTS ONLY: accept any certificate from the endpoint.
+    #[arg(long, requires = "tls", conflicts_with = "tls_ca")]
+    pub tls_insecure: bool,
+
     /// Second endpoint (B) to compare with --target (A). Both are run in
     /// interleaved rounds A B A B …; the report gives each one's median and the
     /// ratios B/A (compare divided by target): ops/s ratio > 1 means B is
@@ -262,6 +290,29 @@ mod tests {
         assert!(Cli::try_parse_from(["bench", "--requests", "5", "--duration", "1s"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--sweep", "max-connections=1"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--read-ratio", "1.5"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_need_tls_and_do_not_apply_to_a_sweep() {
+        assert!(!Cli::try_parse_from(["bench"]).unwrap().bench.tls);
+        assert!(Cli::try_parse_from(["bench", "--tls", "--tls-ca", "ca.pem"]).is_ok());
+        for flags in [
+            &["--tls-ca", "ca.pem"][..],
+            &["--tls-server-name", "cache.example"],
+            &["--tls-insecure"],
+            &["--tls", "--tls-cert", "c.pem"],
+            &["--tls", "--tls-insecure", "--tls-ca", "ca.pem"],
+            &[
+                "--tls",
+                "--sweep",
+                "max-connections=1",
+                "--upstream",
+                "redis://h:1",
+            ],
+        ] {
+            let args = [&["bench"][..], flags].concat();
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -26,6 +25,8 @@ use super::reply::{self, Reply};
 use super::report::{printable, reply_summary};
 use super::workload::{ClientState, Op, RequestPlan, Verdict};
 use super::BenchError;
+use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::tls::UpstreamTls;
 
 /// Examples of each kind of failure kept for the report.
 pub const MAX_EXAMPLES: usize = 5;
@@ -66,6 +67,8 @@ pub struct LoadSpec {
     pub progress: bool,
     /// Seed of the clients' random key streams.
     pub seed: u64,
+    /// Connect with TLS, with these settings.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Counts of checked replies plus the first few examples of each failure.
@@ -166,13 +169,14 @@ async fn drive(spec: LoadSpec) -> Result<LoadResult, BenchError> {
     // connection setup is not measured as request latency.
     let mut connecting = JoinSet::new();
     for id in 0..spec.clients {
-        let (target, password, timeout) = (
+        let (target, password, timeout, tls) = (
             spec.target.clone(),
             spec.password.clone(),
             spec.connect_timeout,
+            spec.tls.clone(),
         );
         connecting.spawn(async move {
-            connect(&target, password.as_ref(), timeout)
+            connect(&target, password.as_ref(), timeout, tls.as_ref())
                 .await
                 .map(|s| (id, s))
         });
@@ -240,16 +244,38 @@ async fn connect(
     target: &str,
     password: Option<&Password>,
     timeout: Duration,
-) -> Result<TcpStream, BenchError> {
+    tls: Option<&UpstreamTls>,
+) -> Result<Stream, BenchError> {
     let connect_error = |source| BenchError::Connect {
         target: target.to_owned(),
         source,
     };
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(target))
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(target))
         .await
         .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(connect_error)?;
-    stream.set_nodelay(true).map_err(connect_error)?;
+    tcp.set_nodelay(true).map_err(connect_error)?;
+    let mut stream = match tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+            let tls_stream = tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| {
+                    connect_error(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ))
+                })?
+                .map_err(|e| {
+                    connect_error(io::Error::new(
+                        e.kind(),
+                        format!("TLS handshake failed: {e}"),
+                    ))
+                })?;
+            Stream::from(tls_stream)
+        }
+    };
     if let Some(password) = password {
         let secret = password.expose().as_bytes();
         let mut auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", secret.len()).into_bytes();
@@ -307,7 +333,7 @@ impl Budget {
 
 /// One client connection and its share of the load.
 struct Client {
-    stream: TcpStream,
+    stream: Stream,
     state: ClientState,
     plan: Arc<RequestPlan>,
     pipeline: usize,
@@ -350,7 +376,7 @@ impl Client {
                 sent,
             };
             let outcome = tokio::try_join!(
-                writer.write_all(&batch),
+                write_all(&mut writer, &batch),
                 checker.read_replies(&mut reader, &mut replies, &ops),
             );
             if let Err(error) = outcome {
@@ -361,6 +387,17 @@ impl Client {
         }
         (latency, tally)
     }
+}
+
+/// Writes all of `data` (and, over TLS, every record it became).
+async fn write_all(writer: &mut WriteHalf<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() || writer.has_pending_output() {
+        let before = data.len();
+        if writer.write_buf(&mut data).await? == 0 && before > 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+    }
+    Ok(())
 }
 
 /// Checks the replies of one batch as they arrive.
@@ -377,9 +414,9 @@ impl ReplyChecker<'_> {
     /// Reads exactly one reply per op in `ops`. Any stream that cannot be
     /// trusted any more (EOF, garbage, bytes beyond the last reply) is an
     /// error: the connection is dropped rather than misattribute replies.
-    async fn read_replies<R: AsyncRead + Unpin>(
+    async fn read_replies(
         &mut self,
-        reader: &mut R,
+        reader: &mut ReadHalf<'_>,
         buf: &mut BytesMut,
         ops: &[Op],
     ) -> io::Result<()> {
@@ -458,6 +495,7 @@ async fn show_progress(completed: Arc<AtomicU64>, start: Instant) {
 pub(crate) mod tests {
     use super::*;
     use crate::bench::args::Workload;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A fake RESP server on a free port: answers every request with
@@ -504,6 +542,7 @@ pub(crate) mod tests {
             connect_timeout: Duration::from_secs(5),
             progress: false,
             seed: 1,
+            tls: None,
         }
     }
 

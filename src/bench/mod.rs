@@ -28,6 +28,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::tls::{UpstreamTls, UpstreamTrust};
 pub use args::{BenchArgs, Workload};
 use driver::{run_load, LoadSpec, StopAfter};
 use report::{CompareReport, CompareRound, LoadReport};
@@ -56,6 +57,14 @@ pub enum BenchError {
         target: String,
         /// The reply to AUTH.
         reply: String,
+    },
+    /// The TLS settings could not be loaded (a file, a name).
+    #[error("TLS setup for {target}: {reason}")]
+    Tls {
+        /// The endpoint.
+        target: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The load generator's own runtime or thread failed.
     #[error("load generator failure: {0}")]
@@ -149,7 +158,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchOutcome, BenchError> {
 
 /// Runs the benchmark `args` describe, printing nothing but progress.
 pub async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
-    let load = load_spec(args, &args.target);
+    let mut load = load_spec(args, &args.target);
+    load.tls = tls_for(args, &args.target)?;
     if let Some(spec) = &args.sweep {
         let launcher = InProcessRespool {
             upstream: args.upstream.clone().unwrap_or_default(),
@@ -160,6 +170,7 @@ pub async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
     if let Some(compare) = &args.compare {
         let other = LoadSpec {
             target: compare.clone(),
+            tls: tls_for(args, compare)?,
             ..load.clone()
         };
         let mut rounds = Vec::with_capacity(args.rounds as usize);
@@ -204,5 +215,32 @@ pub fn load_spec(args: &BenchArgs, target: &str) -> LoadSpec {
         connect_timeout: args.connect_timeout,
         progress: std::io::stderr().is_terminal(),
         seed: args.seed,
+        tls: None,
     }
+}
+
+/// The TLS client settings for `target` with `--tls` (`None` without): its
+/// certificate must name its host, or `--tls-server-name`.
+fn tls_for(args: &BenchArgs, target: &str) -> Result<Option<UpstreamTls>, BenchError> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let host = target
+        .rsplit_once(':')
+        .map_or(target, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = args.tls_server_name.as_deref().unwrap_or(host);
+    let trust = match (&args.tls_ca, args.tls_insecure) {
+        (Some(ca), _) => UpstreamTrust::Ca(ca),
+        (None, true) => UpstreamTrust::Insecure,
+        (None, false) => UpstreamTrust::System,
+    };
+    let client_cert = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    UpstreamTls::load(name, trust, client_cert)
+        .map(Some)
+        .map_err(|reason| BenchError::Tls {
+            target: target.to_owned(),
+            reason,
+        })
 }
