@@ -92,8 +92,8 @@ fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
 }
 
 /// A redis-server that also listens with TLS (client certificates required,
-/// Redis's default); returns it and its TLS port.
-fn tls_redis(pki: &Pki) -> (RedisServer, u16) {
+/// Redis's default); returns it and the `rediss://` URL of its TLS port.
+fn tls_redis(pki: &Pki) -> (RedisServer, String) {
     let tls_port = support::redis::free_port();
     let redis = RedisServer::builder()
         .arg("tls-port", &tls_port.to_string())
@@ -101,7 +101,7 @@ fn tls_redis(pki: &Pki) -> (RedisServer, u16) {
         .arg("tls-key-file", &pki.arg("server.key"))
         .arg("tls-ca-cert-file", &pki.arg("ca.pem"))
         .start();
-    (redis, tls_port)
+    (redis, format!("rediss://127.0.0.1:{tls_port}"))
 }
 
 /// A minimal RESP client over TLS.
@@ -182,6 +182,14 @@ impl TlsClient {
     }
 }
 
+/// The error a client's GET gets when respool cannot use its upstream.
+async fn upstream_error(client: &mut support::TestClient) -> String {
+    match client.cmd(&["GET", "k"]).await {
+        Reply::Error(text) => text,
+        other => panic!("expected an error, got {other}"),
+    }
+}
+
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
 }
@@ -189,8 +197,7 @@ fn bulk(s: impl AsRef<[u8]>) -> Reply {
 #[tokio::test]
 async fn a_rediss_upstream_is_verified_and_serves_plain_clients() {
     let pki = Pki::generate();
-    let (_redis, tls_port) = tls_redis(&pki);
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (_redis, url) = tls_redis(&pki);
     let (ca, cert, key) = (
         pki.arg("ca.pem"),
         pki.arg("client.pem"),
@@ -251,8 +258,7 @@ async fn a_rediss_upstream_is_verified_and_serves_plain_clients() {
 #[tokio::test]
 async fn an_untrusted_upstream_certificate_is_reported_to_clients() {
     let pki = Pki::generate();
-    let (_redis, tls_port) = tls_redis(&pki);
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (_redis, url) = tls_redis(&pki);
     let (cert, key) = (pki.arg("client.pem"), pki.arg("client.key"));
     let wrong_ca = pki.arg("other-ca.pem");
     let proxy = TestProxy::start(
@@ -272,13 +278,12 @@ async fn an_untrusted_upstream_certificate_is_reported_to_clients() {
     )
     .await;
     let mut client = proxy.client().await;
-    let reply = client.cmd(&["GET", "k"]).await;
-    let Reply::Error(text) = &reply else {
-        panic!("expected an error, got {reply}");
-    };
+    let text = upstream_error(&mut client).await;
     assert!(
-        text.starts_with(&format!("ERR upstream 127.0.0.1:{tls_port} unavailable: "))
-            && text.contains("TLS handshake failed")
+        text.starts_with(&format!(
+            "ERR upstream {} unavailable: ",
+            &url["rediss://".len()..]
+        )) && text.contains("TLS handshake failed")
             && text.contains("certificate"),
         "{text}"
     );
@@ -291,8 +296,7 @@ async fn an_untrusted_upstream_certificate_is_reported_to_clients() {
 #[tokio::test]
 async fn the_upstream_tls_server_name_replaces_the_urls_host() {
     let pki = Pki::generate();
-    let (_redis, tls_port) = tls_redis(&pki);
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (_redis, url) = tls_redis(&pki);
     let (ca, cert, key) = (
         pki.arg("ca.pem"),
         pki.arg("client.pem"),
@@ -320,10 +324,7 @@ async fn the_upstream_tls_server_name_replaces_the_urls_host() {
 
     let proxy = TestProxy::start(&url, &named("cache.example")).await;
     let mut client = proxy.client().await;
-    let reply = client.cmd(&["GET", "k"]).await;
-    let Reply::Error(text) = &reply else {
-        panic!("expected an error, got {reply}");
-    };
+    let text = upstream_error(&mut client).await;
     assert!(
         text.contains("TLS handshake failed")
             && text.contains("not valid for name \"cache.example\""),
@@ -338,8 +339,7 @@ async fn the_upstream_tls_server_name_replaces_the_urls_host() {
 #[tokio::test]
 async fn without_upstream_ca_the_system_trust_store_decides() {
     let pki = Pki::generate();
-    let (_redis, tls_port) = tls_redis(&pki);
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (_redis, url) = tls_redis(&pki);
     let (cert, key) = (pki.arg("client.pem"), pki.arg("client.key"));
     let flags = [
         &FAST[..],
@@ -375,10 +375,7 @@ async fn without_upstream_ca_the_system_trust_store_decides() {
     let mut client = support::TestClient::connect(proxy.addr())
         .await
         .expect("connecting to respool");
-    let reply = client.cmd(&["GET", "k"]).await;
-    let Reply::Error(text) = &reply else {
-        panic!("expected an error, got {reply}");
-    };
+    let text = upstream_error(&mut client).await;
     assert!(
         text.contains("TLS handshake failed") && text.contains("UnknownIssuer"),
         "{text}"
