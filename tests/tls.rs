@@ -104,6 +104,14 @@ fn tls_redis(pki: &Pki) -> (RedisServer, String) {
     (redis, format!("rediss://127.0.0.1:{tls_port}"))
 }
 
+/// respool with a TLS listener (the test PKI's server certificate) in front
+/// of `redis`, with `extra` flags.
+async fn tls_proxy(pki: &Pki, redis: &RedisServer, extra: &[&str]) -> TestProxy {
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let tls = ["--tls-cert", &cert, "--tls-key", &key];
+    TestProxy::start(&redis.url(), &[&tls[..], extra].concat()).await
+}
+
 /// A minimal RESP client over TLS.
 struct TlsClient {
     stream: tokio_rustls::client::TlsStream<TcpStream>,
@@ -402,8 +410,7 @@ async fn without_upstream_ca_the_system_trust_store_decides() {
 async fn tls_clients_are_served_with_large_values_and_pipelines() {
     let pki = Pki::generate();
     let redis = RedisServer::start();
-    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
-    let proxy = TestProxy::start(&redis.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let proxy = tls_proxy(&pki, &redis, &[]).await;
     let mut client = TlsClient::connect(proxy.addr(), &pki.path("ca.pem"), None)
         .await
         .expect("TLS handshake with respool");
@@ -459,12 +466,7 @@ async fn tls_clients_are_served_with_large_values_and_pipelines() {
 async fn tls_clients_are_refused_and_closed_in_tls() {
     let pki = Pki::generate();
     let redis = RedisServer::start();
-    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
-    let proxy = TestProxy::start(
-        &redis.url(),
-        &["--tls-cert", &cert, "--tls-key", &key, "--max-clients", "1"],
-    )
-    .await;
+    let proxy = tls_proxy(&pki, &redis, &["--max-clients", "1"]).await;
     let ca = pki.path("ca.pem");
     let mut admitted = TlsClient::connect(proxy.addr(), &ca, None)
         .await
@@ -499,8 +501,7 @@ async fn tls_clients_are_refused_and_closed_in_tls() {
 async fn respool_bench_loads_a_tls_endpoint() {
     let pki = Pki::generate();
     let redis = RedisServer::start();
-    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
-    let proxy = TestProxy::start(&redis.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let proxy = tls_proxy(&pki, &redis, &[]).await;
     let target = proxy.addr().to_string();
     let untrusted = pki.arg("other-ca.pem");
     // Run on a blocking thread: the proxy serves on this test's runtime.
@@ -554,19 +555,10 @@ async fn respool_bench_loads_a_tls_endpoint() {
 async fn a_tls_client_that_hangs_up_while_waiting_for_a_dedicated_connection_leaves_the_queue() {
     let pki = Pki::generate();
     let redis = RedisServer::start();
-    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
-    let proxy = TestProxy::start(
-        &redis.url(),
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--max-pinned",
-            "1",
-            "--checkout-timeout",
-            "30s",
-        ],
+    let proxy = tls_proxy(
+        &pki,
+        &redis,
+        &["--max-pinned", "1", "--checkout-timeout", "30s"],
     )
     .await;
     let ca = pki.path("ca.pem");
@@ -615,16 +607,7 @@ async fn a_tls_client_that_hangs_up_while_waiting_for_a_dedicated_connection_lea
 async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
     let pki = Pki::generate();
     let redis = RedisServer::start();
-    let (cert, key, ca) = (
-        pki.arg("server.pem"),
-        pki.arg("server.key"),
-        pki.arg("ca.pem"),
-    );
-    let proxy = TestProxy::start(
-        &redis.url(),
-        &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca],
-    )
-    .await;
+    let proxy = tls_proxy(&pki, &redis, &["--tls-ca", &pki.arg("ca.pem")]).await;
 
     // TLS 1.3 clients finish their side of the handshake before the server
     // checks their certificate: the refusal shows on the first read.
