@@ -90,6 +90,8 @@ pub enum Local {
     ClientGetName,
     /// `CLIENT SETNAME`: kept by respool, so naming a client does not pin it.
     ClientSetName,
+    /// `INFO respool`: respool's own counters (Redis has no such section).
+    Stats,
 }
 
 /// The result of classifying one request.
@@ -155,6 +157,14 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
             _ => Command::dedicated(Stateful::Select),
         },
         b"CLIENT" => classify_client(req),
+        b"INFO"
+            if req.argc() == 2
+                && req
+                    .arg(1)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"respool")) =>
+        {
+            Command::local(Local::Stats)
+        }
 
         // Connection state that outlives the reply.
         b"MULTI" => Command::dedicated(Stateful::Multi),
@@ -463,6 +473,18 @@ mod tests {
             class(&["CLIENT", "SETINFO", "lib-name", "x"]).route,
             Route::Local(Local::Ok)
         );
+        assert_eq!(
+            class(&["info", "Respool"]).route,
+            Route::Local(Local::Stats)
+        );
+        // Every other INFO is Redis's.
+        for info in [
+            &["INFO"][..],
+            &["INFO", "server"],
+            &["INFO", "respool", "server"],
+        ] {
+            assert_eq!(class(info).route, Route::Shared, "{info:?}");
+        }
         assert_eq!(class(&["client", "kill", "id", "3"]).route, Route::Denied);
         assert_eq!(class(&["SHUTDOWN"]).route, Route::Denied);
         assert_eq!(class(&["DEBUG", "sleep", "1"]).route, Route::Denied);

@@ -446,6 +446,9 @@ pub struct Config {
     /// clone of the configuration, so the event loops of `--threads` N count
     /// against one limit (not a flag).
     pub connected_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every event loop's counters, for `INFO respool` (shared by every
+    /// clone, like `connected_clients`).
+    pub stats: Arc<crate::stats::StatsRegistry>,
     /// Event loops (0 = [`auto_threads`] of the machine's cores; `main`
     /// replaces 0 by the number it starts).
     pub threads: usize,
@@ -606,6 +609,7 @@ impl Config {
             probe_ttl: flags.probe_ttl.max(Duration::from_secs(1)),
             max_clients: flags.max_clients as usize,
             connected_clients: Arc::default(),
+            stats: Arc::default(),
             threads: flags.threads as usize,
             require_upstream: flags.require_upstream,
             reuse_port: false,

@@ -48,6 +48,7 @@ pub mod net;
 pub mod pool;
 pub mod retry;
 pub mod server;
+pub mod stats;
 pub mod tls;
 pub mod upstream;
 

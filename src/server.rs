@@ -150,6 +150,7 @@ async fn accept_loop(
         configure_socket(&stream, config.keepalive);
         if connected.load(Ordering::Relaxed) >= config.max_clients {
             tracing::debug!(%peer, "refusing client: --max-clients reached");
+            upstreams.stats.rejected_clients.add(1);
             if config.listener_tls.is_none() {
                 clients.spawn(refuse(Stream::Tcp(stream)));
             } else if refusing.load(Ordering::Relaxed) < MAX_TLS_REFUSALS {

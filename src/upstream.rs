@@ -13,6 +13,7 @@ use crate::codec::{ReplyDecoder, Request};
 use crate::config::{Config, Secret, Validate};
 use crate::error::Secs;
 use crate::net::Stream;
+use crate::stats::LoopStats;
 use crate::tls::UpstreamTls;
 
 /// Everything needed to open and validate an upstream connection.
@@ -48,6 +49,8 @@ pub struct UpstreamSettings {
     pub server_version: ServerVersion,
     /// TLS (`rediss://`), or plain TCP.
     pub tls: Option<UpstreamTls>,
+    /// The event loop's counters (connections validated or failed).
+    pub stats: Arc<LoopStats>,
 }
 
 /// The upstream server's version (`INFO server`), shared by every pool, and
@@ -139,6 +142,8 @@ impl UpstreamSettings {
             protocol: 2,
             server_version: ServerVersion::default(),
             tls: c.upstream_tls.clone(),
+            // Counted nowhere unless the pool that owns it says otherwise.
+            stats: Arc::default(),
         }
     }
 }

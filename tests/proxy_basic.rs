@@ -818,3 +818,97 @@ async fn by_default_every_client_shares_one_upstream_connection() {
         redis.other_clients()
     );
 }
+
+/// `INFO respool`'s fields, by name.
+async fn respool_info(client: &mut TestClient) -> std::collections::HashMap<String, String> {
+    let reply = client.cmd(&["INFO", "respool"]).await;
+    let text = reply
+        .as_str()
+        .unwrap_or_else(|| panic!("INFO respool answered {reply}"))
+        .to_string();
+    assert!(text.starts_with("# Respool\r\n"), "{text}");
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("field:value");
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+fn count(info: &std::collections::HashMap<String, String>, field: &str) -> u64 {
+    info.get(field)
+        .unwrap_or_else(|| panic!("no {field} in {info:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} is not a count in {info:?}"))
+}
+
+/// respool answers `INFO respool` itself, with counters of what it did;
+/// every other INFO is Redis's.
+#[tokio::test]
+async fn info_respool_counts_what_the_proxy_did() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &["--max-clients", "2"]).await;
+    let mut client = proxy.client().await;
+    let before = respool_info(&mut client).await;
+
+    // 100 SETs in one pipeline, then 20 GETs one at a time.
+    let mut pipeline = Vec::new();
+    for i in 0..100 {
+        pipeline.extend(encode_command(&["SET", &format!("k{i}"), "v"]));
+    }
+    client
+        .send_raw(&pipeline)
+        .await
+        .expect("sending the pipeline");
+    for _ in 0..100 {
+        client.read_reply().await.expect("a SET reply").expect_ok();
+    }
+    for i in 0..20 {
+        assert_eq!(client.cmd(&["GET", &format!("k{i}")]).await, bulk("v"));
+    }
+    // A second client is let in, a third is turned away.
+    let mut second = proxy.client().await;
+    assert_eq!(second.cmd(&["PING"]).await, simple("PONG"));
+    let mut third = proxy.client().await;
+    assert_eq!(
+        third.read_reply().await.expect("the refusal"),
+        Reply::Error("ERR max number of clients reached".into())
+    );
+
+    let after = respool_info(&mut client).await;
+    let delta = |field| count(&after, field) - count(&before, field);
+    // The 120 commands, the PING and this INFO.
+    assert_eq!(delta("requests"), 122, "{after:?}");
+    assert_eq!(delta("lane_requests_written"), 121, "{after:?}");
+    // The pipeline leaves in a few writes, not one per request.
+    let writes = delta("lane_writes");
+    assert!(
+        (2..=60).contains(&writes),
+        "{writes} writes for 121 requests"
+    );
+    assert_eq!(delta("rejected_clients"), 1, "{after:?}");
+    assert!(
+        count(&after, "upstream_connections_validated") >= 1,
+        "{after:?}"
+    );
+    assert_eq!(count(&after, "upstream_connect_failures"), 0, "{after:?}");
+    assert_eq!(count(&after, "connected_clients"), 2, "{after:?}");
+    let server = redis.command(&[b"INFO", b"server"]);
+    let version = server
+        .as_str()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("redis_version:")))
+        .expect("Redis's version")
+        .trim()
+        .to_string();
+    assert_eq!(after["upstream_version"], version);
+    assert_eq!(after["upstream"], redis.addr().to_string());
+
+    // Any other INFO goes to Redis.
+    let info = client.cmd(&["INFO", "server"]).await;
+    let text = info.as_str().expect("Redis's INFO").to_string();
+    assert!(
+        text.contains("redis_version:") && !text.contains("# Respool"),
+        "{text}"
+    );
+}

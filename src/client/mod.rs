@@ -591,6 +591,7 @@ impl Client {
 
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
+        self.upstreams.stats.requests.add(1);
         if !self.authenticated && !local::allowed_before_auth(req) {
             Admission::NoAuth
         } else if self.config.deny.denies(req) {
@@ -814,6 +815,7 @@ impl Client {
             Local::Auth => self.auth(req),
             Local::Ok | Local::SelectDefault => Bytes::from_static(b"+OK\r\n"),
             Local::ClientId => Bytes::from(format!(":{}\r\n", self.id)),
+            Local::Stats => self.stats_reply(),
             Local::ClientGetName => match &self.name {
                 Some(name) => local::bulk(name),
                 None => local::nil(self.protocol),
@@ -903,6 +905,23 @@ impl Client {
             };
             self.push_ready(error.to_resp());
         }
+    }
+
+    /// `INFO respool`: the process's counters, summed over its event loops.
+    fn stats_reply(&self) -> Bytes {
+        let version = self.upstreams.version.get();
+        let ctx = crate::stats::Context {
+            upstream: &self.config.upstream.addr,
+            upstream_version: version.as_deref(),
+            event_loops: self.config.event_loops(),
+            connected_clients: self
+                .config
+                .connected_clients
+                .load(std::sync::atomic::Ordering::Relaxed),
+            uptime_secs: self.config.stats.uptime_secs(),
+        };
+        let text = crate::stats::render(ctx, self.config.stats.totals());
+        local::bulk(text.as_bytes())
     }
 
     /// RESET of a client without a session: its own state goes back to a new
@@ -1209,8 +1228,12 @@ async fn checkout(
 ) -> Result<PinnedConn, Error> {
     let pinned = &upstreams.pinned;
     match pinned.pool.get_owned().await {
-        Ok(conn) => Ok(conn),
+        Ok(conn) => {
+            upstreams.stats.pinned_checkouts.add(1);
+            Ok(conn)
+        }
         Err(e) => {
+            upstreams.stats.pinned_checkout_failures.add(1);
             let cause = match (e, pinned.failures.borrow().clone()) {
                 (bb8::RunError::User(e), _) | (bb8::RunError::TimedOut, Some(e)) => e.to_string(),
                 (bb8::RunError::TimedOut, None) => format!(

@@ -37,6 +37,7 @@ use crate::pool::manager::UpstreamManager;
 use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff, BackoffPolicy};
+use crate::stats::LoopStats;
 use crate::upstream::ConnectError;
 
 /// Stop taking new requests into the write buffer above this many bytes, so
@@ -299,6 +300,8 @@ pub struct LaneSettings {
     pub read_buffer_size: usize,
     /// Hold new requests while a write is unanswered (`--batch-writes`).
     pub batch_writes: bool,
+    /// The event loop's counters (writes and the requests they carry).
+    pub stats: Arc<LoopStats>,
 }
 
 /// The upstream has just run a request of `client` (its reply was not a
@@ -793,6 +796,7 @@ impl Lane {
                         // Read when the requests were taken in, just before.
                         let now = *turn_clock.get_or_insert_with(Instant::now);
                         let batch_start = enqueued;
+                        let mut batch_requests = 0u64;
                         while wbuf.len() < WRITE_HIGH_WATER {
                             let Some(mut job) = self.queue.pop_front() else {
                                 break;
@@ -807,6 +811,7 @@ impl Lane {
                             job.transient = None;
                             wbuf.push(&job.req.raw);
                             enqueued += job.req.raw.len() as u64;
+                            batch_requests += u64::from(job.req.count);
                             // The reply deadline runs from the write.
                             let deadline = now + s.timeout;
                             inflight.push_back(Sent {
@@ -818,6 +823,8 @@ impl Lane {
                         // Unless every job had expired unsent.
                         if enqueued > batch_start {
                             gate.wrote(enqueued);
+                            s.stats.lane_writes.add(1);
+                            s.stats.lane_requests_written.add(batch_requests);
                         }
                     }
                     if rbuf.capacity() - rbuf.len() < s.read_buffer_size / 4 {

@@ -48,10 +48,12 @@ impl bb8::ManageConnection for UpstreamManager {
         match UpstreamConn::open(&self.settings).await {
             Ok(conn) => {
                 tracing::debug!(upstream = %self.settings.addr, took_ms = started.elapsed().as_millis() as u64, "upstream connection validated");
+                self.settings.stats.upstream_connections.add(1);
                 Ok(conn)
             }
             Err(e) => {
                 tracing::debug!(upstream = %self.settings.addr, error = %e, "upstream connection attempt failed");
+                self.settings.stats.upstream_connect_failures.add(1);
                 self.failures.send_replace(Some(e.clone()));
                 Err(e)
             }

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::retry::BackoffPolicy;
+use crate::stats::LoopStats;
 use crate::upstream::{ConnectError, ServerVersion, UpstreamConn, UpstreamSettings};
 use lane::{Lane, LaneSettings};
 use manager::UpstreamManager;
@@ -35,10 +36,16 @@ impl SharedLanes {
     /// `protocol` is the RESP version the lanes' connections speak: clients
     /// that said `HELLO 3` share lanes of their own, so every client gets
     /// replies in the protocol it asked for without re-encoding.
-    pub fn start(config: &Config, protocol: u8, version: ServerVersion) -> SharedLanes {
+    pub fn start(
+        config: &Config,
+        protocol: u8,
+        version: ServerVersion,
+        stats: Arc<LoopStats>,
+    ) -> SharedLanes {
         let settings = Arc::new(UpstreamSettings {
             protocol,
             server_version: version,
+            stats: stats.clone(),
             ..UpstreamSettings::from_config(config)
         });
         let manager = UpstreamManager::new(settings.clone());
@@ -69,6 +76,7 @@ impl SharedLanes {
             health_check_interval: config.health_check_interval,
             read_buffer_size: config.read_buffer_size,
             batch_writes: config.batch_writes,
+            stats,
         });
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
@@ -121,9 +129,10 @@ pub struct PinnedPool {
 impl PinnedPool {
     /// Builds the pool; connections are made on demand (and `--min-idle`
     /// spares are not kept here: pinned connections are the expensive kind).
-    pub fn new(config: &Config, version: ServerVersion) -> PinnedPool {
+    pub fn new(config: &Config, version: ServerVersion, stats: Arc<LoopStats>) -> PinnedPool {
         let settings = Arc::new(UpstreamSettings {
             server_version: version,
+            stats,
             ..UpstreamSettings::from_config(config)
         });
         let manager = UpstreamManager::new(settings.clone());
@@ -178,17 +187,21 @@ pub struct Upstreams {
     pub pinned: PinnedPool,
     /// The upstream's version, as validation learned it.
     pub version: ServerVersion,
+    /// This event loop's counters (`INFO respool`).
+    pub stats: Arc<LoopStats>,
 }
 
 impl Upstreams {
     /// Starts the RESP2 lanes and the (empty) pinned pool.
     pub fn start(config: Arc<Config>) -> Upstreams {
         let version = ServerVersion::default();
+        let stats = config.stats.register();
         Upstreams {
-            resp2: SharedLanes::start(&config, 2, version.clone()),
+            resp2: SharedLanes::start(&config, 2, version.clone(), stats.clone()),
             resp3: std::sync::OnceLock::new(),
-            pinned: PinnedPool::new(&config, version.clone()),
+            pinned: PinnedPool::new(&config, version.clone(), stats.clone()),
             version,
+            stats,
             config,
         }
     }
@@ -197,7 +210,9 @@ impl Upstreams {
     pub fn lane(&self, protocol: u8) -> LaneHandle {
         if protocol == 3 {
             self.resp3
-                .get_or_init(|| SharedLanes::start(&self.config, 3, self.version.clone()))
+                .get_or_init(|| {
+                    SharedLanes::start(&self.config, 3, self.version.clone(), self.stats.clone())
+                })
                 .pick()
         } else {
             self.resp2.pick()
