@@ -842,8 +842,8 @@ async fn inside_a_transaction_stateful_commands_are_only_queued() {
     }
 }
 
-/// Redis queues AUTH, HELLO and CLIENT ID/GETNAME/SETNAME inside MULTI and
-/// runs them at EXEC. respool answers those itself, so it cannot put their
+/// Redis queues AUTH, HELLO, CLIENT ID/GETNAME/SETNAME and INFO inside MULTI
+/// and runs them at EXEC. respool answers those itself, so it cannot put their
 /// results into EXEC's array: it refuses them while queueing instead, and
 /// Redis's rule for a refused command applies (EXECABORT, nothing runs). A
 /// client library counting replies never sees one too few.
@@ -852,12 +852,13 @@ async fn commands_respool_answers_itself_are_refused_inside_a_transaction() {
     let redis = RedisServer::start();
     let proxy = TestProxy::start(&redis.url(), &[]).await;
     let mut client = proxy.client().await;
-    let commands: [&[&str]; 5] = [
+    let commands: [&[&str]; 6] = [
         &["CLIENT", "SETNAME", "inside"],
         &["CLIENT", "GETNAME"],
         &["CLIENT", "ID"],
         &["HELLO", "3"],
         &["AUTH", "secret-password"],
+        &["INFO", "respool"],
     ];
     for (i, command) in commands.iter().enumerate() {
         client.cmd(&["MULTI"]).await.expect_ok();
@@ -870,6 +871,9 @@ async fn commands_respool_answers_itself_are_refused_inside_a_transaction() {
             text.contains("cannot be queued in a transaction"),
             "{command:?}: {text}"
         );
+        if command[0] == "INFO" {
+            assert!(text.contains("INFO RESPOOL cannot"), "{text}");
+        }
         assert!(
             !text.contains("secret"),
             "an AUTH argument was echoed: {text}"

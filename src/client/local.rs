@@ -19,9 +19,10 @@ pub(super) fn allowed_before_auth(req: RequestRef<'_>) -> bool {
 pub(super) fn not_queueable(req: &Request) -> Bytes {
     let name = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
     let name = match req.arg(1) {
-        Some(sub) if name == "CLIENT" => {
+        // Named with the argument that made it respool's own.
+        Some(sub) if name == "CLIENT" || name == "INFO" => {
             format!(
-                "CLIENT {}",
+                "{name} {}",
                 String::from_utf8_lossy(sub).to_ascii_uppercase()
             )
         }
