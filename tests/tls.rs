@@ -494,52 +494,86 @@ async fn tls_clients_are_refused_and_closed_in_tls() {
     assert_eq!(admitted.read_reply().await, Err("connection closed".into()));
 }
 
-/// `respool bench --tls` drives load through a TLS listener and checks
-/// every reply; an endpoint whose certificate it does not trust is a
-/// connection error that says why, not a run.
+/// `respool bench` drives load through a TLS listener (`--tls`, or a
+/// `rediss://` target) and checks every reply; an endpoint whose
+/// certificate it does not trust is a connection error that says why, not
+/// a run.
 #[tokio::test]
 async fn respool_bench_loads_a_tls_endpoint() {
     let pki = Pki::generate();
     let redis = RedisServer::start();
     let proxy = tls_proxy(&pki, &redis, &[]).await;
-    let target = proxy.addr().to_string();
+    let tls_target = format!("rediss://{}", proxy.addr());
+    let plain_target = format!("redis://{}", redis.addr());
     let untrusted = pki.arg("other-ca.pem");
     // Run on a blocking thread: the proxy serves on this test's runtime.
-    let bench = move |extra: Vec<String>| {
-        let (target, untrusted) = (target.clone(), untrusted.clone());
+    let bench = move |args: Vec<String>| {
+        let untrusted = untrusted.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_respool"))
-                .args(["bench", "--target", &target, "--tls", "--json"])
+                .args(["bench", "--json"])
                 .args(["--clients", "4", "--pipeline", "8", "--requests", "2000"])
                 .args(["--workload", "mixed", "--key-prefix", "tlsbench:"])
-                .args(extra)
+                .args(args)
                 .env("SSL_CERT_FILE", untrusted)
                 .env("SSL_CERT_DIR", "")
                 .output()
                 .expect("running respool bench")
         })
     };
-    let output = bench(vec!["--tls-ca".into(), pki.arg("ca.pem")])
-        .await
-        .expect("bench thread");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
-    assert_eq!(report["passed"], true, "{report}");
-    assert_eq!(report["requests"], 2000, "{report}");
-    assert_eq!(report["wrong_replies"], 0, "{report}");
-    assert_eq!(report["connection_errors"], 0, "{report}");
+    let report = |output: std::process::Output| -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(&stdout).expect("JSON report")
+    };
+    let ca = pki.arg("ca.pem");
+
+    // --tls: the target is spoken to over TLS.
+    let output = bench(vec![
+        "--target".into(),
+        proxy.addr().to_string(),
+        "--tls".into(),
+        "--tls-ca".into(),
+        ca.clone(),
+    ])
+    .await
+    .expect("bench thread");
+    let single = report(output);
+    assert_eq!(single["passed"], true, "{single}");
+    assert_eq!(single["requests"], 2000, "{single}");
+    assert_eq!(single["wrong_replies"], 0, "{single}");
+    assert_eq!(single["connection_errors"], 0, "{single}");
     let Reply::Array(keys) = redis.command(&[b"KEYS", b"tlsbench:*"]) else {
         panic!("KEYS answered no array");
     };
     assert!(!keys.is_empty(), "the benchmark's SETs reached Redis");
 
+    // A rediss:// target is TLS and a redis:// one is not, in one run:
+    // Redis direct in plain TCP against respool over TLS.
+    let output = bench(vec![
+        "--target".into(),
+        plain_target,
+        "--compare".into(),
+        tls_target.clone(),
+        "--rounds".into(),
+        "1".into(),
+        "--tls-ca".into(),
+        ca,
+    ])
+    .await
+    .expect("bench thread");
+    let compare = report(output);
+    assert_eq!(compare["mode"], "compare", "{compare}");
+    assert_eq!(compare["passed"], true, "{compare}");
+
     // The system's store (here the unrelated CA) does not vouch for it.
-    let output = bench(Vec::new()).await.expect("bench thread");
+    let output = bench(vec!["--target".into(), tls_target])
+        .await
+        .expect("bench thread");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(

@@ -10,7 +10,8 @@ use clap::{Args, ValueEnum};
 #[derive(Args, Debug, Clone)]
 #[command(about = "Drive load against a RESP endpoint and verify every reply")]
 pub struct BenchArgs {
-    /// RESP endpoint to load (host:port). Under --compare this is target A.
+    /// RESP endpoint to load: host:port, or redis://host:port, or
+    /// rediss://host:port for TLS. Under --compare this is target A.
     #[arg(long, default_value = "127.0.0.1:6380", env = "RESPOOL_BENCH_TARGET")]
     pub target: String,
 
@@ -78,32 +79,33 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
 
-    /// Connect with TLS: to a respool started with --tls-cert, or a Redis
-    /// tls-port. Applies to --target and to --compare.
+    /// Connect with TLS to every target: to a respool started with
+    /// --tls-cert, or a Redis tls-port. (A rediss:// target uses TLS
+    /// without it.)
     #[arg(long, conflicts_with = "sweep")]
     pub tls: bool,
 
-    /// CA certificates (PEM) the endpoint's certificate must chain to,
+    /// CA certificates (PEM) a TLS target's certificate must chain to,
     /// instead of the system's trust store.
-    #[arg(long, requires = "tls")]
+    #[arg(long)]
     pub tls_ca: Option<std::path::PathBuf>,
 
-    /// Client certificate chain (PEM), for endpoints that require one
+    /// Client certificate chain (PEM), for TLS targets that require one
     /// (respool's --tls-ca, Redis's tls-auth-clients).
-    #[arg(long, requires_all = ["tls", "tls_key"])]
+    #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// The name the endpoint's certificate must carry (also sent as SNI),
+    /// The name a TLS target's certificate must carry (also sent as SNI),
     /// when it is not the target's host.
-    #[arg(long, requires = "tls")]
+    #[arg(long)]
     pub tls_server_name: Option<String>,
 
-    /// FOR TESTS ONLY: accept any certificate from the endpoint.
-    #[arg(long, requires = "tls", conflicts_with = "tls_ca")]
+    /// FOR TESTS ONLY: accept any certificate from a TLS target.
+    #[arg(long, conflicts_with = "tls_ca")]
     pub tls_insecure: bool,
 
     /// Second endpoint (B) to compare with --target (A). Both are run in
@@ -293,14 +295,14 @@ mod tests {
     }
 
     #[test]
-    fn tls_flags_need_tls_and_do_not_apply_to_a_sweep() {
+    fn tls_flags_that_clap_refuses() {
         assert!(!Cli::try_parse_from(["bench"]).unwrap().bench.tls);
         assert!(Cli::try_parse_from(["bench", "--tls", "--tls-ca", "ca.pem"]).is_ok());
+        // TLS flags without a TLS target are refused by `measure`, which
+        // knows whether a rediss:// target asks for TLS.
+        assert!(Cli::try_parse_from(["bench", "--tls-ca", "ca.pem"]).is_ok());
         for flags in [
-            &["--tls-ca", "ca.pem"][..],
-            &["--tls-server-name", "cache.example"],
-            &["--tls-insecure"],
-            &["--tls", "--tls-cert", "c.pem"],
+            &["--tls", "--tls-cert", "c.pem"][..],
             &["--tls", "--tls-insecure", "--tls-ca", "ca.pem"],
             &[
                 "--tls",

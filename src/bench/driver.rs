@@ -250,7 +250,9 @@ async fn connect(
         target: target.to_owned(),
         source,
     };
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(target))
+    // `measure` checked the target; a bad one fails to connect here.
+    let addr = super::endpoint(target).map_or(target, |(addr, _)| addr);
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(connect_error)?;

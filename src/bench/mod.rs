@@ -158,6 +158,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchOutcome, BenchError> {
 
 /// Runs the benchmark `args` describe, printing nothing but progress.
 pub async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
+    check_tls_flags(args)?;
     let mut load = load_spec(args, &args.target);
     load.tls = tls_for(args, &args.target)?;
     if let Some(spec) = &args.sweep {
@@ -219,15 +220,82 @@ pub fn load_spec(args: &BenchArgs, target: &str) -> LoadSpec {
     }
 }
 
-/// The TLS client settings for `target` with `--tls` (`None` without): its
-/// certificate must name its host, or `--tls-server-name`.
+/// A target's `host:port` and whether it is spoken to over TLS: `host:port`
+/// and `redis://host:port` are plain (TLS with `--tls`), `rediss://host:port`
+/// is TLS. Anything after the port (a database, credentials) is refused:
+/// `--password` is the way to authenticate.
+pub fn endpoint(target: &str) -> Result<(&str, bool), String> {
+    if target.contains('@') {
+        // Not echoed: what comes before the `@` may be a password.
+        return Err(
+            "credentials in the target are not accepted: give host:port and authenticate with --password".into(),
+        );
+    }
+    let (addr, tls) = match target.split_once("://") {
+        None => (target, false),
+        Some(("redis", addr)) => (addr, false),
+        Some(("rediss", addr)) => (addr, true),
+        Some((scheme, _)) => {
+            return Err(format!(
+            "'{target}': use host:port, redis://host:port or rediss://host:port, not {scheme}://"
+        ))
+        }
+    };
+    if addr.contains('/') || !addr.contains(':') {
+        return Err(format!(
+            "'{target}': give host:port only (authenticate with --password)"
+        ));
+    }
+    Ok((addr, tls))
+}
+
+/// `target` for an error message, without whatever precedes an `@`.
+fn redacted(target: &str) -> String {
+    match (target.split_once("://"), target.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        (None, Some((_, host))) => format!("…@{host}"),
+        _ => target.to_owned(),
+    }
+}
+
+/// TLS flags without a TLS target are an error rather than silently ignored.
+fn check_tls_flags(args: &BenchArgs) -> Result<(), BenchError> {
+    let given = args.tls_ca.is_some()
+        || args.tls_cert.is_some()
+        || args.tls_server_name.is_some()
+        || args.tls_insecure;
+    let targets = std::iter::once(&args.target).chain(args.compare.as_ref());
+    let mut any_tls = args.tls;
+    for target in targets {
+        let (_, tls) = endpoint(target).map_err(|reason| BenchError::Tls {
+            target: redacted(target),
+            reason,
+        })?;
+        any_tls |= tls;
+    }
+    if given && !any_tls && args.sweep.is_none() {
+        return Err(BenchError::Tls {
+            target: args.target.clone(),
+            reason: "--tls-ca, --tls-cert, --tls-server-name and --tls-insecure apply to TLS targets only: add --tls, or name the target rediss://host:port".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The TLS client settings for `target` when it is spoken to over TLS
+/// (`--tls`, or a `rediss://` target; `None` otherwise): its certificate
+/// must name its host, or `--tls-server-name`.
 fn tls_for(args: &BenchArgs, target: &str) -> Result<Option<UpstreamTls>, BenchError> {
-    if !args.tls {
+    let (addr, url_tls) = endpoint(target).map_err(|reason| BenchError::Tls {
+        target: redacted(target),
+        reason,
+    })?;
+    if !(args.tls || url_tls) {
         return Ok(None);
     }
-    let host = target
+    let host = addr
         .rsplit_once(':')
-        .map_or(target, |(host, _)| host)
+        .map_or(addr, |(host, _)| host)
         .trim_start_matches('[')
         .trim_end_matches(']');
     let name = args.tls_server_name.as_deref().unwrap_or(host);
@@ -243,4 +311,61 @@ fn tls_for(args: &BenchArgs, target: &str) -> Result<Option<UpstreamTls>, BenchE
             target: target.to_owned(),
             reason,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Cli::try_parse_from([&["bench"][..], flags].concat())
+            .unwrap()
+            .bench
+    }
+
+    #[test]
+    fn targets_are_host_port_or_redis_urls() {
+        assert_eq!(endpoint("127.0.0.1:6380"), Ok(("127.0.0.1:6380", false)));
+        assert_eq!(endpoint("redis://cache:6379"), Ok(("cache:6379", false)));
+        assert_eq!(endpoint("rediss://cache:6380"), Ok(("cache:6380", true)));
+        assert_eq!(endpoint("rediss://[::1]:6380"), Ok(("[::1]:6380", true)));
+        for bad in [
+            "http://cache:6379",
+            "redis://user:secret@cache:6379",
+            "redis://cache:6379/2",
+            "cache",
+        ] {
+            let error = endpoint(bad).unwrap_err();
+            assert!(!error.contains("secret"), "{error}");
+        }
+        let e = check_tls_flags(&args(&["--target", "redis://u:secret@h:1"])).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("h:1"), "{e}");
+    }
+
+    #[test]
+    fn tls_flags_need_a_tls_target() {
+        let plain = args(&["--tls-ca", "ca.pem"]);
+        let e = check_tls_flags(&plain).unwrap_err().to_string();
+        assert!(e.contains("apply to TLS targets only"), "{e}");
+        assert!(check_tls_flags(&args(&["--tls", "--tls-ca", "ca.pem"])).is_ok());
+        assert!(check_tls_flags(&args(&["--target", "rediss://h:1", "--tls-insecure"])).is_ok());
+        let mixed = [
+            "--target",
+            "redis://h:1",
+            "--compare",
+            "rediss://h:2",
+            "--tls-ca",
+            "ca.pem",
+        ];
+        assert!(check_tls_flags(&args(&mixed)).is_ok());
+        assert!(check_tls_flags(&args(&["--target", "ftp://h:1"])).is_err());
+    }
 }
