@@ -48,6 +48,19 @@ pub struct LoopStats {
     pub lane_writes: Counter,
     /// Requests those writes carried.
     pub lane_requests_written: Counter,
+    /// Requests held after a transient error (`-LOADING`, `-BUSY`, …) to
+    /// be resent after a backoff, each time one was.
+    pub requests_held: Counter,
+    /// Read-only requests resent after their connection broke with them
+    /// written.
+    pub requests_resent: Counter,
+    /// Requests answered with an error because of the upstream: unavailable
+    /// past `--hold-timeout`, no reply within `--timeout`, connection lost
+    /// after the write, retries used up, still a transient error when the
+    /// hold ended, or shutting down.
+    pub requests_failed: Counter,
+    /// Shared connections that broke (lost, timed out, bad reply).
+    pub lane_connections_broken: Counter,
     /// Upstream connections that passed validation.
     pub upstream_connections: Counter,
     /// Upstream connection attempts that failed (connect, TLS or validation).
@@ -86,6 +99,14 @@ pub struct Totals {
     pub lane_writes: u64,
     /// See [`LoopStats::lane_requests_written`].
     pub lane_requests_written: u64,
+    /// See [`LoopStats::requests_held`].
+    pub requests_held: u64,
+    /// See [`LoopStats::requests_resent`].
+    pub requests_resent: u64,
+    /// See [`LoopStats::requests_failed`].
+    pub requests_failed: u64,
+    /// See [`LoopStats::lane_connections_broken`].
+    pub lane_connections_broken: u64,
     /// See [`LoopStats::upstream_connections`].
     pub upstream_connections: u64,
     /// See [`LoopStats::upstream_connect_failures`].
@@ -121,6 +142,10 @@ impl StatsRegistry {
             t.rejected_clients += s.rejected_clients.get();
             t.lane_writes += s.lane_writes.get();
             t.lane_requests_written += s.lane_requests_written.get();
+            t.requests_held += s.requests_held.get();
+            t.requests_resent += s.requests_resent.get();
+            t.requests_failed += s.requests_failed.get();
+            t.lane_connections_broken += s.lane_connections_broken.get();
             t.upstream_connections += s.upstream_connections.get();
             t.upstream_connect_failures += s.upstream_connect_failures.get();
             t.pinned_checkouts += s.pinned_checkouts.get();
@@ -172,6 +197,10 @@ pub fn render(ctx: Context<'_>, t: Totals) -> String {
         t.lane_requests_written as f64 / t.lane_writes as f64
     };
     line("requests_per_lane_write", &format_args!("{per_write:.2}"));
+    line("requests_held", &t.requests_held);
+    line("requests_resent", &t.requests_resent);
+    line("requests_failed", &t.requests_failed);
+    line("lane_connections_broken", &t.lane_connections_broken);
     line("upstream_connections_validated", &t.upstream_connections);
     line("upstream_connect_failures", &t.upstream_connect_failures);
     line("pinned_checkouts", &t.pinned_checkouts);

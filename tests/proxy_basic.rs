@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::client::encode_command;
-use support::{wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
+use support::{counter, wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
 
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
@@ -819,30 +819,6 @@ async fn by_default_every_client_shares_one_upstream_connection() {
     );
 }
 
-/// `INFO respool`'s fields, by name.
-async fn respool_info(client: &mut TestClient) -> std::collections::HashMap<String, String> {
-    let reply = client.cmd(&["INFO", "respool"]).await;
-    let text = reply
-        .as_str()
-        .unwrap_or_else(|| panic!("INFO respool answered {reply}"))
-        .to_string();
-    assert!(text.starts_with("# Respool\r\n"), "{text}");
-    text.lines()
-        .skip(1)
-        .map(|line| {
-            let (name, value) = line.split_once(':').expect("field:value");
-            (name.to_string(), value.to_string())
-        })
-        .collect()
-}
-
-fn count(info: &std::collections::HashMap<String, String>, field: &str) -> u64 {
-    info.get(field)
-        .unwrap_or_else(|| panic!("no {field} in {info:?}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{field} is not a count in {info:?}"))
-}
-
 /// respool answers `INFO respool` itself, with counters of what it did;
 /// every other INFO is Redis's.
 #[tokio::test]
@@ -850,7 +826,7 @@ async fn info_respool_counts_what_the_proxy_did() {
     let redis = RedisServer::start();
     let proxy = TestProxy::start(&redis.url(), &["--max-clients", "2"]).await;
     let mut client = proxy.client().await;
-    let before = respool_info(&mut client).await;
+    let before = client.respool_counters().await;
 
     // 100 SETs in one pipeline, then 20 GETs one at a time.
     let mut pipeline = Vec::new();
@@ -876,8 +852,8 @@ async fn info_respool_counts_what_the_proxy_did() {
         Reply::Error("ERR max number of clients reached".into())
     );
 
-    let after = respool_info(&mut client).await;
-    let delta = |field| count(&after, field) - count(&before, field);
+    let after = client.respool_counters().await;
+    let delta = |field| counter(&after, field) - counter(&before, field);
     // The 120 commands, the PING and this INFO.
     assert_eq!(delta("requests"), 122, "{after:?}");
     assert_eq!(delta("lane_requests_written"), 121, "{after:?}");
@@ -889,11 +865,11 @@ async fn info_respool_counts_what_the_proxy_did() {
     );
     assert_eq!(delta("rejected_clients"), 1, "{after:?}");
     assert!(
-        count(&after, "upstream_connections_validated") >= 1,
+        counter(&after, "upstream_connections_validated") >= 1,
         "{after:?}"
     );
-    assert_eq!(count(&after, "upstream_connect_failures"), 0, "{after:?}");
-    assert_eq!(count(&after, "connected_clients"), 2, "{after:?}");
+    assert_eq!(counter(&after, "upstream_connect_failures"), 0, "{after:?}");
+    assert_eq!(counter(&after, "connected_clients"), 2, "{after:?}");
     let server = redis.command(&[b"INFO", b"server"]);
     let version = server
         .as_str()

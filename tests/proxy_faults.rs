@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::client::encode_command;
-use support::{wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
+use support::{counter, wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
 
 /// The error for a write whose connection was lost after it was sent.
 const AMBIGUOUS: &str = "ERR upstream connection lost; the command may or may not have executed";
@@ -479,12 +479,19 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
     client.cmd(&["SET", "k", "value"]).await.expect_ok();
 
     // The INCR reaches Redis and runs; its reply is cut off.
+    let before = client.respool_counters().await;
     relay.set_mode(RelayMode::CutReplyAfter(0));
     assert_eq!(
         client.cmd(&["INCR", "counter"]).await,
         Reply::Error(AMBIGUOUS.into())
     );
     relay.set_mode(RelayMode::Pass);
+    // INFO respool counts it: one request failed, a shared connection broke.
+    let after = client.respool_counters().await;
+    let delta = |field| counter(&after, field) - counter(&before, field);
+    assert_eq!(delta("requests_failed"), 1, "{after:?}");
+    assert_eq!(delta("requests_resent"), 0, "{after:?}");
+    assert!(delta("lane_connections_broken") >= 1, "{after:?}");
     assert_eq!(redis.command(&[b"GET", b"counter"]), bulk("2"));
     assert_eq!(
         client.cmd(&["INCR", "counter"]).await,
@@ -495,6 +502,7 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
     // A GET whose reply is cut is sent again on a new connection and the
     // client sees only the value.
     let gets = redis.command_calls("get");
+    let before = client.respool_counters().await;
     let accepted = relay.connections_accepted();
     relay.set_mode(RelayMode::CutReplyAfter(0));
     client.send(&["GET", "k"]).await.expect("send GET");
@@ -507,6 +515,10 @@ async fn a_write_lost_after_sending_is_reported_and_never_resent_while_a_read_is
         2,
         "the GET should have run exactly twice upstream (cut, then retried)"
     );
+    let after = client.respool_counters().await;
+    let delta = |field| counter(&after, field) - counter(&before, field);
+    assert_eq!(delta("requests_resent"), 1, "{after:?}");
+    assert_eq!(delta("requests_failed"), 0, "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -804,6 +816,7 @@ async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
     let mut client = proxy.client().await;
     client.cmd(&["SET", "k", "value"]).await.expect_ok();
     let gets = redis.command_calls("get");
+    let before = client.respool_counters().await;
 
     // Redis answers the three GETs in one write; the relay swaps that chunk
     // for three replies of which the second says LOADING.
@@ -827,6 +840,10 @@ async fn a_loading_reply_inside_a_pipeline_holds_only_its_request() {
         4,
         "three GETs and one resend of the held one"
     );
+    let after = client.respool_counters().await;
+    let delta = |field| counter(&after, field) - counter(&before, field);
+    assert_eq!(delta("requests_held"), 1, "{after:?}");
+    assert_eq!(delta("requests_failed"), 0, "{after:?}");
     assert_eq!(client.cmd(&["ECHO", "next"]).await, bulk("next"));
 }
 

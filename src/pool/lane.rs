@@ -318,6 +318,7 @@ fn release_overtaken(
     retry_later: &mut VecDeque<Job>,
     client: &ReplySender,
     later_read_only: bool,
+    stats: &LoopStats,
 ) -> bool {
     let overtaken = |held: &Job| {
         held.req.reply_to.same_client(client) && !(later_read_only && held.req.is_retry_safe(0))
@@ -329,7 +330,7 @@ fn release_overtaken(
         match &held.transient {
             Some(answer) if overtaken(&held) => {
                 let answer = answer.clone();
-                held.fail(&answer);
+                held.fail(&answer, stats);
             }
             _ => retry_later.push_back(held),
         }
@@ -371,12 +372,14 @@ impl Job {
         self.answered += count;
     }
 
-    /// Answers every request still waiting with the error `line`.
-    fn fail(mut self, line: &Bytes) {
+    /// Answers every request still waiting with the error `line`, counted
+    /// in `stats` as requests failed.
+    fn fail(mut self, line: &Bytes, stats: &LoopStats) {
         let n = self.remaining();
         if n == 0 {
             return;
         }
+        stats.requests_failed.add(u64::from(n));
         let reply = if n == 1 {
             line.clone()
         } else {
@@ -655,7 +658,7 @@ impl Lane {
                 break;
             };
             let line = self.expired_error(&job, now, &mut not_sent);
-            job.fail(&line);
+            job.fail(&line, &self.settings.stats);
         }
     }
 
@@ -674,7 +677,7 @@ impl Lane {
             if self.closing {
                 let error = Error::ShuttingDown.to_resp();
                 for job in self.queue.drain(..) {
-                    job.fail(&error);
+                    job.fail(&error, &self.settings.stats);
                 }
                 return None;
             }
@@ -803,7 +806,7 @@ impl Lane {
                             };
                             if job.hold_deadline <= now {
                                 let error = self.expired_error(&job, now, &mut None);
-                                job.fail(&error);
+                                job.fail(&error, &s.stats);
                                 continue;
                             }
                             // Sent again: an earlier transient answer is no
@@ -1004,6 +1007,7 @@ impl Lane {
                 let mut held = job.take_first();
                 held.transient = Some(rbuf.split_to(len).freeze());
                 a.retry_later.push_back(held);
+                self.settings.stats.requests_held.add(1);
                 if job.remaining() == 0 {
                     a.inflight.pop_front();
                 }
@@ -1021,8 +1025,12 @@ impl Lane {
                 // The request this answers comes after the run's answered
                 // ones and those gathered in `replies`.
                 let read_only = job.req.is_retry_safe(job.answered + replies.count);
-                if release_overtaken(a.retry_later, &job.req.reply_to, read_only)
-                    && a.retry_later.is_empty()
+                if release_overtaken(
+                    a.retry_later,
+                    &job.req.reply_to,
+                    read_only,
+                    &self.settings.stats,
+                ) && a.retry_later.is_empty()
                 {
                     // Nothing is left to resend, and the upstream just ran a
                     // command: no reason to keep the lane waiting.
@@ -1063,6 +1071,7 @@ impl Lane {
             ),
         };
         tracing::warn!(lane = self.id, upstream = %s.addr, reason = %reason, pending = inflight.len(), "upstream connection broken; closing it");
+        s.stats.lane_connections_broken.add(1);
         let error = error.to_resp();
         let timeout_error = Error::Timeout {
             addr: s.addr.clone(),
@@ -1089,10 +1098,11 @@ impl Lane {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
                 } else if sent.deadline <= now {
-                    job.fail(&timeout_error);
+                    job.fail(&timeout_error, &s.stats);
                 } else if retry_safe && job.attempts < s.retries {
                     job.attempts += 1;
                     job.written = true;
+                    s.stats.requests_resent.add(1);
                     again.push_back(job);
                 } else if retry_safe {
                     let attempts = job.attempts + 1;
@@ -1102,9 +1112,10 @@ impl Lane {
                             attempts,
                         }
                         .to_resp(),
+                        &s.stats,
                     );
                 } else {
-                    job.fail(&error);
+                    job.fail(&error, &s.stats);
                 }
             }
         }
@@ -1247,7 +1258,9 @@ mod tests {
     fn failing_a_run_answers_each_remaining_request() {
         let (mut run, mut rx) = job(RUN, 3, 0);
         run.deliver(1, Bytes::from_static(b":1\r\n"));
-        run.fail(&Bytes::from_static(b"-ERR gone\r\n"));
+        let stats = LoopStats::default();
+        run.fail(&Bytes::from_static(b"-ERR gone\r\n"), &stats);
+        assert_eq!(stats.requests_failed.get(), 2, "the two not answered");
         let first = rx.try_recv().unwrap();
         assert_eq!((first.seq, first.count), (10, 1));
         let rest = rx.try_recv().unwrap();
@@ -1317,11 +1330,22 @@ mod tests {
         ]);
         // Another client's request ran: nothing of x's or y's is released.
         let z = Inbox::new();
-        assert!(!release_overtaken(&mut retry_later, &z.0.sender(), false));
+        let stats = LoopStats::default();
+        assert!(!release_overtaken(
+            &mut retry_later,
+            &z.0.sender(),
+            false,
+            &stats
+        ));
         assert_eq!(retry_later.len(), 3);
         // A read of x's ran: its held write must not run after it, its held
         // read may.
-        assert!(release_overtaken(&mut retry_later, &x.0.sender(), true));
+        assert!(release_overtaken(
+            &mut retry_later,
+            &x.0.sender(),
+            true,
+            &stats
+        ));
         let first = x.try_recv().unwrap();
         assert_eq!(
             (first.seq, first.count, &first.reply[..]),
@@ -1333,7 +1357,12 @@ mod tests {
             [4, 11]
         );
         // A write of x's ran: its held read must not run after it either.
-        assert!(release_overtaken(&mut retry_later, &x.0.sender(), false));
+        assert!(release_overtaken(
+            &mut retry_later,
+            &x.0.sender(),
+            false,
+            &stats
+        ));
         let second = x.try_recv().unwrap();
         assert_eq!(
             (second.seq, &second.reply[..]),
@@ -1342,5 +1371,6 @@ mod tests {
         assert_eq!(retry_later.len(), 1);
         assert_eq!(retry_later[0].req.seq, 4);
         assert!(y.try_recv().is_none(), "y's request is still held");
+        assert_eq!(stats.requests_failed.get(), 2, "x's two, answered");
     }
 }

@@ -504,6 +504,23 @@ impl TestClient {
         self.read_reply().await
     }
 
+    /// respool's `INFO respool` counters (the numeric fields), by name.
+    pub async fn respool_counters(&mut self) -> std::collections::HashMap<String, String> {
+        let reply = self.cmd(&["INFO", "respool"]).await;
+        let text = reply
+            .as_str()
+            .unwrap_or_else(|| panic!("INFO respool answered {reply}"))
+            .to_string();
+        assert!(text.starts_with("# Respool\r\n"), "{text}");
+        text.lines()
+            .skip(1)
+            .map(|line| {
+                let (name, value) = line.split_once(':').expect("field:value");
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
     /// Sends a command and reads its reply; panics, naming the command and the
     /// server, when the connection fails. Error *replies* are returned.
     pub async fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {

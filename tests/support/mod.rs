@@ -58,3 +58,12 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A numeric field of [`TestClient::respool_counters`]; panics if it is
+/// missing or not a count.
+pub fn counter(info: &std::collections::HashMap<String, String>, field: &str) -> u64 {
+    info.get(field)
+        .unwrap_or_else(|| panic!("no {field} in {info:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} is not a count in {info:?}"))
+}
