@@ -42,7 +42,7 @@ pub struct Flags {
     #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380")]
     pub listen: SocketAddr,
 
-    /// Upstream Redis: redis://[[user]:password@]host:port[/db].
+    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`.
     #[arg(
         long,
         env = "RESPOOL_UPSTREAM",

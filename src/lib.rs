@@ -24,7 +24,7 @@
 //! * [`tls`] — certificates and keys for the TLS listener and `rediss://` upstreams.
 //! * [`retry`] — backoff and what may be retried.
 //! * [`error`] — the one error type, rendered as a Redis error line.
-//! * [`bench`] — `respool bench`, a load generator that checks every reply.
+//! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every reply.
 //!
 //! Embedding:
 //!

@@ -179,7 +179,7 @@ pub fn format_micros(micros: u64) -> String {
     }
 }
 
-/// Bytes as a quoted, escaped string, cut after [`SHOWN_BYTES`].
+/// Bytes as a quoted, escaped string, cut after `SHOWN_BYTES`.
 pub fn printable(bytes: &[u8]) -> String {
     let shown = &bytes[..bytes.len().min(SHOWN_BYTES)];
     let mut out = format!("\"{}\"", shown.escape_ascii());

@@ -16,7 +16,7 @@
 //! A client starts on a shared lane. A command that needs connection state
 //! (see [`crate::command::Stateful`]) first waits until every earlier request
 //! of the client has been answered (so nothing overtakes it on another
-//! connection), then gets a dedicated connection ([`session`]) that carries
+//! connection), then gets a dedicated connection (`session`) that carries
 //! all of the client's commands until the state ends; then the client returns
 //! to its lane.
 

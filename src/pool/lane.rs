@@ -160,7 +160,7 @@ struct ReplyBox {
     budget: OutputBudget,
 }
 
-/// A client's end of its [`ReplyBox`]: it takes the deliveries, and closes
+/// A client's end of its `ReplyBox`: it takes the deliveries, and closes
 /// the mailbox when dropped, so that replies arriving for a client that has
 /// gone are dropped rather than kept.
 #[derive(Debug)]
