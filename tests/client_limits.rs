@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::client::encode_command;
-use support::{ProxyProcess, RedisServer, Reply, TestClient, TestProxy};
+use support::{counter, ProxyProcess, RedisServer, Reply, TestClient, TestProxy};
 
 const MIB: u64 = 1 << 20;
 
@@ -217,6 +217,13 @@ async fn max_clients_is_one_limit_across_event_loops() {
             Reply::Bulk(b"still".to_vec())
         );
     }
+    // INFO respool sums both loops' counters, wherever each client landed:
+    // 4 PINGs, 4 ECHOs and this INFO; 8 refusals.
+    let info = served[0].respool_counters().await;
+    assert_eq!(counter(&info, "event_loops"), 2, "{info:?}");
+    assert_eq!(counter(&info, "requests"), 9, "{info:?}");
+    assert_eq!(counter(&info, "rejected_clients"), 8, "{info:?}");
+    assert_eq!(counter(&info, "connected_clients"), 4, "{info:?}");
 }
 
 /// `--max-connections` counts upstream connections for the whole process:
