@@ -245,16 +245,19 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `respool bench`'s flags as a command of their own, for tests in this
+/// crate (`Cli::try_parse_from(["bench", …])`).
+#[cfg(test)]
+#[derive(clap::Parser)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        bench: BenchArgs,
-    }
 
     #[test]
     fn durations_need_a_unit() {

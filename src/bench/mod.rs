@@ -316,13 +316,8 @@ fn tls_for(args: &BenchArgs, target: &str) -> Result<Option<UpstreamTls>, BenchE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use args::Cli;
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        bench: BenchArgs,
-    }
 
     fn args(flags: &[&str]) -> BenchArgs {
         Cli::try_parse_from([&["bench"][..], flags].concat())
