@@ -92,6 +92,14 @@ impl EventLoops {
     }
 }
 
+/// The runtime of one event loop: single-threaded, with I/O and timers. The
+/// binary also waits for signals and runs `respool bench` on one.
+pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// One event loop on a thread of its own: a proxy that runs until `stop`.
 fn spawn_loop(
     index: usize,
@@ -102,10 +110,7 @@ fn spawn_loop(
     std::thread::Builder::new()
         .name(format!("respool-{index}"))
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match current_thread_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = started.send(Err(format!("cannot start the async runtime: {e}")));

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use respool::bench::BenchArgs;
 use respool::config::{Flags, LogFormat};
-use respool::event_loops::EventLoops;
+use respool::event_loops::{current_thread_runtime, EventLoops};
 use respool::{Config, Proxy};
 
 /// respool: a Redis pooling proxy. Without a subcommand it runs the proxy.
@@ -58,12 +58,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
 /// Thread per core: `threads` independent single-threaded event loops
 /// ([`EventLoops`]) until a signal comes.
 fn run_loops(config: Config, threads: usize) -> ExitCode {
@@ -92,10 +86,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         .try_init();
     // Single-threaded, like the proxy by default: `--sweep` runs respool in
     // this runtime, while the load itself runs on a thread of its own.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("respool bench: cannot start the async runtime: {e}");
