@@ -342,12 +342,15 @@ impl Upstream {
     /// The host part of the address, without port or IPv6 brackets: the
     /// name the upstream's TLS certificate must carry.
     pub fn host(&self) -> &str {
-        let host = self
-            .addr
-            .rsplit_once(':')
-            .map_or(&*self.addr, |(host, _)| host);
-        host.trim_start_matches('[').trim_end_matches(']')
+        host_of(&self.addr)
     }
+}
+
+/// The host part of a `host:port` address, without the port or IPv6
+/// brackets: the name a TLS certificate must carry.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 fn percent_decode(s: &str) -> String {

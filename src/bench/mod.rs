@@ -249,6 +249,14 @@ pub fn endpoint(target: &str) -> Result<(&str, bool), String> {
     Ok((addr, tls))
 }
 
+/// [`endpoint`], with a refusal as the error `measure` reports.
+fn checked_endpoint(target: &str) -> Result<(&str, bool), BenchError> {
+    endpoint(target).map_err(|reason| BenchError::Tls {
+        target: redacted(target),
+        reason,
+    })
+}
+
 /// `target` for an error message, without whatever precedes an `@`.
 fn redacted(target: &str) -> String {
     match (target.split_once("://"), target.rsplit_once('@')) {
@@ -267,10 +275,7 @@ fn check_tls_flags(args: &BenchArgs) -> Result<(), BenchError> {
     let targets = std::iter::once(&args.target).chain(args.compare.as_ref());
     let mut any_tls = args.tls;
     for target in targets {
-        let (_, tls) = endpoint(target).map_err(|reason| BenchError::Tls {
-            target: redacted(target),
-            reason,
-        })?;
+        let (_, tls) = checked_endpoint(target)?;
         any_tls |= tls;
     }
     if given && !any_tls && args.sweep.is_none() {
@@ -286,19 +291,14 @@ fn check_tls_flags(args: &BenchArgs) -> Result<(), BenchError> {
 /// (`--tls`, or a `rediss://` target; `None` otherwise): its certificate
 /// must name its host, or `--tls-server-name`.
 fn tls_for(args: &BenchArgs, target: &str) -> Result<Option<UpstreamTls>, BenchError> {
-    let (addr, url_tls) = endpoint(target).map_err(|reason| BenchError::Tls {
-        target: redacted(target),
-        reason,
-    })?;
+    let (addr, url_tls) = checked_endpoint(target)?;
     if !(args.tls || url_tls) {
         return Ok(None);
     }
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = args.tls_server_name.as_deref().unwrap_or(host);
+    let name = args
+        .tls_server_name
+        .as_deref()
+        .unwrap_or(crate::config::host_of(addr));
     let trust = match (&args.tls_ca, args.tls_insecure) {
         (Some(ca), _) => UpstreamTrust::Ca(ca),
         (None, true) => UpstreamTrust::Insecure,
