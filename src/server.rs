@@ -156,7 +156,7 @@ async fn accept_loop(
             } else if refusing.load(Ordering::Relaxed) < MAX_TLS_REFUSALS {
                 // A TLS client can only read the refusal after a handshake.
                 refusing.fetch_add(1, Ordering::Relaxed);
-                let guard = ConnectedGuard(refusing.clone());
+                let guard = CountGuard(refusing.clone());
                 let (config, abort) = (config.clone(), abort.clone());
                 clients.spawn(async move {
                     let _guard = guard;
@@ -170,7 +170,7 @@ async fn accept_loop(
             continue;
         }
         connected.fetch_add(1, Ordering::Relaxed);
-        let guard = ConnectedGuard(connected.clone());
+        let guard = CountGuard(connected.clone());
         let (config, upstreams, shutdown, abort) = (
             config.clone(),
             upstreams.clone(),
@@ -252,9 +252,9 @@ async fn refuse(mut stream: Stream) {
 }
 
 /// Decrements a count when the task holding it ends, however it ends.
-struct ConnectedGuard(Arc<AtomicUsize>);
+struct CountGuard(Arc<AtomicUsize>);
 
-impl Drop for ConnectedGuard {
+impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
