@@ -192,14 +192,7 @@ impl Stream {
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.write_all(data).await,
-            Stream::Tls(s) => {
-                let mut rest = data;
-                while !rest.is_empty() || s.session().wants_write() {
-                    let n = s.write_some(rest).await?;
-                    rest = &rest[n..];
-                }
-                Ok(())
-            }
+            Stream::Tls(s) => s.write_all(data).await,
         }
     }
 
@@ -254,6 +247,14 @@ impl WriteHalf<'_> {
                 buf.advance(n);
                 Ok(n)
             }
+        }
+    }
+
+    /// Writes all of `data`, and flushes it.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(w) => w.write_all(data).await,
+            WriteHalf::Tls(s) => s.write_all(data).await,
         }
     }
 
@@ -400,6 +401,16 @@ impl TlsStream {
             _ if n == 0 && !data.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
             _ => Ok(n),
         }
+    }
+
+    /// Writes all of `data` and every record it became.
+    async fn write_all(&self, data: &[u8]) -> io::Result<()> {
+        let mut rest = data;
+        while !rest.is_empty() || self.session().wants_write() {
+            let n = self.write_some(rest).await?;
+            rest = &rest[n..];
+        }
+        Ok(())
     }
 
     /// Waits for the socket and writes some of `data` (with `data` empty:

@@ -25,7 +25,7 @@ use super::reply::{self, Reply};
 use super::report::{printable, reply_summary};
 use super::workload::{ClientState, Op, RequestPlan, Verdict};
 use super::BenchError;
-use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::net::{ReadHalf, Stream};
 use crate::tls::UpstreamTls;
 
 /// Examples of each kind of failure kept for the report.
@@ -378,7 +378,7 @@ impl Client {
                 sent,
             };
             let outcome = tokio::try_join!(
-                write_all(&mut writer, &batch),
+                writer.write_all(&batch),
                 checker.read_replies(&mut reader, &mut replies, &ops),
             );
             if let Err(error) = outcome {
@@ -389,17 +389,6 @@ impl Client {
         }
         (latency, tally)
     }
-}
-
-/// Writes all of `data` (and, over TLS, every record it became).
-async fn write_all(writer: &mut WriteHalf<'_>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() || writer.has_pending_output() {
-        let before = data.len();
-        if writer.write_buf(&mut data).await? == 0 && before > 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-    }
-    Ok(())
 }
 
 /// Checks the replies of one batch as they arrive.
