@@ -32,6 +32,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -114,6 +115,25 @@ impl Stream {
                 s.poll_peek(cx, &mut buf).map_ok(|n| n == 0)
             }
             Stream::Tls(s) => s.poll_hung_up(cx),
+        }
+    }
+
+    /// Whether the peer has closed its end (FIN or reset), asked of the
+    /// kernel now. Unlike a read or a peek, this sees the close behind data
+    /// not read yet, so it can watch a client that is not being read. Costs
+    /// a system call: for a periodic check, not a hot path.
+    pub fn peer_closed(&self) -> bool {
+        let tcp = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => &s.tcp,
+        };
+        let mut fds = [PollFd::new(tcp, PollFlags::RDHUP)];
+        // A zero timeout: the call reports and returns.
+        match poll(&mut fds, Some(&Timespec::default())) {
+            Ok(1) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            _ => false,
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::client::encode_command;
-use support::{wait, RedisServer, Reply, TestClient, TestProxy};
+use support::{wait, Leave, RedisServer, Reply, TestClient, TestProxy};
 
 fn bulk(s: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(s.as_ref().to_vec())
@@ -416,6 +416,67 @@ async fn a_client_that_hangs_up_while_waiting_for_a_dedicated_connection_leaves_
         "a's and c's BLPOP, not b's"
     );
     assert_eq!(redis.blocked_clients(), 0);
+}
+
+/// A client that respool has stopped reading, and whose blocking command
+/// waits with no deadline, is still noticed when it hangs up: its
+/// dedicated connection is closed (which unblocks Redis) and its slot
+/// freed. respool stops reading after a protocol error or QUIT, and while
+/// `--max-pending-per-client` requests are in flight. Before, such a client
+/// held its task, its slot and the dedicated connection until the command
+/// ended: forever for `BLPOP key 0`, so a few connections could take every
+/// dedicated connection for good.
+#[tokio::test]
+async fn a_client_no_longer_read_that_hangs_up_during_a_blocking_command_frees_its_connection() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &[
+            "--max-pinned",
+            "1",
+            "--checkout-timeout",
+            "30s",
+            "--max-pending-per-client",
+            "8",
+        ],
+    )
+    .await;
+    let blpop = encode_command(&["BLPOP", "never-pushed", "0"]);
+    let garbage = b"*1\r\n$x\r\n".to_vec();
+    let quit = encode_command(&["QUIT"]);
+    let full_pipeline = encode_command(&["PING"]).repeat(20);
+    for (why, rest, hang_up) in [
+        ("a protocol error", &garbage, Leave::Close),
+        ("QUIT", &quit, Leave::Close),
+        ("a full pipeline", &full_pipeline, Leave::Close),
+        ("a protocol error", &garbage, Leave::Reset),
+        ("a full pipeline", &full_pipeline, Leave::Reset),
+    ] {
+        let context = format!("BLPOP, then {why}, then {hang_up:?}");
+        let mut client = proxy.client().await;
+        let mut sent = blpop.clone();
+        sent.extend_from_slice(rest);
+        client.send_raw(&sent).await.expect("send");
+        wait::until(
+            &format!("{context}: the BLPOP to block"),
+            wait::DEADLINE,
+            || redis.blocked_clients() == 1,
+        );
+        client.leave(hang_up);
+        wait::until(
+            &format!("{context}: the dedicated connection to close"),
+            wait::DEADLINE,
+            || redis.blocked_clients() == 0,
+        );
+        let mut next = proxy.client().await;
+        // The only dedicated connection is free for the next client.
+        assert!(
+            next.cmd(&["BLPOP", "other", "0.01"]).await.is_nil(),
+            "{context}"
+        );
+        let counters = next.respool_counters().await;
+        assert_eq!(counters["connected_clients"], "1", "{context}");
+    }
 }
 
 /// What a client is doing when it disconnects.

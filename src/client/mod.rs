@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::time::{sleep_until, Instant, Sleep};
+use tokio::time::{sleep_until, Duration, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{
@@ -54,6 +54,12 @@ use stop::{Stop, StopSignals};
 /// Replies up to this size are copied into the output buffer; larger ones are
 /// written from their own buffer to avoid copying megabytes.
 const COPY_LIMIT: usize = 16 * 1024;
+
+/// How often a client that is not being read, and waits on a blocking
+/// command, is asked whether it hung up ([`Client::hang_up_check`]): one
+/// `poll(2)` per interval per such client, a hung-up client's slot and
+/// dedicated connection held this long at most.
+const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 type Checkout = Pin<Box<dyn Future<Output = Result<PinnedConn, Error>> + Send>>;
 /// Waiting for the first validated upstream connection (`true` once one has
@@ -179,6 +185,10 @@ struct Client {
     /// Since when the decoder has been waiting for the rest of a request the
     /// client started (`--request-read-timeout`).
     partial_since: Option<Instant>,
+    /// When to next ask whether a client that is not being read has hung
+    /// up, while it waits on a reply with no deadline (see
+    /// [`Client::hang_up_check`]).
+    hang_up_check_at: Option<Instant>,
 }
 
 impl Client {
@@ -222,6 +232,7 @@ impl Client {
             events: Vec::new(),
             last_activity: Instant::now(),
             partial_since: None,
+            hang_up_check_at: None,
         }
     }
 
@@ -369,6 +380,15 @@ impl Client {
                 tracing::debug!(peer = ?self.peer, "closing an idle client (--client-idle-timeout)");
                 return Poll::Ready(Ok(()));
             }
+            let check_at = self.hang_up_check(can_read);
+            if deadlines.hang_up.poll(cx, check_at).is_ready() {
+                if self.stream.peer_closed() {
+                    tracing::debug!(peer = ?self.peer, "client hung up while its blocking command waited");
+                    return Poll::Ready(Ok(()));
+                }
+                self.hang_up_check_at = None;
+                progress = true;
+            }
             let want_write = !self.out_is_empty() || self.stream.has_pending_output();
             if want_write {
                 if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
@@ -423,6 +443,33 @@ impl Client {
 
     fn over_output_limit(&self) -> bool {
         self.replies.budget().exceeded()
+    }
+
+    /// When to ask whether the client has hung up: only while it is not
+    /// being read (after QUIT or a protocol error, or with
+    /// `--max-pending-per-client` requests in flight) and its session waits
+    /// on a reply with no deadline (a blocking command). Reading is how a
+    /// hang-up is noticed otherwise; without this, such a client would hold
+    /// its task, its `--max-clients` slot and a dedicated connection until
+    /// the command ended, forever for `BLPOP key 0`. Other waits end within
+    /// `--timeout`, and a client's requests still unread then run, as
+    /// Redis runs what a client sent before it closed.
+    #[inline]
+    fn hang_up_check(&mut self, can_read: bool) -> Option<Instant> {
+        let unbounded = !can_read
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.idle() && s.deadline().is_none());
+        if !unbounded {
+            self.hang_up_check_at = None;
+            return None;
+        }
+        Some(
+            *self
+                .hang_up_check_at
+                .get_or_insert_with(|| Instant::now() + HANG_UP_CHECK_INTERVAL),
+        )
     }
 
     /// When a request the client started must be complete. Only while
@@ -1257,6 +1304,7 @@ struct Deadlines {
     session: Deadline,
     request: Deadline,
     idle: Deadline,
+    hang_up: Deadline,
 }
 
 #[derive(Default)]

@@ -419,6 +419,15 @@ pub struct TestClient {
     peer: SocketAddr,
 }
 
+/// How a [`TestClient`] hangs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Closes the socket: the peer reads end of stream.
+    Close,
+    /// Resets the connection: the peer's next read fails.
+    Reset,
+}
+
 impl TestClient {
     /// Connects to `addr` (TCP_NODELAY on, so tests can send in small pieces).
     pub async fn connect(addr: SocketAddr) -> io::Result<TestClient> {
@@ -442,6 +451,14 @@ impl TestClient {
     /// Changes how long `read_reply` waits (default `DEFAULT_READ_TIMEOUT`).
     pub fn set_read_timeout(&mut self, timeout: Duration) {
         self.read_timeout = timeout;
+    }
+
+    /// Goes away without a word: a close (FIN) or a reset (RST).
+    pub fn leave(self, how: Leave) {
+        if how == Leave::Reset {
+            // Closing with a zero linger time resets the connection.
+            self.stream.set_zero_linger().expect("SO_LINGER");
+        }
     }
 
     /// Writes `bytes` exactly as given.

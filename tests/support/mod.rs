@@ -34,7 +34,7 @@ pub mod wait;
 
 // Re-exported for convenience; each test binary uses only some of them.
 #[allow(unused_imports)]
-pub use client::{ReadError, Reply, TestClient};
+pub use client::{Leave, ReadError, Reply, TestClient};
 #[allow(unused_imports)]
 pub use process::ProxyProcess;
 #[allow(unused_imports)]
