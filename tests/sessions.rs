@@ -24,45 +24,6 @@ fn queued() -> Reply {
     simple("QUEUED")
 }
 
-/// Upstream connections (from Redis's own `CLIENT LIST`) that carry
-/// connection state: another database, subscriptions, a transaction, flags
-/// (blocked, tracking, CLIENT REPLY, …). Empty when nothing leaked.
-fn upstream_connections_with_state(redis: &RedisServer) -> Vec<String> {
-    redis
-        .other_clients()
-        .into_iter()
-        .filter(|line| {
-            let field = |name: &str| {
-                line.split(' ')
-                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                    .unwrap_or("")
-            };
-            field("db") != "0"
-                || field("sub") != "0"
-                || field("psub") != "0"
-                || !matches!(field("ssub"), "0" | "")
-                || field("multi") != "-1"
-                || field("flags") != "N"
-        })
-        .collect()
-}
-
-/// Waits until no upstream connection carries session state.
-fn wait_until_no_upstream_state(redis: &RedisServer, context: &str) {
-    let deadline = Instant::now() + wait::DEADLINE;
-    let last = loop {
-        let with_state = upstream_connections_with_state(redis);
-        if with_state.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            break with_state;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    panic!("{context}: upstream connections still carry state:\n{last:#?}");
-}
-
 /// Runs `script` (client index, command) one command at a time and returns
 /// every reply.
 async fn run_script(clients: &mut [TestClient], script: &[(usize, Vec<&str>)]) -> Vec<Reply> {
@@ -332,7 +293,7 @@ async fn a_blocked_pop_holds_up_nobody_and_gets_the_value_pushed_by_another_clie
         popper.cmd(&["LRANGE", "queue", "0", "-1"]).await,
         Reply::Array(vec![bulk("second")])
     );
-    wait_until_no_upstream_state(&redis, "after the BLPOP");
+    redis.wait_until_no_connection_state("after the BLPOP");
 }
 
 #[tokio::test]
@@ -376,7 +337,7 @@ async fn select_isolates_a_client_until_it_selects_the_default_db_again() {
     direct.cmd(&["SELECT", "2"]).await.expect_ok();
     assert_eq!(direct.cmd(&["GET", "k"]).await, bulk("in-db-2"));
     drop(direct);
-    wait_until_no_upstream_state(&redis, "after SELECT 0");
+    redis.wait_until_no_connection_state("after SELECT 0");
 }
 
 /// A client that hangs up while its blocking command waits for a dedicated
@@ -587,7 +548,7 @@ async fn a_client_leaving_mid_session_leaves_no_state_on_the_connection() {
             simple("PONG"),
             "after {midway:?}"
         );
-        wait_until_no_upstream_state(&redis, &format!("after {midway:?}"));
+        redis.wait_until_no_connection_state(&format!("after {midway:?}"));
     }
 
     // The queued SET of the abandoned transaction never ran; the blocked
@@ -808,7 +769,7 @@ async fn probe_dedicated_connections(
         assert_eq!(probe.cmd(&["PING"]).await, simple("PONG"), "{context}");
     }
     drop(probes);
-    wait_until_no_upstream_state(redis, context);
+    redis.wait_until_no_connection_state(context);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -982,5 +943,5 @@ async fn monitor_is_refused_inside_a_session_too() {
     assert!(other.cmd(&["GET", "k"]).await.is_nil());
     assert_eq!(client.cmd(&["GET", "k"]).await, bulk("db1"));
     client.cmd(&["SELECT", "0"]).await.expect_ok();
-    wait_until_no_upstream_state(&redis, "after MONITOR in a session");
+    redis.wait_until_no_connection_state("after MONITOR in a session");
 }

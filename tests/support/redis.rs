@@ -498,6 +498,46 @@ impl RedisServer {
             .collect()
     }
 
+    /// Connections (from `CLIENT LIST`, the asking one aside) that carry
+    /// connection state: another database, subscriptions, a transaction,
+    /// flags (blocked, tracking, CLIENT REPLY, …). Empty when nothing leaked
+    /// from a proxy's sessions.
+    pub fn connections_with_state(&self) -> Vec<String> {
+        self.other_clients()
+            .into_iter()
+            .filter(|line| {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                        .unwrap_or("")
+                };
+                field("db") != "0"
+                    || field("sub") != "0"
+                    || field("psub") != "0"
+                    || !matches!(field("ssub"), "0" | "")
+                    || field("multi") != "-1"
+                    || field("flags") != "N"
+            })
+            .collect()
+    }
+
+    /// Waits until no connection carries state
+    /// ([`connections_with_state`](Self::connections_with_state)).
+    pub fn wait_until_no_connection_state(&self, context: &str) {
+        let deadline = std::time::Instant::now() + super::wait::DEADLINE;
+        let last = loop {
+            let with_state = self.connections_with_state();
+            if with_state.is_empty() {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                break with_state;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        panic!("{context}: upstream connections still carry state:\n{last:#?}");
+    }
+
     /// A `TestClient` connected straight to this server, authenticated if
     /// it has a password.
     pub async fn direct(&self) -> TestClient {
