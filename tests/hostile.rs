@@ -449,3 +449,128 @@ async fn a_ten_thousand_deep_reply_closes_that_upstream_connection_and_fails_its
     assert_bad_reply_closes_the_upstream_connection(deep, "reply nested deeper than 128 levels")
         .await;
 }
+
+/// Commands a random client picks from: blocking ones with no timeout,
+/// session state of every kind, ordinary traffic, and what ends a client.
+const RANDOM_COMMANDS: &[&[&str]] = &[
+    &["BLPOP", "rq", "0"],
+    &["BRPOP", "rq", "0"],
+    &["BLMOVE", "rq", "rr", "LEFT", "RIGHT", "0"],
+    &["XREAD", "BLOCK", "0", "STREAMS", "rs", "$"],
+    &["WAIT", "1", "0"],
+    &["BLPOP", "rq", "0.05"],
+    &["MULTI"],
+    &["EXEC"],
+    &["DISCARD"],
+    &["WATCH", "rk"],
+    &["SUBSCRIBE", "rc"],
+    &["PSUBSCRIBE", "rc*"],
+    &["UNSUBSCRIBE"],
+    &["SELECT", "3"],
+    &["HELLO", "3"],
+    &["HELLO", "2"],
+    &["CLIENT", "TRACKING", "ON"],
+    &["CLIENT", "REPLY", "OFF"],
+    &["CLIENT", "REPLY", "ON"],
+    &["RESET"],
+    &["QUIT"],
+    &["SET", "rk", "v"],
+    &["GET", "rk"],
+    &["INCR", "rn"],
+    &["LPUSH", "rq", "x"],
+    &["PUBLISH", "rc", "m"],
+    &["PING"],
+    &["INFO", "respool"],
+];
+
+/// One random client after another, from `seed`: each sends up to 20
+/// commands (some cut short, some followed by garbage), reads whatever has
+/// arrived now and then, and leaves by closing or resetting.
+async fn misbehave(addr: SocketAddr, seed: u64, connections: usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut scratch = vec![0u8; 64 * 1024];
+    for _ in 0..connections {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            continue;
+        };
+        for _ in 0..rng.random_range(1..=20) {
+            let mut bytes =
+                encode_command(RANDOM_COMMANDS[rng.random_range(0..RANDOM_COMMANDS.len())]);
+            match rng.random_range(0..20) {
+                0 => bytes.extend_from_slice(b"*1\r\n$x\r\n"),
+                1 => bytes.extend((0..rng.random_range(1..8)).map(|_| rng.random::<u8>())),
+                2 => bytes.truncate(rng.random_range(0..bytes.len())),
+                _ => {}
+            }
+            if stream.write_all(&bytes).await.is_err() {
+                break;
+            }
+            if rng.random_bool(0.5) {
+                let read = stream.read(&mut scratch);
+                let _ = tokio::time::timeout(Duration::from_millis(2), read).await;
+            }
+        }
+        if rng.random_bool(0.5) {
+            let _ = stream.set_zero_linger();
+        }
+    }
+}
+
+/// Clients that misbehave at random — garbage or QUIT after a blocking
+/// command, commands cut short, sessions left open, resets instead of
+/// closes — cost nothing once they are gone: no client is left connected,
+/// no command blocked upstream, no dedicated connection with state, and
+/// respool still serves, dedicated connections included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_misbehaving_clients_leave_nothing_behind() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(
+        &redis.url(),
+        &[
+            "--max-pinned",
+            "4",
+            "--checkout-timeout",
+            "200ms",
+            "--max-pending-per-client",
+            "16",
+        ],
+    )
+    .await;
+    let workers: Vec<_> = (0..8)
+        .map(|seed| tokio::spawn(misbehave(proxy.addr(), seed, 60)))
+        .collect();
+    for worker in workers {
+        worker.await.expect("a random client panicked");
+    }
+
+    let mut checker = proxy.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let connected = checker.respool_counters().await["connected_clients"].clone();
+        if connected == "1" && redis.blocked_clients() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "20 s after the random clients left: {connected} clients connected to respool, {} blocked in Redis",
+            redis.blocked_clients()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.wait_until_no_connection_state("after the random clients left");
+    checker.cmd(&["SET", "after", "1"]).await.expect_ok();
+    assert_eq!(
+        checker.cmd(&["GET", "after"]).await,
+        Reply::Bulk(b"1".to_vec())
+    );
+    checker.cmd(&["MULTI"]).await.expect_ok();
+    assert_eq!(
+        checker.cmd(&["INCR", "after"]).await,
+        Reply::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        checker.cmd(&["EXEC"]).await,
+        Reply::Array(vec![Reply::Int(2)])
+    );
+}
