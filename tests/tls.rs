@@ -637,6 +637,53 @@ async fn a_tls_client_that_hangs_up_while_waiting_for_a_dedicated_connection_lea
     assert_eq!(redis.blocked_clients(), 0);
 }
 
+/// A TLS client that respool no longer reads (after QUIT) is still noticed
+/// when it hangs up while its blocking command waits, with or without a
+/// close_notify: its dedicated connection is closed, which unblocks Redis.
+#[tokio::test]
+async fn a_tls_client_no_longer_read_that_hangs_up_during_a_blocking_command_frees_its_connection()
+{
+    let pki = Pki::generate();
+    let redis = RedisServer::start();
+    let proxy = tls_proxy(
+        &pki,
+        &redis,
+        &["--max-pinned", "1", "--checkout-timeout", "30s"],
+    )
+    .await;
+    let ca = pki.path("ca.pem");
+    let mut blpop_then_quit = encode_command(&["BLPOP", "never-pushed", "0"]);
+    blpop_then_quit.extend_from_slice(&encode_command(&["QUIT"]));
+    for close_notify in [true, false] {
+        let mut client = TlsClient::connect(proxy.addr(), &ca, None)
+            .await
+            .expect("TLS handshake");
+        client
+            .send_raw(&blpop_then_quit)
+            .await
+            .expect("BLPOP, QUIT");
+        support::wait::until("the BLPOP to block", support::wait::DEADLINE, || {
+            redis.blocked_clients() == 1
+        });
+        if close_notify {
+            client.stream.shutdown().await.expect("close_notify");
+        }
+        drop(client);
+        support::wait::until(
+            &format!("the dedicated connection to close (close_notify: {close_notify})"),
+            support::wait::DEADLINE,
+            || redis.blocked_clients() == 0,
+        );
+    }
+    let mut next = TlsClient::connect(proxy.addr(), &ca, None)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(
+        next.cmd(&["BLPOP", "other", "0.01"]).await,
+        Ok(Reply::NilArray)
+    );
+}
+
 #[tokio::test]
 async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
     let pki = Pki::generate();
