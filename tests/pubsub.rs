@@ -245,6 +245,123 @@ async fn subscribed_mode_replies_exactly_as_redis_does() {
     assert_eq!(proxied[11], simple("PONG"));
 }
 
+/// Sends `script` in one write, then `RESET` and `PING`, and returns every
+/// byte that came back up to and including their replies.
+async fn raw_exchange(addr: std::net::SocketAddr, script: &[&[&str]]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const END: &[u8] = b"+RESET\r\n+PONG\r\n";
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut bytes: Vec<u8> = script.iter().flat_map(|c| encode_command(c)).collect();
+    bytes.extend(encode_command(&["RESET"]));
+    bytes.extend(encode_command(&["PING"]));
+    stream.write_all(&bytes).await.expect("send the script");
+    let mut got = Vec::new();
+    let read_all = async {
+        while !got.ends_with(END) {
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), read_all).await;
+    got
+}
+
+/// Scripts where what Redis sends depends on the reply mode and on pub/sub
+/// mode, sent pipelined: respool sends exactly the bytes Redis does.
+/// Before, CLIENT REPLY refused in pub/sub mode, or a confirmation sent
+/// under CLIENT REPLY OFF, was a reply respool did not expect: it closed
+/// the client without a word. And respool answered CLIENT SETNAME, HELLO
+/// or INFO respool itself where Redis refuses them.
+#[tokio::test]
+async fn reply_modes_and_pubsub_mode_send_exactly_what_redis_sends() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let scripts: &[&[&[&str]]] = &[
+        &[
+            &["SUBSCRIBE", "ch"],
+            &["CLIENT", "REPLY", "SKIP"],
+            &["PING"],
+        ],
+        &[
+            &["CLIENT", "REPLY", "OFF"],
+            &["LPOP", "nothing"],
+            &["UNSUBSCRIBE", "ch"],
+            &["PING"],
+            &["CLIENT", "REPLY", "ON"],
+            &["PING"],
+        ],
+        &[
+            &["SUBSCRIBE", "ch"],
+            &["CLIENT", "SETNAME", "x"],
+            &["CLIENT", "GETNAME"],
+            &["HELLO", "3"],
+            &["INFO", "respool"],
+            &["ECHO", "x"],
+            &["PING"],
+        ],
+        &[
+            &["CLIENT", "REPLY", "SKIP"],
+            &["SUBSCRIBE", "ch"],
+            &["PING"],
+            &["CLIENT", "REPLY", "OFF", "extra"],
+            &["UNSUBSCRIBE"],
+            &["PING"],
+        ],
+        // Out of pub/sub mode as soon as Redis runs the PUNSUBSCRIBE, its
+        // confirmation read or not.
+        &[
+            &["PSUBSCRIBE", "c*"],
+            &["PUNSUBSCRIBE"],
+            &["CLIENT", "GETNAME"],
+        ],
+        &[
+            &["SUBSCRIBE", "a", "b"],
+            &["UNSUBSCRIBE", "a"],
+            &["CLIENT", "SETNAME", "n"],
+            &["UNSUBSCRIBE", "b"],
+            &["CLIENT", "SETNAME", "n"],
+            &["CLIENT", "GETNAME"],
+        ],
+    ];
+    for script in scripts {
+        let direct = raw_exchange(redis.addr(), script).await;
+        let proxied = raw_exchange(proxy.addr(), script).await;
+        assert_eq!(
+            String::from_utf8_lossy(&proxied),
+            String::from_utf8_lossy(&direct),
+            "{script:?}"
+        );
+    }
+}
+
+/// SUBSCRIBE and CLIENT REPLY inside MULTI would take effect inside EXEC's
+/// reply, where respool cannot follow them: refused, and the transaction
+/// aborted as Redis aborts one with a command it refused to queue. The
+/// client stays out of pub/sub mode.
+#[tokio::test]
+async fn subscribe_and_client_reply_are_refused_inside_a_transaction() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut client = proxy.client().await;
+    for refused in [&["SUBSCRIBE", "ch"][..], &["CLIENT", "REPLY", "OFF"]] {
+        client.cmd(&["MULTI"]).await.expect_ok();
+        let reply = client.cmd(refused).await;
+        assert!(
+            matches!(&reply, Reply::Error(e) if e.contains("cannot be queued in a transaction through respool")),
+            "{refused:?}: {reply}"
+        );
+        assert_eq!(client.cmd(&["SET", "k", "v"]).await, simple("QUEUED"));
+        assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("EXECABORT"));
+        assert!(
+            client.cmd(&["GET", "k"]).await.is_nil(),
+            "{refused:?}: nothing ran"
+        );
+    }
+}
+
 #[tokio::test]
 async fn resp3_subscribers_get_push_frames_and_can_run_commands_meanwhile() {
     const MESSAGES: usize = 20;

@@ -34,6 +34,33 @@ pub(super) fn not_queueable(req: &Request) -> Bytes {
     )
 }
 
+/// The refusal of SUBSCRIBE and the like, or CLIENT REPLY, inside MULTI.
+pub(super) fn changes_replies_in_exec(req: &Request) -> Bytes {
+    let mut name = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
+    if let (true, Some(sub)) = (name == "CLIENT", req.arg(1)) {
+        name.push(' ');
+        name.push_str(&String::from_utf8_lossy(sub).to_ascii_uppercase());
+    }
+    error_line(
+        "ERR",
+        &format!("{name} cannot be queued in a transaction through respool (run by EXEC, it would change what the connection sends in ways respool cannot follow); send it before MULTI or after EXEC"),
+    )
+}
+
+/// Redis's refusal of a command on a RESP2 connection in pub/sub mode,
+/// naming it as Redis does (`client|setname`).
+pub(super) fn not_in_pubsub_context(req: &Request) -> Bytes {
+    let mut name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
+    if let (true, Some(sub)) = (name == "client", req.arg(1)) {
+        name.push('|');
+        name.push_str(&String::from_utf8_lossy(sub).to_ascii_lowercase());
+    }
+    error_line(
+        "ERR",
+        &format!("Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"),
+    )
+}
+
 /// `-WRONGPASS`, worded as Redis 7 words it.
 pub(super) fn wrongpass() -> Bytes {
     error_line(

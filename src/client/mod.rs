@@ -778,6 +778,18 @@ impl Client {
             return;
         }
         if let Some(session) = &mut self.session {
+            let follows_exec = matches!(
+                state,
+                Stateful::Subscribe(_) | Stateful::Unsubscribe(_) | Stateful::ClientReply
+            );
+            if follows_exec && session.abort_transaction_on_exec() {
+                // At EXEC these change what Redis sends on the connection
+                // (pub/sub mode, replies silenced) from inside EXEC's reply,
+                // where respool cannot follow; refused like any command
+                // refused while queueing, so EXEC answers EXECABORT.
+                self.push_ready(local::changes_replies_in_exec(&req));
+                return;
+            }
             let seq = self.base_seq + self.pending.len() as u64;
             if session.send(&req, seq, Some(state)) {
                 self.pending.push_back(None);
@@ -800,6 +812,14 @@ impl Client {
 
     /// Commands answered (or partly answered) by respool itself.
     fn local(&mut self, local: Local, req: Request, command: Command) {
+        if !matches!(local, Local::Quit | Local::Reset)
+            && self.session.as_ref().is_some_and(Session::pubsub_only)
+        {
+            // Redis refuses it on a RESP2 connection in pub/sub mode; so does
+            // respool, rather than answer what Redis would not.
+            self.push_ready(local::not_in_pubsub_context(&req));
+            return;
+        }
         if !matches!(local, Local::Quit | Local::Reset | Local::SelectDefault)
             && self
                 .session
@@ -932,6 +952,7 @@ impl Client {
                         "HELLO",
                         if protocol == 3 { "3" } else { "2" },
                     ]));
+                    session.set_resp3(protocol == 3);
                 }
             }
         }
@@ -1040,6 +1061,7 @@ impl Client {
                 );
                 if self.protocol == 3 {
                     session.send_internal(&Request::from_args(&["HELLO", "3"]));
+                    session.set_resp3(true);
                 }
                 self.session = Some(session);
                 // The parked request goes out on the new session.
@@ -1117,10 +1139,13 @@ impl Client {
                 tracing::warn!(reason = %why, "pinned upstream connection lost");
                 Error::LostAfterWrite
             }
-            SessionBroken::BadReply(why) => Error::UpstreamProtocol {
-                addr: self.config.upstream.addr.clone(),
-                detail: why.into(),
-            },
+            SessionBroken::BadReply(why) => {
+                tracing::warn!(reason = %why, "pinned upstream connection sent what respool cannot follow; closing it and the client");
+                Error::UpstreamProtocol {
+                    addr: self.config.upstream.addr.clone(),
+                    detail: why.into(),
+                }
+            }
         };
         self.fail_session(error.to_resp());
     }
@@ -1132,9 +1157,16 @@ impl Client {
         if let Some(session) = self.session.take() {
             session.discard();
         }
+        let mut told = false;
         for slot in self.pending.iter_mut().filter(|s| s.is_none()) {
             self.replies.budget().add(error.len());
             *slot = Some(error.clone());
+            told = true;
+        }
+        if !told {
+            // Nothing was waiting (CLIENT REPLY OFF, a subscriber): the
+            // client still learns why it is closed, not just that it is.
+            self.push_ready(error);
         }
         self.parked = None;
         self.reading_done = true;

@@ -79,6 +79,10 @@ struct State {
     reply_off: bool,
     /// CLIENT REPLY SKIP: the next command gets no reply.
     skip_next: bool,
+    /// A (un)subscribe went out under CLIENT REPLY OFF/SKIP, so no request
+    /// waits for its confirmations, which Redis 7 sends all the same (6.2
+    /// does not): any frame may be one of them from now on.
+    silenced_pubsub: bool,
     /// TRACKING, CACHING, NO-EVICT, NO-TOUCH, READONLY… set at some point.
     flags: bool,
 }
@@ -130,6 +134,12 @@ pub(crate) struct Session {
     abort_exec: bool,
     timeout: Duration,
     read_buffer_size: usize,
+    /// The connection speaks RESP3 (respool sent `HELLO 3` on it).
+    resp3: bool,
+    /// The subscriptions once Redis has run every (un)subscribe sent so
+    /// far, confirmed or not: what decides how Redis treats the next
+    /// command (`state` follows the confirmations).
+    projected: [HashSet<Vec<u8>>; 3],
 }
 
 impl Session {
@@ -154,6 +164,38 @@ impl Session {
             abort_exec: false,
             timeout,
             read_buffer_size,
+            resp3: false,
+            projected: Default::default(),
+        }
+    }
+
+    /// Notes the protocol version respool switched the connection to.
+    pub(crate) fn set_resp3(&mut self, resp3: bool) {
+        self.resp3 = resp3;
+    }
+
+    /// Redis will refuse every command but (P|S)(UN)SUBSCRIBE, PING, QUIT
+    /// and RESET on this connection: it is in RESP2 pub/sub mode, or will be
+    /// once a SUBSCRIBE already sent has run.
+    pub(crate) fn pubsub_only(&self) -> bool {
+        !self.resp3 && self.projected.iter().any(|set| !set.is_empty())
+    }
+
+    /// Follows a (un)subscribe into [`projected`](Self::projected): the
+    /// names it gives, or every subscription of its kind for an
+    /// UNSUBSCRIBE without any. In RESP2 pub/sub mode nothing else
+    /// changes subscriptions; a refused one changes nothing either.
+    fn project(&mut self, req: &Request, kind: SubKind, subscribe: bool) {
+        let set = &mut self.projected[kind as usize];
+        match (subscribe, req.argc()) {
+            (false, 1) => set.clear(),
+            (_, 1) => {}
+            (true, _) => set.extend(req.args().skip(1).map(<[u8]>::to_vec)),
+            (false, _) => {
+                for name in req.args().skip(1) {
+                    set.remove(name);
+                }
+            }
         }
     }
 
@@ -197,6 +239,11 @@ impl Session {
             ));
         } else {
             self.wbuf.extend_from_slice(req.raw());
+        }
+        match stateful {
+            Some(Stateful::Subscribe(kind)) if !self.queuing => self.project(req, kind, true),
+            Some(Stateful::Unsubscribe(kind)) if !self.queuing => self.project(req, kind, false),
+            _ => {}
         }
         let stateful = match stateful {
             Some(Stateful::Multi) => {
@@ -258,7 +305,9 @@ impl Session {
                 };
             }
             Some(Stateful::ConnectionFlag) => effect = Effect::Flag,
-            Some(Stateful::ClientReply) => {
+            // Only a well-formed CLIENT REPLY that Redis will run changes
+            // the reply mode; any other gets Redis's error, one reply.
+            Some(Stateful::ClientReply) if req.argc() == 3 && !self.pubsub_only() => {
                 let mode = req.arg(2).map(|m| m.to_ascii_uppercase());
                 match mode.as_deref() {
                     Some(b"OFF") => {
@@ -275,7 +324,7 @@ impl Session {
                     _ => {}
                 }
             }
-            Some(Stateful::Monitor) => {}
+            Some(Stateful::ClientReply | Stateful::Monitor) => {}
         }
         if effect != Effect::None || stateful.is_some_and(|s| !matches!(s, Stateful::Blocking)) {
             self.dirty = true;
@@ -283,6 +332,10 @@ impl Session {
         if effect != Effect::ReplyOn
             && (self.state.reply_off || std::mem::take(&mut self.state.skip_next))
         {
+            self.state.silenced_pubsub |= matches!(
+                stateful,
+                Some(Stateful::Subscribe(_) | Stateful::Unsubscribe(_))
+            );
             return false;
         }
         if effect == Effect::ReplyOn {
@@ -386,12 +439,14 @@ impl Session {
     }
 
     fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, SessionBroken> {
-        // Only a subscribed connection (or one expecting confirmations, or a
-        // RESP3 push) can carry pub/sub frames; anything else is a plain
-        // reply even if it looks like one (LRANGE of ["message", …]).
+        // Only a subscribed connection (or one expecting confirmations, or
+        // one whose confirmations nobody waits for, or a RESP3 push) can
+        // carry pub/sub frames; anything else is a plain reply even if it
+        // looks like one (LRANGE of ["message", …]).
         let pubsub_context = frame.first() == Some(&b'>')
             || self.state.subscribed()
-            || self.expect.front().is_some_and(|e| e.pubsub);
+            || self.state.silenced_pubsub
+            || self.expect.front().is_none_or(|e| e.pubsub);
         let notice = if pubsub_context {
             pubsub_notice(&frame)
         } else {
@@ -431,6 +486,14 @@ impl Session {
             Some(Notice::Message) => return Ok(SessionEvent::OutOfBand(frame)),
             None if frame.first() == Some(&b'>') => return Ok(SessionEvent::OutOfBand(frame)),
             None => {}
+        }
+        if notice.is_some() && !self.expect.front().is_some_and(|e| e.pubsub) {
+            // A confirmation no request waits for: under CLIENT REPLY
+            // OFF/SKIP, respool expects no reply to a (un)subscribe, but
+            // Redis 7 sends its confirmations anyway (pub/sub frames are not
+            // silenced). The state is updated above; the client gets them as
+            // Redis sent them.
+            return Ok(SessionEvent::OutOfBand(frame));
         }
         // RESP2 messages look like replies: tell them apart by their kind,
         // which only arrives while subscribed.
