@@ -15,46 +15,56 @@ pub(super) fn allowed_before_auth(req: RequestRef<'_>) -> bool {
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
-/// The refusal of a command respool answers itself, sent inside MULTI.
-pub(super) fn not_queueable(req: &Request) -> Bytes {
-    let name = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
-    let name = match req.arg(1) {
-        // Named with the argument that made it respool's own.
-        Some(sub) if name == "CLIENT" || name == "INFO" => {
-            format!(
-                "{name} {}",
-                String::from_utf8_lossy(sub).to_ascii_uppercase()
-            )
+/// A command's name as an error names it: its subcommand (or, for INFO,
+/// its section) joined on with `sep` when the command is one of
+/// `containers`, in upper or lower case.
+fn error_name(req: &Request, containers: &[&str], sep: char, upper: bool) -> String {
+    let case = |b: &[u8]| {
+        let text = String::from_utf8_lossy(b);
+        if upper {
+            text.to_ascii_uppercase()
+        } else {
+            text.to_ascii_lowercase()
         }
-        _ => name,
     };
-    error_line(
-        "ERR",
-        &format!("{name} cannot be queued in a transaction through respool (respool answers it itself); send it before MULTI or after EXEC"),
+    let mut name = case(req.name());
+    if let Some(sub) = req.arg(1) {
+        if containers.iter().any(|c| c.eq_ignore_ascii_case(&name)) {
+            name.push(sep);
+            name.push_str(&case(sub));
+        }
+    }
+    name
+}
+
+/// The refusal of a command respool answers itself, sent inside MULTI,
+/// named with the argument that made it respool's own.
+pub(super) fn not_queueable(req: &Request) -> Bytes {
+    refused_in_multi(
+        &error_name(req, &["CLIENT", "INFO"], ' ', true),
+        "respool answers it itself",
     )
 }
 
 /// The refusal of SUBSCRIBE and the like, or CLIENT REPLY, inside MULTI.
 pub(super) fn changes_replies_in_exec(req: &Request) -> Bytes {
-    let mut name = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
-    if let (true, Some(sub)) = (name == "CLIENT", req.arg(1)) {
-        name.push(' ');
-        name.push_str(&String::from_utf8_lossy(sub).to_ascii_uppercase());
-    }
+    refused_in_multi(
+        &error_name(req, &["CLIENT"], ' ', true),
+        "run by EXEC, it would change what the connection sends in ways respool cannot follow",
+    )
+}
+
+fn refused_in_multi(name: &str, why: &str) -> Bytes {
     error_line(
         "ERR",
-        &format!("{name} cannot be queued in a transaction through respool (run by EXEC, it would change what the connection sends in ways respool cannot follow); send it before MULTI or after EXEC"),
+        &format!("{name} cannot be queued in a transaction through respool ({why}); send it before MULTI or after EXEC"),
     )
 }
 
 /// Redis's refusal of a command on a RESP2 connection in pub/sub mode,
 /// naming it as Redis does (`client|setname`).
 pub(super) fn not_in_pubsub_context(req: &Request) -> Bytes {
-    let mut name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
-    if let (true, Some(sub)) = (name == "client", req.arg(1)) {
-        name.push('|');
-        name.push_str(&String::from_utf8_lossy(sub).to_ascii_lowercase());
-    }
+    let name = error_name(req, &["CLIENT"], '|', false);
     error_line(
         "ERR",
         &format!("Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"),
