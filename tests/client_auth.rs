@@ -63,6 +63,13 @@ async fn requirepass_refuses_everything_before_auth_and_forwards_nothing() {
             "{command:?} before AUTH"
         );
     }
+    // As Redis words a refused EXEC.
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Error(
+            "EXECABORT Transaction discarded because of: NOAUTH Authentication required.".into()
+        )
+    );
     assert_eq!(client.cmd(&["AUTH", "wrong"]).await, wrongpass());
     assert_eq!(client.cmd(&["AUTH", "default", "wrong"]).await, wrongpass());
     assert_eq!(client.cmd(&["AUTH", "nobody", "s3cret"]).await, wrongpass());

@@ -691,7 +691,16 @@ impl Client {
     fn dispatch(&mut self, req: Request, admission: Admission) {
         let command = match admission {
             Admission::NoAuth => {
-                self.push_ready(error_line("NOAUTH", "Authentication required."));
+                let reply = if req.name().eq_ignore_ascii_case(b"EXEC") {
+                    // Redis words any refusal of EXEC as an EXECABORT.
+                    error_line(
+                        "EXECABORT",
+                        "Transaction discarded because of: NOAUTH Authentication required.",
+                    )
+                } else {
+                    error_line("NOAUTH", "Authentication required.")
+                };
+                self.push_ready(reply);
                 return;
             }
             Admission::Denied => {
