@@ -957,11 +957,7 @@ impl Client {
                 self.protocol = protocol;
                 self.lane = self.upstreams.lane(protocol);
                 if let Some(session) = &mut self.session {
-                    session.send_internal(&Request::from_args(&[
-                        "HELLO",
-                        if protocol == 3 { "3" } else { "2" },
-                    ]));
-                    session.set_resp3(protocol == 3);
+                    session.switch_protocol(protocol == 3);
                 }
             }
         }
@@ -1069,8 +1065,7 @@ impl Client {
                     self.config.read_buffer_size,
                 );
                 if self.protocol == 3 {
-                    session.send_internal(&Request::from_args(&["HELLO", "3"]));
-                    session.set_resp3(true);
+                    session.switch_protocol(true);
                 }
                 self.session = Some(session);
                 // The parked request goes out on the new session.

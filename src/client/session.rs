@@ -169,8 +169,13 @@ impl Session {
         }
     }
 
-    /// Notes the protocol version respool switched the connection to.
-    pub(crate) fn set_resp3(&mut self, resp3: bool) {
+    /// Switches the connection to the client's protocol version (`HELLO`,
+    /// on respool's own account), and notes it.
+    pub(crate) fn switch_protocol(&mut self, resp3: bool) {
+        self.send_internal(&Request::from_args(&[
+            "HELLO",
+            if resp3 { "3" } else { "2" },
+        ]));
         self.resp3 = resp3;
     }
 
@@ -210,7 +215,7 @@ impl Session {
     }
 
     /// Sends a request on respool's own account; its reply is swallowed.
-    pub(crate) fn send_internal(&mut self, req: &Request) {
+    fn send_internal(&mut self, req: &Request) {
         self.dirty = true;
         self.wbuf.extend_from_slice(req.raw());
         self.expect.push_back(Expect {
@@ -329,22 +334,19 @@ impl Session {
         if effect != Effect::None || stateful.is_some_and(|s| !matches!(s, Stateful::Blocking)) {
             self.dirty = true;
         }
+        let pubsub = matches!(
+            stateful,
+            Some(Stateful::Subscribe(_) | Stateful::Unsubscribe(_))
+        );
         if effect != Effect::ReplyOn
             && (self.state.reply_off || std::mem::take(&mut self.state.skip_next))
         {
-            self.state.silenced_pubsub |= matches!(
-                stateful,
-                Some(Stateful::Subscribe(_) | Stateful::Unsubscribe(_))
-            );
+            self.state.silenced_pubsub |= pubsub;
             return false;
         }
         if effect == Effect::ReplyOn {
             self.state.reply_off = false;
         }
-        let pubsub = matches!(
-            stateful,
-            Some(Stateful::Subscribe(_) | Stateful::Unsubscribe(_))
-        );
         self.expect.push_back(Expect {
             seq: Some(seq),
             frames,
