@@ -459,31 +459,29 @@ const PUBSUB_MIX: &[&[&str]] = &[
     &["BLPOP", "k3", "0.01"],
 ];
 
-/// The frames a connection to `addr` gets for `script` sent in one write
-/// (after `HELLO 3` when `resp3`), up to the replies to a closing `RESET`
-/// and `PING`. An argument-less UNSUBSCRIBE goes through the channels in
+/// The frames of [`raw_exchange`] for `script`, sent after `FLUSHALL` and,
+/// when `resp3`, `HELLO 3` (in the same write; their replies are left out).
+/// An argument-less UNSUBSCRIBE goes through the channels in
 /// hash-table order, which differs between two Redis processes: a run of
 /// unsubscribe confirmations is kept as the set of names it ended.
 async fn pubsub_frames(addr: std::net::SocketAddr, script: &[&[&str]], resp3: bool) -> Vec<Reply> {
-    let mut client = TestClient::connect(addr).await.expect("connect");
-    client.cmd(&["FLUSHALL"]).await.expect_ok();
+    let mut full: Vec<&[&str]> = vec![&["FLUSHALL"]];
     if resp3 {
-        assert!(matches!(client.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+        full.push(&["HELLO", "3"]);
     }
-    let mut bytes: Vec<u8> = script.iter().flat_map(|c| encode_command(c)).collect();
-    bytes.extend(encode_command(&["RESET"]));
-    bytes.extend(encode_command(&["PING"]));
-    client.send_raw(&bytes).await.expect("send the script");
+    full.extend_from_slice(script);
+    let bytes = raw_exchange(addr, &full).await;
     let mut frames = Vec::new();
-    while !frames.ends_with(&[simple("RESET"), simple("PONG")]) {
-        frames.push(match client.read_reply().await {
-            Ok(frame) => frame,
-            Err(e) => Reply::Error(format!("read failed: {e}")),
-        });
-        if matches!(frames.last(), Some(Reply::Error(e)) if e.starts_with("read failed")) {
-            break;
-        }
+    let mut at = 0;
+    while let Ok(Some((frame, used))) = support::client::parse_reply(&bytes[at..]) {
+        frames.push(frame);
+        at += used;
     }
+    assert_eq!(frames.first(), Some(&simple("OK")), "FLUSHALL");
+    if resp3 {
+        assert!(matches!(frames.get(1), Some(Reply::Map(_))), "HELLO 3");
+    }
+    let frames = frames.split_off(if resp3 { 2 } else { 1 });
     let unsubscribed = |f: &Reply| match f {
         Reply::Array(items) | Reply::Push(items) => {
             matches!(items.first(), Some(Reply::Bulk(kind)) if kind == b"unsubscribe" || kind == b"punsubscribe")
