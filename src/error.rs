@@ -120,6 +120,70 @@ impl Error {
     }
 }
 
+/// Why an upstream connection could not be opened or was not trusted: the
+/// cause inside [`Error::Unavailable`] and [`Error::NoDedicatedConnection`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing listens at the address.
+    #[error("connection refused")]
+    Refused,
+    /// TCP connect did not complete in time.
+    #[error("connect timed out after {}", Secs(*.0))]
+    ConnectTimeout(Duration),
+    /// Another socket error.
+    #[error("{0}")]
+    Io(Arc<str>),
+    /// The TLS handshake failed (certificate not trusted, wrong name, the
+    /// server wants a client certificate, …).
+    #[error("TLS handshake failed: {0}")]
+    Tls(Arc<str>),
+    /// Redis answered a validation step with an error (`-LOADING`, `-READONLY`,
+    /// `-NOAUTH`, `-WRONGPASS`, `-OOM`, …).
+    #[error("{step} rejected: {reply}")]
+    Rejected {
+        /// The step: AUTH, SELECT, PING, probe SET/GET/DEL.
+        step: &'static str,
+        /// Redis's error line, without the leading '-'.
+        reply: Arc<str>,
+    },
+    /// Redis answered a validation step with something unexpected.
+    #[error("{step} returned an unexpected reply: {reply}")]
+    Unexpected {
+        /// The step.
+        step: &'static str,
+        /// The reply, shortened.
+        reply: Arc<str>,
+    },
+    /// A validation step got no reply in time.
+    #[error("{step} got no reply within {}", Secs(*after))]
+    StepTimeout {
+        /// The step.
+        step: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// No connection became available before the checkout deadline.
+    #[error("no connection available within {}", Secs(*.0))]
+    CheckoutTimeout(Duration),
+}
+
+impl ConnectError {
+    pub(crate) fn from_io(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+            _ => ConnectError::Io(e.to_string().into()),
+        }
+    }
+
+    /// The Redis error code of a rejected step (`LOADING`, `READONLY`, …).
+    pub fn reply_code(&self) -> Option<&str> {
+        match self {
+            ConnectError::Rejected { reply, .. } => reply.split_whitespace().next(),
+            _ => None,
+        }
+    }
+}
+
 /// Renders `-CODE message\r\n`, with CR/LF in the message replaced so that the
 /// line can never be mistaken for more than one frame.
 pub fn error_line(code: &str, message: &str) -> Bytes {

@@ -5,11 +5,12 @@
 //! The binary runs them this way, and so does `respool bench --sweep`.
 
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::stats::ProcessStats;
 use crate::{Config, Proxy};
 
 /// Running event loops; [`EventLoops::stop`] shuts them down.
@@ -24,21 +25,30 @@ type Started = Result<SocketAddr, String>;
 
 impl EventLoops {
     /// Starts `count` loops, each with its share of the pool sizes
-    /// ([`Config::loop_share`]), and returns once every one accepts
-    /// clients; it blocks the calling thread meanwhile. If one cannot
-    /// start, those already started are stopped again.
-    pub fn start(mut config: Config, count: usize) -> Result<EventLoops, String> {
-        config.reuse_port = true;
+    /// (`--max-connections`, `--min-idle` and `--max-pinned` are totals for
+    /// the process), and returns once every one accepts clients; it blocks
+    /// the calling thread meanwhile. If one cannot start, those already
+    /// started are stopped again.
+    pub fn start(config: Config, count: usize) -> Result<EventLoops, String> {
         let count = count.max(1);
+        let process = Arc::new(ProcessStats::default());
         let (started_tx, started_rx) = mpsc::channel::<Started>();
         let mut loops = EventLoops {
-            addr: config.listen,
+            addr: config.listen_addr(),
             stop: CancellationToken::new(),
             threads: Vec::with_capacity(count),
         };
         for index in 0..count {
             let share = config.loop_share(index, count);
-            match spawn_loop(index, share, loops.stop.clone(), started_tx.clone()) {
+            let spawned = spawn_loop(
+                index,
+                share,
+                process.clone(),
+                loops.addr,
+                loops.stop.clone(),
+                started_tx.clone(),
+            );
+            match spawned {
                 Ok(handle) => loops.threads.push(handle),
                 Err(e) => {
                     loops.stop();
@@ -49,10 +59,7 @@ impl EventLoops {
                 // The other loops bind the address the first one got (port 0
                 // becomes a real port), so that all share one address.
                 match started_rx.recv() {
-                    Ok(Ok(addr)) => {
-                        config.listen = addr;
-                        loops.addr = addr;
-                    }
+                    Ok(Ok(addr)) => loops.addr = addr,
                     Ok(Err(e)) => {
                         loops.stop();
                         return Err(e);
@@ -104,6 +111,8 @@ pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn spawn_loop(
     index: usize,
     config: Config,
+    process: Arc<ProcessStats>,
+    addr: SocketAddr,
     stop: CancellationToken,
     started: mpsc::Sender<Started>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -118,7 +127,7 @@ fn spawn_loop(
                 }
             };
             runtime.block_on(async move {
-                let proxy = match Proxy::start(config).await {
+                let proxy = match Proxy::start_loop(config, process, Some(addr)).await {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = started.send(Err(e.to_string()));

@@ -5,26 +5,31 @@
 //! connections. A tour of the data flow, one module per step:
 //!
 //! ```text
-//! app ──RESP──▶ server ──▶ client ──▶ command ──▶ pool::lane ──▶ Redis
-//!                            ▲     (classify)   (shared, pipelined)  │
-//!                            └────── replies, in request order ◀─────┘
+//! app ──RESP──▶ server ──▶ client ──▶ command ──▶ router ──▶ lane set ──┬─ shared lanes ─┐
+//!                            ▲      (classify)              (endpoint)  └─ pinned session ┴─▶ Redis
+//!                            └──────────────── replies, in request order ◀───────────────┘
 //! ```
 //!
-//! * [`config`] — flags (each also `RESPOOL_<NAME>`) → one validated [`Config`].
-//! * [`server`] — the listener, the client limit, graceful shutdown.
-//! * [`event_loops`] — `--threads N`: N single-threaded loops, one listener each.
-//! * [`client`] — one task per client: read a batch, route each request, write
+//! * `config` — flags (each also `RESPOOL_<NAME>`) → one validated [`Config`],
+//!   in groups the subsystems take directly.
+//! * `server` — the listener, the client limit, graceful shutdown; `event_loops`
+//!   runs `--threads N` of them ([`EventLoops`]).
+//! * `client` — one task per client: read a batch, route each request, write
 //!   the replies back in request order.
-//! * [`codec`] — request decoding with limits; reply framing as raw bytes.
+//! * [`codec`] — request decoding with limits; reply framing as raw bytes;
+//!   a typed view of a reply for respool's own exchanges.
 //! * [`command`] — which path a command takes and whether it may be retried.
-//! * [`pool`] — the bb8 manager and validation gate, and the shared lanes that
-//!   multiplex many clients over few connections.
-//! * [`upstream`] — one upstream connection: connect, socket options, exchanges.
-//! * [`net`] — the byte stream of a connection: plain TCP or TLS.
-//! * [`tls`] — certificates and keys for the TLS listener and `rediss://` upstreams.
-//! * [`retry`] — backoff and what may be retried.
-//! * [`error`] — the one error type, rendered as a Redis error line.
-//! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every reply.
+//! * `router` — which lane set serves a client.
+//! * `pool` — endpoints and their lane sets: shared lanes that multiplex many
+//!   clients over few connections, pinned connections, the bb8 pools and
+//!   the validation gate behind them.
+//! * `net` — the byte stream of a connection: plain TCP or TLS (tokio-rustls).
+//! * `tls` — certificates and keys for the listener and `rediss://` upstreams.
+//! * `retry` — backoff and what may be retried.
+//! * `error` — the error a client is told, rendered as a Redis error line.
+//! * `stats` — the counters behind `INFO respool`.
+//! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
+//!   reply; it uses only this crate's public API.
 //!
 //! Embedding:
 //!
@@ -38,20 +43,20 @@
 //! ```
 
 pub mod bench;
-pub mod client;
+mod client;
 pub mod codec;
 pub mod command;
 pub mod config;
-pub mod error;
-pub mod event_loops;
-pub mod net;
-pub mod pool;
-pub mod retry;
-pub mod server;
-pub mod stats;
+mod error;
+mod event_loops;
+mod net;
+mod pool;
+mod retry;
+mod router;
+mod server;
+mod stats;
 pub mod tls;
-pub mod upstream;
 
 pub use config::Config;
-pub use error::Error;
-pub use server::Proxy;
+pub use event_loops::{current_thread_runtime, EventLoops};
+pub use server::{Proxy, StartError};

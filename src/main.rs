@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use respool::bench::BenchArgs;
 use respool::config::{Flags, LogFormat};
-use respool::event_loops::{current_thread_runtime, EventLoops};
-use respool::{Config, Proxy};
+use respool::{current_thread_runtime, Config, EventLoops, Proxy};
 
 /// respool: a Redis pooling proxy. Without a subcommand it runs the proxy.
 #[derive(Debug, Parser)]
@@ -36,15 +35,14 @@ fn main() -> ExitCode {
     if let Some(Command::Bench(args)) = cli.command {
         return bench(args);
     }
-    let mut config = match Config::from_flags(cli.flags) {
+    let config = match Config::from_flags(cli.flags) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
     init_logging(&config);
 
     let threads = config.event_loops();
-    // The startup line shows the loops actually started, not `0`.
-    config.threads = threads;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), event_loops = threads, config = ?config, "starting respool");
     if threads == 1 {
         match current_thread_runtime() {
             Ok(runtime) => runtime.block_on(run(config)),
@@ -61,7 +59,6 @@ fn main() -> ExitCode {
 /// Thread per core: `threads` independent single-threaded event loops
 /// ([`EventLoops`]) until a signal comes.
 fn run_loops(config: Config, threads: usize) -> ExitCode {
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "starting respool");
     let loops = match EventLoops::start(config, threads) {
         Ok(loops) => loops,
         Err(e) => {
@@ -104,7 +101,6 @@ fn bench(args: BenchArgs) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "starting respool");
     let proxy = match Proxy::start(config).await {
         Ok(p) => p,
         Err(e) => {
@@ -142,11 +138,9 @@ async fn wait_for_signal() {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| {
-        eprintln!(
-            "respool: invalid --log-level '{}', using 'info'",
-            config.log_level
-        );
+    let level = config.log_level();
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| {
+        eprintln!("respool: invalid --log-level '{level}', using 'info'");
         tracing_subscriber::EnvFilter::new("info")
     });
     // Colours only on a terminal: escape codes in a log file or journal are noise.
@@ -154,7 +148,7 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match config.log_format {
+    match config.log_format() {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

@@ -17,7 +17,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 /// Exponential backoff with jitter, from the CLI's base and cap.
 #[derive(Debug, Clone, Copy)]
-pub struct BackoffPolicy {
+pub(crate) struct BackoffPolicy {
     /// First delay.
     pub base: Duration,
     /// Largest delay.
@@ -42,9 +42,10 @@ impl BackoffPolicy {
     }
 }
 
-/// One sequence of backoff delays.
+/// One sequence of backoff delays; an endless iterator, so `backon` can
+/// drive a retry loop with it.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     inner: <ExponentialBuilder as BackoffBuilder>::Backoff,
     /// A delay was taken from this sequence.
     used: bool,
@@ -64,9 +65,17 @@ impl Backoff {
     }
 }
 
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
 /// True for an error reply that says the command did not run and may simply be
 /// sent again later: `-LOADING`, `-BUSY`, `-TRYAGAIN`, `-MASTERDOWN`.
-pub fn is_transient_error(frame: &[u8]) -> bool {
+pub(crate) fn is_transient_error(frame: &[u8]) -> bool {
     let Some(rest) = frame.strip_prefix(b"-") else {
         return false;
     };

@@ -13,9 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::error::ConnectError;
 use crate::net::Stream;
-use crate::pool::{probe_upstream, Upstreams};
-use crate::upstream::{configure_socket, ConnectError};
+use crate::pool::connection::configure_socket;
+use crate::pool::{probe_upstream, PoolContext};
+use crate::router::Router;
+use crate::stats::{LoopStats, ProcessStats};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +41,17 @@ pub enum StartError {
     },
 }
 
-/// A running proxy.
+/// What every client task of one event loop shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub router: Router,
+    /// This event loop's counters.
+    pub stats: Arc<LoopStats>,
+    /// The process's: every loop's counters, and the clients connected.
+    pub process: Arc<ProcessStats>,
+}
+
+/// A running proxy: one event loop's listener, clients and lanes.
 pub struct Proxy {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -50,31 +63,54 @@ impl Proxy {
     /// The upstream may be down: lanes keep reconnecting in the background,
     /// unless `--require-upstream` asks for a validated connection first.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        Proxy::start_loop(config, Arc::default(), None).await
+    }
+
+    /// Starts one event loop of several ([`crate::EventLoops`]): they share
+    /// the process's counters, and each binds `shared_addr` with
+    /// SO_REUSEPORT (the first one `--listen`), so the kernel spreads new
+    /// connections across them.
+    pub(crate) async fn start_loop(
+        config: Config,
+        process: Arc<ProcessStats>,
+        shared_addr: Option<SocketAddr>,
+    ) -> Result<Proxy, StartError> {
         if config.require_upstream {
-            probe_upstream(&config)
+            probe_upstream(&config.upstream, &config.pool, &config.retry)
                 .await
                 .map_err(|source| StartError::UpstreamUnavailable {
-                    addr: config.upstream.addr.to_string(),
+                    addr: config.upstream.node.addr.to_string(),
                     source,
                 })?;
         }
-        let listener =
-            bind(config.listen, config.reuse_port).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
+        let listen = shared_addr.unwrap_or(config.listener.listen);
+        let bind_error = |source| StartError::Bind {
+            addr: listen,
             source,
-        })?;
-        if config.upstream_tls.as_ref().is_some_and(|t| t.insecure) {
-            tracing::warn!(upstream = %config.upstream.addr, "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
+        };
+        let listener = bind(listen, shared_addr.is_some()).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        if let Some(tls) = &config.upstream.node.tls {
+            if tls.insecure {
+                tracing::warn!(upstream = %config.upstream.node.addr, "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
+            }
         }
-        let config = Arc::new(config);
-        let upstreams = Arc::new(Upstreams::start(config.clone()));
+        let stats = process.register();
+        let ctx = Arc::new(PoolContext {
+            pool: config.pool.clone(),
+            retry: config.retry,
+            stats: stats.clone(),
+        });
+        let router = Router::start(&config, ctx);
+        let tls = config.listener.tls.is_some();
+        let shared = Arc::new(Shared {
+            config,
+            router,
+            stats,
+            process,
+        });
         let shutdown = CancellationToken::new();
-        let tls = config.listener_tls.is_some();
-        let task = tokio::spawn(accept_loop(listener, config, upstreams, shutdown.clone()));
+        let task = tokio::spawn(accept_loop(listener, shared, shutdown.clone()));
         tracing::info!(listen = %local_addr, tls, "respool accepting clients");
         Ok(Proxy {
             local_addr,
@@ -88,19 +124,11 @@ impl Proxy {
         self.local_addr
     }
 
-    /// A token that, when cancelled, shuts the proxy down.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Shuts down gracefully and waits until it is done.
+    /// Shuts down gracefully and waits until it is done: stop accepting,
+    /// let in-flight requests finish up to `--shutdown-timeout`, then close
+    /// clients and upstream connections.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let _ = self.task.await;
-    }
-
-    /// Waits until the proxy has shut down (after the token is cancelled).
-    pub async fn wait(self) {
         let _ = self.task.await;
     }
 }
@@ -124,15 +152,10 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    config: Arc<Config>,
-    upstreams: Arc<Upstreams>,
-    shutdown: CancellationToken,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let clients = TaskTracker::new();
     let abort = CancellationToken::new();
-    let connected = config.connected_clients.clone();
+    let settings = &shared.config.listener;
     let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
@@ -147,20 +170,21 @@ async fn accept_loop(
                 }
             },
         };
-        configure_socket(&stream, config.keepalive);
-        if connected.load(Ordering::Relaxed) >= config.max_clients {
+        configure_socket(&stream, settings.keepalive);
+        let connected = &shared.process.connected_clients;
+        if connected.load(Ordering::Relaxed) >= settings.max_clients {
             tracing::debug!(%peer, "refusing client: --max-clients reached");
-            upstreams.stats.rejected_clients.add(1);
-            if config.listener_tls.is_none() {
+            shared.stats.rejected_clients.add(1);
+            if settings.tls.is_none() {
                 clients.spawn(refuse(Stream::Tcp(stream)));
             } else if refusing.load(Ordering::Relaxed) < MAX_TLS_REFUSALS {
                 // A TLS client can only read the refusal after a handshake.
                 refusing.fetch_add(1, Ordering::Relaxed);
                 let guard = CountGuard(refusing.clone());
-                let (config, abort) = (config.clone(), abort.clone());
+                let (shared, abort) = (shared.clone(), abort.clone());
                 clients.spawn(async move {
                     let _guard = guard;
-                    if let Some(stream) = handshake(stream, &config, &abort).await {
+                    if let Some(stream) = handshake(stream, &shared.config, &abort).await {
                         refuse(stream).await;
                     }
                 });
@@ -170,28 +194,24 @@ async fn accept_loop(
             continue;
         }
         connected.fetch_add(1, Ordering::Relaxed);
-        let guard = CountGuard(connected.clone());
-        let (config, upstreams, shutdown, abort) = (
-            config.clone(),
-            upstreams.clone(),
-            shutdown.clone(),
-            abort.clone(),
-        );
+        let guard = ClientGuard(shared.clone());
+        let (shared, shutdown, abort) = (shared.clone(), shutdown.clone(), abort.clone());
         clients.spawn(async move {
             let _guard = guard;
-            let Some(stream) = handshake(stream, &config, &abort).await else {
+            let Some(stream) = handshake(stream, &shared.config, &abort).await else {
                 return;
             };
-            crate::client::serve(stream, config, upstreams, shutdown, abort).await;
+            crate::client::serve(stream, shared, shutdown, abort).await;
         });
     }
     drop(listener);
     tracing::info!(
-        clients = connected.load(Ordering::Relaxed),
+        clients = shared.process.connected_clients.load(Ordering::Relaxed),
         "shutting down: no new clients; draining in-flight requests"
     );
     clients.close();
-    if tokio::time::timeout(config.shutdown_timeout, clients.wait())
+    let deadline = shared.config.listener.shutdown_timeout;
+    if tokio::time::timeout(deadline, clients.wait())
         .await
         .is_err()
     {
@@ -199,8 +219,8 @@ async fn accept_loop(
         abort.cancel();
         clients.wait().await;
     }
-    match Arc::into_inner(upstreams) {
-        Some(upstreams) => upstreams.close(config.shutdown_timeout).await,
+    match Arc::into_inner(shared) {
+        Some(shared) => shared.router.close(deadline).await,
         None => tracing::warn!("upstream connections still referenced at shutdown; dropping them"),
     }
     tracing::info!("respool stopped");
@@ -209,7 +229,7 @@ async fn accept_loop(
 /// Wraps a client's socket: as is, or after a TLS handshake (with a
 /// deadline, so a client that never finishes it does not hold its slot).
 async fn handshake(tcp: TcpStream, config: &Config, abort: &CancellationToken) -> Option<Stream> {
-    let Some(tls) = &config.listener_tls else {
+    let Some(tls) = &config.listener.tls else {
         return Some(Stream::Tcp(tcp));
     };
     let peer = tcp.peer_addr().ok();
@@ -243,12 +263,7 @@ async fn refuse(mut stream: Stream) {
     let _ = stream
         .write_all(b"-ERR max number of clients reached\r\n")
         .await;
-    match &mut stream {
-        Stream::Tcp(tcp) => {
-            let _ = tcp.shutdown().await;
-        }
-        Stream::Tls(_) => stream.close_notify(),
-    }
+    let _ = stream.shutdown().await;
 }
 
 /// Decrements a count when the task holding it ends, however it ends.
@@ -257,5 +272,17 @@ struct CountGuard(Arc<AtomicUsize>);
 impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client's place in `--max-clients`, given back when its task ends.
+struct ClientGuard(Arc<Shared>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0
+            .process
+            .connected_clients
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -9,7 +9,7 @@
 //! an upstream connection failed to connect or validate.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use std::time::Instant;
 /// add is lost, and the hot path pays no locked instruction. A reader on
 /// another thread sees a value at most a moment old.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
     /// Adds `n`. Only from the thread of the loop that owns the counter.
@@ -39,7 +39,7 @@ impl Counter {
 
 /// The counters of one event loop.
 #[derive(Debug, Default)]
-pub struct LoopStats {
+pub(crate) struct LoopStats {
     /// Requests read from clients (every command, whatever its route).
     pub requests: Counter,
     /// Clients turned away by `--max-clients`.
@@ -72,25 +72,30 @@ pub struct LoopStats {
     pub pinned_checkout_failures: Counter,
 }
 
-/// Every event loop's counters, for the process-wide sums.
+/// What the whole process counts: every event loop's counters, for the
+/// process-wide sums, and the clients connected now, counted against
+/// `--max-clients` by every loop alike.
 #[derive(Debug)]
-pub struct StatsRegistry {
+pub(crate) struct ProcessStats {
     started: Instant,
     loops: Mutex<Vec<Arc<LoopStats>>>,
+    /// Clients connected now.
+    pub connected_clients: AtomicUsize,
 }
 
-impl Default for StatsRegistry {
-    fn default() -> StatsRegistry {
-        StatsRegistry {
+impl Default for ProcessStats {
+    fn default() -> ProcessStats {
+        ProcessStats {
             started: Instant::now(),
             loops: Mutex::default(),
+            connected_clients: AtomicUsize::new(0),
         }
     }
 }
 
 /// The process-wide figures, summed over the event loops.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// See [`LoopStats::requests`].
     pub requests: u64,
     /// See [`LoopStats::rejected_clients`].
@@ -117,7 +122,7 @@ pub struct Totals {
     pub pinned_checkout_failures: u64,
 }
 
-impl StatsRegistry {
+impl ProcessStats {
     /// Counters for a new event loop, counted in the sums from now on.
     pub fn register(&self) -> Arc<LoopStats> {
         let stats = Arc::new(LoopStats::default());
@@ -157,7 +162,7 @@ impl StatsRegistry {
 
 /// What `INFO respool` shows besides the counters.
 #[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// The upstream's `host:port`.
     pub upstream: &'a str,
     /// Its version, once a connection has been validated.
@@ -172,7 +177,7 @@ pub struct Context<'a> {
 
 /// The body of `INFO respool`: a `# Respool` section in Redis's INFO
 /// format (`field:value` lines, CRLF).
-pub fn render(ctx: Context<'_>, t: Totals) -> String {
+pub(crate) fn render(ctx: Context<'_>, t: Totals) -> String {
     let mut out = String::with_capacity(768);
     // Writing to a String cannot fail.
     let mut line = |name: &str, value: &dyn std::fmt::Display| {
@@ -214,7 +219,7 @@ mod tests {
 
     #[test]
     fn totals_sum_every_loop() {
-        let registry = StatsRegistry::default();
+        let registry = ProcessStats::default();
         let a = registry.register();
         let b = registry.register();
         a.requests.add(3);

@@ -17,16 +17,61 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use super::args::Password;
-use super::reply::{self, Reply};
 use super::report::{printable, reply_summary};
 use super::workload::{ClientState, Op, RequestPlan, Verdict};
 use super::BenchError;
-use crate::net::{ReadHalf, Stream};
+use crate::codec::Value;
 use crate::tls::UpstreamTls;
+
+/// Deepest reply nesting accepted: nothing the benchmark sends expects an
+/// aggregate at all.
+const MAX_DEPTH: usize = 32;
+
+/// Parses the reply at the front of `buf`.
+fn parse(buf: &[u8]) -> io::Result<Option<(Value<'_>, usize)>> {
+    Value::parse(buf, MAX_DEPTH).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("protocol error in reply stream: {e}"),
+        )
+    })
+}
+
+/// A client's connection, in two halves so that a batch is written while
+/// its replies are read.
+struct Conn {
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+impl Conn {
+    fn tcp(tcp: TcpStream) -> Conn {
+        let (reader, writer) = tcp.into_split();
+        Conn {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+        }
+    }
+
+    fn tls(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Conn {
+        let (reader, writer) = tokio::io::split(tls);
+        Conn {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+        }
+    }
+
+    /// Writes all of `data` and flushes it (TLS keeps records otherwise).
+    async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.writer.write_all(data).await?;
+        self.writer.flush().await
+    }
+}
 
 /// Examples of each kind of failure kept for the report.
 pub const MAX_EXAMPLES: usize = 5;
@@ -245,7 +290,7 @@ async fn connect(
     password: Option<&Password>,
     timeout: Duration,
     tls: Option<&UpstreamTls>,
-) -> Result<Stream, BenchError> {
+) -> Result<Conn, BenchError> {
     let connect_error = |source| BenchError::Connect {
         target: target.to_owned(),
         source,
@@ -258,7 +303,7 @@ async fn connect(
         .map_err(connect_error)?;
     tcp.set_nodelay(true).map_err(connect_error)?;
     let mut stream = match tls {
-        None => Stream::Tcp(tcp),
+        None => Conn::tcp(tcp),
         Some(tls) => {
             let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
             let tls_stream = tokio::time::timeout(timeout, handshake)
@@ -275,7 +320,7 @@ async fn connect(
                         format!("TLS handshake failed: {e}"),
                     ))
                 })?;
-            Stream::from(tls_stream)
+            Conn::tls(tls_stream)
         }
     };
     if let Some(password) = password {
@@ -283,15 +328,13 @@ async fn connect(
         let mut auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", secret.len()).into_bytes();
         auth.extend_from_slice(secret);
         auth.extend_from_slice(b"\r\n");
-        stream.write_all(&auth).await.map_err(connect_error)?;
+        stream.send(&auth).await.map_err(connect_error)?;
         let mut buf = BytesMut::with_capacity(512);
         let reply = loop {
-            if let Some((reply, _)) =
-                reply::parse(&buf).map_err(|e| connect_error(io::Error::other(e)))?
-            {
+            if let Some((reply, _)) = parse(&buf).map_err(connect_error)? {
                 break reply_summary(&reply);
             }
-            let read = tokio::time::timeout(timeout, stream.read_buf(&mut buf))
+            let read = tokio::time::timeout(timeout, stream.reader.read_buf(&mut buf))
                 .await
                 .map_err(|_| {
                     connect_error(io::Error::new(io::ErrorKind::TimedOut, "AUTH timed out"))
@@ -335,7 +378,7 @@ impl Budget {
 
 /// One client connection and its share of the load.
 struct Client {
-    stream: Stream,
+    stream: Conn,
     state: ClientState,
     plan: Arc<RequestPlan>,
     pipeline: usize,
@@ -369,7 +412,7 @@ impl Client {
             // that answers before it has read the whole batch cannot
             // deadlock against us.
             let sent = Instant::now();
-            let (mut reader, mut writer) = self.stream.split();
+            let Conn { reader, writer } = &mut self.stream;
             let mut checker = ReplyChecker {
                 plan: &self.plan,
                 state: &mut self.state,
@@ -377,10 +420,11 @@ impl Client {
                 tally: &mut tally,
                 sent,
             };
-            let outcome = tokio::try_join!(
-                writer.write_all(&batch),
-                checker.read_replies(&mut reader, &mut replies, &ops),
-            );
+            let write = async {
+                writer.write_all(&batch).await?;
+                writer.flush().await
+            };
+            let outcome = tokio::try_join!(write, checker.read_replies(reader, &mut replies, &ops));
             if let Err(error) = outcome {
                 tally.connection_failed(self.state.id(), &error);
                 break;
@@ -407,16 +451,16 @@ impl ReplyChecker<'_> {
     /// error: the connection is dropped rather than misattribute replies.
     async fn read_replies(
         &mut self,
-        reader: &mut ReadHalf<'_>,
+        reader: &mut (dyn AsyncRead + Unpin + Send),
         buf: &mut BytesMut,
         ops: &[Op],
     ) -> io::Result<()> {
         let mut next = 0;
         while next < ops.len() {
             while next < ops.len() {
-                let parsed =
-                    reply::parse(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                let Some((reply, used)) = parsed else { break };
+                let Some((reply, used)) = parse(buf)? else {
+                    break;
+                };
                 let micros = u64::try_from(self.sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.latency
                     .saturating_record(micros.clamp(1, MAX_LATENCY_MICROS));
@@ -443,7 +487,7 @@ impl ReplyChecker<'_> {
         Ok(())
     }
 
-    fn check(&mut self, op: Op, reply: &Reply<'_>) {
+    fn check(&mut self, op: Op, reply: &Value<'_>) {
         let verdict = self.plan.check(op, reply, self.state);
         let (count, examples) = match verdict {
             Verdict::Correct => {
@@ -486,7 +530,6 @@ async fn show_progress(completed: Arc<AtomicU64>, start: Instant) {
 pub(crate) mod tests {
     use super::*;
     use crate::bench::args::Workload;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A fake RESP server on a free port: answers every request with
@@ -501,7 +544,7 @@ pub(crate) mod tests {
                     let mut answered = 0;
                     loop {
                         // Requests are arrays, which the reply parser can split.
-                        while let Ok(Some((_, used))) = reply::parse(&buf) {
+                        while let Ok(Some((_, used))) = parse(&buf) {
                             buf.advance(used);
                             if hang_up_after == Some(answered) {
                                 return;

@@ -4,7 +4,7 @@
 //! - [`args`] — the flags ([`BenchArgs`]).
 //! - [`workload`] — which commands are sent, encoded from byte templates,
 //!   and what each reply must be.
-//! - [`reply`] — incremental RESP reply parser over the read buffer.
+//! - replies are read with the crate's own [`crate::codec::Value`].
 //! - [`driver`] — client tasks: one connection each, one write per pipeline
 //!   batch, exactly one checked reply per request, latency into an HDR
 //!   histogram.
@@ -18,7 +18,6 @@
 
 pub mod args;
 pub mod driver;
-pub mod reply;
 pub mod report;
 pub mod svg;
 pub mod sweep;
@@ -287,6 +286,13 @@ fn check_tls_flags(args: &BenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// The host part of a `host:port` address, without the port or IPv6
+/// brackets: the name a TLS certificate must carry.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// The TLS client settings for `target` when it is spoken to over TLS
 /// (`--tls`, or a `rediss://` target; `None` otherwise): its certificate
 /// must name its host, or `--tls-server-name`.
@@ -295,10 +301,7 @@ fn tls_for(args: &BenchArgs, target: &str) -> Result<Option<UpstreamTls>, BenchE
     if !(args.tls || url_tls) {
         return Ok(None);
     }
-    let name = args
-        .tls_server_name
-        .as_deref()
-        .unwrap_or(crate::config::host_of(addr));
+    let name = args.tls_server_name.as_deref().unwrap_or(host_of(addr));
     let trust = match (&args.tls_ca, args.tls_insecure) {
         (Some(ca), _) => UpstreamTrust::Ca(ca),
         (None, true) => UpstreamTrust::Insecure,

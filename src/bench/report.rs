@@ -7,8 +7,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::driver::{LoadResult, LoadSpec, MAX_EXAMPLES};
-use super::reply::Reply;
 use super::workload::RequestPlan;
+use crate::codec::Value;
 
 /// Bytes of a value shown in a report before it is cut short.
 const SHOWN_BYTES: usize = 48;
@@ -190,14 +190,17 @@ pub fn printable(bytes: &[u8]) -> String {
 }
 
 /// A reply as it would look on the wire, for reports.
-pub fn reply_summary(reply: &Reply<'_>) -> String {
+pub fn reply_summary(reply: &Value<'_>) -> String {
     match reply {
-        Reply::Simple(s) => format!("+{}", String::from_utf8_lossy(s)),
-        Reply::Error(e) => format!("-{}", String::from_utf8_lossy(e)),
-        Reply::Integer(i) => format!(":{i}"),
-        Reply::Bulk(b) => format!("bulk {}", printable(b)),
-        Reply::Nil => "nil".to_owned(),
-        Reply::Array(n) => format!("an array of {n}"),
+        Value::Simple(s) => format!("+{}", String::from_utf8_lossy(s)),
+        Value::Error(e) => format!("-{}", String::from_utf8_lossy(e)),
+        Value::Integer(i) => format!(":{}", String::from_utf8_lossy(i)),
+        Value::Bulk(b) => format!("bulk {}", printable(b)),
+        Value::Null => "nil".to_owned(),
+        other => match other.elements() {
+            Some(items) => format!("an aggregate of {}", items.len()),
+            None => format!("{other:?}"),
+        },
     }
 }
 

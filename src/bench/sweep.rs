@@ -13,7 +13,7 @@ use super::driver::{run_load, LoadSpec};
 use super::report::{failure_examples, format_micros, LoadReport};
 use super::svg::{self, Chart, Series};
 use super::BenchError;
-use crate::event_loops::EventLoops;
+use crate::EventLoops;
 
 /// Stops a launched proxy and waits until it has shut down.
 pub type Shutdown = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -57,8 +57,8 @@ impl ProxyLauncher for InProcessRespool {
         .map(String::from)
         .to_vec();
         argv.extend_from_slice(extra_flags);
-        let config = crate::config::Config::parse_from_args(&argv)
-            .map_err(|e| BenchError::Launch(e.to_string()))?;
+        let config =
+            crate::Config::parse_from_args(&argv).map_err(|e| BenchError::Launch(e.to_string()))?;
         // The event loops the binary would run with these flags: several run
         // on threads of their own (so `--sweep threads=1,2,4` compares them);
         // one runs in this runtime, as the binary runs it on its own.
@@ -77,7 +77,7 @@ impl ProxyLauncher for InProcessRespool {
                 }),
             });
         }
-        let proxy = crate::server::Proxy::start(config)
+        let proxy = crate::Proxy::start(config)
             .await
             .map_err(|e| BenchError::Launch(e.to_string()))?;
         let addr = proxy.local_addr();

@@ -11,7 +11,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::args::Workload;
-use super::reply::Reply;
+use crate::codec::Value;
 
 /// Digits in a key number; covers the largest accepted `--keyspace` (10^12).
 pub const KEY_DIGITS: usize = 12;
@@ -197,26 +197,27 @@ impl RequestPlan {
     }
 
     /// Checks the reply to `op`, updating the client's running state.
-    pub fn check(&self, op: Op, reply: &Reply<'_>, state: &mut ClientState) -> Verdict {
-        if let Reply::Error(_) = reply {
+    pub fn check(&self, op: Op, reply: &Value<'_>, state: &mut ClientState) -> Verdict {
+        if let Value::Error(_) = reply {
             return Verdict::ErrorReply;
         }
         let correct = match (op, reply) {
-            (Op::Set(_), Reply::Simple(status)) => *status == b"OK",
-            (Op::Get(_) | Op::Lpop(_), Reply::Nil) => true,
-            (Op::Get(n) | Op::Lpop(n), Reply::Bulk(value)) => {
+            (Op::Set(_), Value::Simple(status)) => *status == b"OK",
+            (Op::Get(_) | Op::Lpop(_), Value::Null) => true,
+            (Op::Get(n) | Op::Lpop(n), Value::Bulk(value)) => {
                 state.expected_value.clear();
                 write_value(n, self.value_size, &mut state.expected_value);
                 *value == state.expected_value.as_slice()
             }
-            (Op::Lpush(_), Reply::Integer(len)) => *len >= 1,
-            (Op::Incr, Reply::Integer(value)) => {
+            (Op::Lpush(_), Value::Integer(_)) => reply.int().is_some_and(|len| len >= 1),
+            (Op::Incr, Value::Integer(_)) => {
                 // Resynchronise on every reply so one bad value is counted
                 // once, not again for every reply after it.
+                let value = reply.int();
                 let in_step = state
                     .last_counter
-                    .is_none_or(|last| last.checked_add(1) == Some(*value));
-                state.last_counter = Some(*value);
+                    .is_none_or(|last| value.is_some() && last.checked_add(1) == value);
+                state.last_counter = value;
                 in_step
             }
             _ => false,
@@ -304,7 +305,6 @@ pub fn write_value(n: u64, size: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::reply;
 
     fn plan(workload: Workload, value_size: usize) -> RequestPlan {
         RequestPlan::new(workload, 0.5, 1000, value_size, "t:")
@@ -348,7 +348,7 @@ mod tests {
     }
 
     fn check(plan: &RequestPlan, state: &mut ClientState, op: Op, wire: &[u8]) -> Verdict {
-        let (reply, used) = reply::parse(wire).unwrap().unwrap();
+        let (reply, used) = Value::parse(wire, 32).unwrap().unwrap();
         assert_eq!(used, wire.len());
         plan.check(op, &reply, state)
     }

@@ -1,11 +1,216 @@
-//! Replies respool composes itself: AUTH, HELLO, CLIENT ID/GETNAME/SETNAME,
-//! and the RESP encodings they need in either protocol version.
+//! Commands respool answers itself (see [`crate::command::Local`]): QUIT,
+//! AUTH, HELLO, RESET, SELECT of the configured database, CLIENT
+//! ID/GETNAME/SETNAME/SETINFO, INFO respool — and the RESP encodings their
+//! replies need in either protocol version.
 
 use bytes::Bytes;
 
 use super::auth::{AuthOutcome, ClientAuth};
-use crate::codec::{Request, RequestRef};
-use crate::error::error_line;
+use super::session::Session;
+use super::{Client, Wait};
+use crate::codec::{Request, RequestLimits, RequestRef};
+use crate::command::{Command, Local, Stateful};
+use crate::error::{error_line, Error};
+
+impl Client {
+    /// Answers a command respool handles itself (or parks it until it can).
+    pub(super) fn local(&mut self, local: Local, req: Request, command: Command) {
+        if !matches!(local, Local::Quit | Local::Reset)
+            && self.session.as_ref().is_some_and(Session::pubsub_only)
+        {
+            // Redis refuses it on a RESP2 connection in pub/sub mode; so does
+            // respool, rather than answer what Redis would not.
+            self.output.push_ready(not_in_pubsub_context(&req));
+            return;
+        }
+        if !matches!(local, Local::Quit | Local::Reset | Local::SelectDefault)
+            && self
+                .session
+                .as_mut()
+                .is_some_and(|s| s.abort_transaction_on_exec())
+        {
+            // Redis would queue it and run it at EXEC, but respool answers
+            // it itself and has no place in EXEC's reply for it. Refusing it
+            // keeps the reply count right: as with any command refused while
+            // queueing, EXEC answers EXECABORT and nothing runs.
+            self.output.push_ready(not_queueable(&req));
+            return;
+        }
+        match local {
+            Local::Quit => {
+                self.output.push_ready(Bytes::from_static(b"+OK\r\n"));
+                self.stop_reading();
+            }
+            Local::Reset if self.session.is_some() => self.park(req, command, None),
+            Local::Reset => {
+                let reply = self.reset();
+                self.output.push_ready(reply);
+            }
+            Local::SelectDefault if self.session.is_some() => {
+                self.dedicated(Stateful::Select, req, command)
+            }
+            Local::Hello => {
+                if let Some(protocol) = hello_protocol(&req) {
+                    if protocol != self.protocol
+                        && self.session.is_none()
+                        && self.output.shared_pending() > 0
+                    {
+                        // Switching lanes: wait until the old lane answered
+                        // everything, so nothing is reordered.
+                        self.park(req, command, None);
+                        return;
+                    }
+                }
+                match self.hello(&req) {
+                    Some(reply) => self.output.push_ready(reply),
+                    None => {
+                        // No wait is running: a HELLO is parked while one
+                        // does, and nothing is read behind it.
+                        let within = self.shared.config.retry.hold_timeout;
+                        let wait = self.lanes.version().wait_validated(within);
+                        self.park(req, command, Some(Wait::Version(Box::pin(wait))));
+                    }
+                }
+            }
+            other => {
+                let reply = self.simple_local(other, &req);
+                self.output.push_ready(reply);
+            }
+        }
+    }
+
+    fn simple_local(&mut self, local: Local, req: &Request) -> Bytes {
+        match local {
+            Local::Auth => self.auth(req),
+            Local::Ok | Local::SelectDefault => Bytes::from_static(b"+OK\r\n"),
+            Local::ClientId => Bytes::from(format!(":{}\r\n", self.id)),
+            Local::Stats => self.stats_reply(),
+            Local::ClientGetName => match &self.name {
+                Some(name) => bulk(name),
+                None => nil(self.protocol),
+            },
+            Local::ClientSetName => match validate_client_name(req) {
+                Ok(name) => {
+                    self.name = name;
+                    Bytes::from_static(b"+OK\r\n")
+                }
+                Err(reply) => reply,
+            },
+            // Handled by `local` itself.
+            Local::Quit | Local::Reset | Local::Hello => Bytes::from_static(b"+OK\r\n"),
+        }
+    }
+
+    fn auth(&mut self, req: &Request) -> Bytes {
+        match auth(&self.settings().auth, req) {
+            Ok(()) => {
+                self.set_authenticated();
+                Bytes::from_static(b"+OK\r\n")
+            }
+            Err(reply) => reply,
+        }
+    }
+
+    fn set_authenticated(&mut self) {
+        if !self.authenticated {
+            self.authenticated = true;
+            let limits = RequestLimits {
+                max_bulk_len: self.settings().max_bulk_length,
+                ..RequestLimits::default()
+            };
+            self.input.set_limits(limits);
+        }
+    }
+
+    /// HELLO's reply; `None` when it would succeed but no upstream
+    /// connection has passed validation yet, so the server version its reply
+    /// carries is not known: nothing is changed then, and the caller waits.
+    fn hello(&mut self, req: &Request) -> Option<Bytes> {
+        let hello = match parse_hello(req) {
+            Ok(h) => h,
+            Err(reply) => return Some(reply),
+        };
+        let authenticates = match hello.auth {
+            Some((user, password)) => match self.settings().auth.check(Some(user), password) {
+                AuthOutcome::Ok => true,
+                _ => return Some(wrongpass()),
+            },
+            None if !self.authenticated => return Some(error_line("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")),
+            None => false,
+        };
+        if !self.lanes.version().is_validated() {
+            return None;
+        }
+        if authenticates {
+            self.set_authenticated();
+        }
+        if let Some(name) = hello.setname {
+            self.name = name;
+        }
+        if let Some(protocol) = hello.protocol {
+            if protocol != self.protocol {
+                self.protocol = protocol;
+                self.lane = self.lanes.lane(protocol);
+                if let Some(session) = &mut self.session {
+                    session.switch_protocol(protocol == 3);
+                }
+            }
+        }
+        // Unknown only where an ACL forbids the validation's `INFO server`.
+        let version = self.lanes.version().get();
+        let version = version.as_deref().unwrap_or("unknown");
+        Some(hello_reply(self.protocol, self.id, version))
+    }
+
+    /// The parked `HELLO` waited `--hold-timeout` for a validated upstream
+    /// connection in vain: it fails, changing nothing, as a command sent
+    /// while Redis is down would.
+    pub(super) fn no_server_version(&mut self) {
+        let parked = std::mem::replace(&mut self.phase, super::Phase::Reading);
+        if let super::Phase::Parked(parked) = parked {
+            if parked.drain_after {
+                self.phase = super::Phase::Draining;
+            }
+            let error = Error::NoServerVersion {
+                addr: self.lanes.addr().clone(),
+                waited: self.shared.config.retry.hold_timeout,
+            };
+            self.output.push_ready(error.to_resp());
+        }
+    }
+
+    /// `INFO respool`: the process's counters, summed over its event loops.
+    fn stats_reply(&self) -> Bytes {
+        let version = self.lanes.version().get();
+        let process = &self.shared.process;
+        let ctx = crate::stats::Context {
+            upstream: self.lanes.addr(),
+            upstream_version: version.as_deref(),
+            event_loops: self.shared.config.event_loops(),
+            connected_clients: process
+                .connected_clients
+                .load(std::sync::atomic::Ordering::Relaxed),
+            uptime_secs: process.uptime_secs(),
+        };
+        let text = crate::stats::render(ctx, process.totals());
+        bulk(text.as_bytes())
+    }
+
+    /// RESET of a client without a session: its own state goes back to a new
+    /// connection's.
+    pub(super) fn reset(&mut self) -> Bytes {
+        self.name = None;
+        if self.protocol != 2 {
+            self.protocol = 2;
+            self.lane = self.lanes.lane(2);
+        }
+        if self.settings().auth.required() && self.authenticated {
+            self.authenticated = false;
+            self.input.set_limits(RequestLimits::unauthenticated());
+        }
+        Bytes::from_static(b"+RESET\r\n")
+    }
+}
 
 /// Commands a client may send before it has authenticated (as in Redis).
 pub(super) fn allowed_before_auth(req: RequestRef<'_>) -> bool {
@@ -39,7 +244,7 @@ fn error_name(req: &Request, containers: &[&str], sep: char, upper: bool) -> Str
 
 /// The refusal of a command respool answers itself, sent inside MULTI,
 /// named with the argument that made it respool's own.
-pub(super) fn not_queueable(req: &Request) -> Bytes {
+fn not_queueable(req: &Request) -> Bytes {
     refused_in_multi(
         &error_name(req, &["CLIENT", "INFO"], ' ', true),
         "respool answers it itself",
@@ -63,7 +268,7 @@ fn refused_in_multi(name: &str, why: &str) -> Bytes {
 
 /// Redis's refusal of a command on a RESP2 connection in pub/sub mode,
 /// naming it as Redis does (`client|setname`).
-pub(super) fn not_in_pubsub_context(req: &Request) -> Bytes {
+fn not_in_pubsub_context(req: &Request) -> Bytes {
     let name = error_name(req, &["CLIENT"], '|', false);
     error_line(
         "ERR",
@@ -72,7 +277,7 @@ pub(super) fn not_in_pubsub_context(req: &Request) -> Bytes {
 }
 
 /// `-WRONGPASS`, worded as Redis 7 words it.
-pub(super) fn wrongpass() -> Bytes {
+fn wrongpass() -> Bytes {
     error_line(
         "WRONGPASS",
         "invalid username-password pair or user is disabled.",
@@ -80,7 +285,7 @@ pub(super) fn wrongpass() -> Bytes {
 }
 
 /// Answers `AUTH [user] password` against respool's own users.
-pub(super) fn auth(users: &ClientAuth, req: &Request) -> Result<(), Bytes> {
+fn auth(users: &ClientAuth, req: &Request) -> Result<(), Bytes> {
     let args: Vec<&[u8]> = req.args().skip(1).collect();
     let (user, password) = match args[..] {
         [password] => (None, password),
@@ -104,7 +309,7 @@ pub(super) fn auth(users: &ClientAuth, req: &Request) -> Result<(), Bytes> {
 }
 
 /// A parsed `HELLO [protover [AUTH user pass] [SETNAME name]]`.
-pub(super) struct Hello<'a> {
+struct Hello<'a> {
     pub protocol: Option<u8>,
     pub auth: Option<(&'a [u8], &'a [u8])>,
     /// `Some(None)` clears the name.
@@ -112,7 +317,7 @@ pub(super) struct Hello<'a> {
 }
 
 /// The protocol version a HELLO asks for, if it is valid.
-pub(super) fn hello_protocol(req: &Request) -> Option<u8> {
+fn hello_protocol(req: &Request) -> Option<u8> {
     match req.arg(1)? {
         b"2" => Some(2),
         b"3" => Some(3),
@@ -120,7 +325,7 @@ pub(super) fn hello_protocol(req: &Request) -> Option<u8> {
     }
 }
 
-pub(super) fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
+fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
     let args: Vec<&[u8]> = req.args().skip(1).collect();
     let mut hello = Hello {
         protocol: None,
@@ -163,7 +368,7 @@ pub(super) fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
 }
 
 /// `CLIENT SETNAME name`: the new name (`None` clears it) or Redis's error.
-pub(super) fn validate_client_name(req: &Request) -> Result<Option<Bytes>, Bytes> {
+fn validate_client_name(req: &Request) -> Result<Option<Bytes>, Bytes> {
     if req.argc() != 3 {
         return Err(error_line(
             "ERR",
@@ -187,7 +392,7 @@ fn client_name(name: &[u8]) -> Result<Option<Bytes>, Bytes> {
 }
 
 /// A bulk string.
-pub(super) fn bulk(data: &[u8]) -> Bytes {
+fn bulk(data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 16);
     out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
     out.extend_from_slice(data);
@@ -196,13 +401,13 @@ pub(super) fn bulk(data: &[u8]) -> Bytes {
 }
 
 /// Null in the client's protocol.
-pub(super) fn nil(protocol: u8) -> Bytes {
+fn nil(protocol: u8) -> Bytes {
     Bytes::from_static(if protocol == 3 { b"_\r\n" } else { b"$-1\r\n" })
 }
 
 /// HELLO's reply: a map in RESP3, a flat array in RESP2, with the fields
 /// Redis sends. `version` is the upstream's, learned during validation.
-pub(super) fn hello_reply(protocol: u8, id: u64, version: &str) -> Bytes {
+fn hello_reply(protocol: u8, id: u64, version: &str) -> Bytes {
     let mut out = Vec::new();
     out.extend_from_slice(if protocol == 3 { b"%7\r\n" } else { b"*14\r\n" });
     let mut field = |key: &str, value: &[u8]| {

@@ -11,21 +11,23 @@
 //! discarded if its state is in doubt, so nothing leaks to the next client.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bb8::PooledConnection;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
+use tokio_util::io::poll_read_buf;
 
-use crate::codec::{ReplyDecoder, Request};
+use crate::codec::{ReplyDecoder, Request, Value};
 use crate::command::{Stateful, SubKind};
-use crate::pool::manager::UpstreamManager;
-use crate::upstream::{ConnectError, UpstreamSettings};
-
-/// A pinned connection, as the client sees it.
-pub(crate) type PinnedConn = PooledConnection<'static, UpstreamManager>;
+use crate::error::ConnectError;
+use crate::pool::connection::Broken;
+use crate::pool::endpoint::Endpoint;
+use crate::pool::validate::login;
+use crate::pool::{LaneSet, PinnedConn};
 
 /// What a request's reply does to the connection's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,20 +106,13 @@ pub(crate) enum SessionEvent {
     Nothing,
 }
 
-/// Why a session had to be abandoned.
-#[derive(Debug)]
-pub(crate) enum SessionBroken {
-    /// EOF, reset or another socket error.
-    Lost(String),
-    /// A frame that is not RESP, or a reply nobody asked for.
-    BadReply(String),
-}
-
 /// A pinned session; see the module docs.
 pub(crate) struct Session {
     conn: PinnedConn,
     /// Requests waiting to be written.
-    pub(crate) wbuf: BytesMut,
+    wbuf: BytesMut,
+    /// The stream took bytes since it was last flushed (TLS keeps records).
+    unflushed: bool,
     decoder: ReplyDecoder,
     expect: VecDeque<Expect>,
     state: State,
@@ -152,6 +147,7 @@ impl Session {
         Session {
             conn,
             wbuf: BytesMut::new(),
+            unflushed: false,
             decoder: ReplyDecoder::default(),
             expect: VecDeque::new(),
             state: State {
@@ -204,14 +200,9 @@ impl Session {
         }
     }
 
-    /// The socket, for readiness.
-    pub(crate) fn stream(&self) -> &crate::net::Stream {
-        &self.conn.stream
-    }
-
     /// Requests (or, on TLS, encrypted output) are waiting for the socket.
     pub(crate) fn wants_write(&self) -> bool {
-        !self.wbuf.is_empty() || self.conn.stream.has_pending_output()
+        !self.wbuf.is_empty() || self.unflushed
     }
 
     /// Sends a request on respool's own account; its reply is swallowed.
@@ -398,49 +389,70 @@ impl Session {
         self.expect.front().and_then(|e| e.deadline)
     }
 
-    /// Reads what the socket has (after readiness) and turns it into events.
-    /// `Ok(None)` when the read would block.
-    pub(crate) fn read(&mut self, events: &mut Vec<SessionEvent>) -> Result<(), SessionBroken> {
-        use futures_util::FutureExt;
+    /// Reads what the socket has and turns it into events: ready when
+    /// something was read (or the connection broke), pending with the
+    /// waker registered otherwise.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        events: &mut Vec<SessionEvent>,
+    ) -> Poll<Result<(), Broken>> {
         let c = &mut *self.conn;
         if c.read_buf.capacity() - c.read_buf.len() < 1024 {
             c.read_buf.reserve(self.read_buffer_size);
         }
-        match c.stream.read_buf(&mut c.read_buf).now_or_never() {
-            None => return Ok(()),
-            Some(Ok(0)) => return Err(SessionBroken::Lost("connection closed by upstream".into())),
-            Some(Err(e)) => return Err(SessionBroken::Lost(e.to_string())),
-            Some(Ok(_)) => {}
+        match poll_read_buf(Pin::new(&mut c.stream), cx, &mut c.read_buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(Broken::Lost("connection closed by upstream".into())))
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Broken::Lost(e.to_string()))),
+            Poll::Ready(Ok(_)) => {}
         }
         loop {
             let frame = match self.decoder.decode(&mut self.conn.read_buf) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(SessionBroken::BadReply(e.to_string())),
+                Ok(None) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(Broken::BadReply(e.to_string()))),
             };
-            events.push(self.on_frame(frame)?);
+            match self.on_frame(frame) {
+                Ok(event) => events.push(event),
+                Err(broken) => return Poll::Ready(Err(broken)),
+            }
         }
     }
 
-    /// Writes what the socket takes. Errors break the session.
-    pub(crate) fn write(&mut self) -> Result<(), SessionBroken> {
-        use bytes::Buf;
+    /// Writes what waits, then flushes: ready when the socket took
+    /// something (or the connection broke).
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Broken>> {
+        let stream = &mut self.conn.stream;
+        let mut wrote = false;
         while !self.wbuf.is_empty() {
-            match self.conn.stream.try_write(&self.wbuf) {
-                Ok(n) => self.wbuf.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(SessionBroken::Lost(e.to_string())),
+            match Pin::new(&mut *stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    wrote = true;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Broken::Lost(e.to_string()))),
+                Poll::Pending => break,
             }
         }
-        match self.conn.stream.try_flush() {
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                Err(SessionBroken::Lost(e.to_string()))
+        if self.unflushed && self.wbuf.is_empty() {
+            match Pin::new(stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Broken::Lost(e.to_string()))),
+                Poll::Pending => {}
             }
-            _ => Ok(()),
+        }
+        if wrote {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
         }
     }
 
-    fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, SessionBroken> {
+    fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, Broken> {
         // Only a subscribed connection (or one expecting confirmations, or
         // one whose confirmations nobody waits for, or a RESP3 push) can
         // carry pub/sub frames; anything else is a plain reply even if it
@@ -500,7 +512,7 @@ impl Session {
         // RESP2 messages look like replies: tell them apart by their kind,
         // which only arrives while subscribed.
         let Some(front) = self.expect.front_mut() else {
-            return Err(SessionBroken::BadReply(
+            return Err(Broken::BadReply(
                 "a reply arrived with no request pending".into(),
             ));
         };
@@ -554,11 +566,11 @@ impl Session {
         })
     }
 
-    /// Gives the connection back to the pool (in the background): as is if
-    /// nothing was ever changed on it, after RESET (+ AUTH, SELECT) if it was,
-    /// or closed if a request is still outstanding (a blocked command cannot
-    /// be interrupted) or the reset fails.
-    pub(crate) fn release(mut self, settings: Arc<UpstreamSettings>) {
+    /// Gives the connection back to `lanes`' pool (in the background): as
+    /// is if nothing was ever changed on it, after RESET (+ AUTH, SELECT) if
+    /// it was, or closed if a request is still outstanding (a blocked
+    /// command cannot be interrupted) or the reset fails.
+    pub(crate) fn release(mut self, lanes: &LaneSet) {
         if !self.expect.is_empty() || !self.wbuf.is_empty() {
             self.conn.broken = true;
             return;
@@ -566,8 +578,10 @@ impl Session {
         if !self.dirty {
             return;
         }
+        let endpoint = lanes.endpoint().clone();
+        let timeout = lanes.timeout();
         tokio::spawn(async move {
-            if let Err(e) = reset_connection(&mut self.conn, &settings).await {
+            if let Err(e) = reset_connection(&mut self.conn, &endpoint, timeout).await {
                 tracing::debug!(error = %e, "pinned connection could not be reset; closing it");
                 self.conn.broken = true;
             }
@@ -580,25 +594,26 @@ impl Session {
     }
 }
 
-/// RESET, then re-authenticate and re-select: RESET ends transactions,
+/// RESET, then log in again and re-select: RESET ends transactions,
 /// WATCHes, subscriptions, tracking, CLIENT REPLY modes, RESP3, and also
 /// logs the connection out and selects db 0.
-async fn reset_connection(conn: &mut PinnedConn, s: &UpstreamSettings) -> Result<(), ConnectError> {
+async fn reset_connection(
+    conn: &mut PinnedConn,
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<(), ConnectError> {
     let mut steps = vec![Request::from_args(&["RESET"])];
-    if let Some(password) = &s.password {
-        steps.push(match &s.username {
-            Some(user) => Request::from_args(&["AUTH", user.as_str(), password.expose()]),
-            None => Request::from_args(&["AUTH", password.expose()]),
-        });
+    if let Some((_, login)) = login(&endpoint.identity, 2) {
+        steps.push(login);
     }
-    if s.db != 0 {
+    if endpoint.db != 0 {
         steps.push(Request::from_args(&[
             "SELECT".to_string(),
-            s.db.to_string(),
+            endpoint.db.to_string(),
         ]));
     }
     let replies = conn
-        .exchange_skipping_pushes(&steps, "RESET", s.timeout)
+        .exchange_skipping_pushes(&steps, "RESET", timeout)
         .await?;
     let expected: Vec<&[u8]> = std::iter::once(&b"+RESET\r\n"[..])
         .chain(std::iter::repeat_n(&b"+OK\r\n"[..], steps.len() - 1))
@@ -628,16 +643,12 @@ enum Notice {
 /// Recognises pub/sub frames: arrays (RESP2) or pushes (RESP3) whose first
 /// element names the event. Only the first two elements are looked at.
 fn pubsub_notice(frame: &[u8]) -> Option<Notice> {
-    if !matches!(frame.first(), Some(b'*' | b'>')) {
+    let (Value::Array(mut items) | Value::Push(mut items)) = Value::of_frame(frame).ok()? else {
         return None;
-    }
-    let header_end = crate::codec::find_crlf(frame, 1)?;
-    let count = crate::codec::parse_int(&frame[1..header_end])?;
-    let (kind, next) = string_element(frame, header_end + 2)?;
-    let kind = kind?.to_ascii_lowercase();
-    let name = string_element(frame, next)
-        .and_then(|(name, _)| name)
-        .map(<[u8]>::to_vec);
+    };
+    let count = items.len();
+    let kind = items.next()?.bytes()?.to_ascii_lowercase();
+    let name = items.next().and_then(|v| v.bytes()).map(<[u8]>::to_vec);
     let confirm = |kind: SubKind, subscribe: bool| {
         Some(Notice::Confirm {
             kind,
@@ -653,26 +664,6 @@ fn pubsub_notice(frame: &[u8]) -> Option<Notice> {
         b"punsubscribe" => confirm(SubKind::Pattern, false),
         b"sunsubscribe" => confirm(SubKind::Shard, false),
         b"message" | b"pmessage" | b"smessage" if count >= 3 => Some(Notice::Message),
-        _ => None,
-    }
-}
-
-/// A bulk or simple string element at `at`: its contents (`None` for a
-/// null) and where the next element starts.
-fn string_element(frame: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
-    let line_end = crate::codec::find_crlf(frame, at + 1)?;
-    match frame.get(at)? {
-        b'+' => Some((Some(&frame[at + 1..line_end]), line_end + 2)),
-        b'_' => Some((None, line_end + 2)),
-        b'$' => {
-            let len = crate::codec::parse_int(&frame[at + 1..line_end])?;
-            if len < 0 {
-                return Some((None, line_end + 2));
-            }
-            let start = line_end + 2;
-            let data = frame.get(start..start + len as usize)?;
-            Some((Some(data), start + len as usize + 2))
-        }
         _ => None,
     }
 }

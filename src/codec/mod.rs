@@ -7,23 +7,26 @@
 //! * [`reply`] splits upstream replies (RESP2 and RESP3) into whole frames as
 //!   raw `Bytes`, without re-encoding, with a nesting-depth cap.
 //!
+//! * [`Value`] reads a delimited reply frame as typed values, for what
+//!   respool says to Redis on its own account, for `respool bench` and for
+//!   the tests: one reply parser for all of them.
+//!
 //! Both decoders implement `tokio_util::codec::Decoder` and remember how far
 //! they scanned a partial frame, so framing stays linear in the bytes received
-//! however finely the input is split. Typed decoding of a frame, where respool
-//! needs it at all (validation replies), is left to the `redis-protocol` crate,
-//! and only after [`reply::ReplyDecoder`] has delimited and depth-checked the
-//! frame.
+//! however finely the input is split.
 
 use bytes::BytesMut;
 
 mod inline;
 pub mod reply;
 pub mod request;
+mod value;
 
 pub use reply::{ReplyDecoder, ReplyKind};
 pub use request::{
     first_request_len, Decoded, Request, RequestDecoder, RequestLimits, RequestRef, RequestSpan,
 };
+pub use value::{Elements, Value};
 
 /// Why a byte stream is not valid RESP. The texts match Redis's own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::{bulk_body_arrived, find_crlf, parse_int, ProtocolError};
+use super::{find_crlf, parse_int, ProtocolError};
 
 /// Longest header or simple-string line accepted in a reply.
 const MAX_REPLY_LINE: usize = 64 << 20;
@@ -89,16 +89,39 @@ impl ReplyDecoder {
     /// can be taken out together. Progress on an incomplete frame is kept
     /// relative to `start`: call again with the same start (or, after taking
     /// the bytes before it out of `buf`, with the start moved back by as
-    /// many) once more bytes arrived.
+    /// many) once more bytes arrived. A bulk string whose header has arrived
+    /// makes room for its body at once (up to 64 MiB), instead of the
+    /// buffer growing piece by piece.
+    #[inline]
     pub fn decode_at(
         &mut self,
         buf: &mut BytesMut,
         start: usize,
     ) -> Result<Option<usize>, ProtocolError> {
+        match self.scan(&buf[start..])? {
+            Scan::Complete(len) => Ok(Some(len)),
+            Scan::Incomplete { missing } => {
+                if missing > 0 {
+                    buf.reserve(missing.min(64 << 20));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The length of the frame at the start of `input`, if all of it is
+    /// there; see [`decode_at`](Self::decode_at).
+    pub fn frame_len(&mut self, input: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        match self.scan(input)? {
+            Scan::Complete(len) => Ok(Some(len)),
+            Scan::Incomplete { .. } => Ok(None),
+        }
+    }
+
+    fn scan(&mut self, input: &[u8]) -> Result<Scan, ProtocolError> {
         loop {
-            let input = &buf[start..];
             let Some(&kind) = input.get(self.pos) else {
-                return Ok(None);
+                return Ok(Scan::Incomplete { missing: 0 });
             };
             let search_from = (self.pos + 1).max(self.line_scanned);
             let Some(cr) = find_crlf(input, search_from) else {
@@ -107,7 +130,7 @@ impl ReplyDecoder {
                 }
                 // A CR may be the last byte; search again from it next time.
                 self.line_scanned = input.len().saturating_sub(1).max(self.pos + 1);
-                return Ok(None);
+                return Ok(Scan::Incomplete { missing: 0 });
             };
             self.line_scanned = 0;
             let line = &input[self.pos + 1..cr];
@@ -127,8 +150,13 @@ impl ReplyDecoder {
                             return Err(ProtocolError::BadHeader);
                         }
                         let end = next + len as usize;
-                        if !bulk_body_arrived(buf, start, end, 64 << 20)? {
-                            return Ok(None);
+                        if input.len() < end + 2 {
+                            return Ok(Scan::Incomplete {
+                                missing: end + 2 - input.len(),
+                            });
+                        }
+                        if &input[end..end + 2] != b"\r\n" {
+                            return Err(ProtocolError::MissingCrlf);
                         }
                         self.pos = end + 2;
                     }
@@ -167,7 +195,7 @@ impl ReplyDecoder {
                     None => {
                         let len = self.pos;
                         self.pos = 0;
-                        return Ok(Some(len));
+                        return Ok(Scan::Complete(len));
                     }
                     Some(left) => {
                         *left -= 1;
@@ -180,6 +208,15 @@ impl ReplyDecoder {
             }
         }
     }
+}
+
+/// How far [`ReplyDecoder::scan`] got.
+enum Scan {
+    /// A whole frame of this length.
+    Complete(usize),
+    /// Not all there yet; at least `missing` more bytes are needed (0 when
+    /// that is not known).
+    Incomplete { missing: usize },
 }
 
 #[cfg(test)]

@@ -1,18 +1,27 @@
-//! The bb8 connection manager: how upstream connections are created (connect
-//! and validation gate), checked before reuse, and recognised as broken.
+//! The bb8 connection manager of one lane set: how its connections are
+//! created (connect and validation gate, as its endpoint's identity), checked
+//! before reuse, and recognised as broken.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::connection::UpstreamConn;
+use super::endpoint::Endpoint;
+use super::{PoolContext, ServerVersion};
 use crate::codec::Request;
-use crate::upstream::{ConnectError, UpstreamConn, UpstreamSettings};
+use crate::error::ConnectError;
 
 /// Creates validated upstream connections for bb8.
 #[derive(Debug, Clone)]
-pub struct UpstreamManager {
-    settings: Arc<UpstreamSettings>,
+pub(crate) struct UpstreamManager {
+    endpoint: Arc<Endpoint>,
+    /// RESP version the connections speak.
+    protocol: u8,
+    ctx: Arc<PoolContext>,
+    /// Where validation records the server's version.
+    version: ServerVersion,
     /// The latest connect failure, published so that waiters learn *why* no
     /// connection is coming instead of only that their wait timed out (bb8
     /// hands connect errors to its error sink, not to the waiting `get`).
@@ -20,10 +29,18 @@ pub struct UpstreamManager {
 }
 
 impl UpstreamManager {
-    /// A manager for the given upstream.
-    pub fn new(settings: Arc<UpstreamSettings>) -> Self {
+    /// A manager for connections to `endpoint` speaking `protocol`.
+    pub fn new(
+        endpoint: Arc<Endpoint>,
+        protocol: u8,
+        ctx: Arc<PoolContext>,
+        version: ServerVersion,
+    ) -> Self {
         UpstreamManager {
-            settings,
+            endpoint,
+            protocol,
+            ctx,
+            version,
             failures: Arc::new(watch::channel(None).0),
         }
     }
@@ -31,11 +48,6 @@ impl UpstreamManager {
     /// Subscribes to connect failures.
     pub fn failures(&self) -> watch::Receiver<Option<ConnectError>> {
         self.failures.subscribe()
-    }
-
-    /// The settings connections are made with.
-    pub fn settings(&self) -> &Arc<UpstreamSettings> {
-        &self.settings
     }
 }
 
@@ -45,15 +57,17 @@ impl bb8::ManageConnection for UpstreamManager {
 
     async fn connect(&self) -> Result<UpstreamConn, ConnectError> {
         let started = Instant::now();
-        match UpstreamConn::open(&self.settings).await {
-            Ok(conn) => {
-                tracing::debug!(upstream = %self.settings.addr, took_ms = started.elapsed().as_millis() as u64, "upstream connection validated");
-                self.settings.stats.upstream_connections.add(1);
+        let addr = &self.endpoint.node.addr;
+        match UpstreamConn::open(&self.endpoint, self.protocol, &self.ctx.pool).await {
+            Ok((conn, version)) => {
+                tracing::debug!(upstream = %addr, user = self.endpoint.identity.user(), took_ms = started.elapsed().as_millis() as u64, "upstream connection validated");
+                self.ctx.stats.upstream_connections.add(1);
+                self.version.validated(version);
                 Ok(conn)
             }
             Err(e) => {
-                tracing::debug!(upstream = %self.settings.addr, error = %e, "upstream connection attempt failed");
-                self.settings.stats.upstream_connect_failures.add(1);
+                tracing::debug!(upstream = %addr, user = self.endpoint.identity.user(), error = %e, "upstream connection attempt failed");
+                self.ctx.stats.upstream_connect_failures.add(1);
                 self.failures.send_replace(Some(e.clone()));
                 Err(e)
             }
@@ -63,7 +77,7 @@ impl bb8::ManageConnection for UpstreamManager {
     /// PINGs a connection that sat idle longer than the health-check interval
     /// (as redis-py does); a recently used one is trusted without a round trip.
     async fn is_valid(&self, conn: &mut UpstreamConn) -> Result<(), ConnectError> {
-        let Some(interval) = self.settings.health_check_interval else {
+        let Some(interval) = self.ctx.pool.health_check_interval else {
             return Ok(());
         };
         if conn.last_used.elapsed() < interval {
@@ -73,7 +87,7 @@ impl bb8::ManageConnection for UpstreamManager {
             .exchange(
                 &[Request::from_args(&["PING"])],
                 "health check PING",
-                self.settings.timeout,
+                self.ctx.retry.timeout,
             )
             .await?;
         if replies.first().is_some_and(|r| &r[..] == b"+PONG\r\n") {

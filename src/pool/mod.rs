@@ -1,240 +1,135 @@
-//! Upstream connections: created and validated through bb8
-//! ([`manager`], [`validate`]) and carried by shared, multiplexed [`lane`]s.
+//! Upstream connections, per [`endpoint`]: each endpoint (node × identity ×
+//! database) gets a [`lane_set`] — shared lanes per protocol, a bb8 pool
+//! behind them, a pool of dedicated connections for pinned sessions, and
+//! one validation gate and health record — and a [`registry`] holds the
+//! lane sets of an event loop.
+//!
+//! * [`connection`] — one connection: connect, TLS, exchanges;
+//! * [`validate`] — the gate a new connection must pass;
+//! * [`manager`] — bb8's view: create, check, discard;
+//! * [`checkout`] — taking a connection out, with the reason when none comes;
+//! * [`lane`] — a shared lane: many clients multiplexed over one connection;
+//! * [`mailbox`], [`outbox`], [`write_gate`] — how requests reach a lane
+//!   and leave it.
 
-pub mod lane;
-pub mod mailbox;
-pub mod manager;
-pub mod outbox;
-pub mod validate;
-pub mod write_gate;
+pub(crate) mod checkout;
+pub(crate) mod connection;
+pub(crate) mod endpoint;
+pub(crate) mod lane;
+pub(crate) mod lane_set;
+pub(crate) mod mailbox;
+pub(crate) mod manager;
+pub(crate) mod outbox;
+pub(crate) mod registry;
+pub(crate) mod validate;
+pub(crate) mod write_gate;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use backon::Retryable;
 
-use crate::config::Config;
-use crate::retry::BackoffPolicy;
+use crate::config::{PoolSettings, RetrySettings};
+use crate::error::ConnectError;
 use crate::stats::LoopStats;
-use crate::upstream::{ConnectError, ServerVersion, UpstreamConn, UpstreamSettings};
-use lane::{Lane, LaneSettings};
-use manager::UpstreamManager;
+use connection::UpstreamConn;
+use endpoint::Endpoint;
 
-pub use lane::LaneHandle;
+pub(crate) use lane_set::{LaneSet, PinnedConn};
+pub(crate) use registry::Registry;
 
-/// The shared lanes (each holds a handle to the bb8 pool behind them).
-pub struct SharedLanes {
-    lanes: Vec<LaneHandle>,
-    tasks: Vec<JoinHandle<()>>,
-    next: AtomicUsize,
-}
-
-impl SharedLanes {
-    /// Builds the pool (connections are made in the background, so the proxy
-    /// starts even when the upstream is down) and spawns one task per lane.
-    /// `protocol` is the RESP version the lanes' connections speak: clients
-    /// that said `HELLO 3` share lanes of their own, so every client gets
-    /// replies in the protocol it asked for without re-encoding.
-    pub fn start(
-        config: &Config,
-        protocol: u8,
-        version: ServerVersion,
-        stats: Arc<LoopStats>,
-    ) -> SharedLanes {
-        let settings = Arc::new(UpstreamSettings {
-            protocol,
-            server_version: version,
-            stats: stats.clone(),
-            ..UpstreamSettings::from_config(config)
-        });
-        let manager = UpstreamManager::new(settings.clone());
-        let failures = manager.failures();
-        let pool = bb8::Pool::builder()
-            .max_size(config.max_connections + config.min_idle)
-            .min_idle((config.min_idle > 0).then_some(config.min_idle))
-            // Lanes hold their connections for as long as they are healthy;
-            // the idle health check (a PING when idle too long) happens on
-            // check-out, as redis-py does it, and is free otherwise.
-            .test_on_check_out(true)
-            .connection_timeout(config.checkout_timeout)
-            // Lanes retry with their own backoff and report the precise error.
-            .retry_connection(false)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .build_unchecked(manager);
-        let lane_settings = Arc::new(LaneSettings {
-            addr: settings.addr.clone(),
-            timeout: config.timeout,
-            checkout_timeout: config.checkout_timeout,
-            hold_timeout: config.hold_timeout,
-            retries: config.retries,
-            backoff: BackoffPolicy {
-                base: config.backoff_base,
-                cap: config.backoff_cap,
-            },
-            health_check_interval: config.health_check_interval,
-            read_buffer_size: config.read_buffer_size,
-            batch_writes: config.batch_writes,
-            stats,
-        });
-        let mut lanes = Vec::new();
-        let mut tasks = Vec::new();
-        for id in 0..config.max_connections as usize {
-            let (tx, inbox) = LaneHandle::open();
-            let lane = Lane::new(
-                id,
-                inbox,
-                pool.clone(),
-                failures.clone(),
-                lane_settings.clone(),
-            );
-            tasks.push(tokio::spawn(lane.run()));
-            lanes.push(tx);
-        }
-        SharedLanes {
-            lanes,
-            tasks,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The lane for a new client (round robin).
-    pub fn pick(&self) -> LaneHandle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[i].clone()
-    }
-
-    /// Closes the lanes: each finishes what is pending (clients must already
-    /// have dropped their handles), then the connections are closed.
-    pub async fn close(self, deadline: Duration) {
-        drop(self.lanes);
-        let all = futures_util::future::join_all(self.tasks);
-        if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!("lanes did not finish within the shutdown deadline");
-        }
-    }
-}
-
-/// The pool of dedicated connections for pinned sessions.
-pub struct PinnedPool {
-    /// The connections (validated, RESP2).
-    pub pool: bb8::Pool<UpstreamManager>,
-    /// Connect failures, to say why a checkout failed.
-    pub failures: tokio::sync::watch::Receiver<Option<ConnectError>>,
-    /// Settings, for resetting connections before reuse.
-    pub settings: Arc<UpstreamSettings>,
-}
-
-impl PinnedPool {
-    /// Builds the pool; connections are made on demand (and `--min-idle`
-    /// spares are not kept here: pinned connections are the expensive kind).
-    pub fn new(config: &Config, version: ServerVersion, stats: Arc<LoopStats>) -> PinnedPool {
-        let settings = Arc::new(UpstreamSettings {
-            server_version: version,
-            stats,
-            ..UpstreamSettings::from_config(config)
-        });
-        let manager = UpstreamManager::new(settings.clone());
-        let failures = manager.failures();
-        let pool = bb8::Pool::builder()
-            .max_size(config.max_pinned)
-            .min_idle(None)
-            .test_on_check_out(true)
-            .connection_timeout(config.checkout_timeout)
-            .retry_connection(true)
-            .build_unchecked(manager);
-        PinnedPool {
-            pool,
-            failures,
-            settings,
-        }
-    }
-}
-
-/// Opens one validated connection with retries, for `--require-upstream`.
-pub async fn probe_upstream(config: &Config) -> Result<(), ConnectError> {
-    let settings = UpstreamSettings::from_config(config);
-    let mut backoff = BackoffPolicy {
-        base: config.backoff_base,
-        cap: config.backoff_cap,
-    }
-    .delays();
-    let mut attempt = 0;
-    loop {
-        match UpstreamConn::open(&settings).await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt >= config.retries => return Err(e),
-            Err(e) => {
-                tracing::warn!(upstream = %settings.addr, error = %e, attempt, "upstream not ready yet");
-                attempt += 1;
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
-}
-
-/// Everything clients reach upstream through: shared lanes per protocol
-/// version and the pool of dedicated connections for pinned sessions.
-pub struct Upstreams {
-    config: Arc<Config>,
-    /// Lanes whose connections speak RESP2.
-    resp2: SharedLanes,
-    /// Lanes for clients that switched to RESP3, started on first use so a
-    /// proxy whose clients never say `HELLO 3` holds no connections for them.
-    resp3: std::sync::OnceLock<SharedLanes>,
-    /// Dedicated connections.
-    pub pinned: PinnedPool,
-    /// The upstream's version, as validation learned it.
-    pub version: ServerVersion,
-    /// This event loop's counters (`INFO respool`).
+/// What every lane set of an event loop is built with.
+#[derive(Debug)]
+pub(crate) struct PoolContext {
+    pub pool: PoolSettings,
+    pub retry: RetrySettings,
+    /// The event loop's counters.
     pub stats: Arc<LoopStats>,
 }
 
-impl Upstreams {
-    /// Starts the RESP2 lanes and the (empty) pinned pool.
-    pub fn start(config: Arc<Config>) -> Upstreams {
-        let version = ServerVersion::default();
-        let stats = config.stats.register();
-        Upstreams {
-            resp2: SharedLanes::start(&config, 2, version.clone(), stats.clone()),
-            resp3: std::sync::OnceLock::new(),
-            pinned: PinnedPool::new(&config, version.clone(), stats.clone()),
-            version,
-            stats,
-            config,
-        }
-    }
+/// The upstream server's version (`INFO server`), as validation learned it,
+/// and whether any connection of the lane set has passed validation yet.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerVersion(Arc<VersionCell>);
 
-    /// A lane for a client speaking `protocol`.
-    pub fn lane(&self, protocol: u8) -> LaneHandle {
-        if protocol == 3 {
-            self.resp3
-                .get_or_init(|| {
-                    SharedLanes::start(&self.config, 3, self.version.clone(), self.stats.clone())
-                })
-                .pick()
-        } else {
-            self.resp2.pick()
-        }
-    }
+#[derive(Debug, Default)]
+struct VersionCell {
+    version: std::sync::RwLock<Option<Arc<str>>>,
+    validated: std::sync::atomic::AtomicBool,
+    /// Woken when the first connection passes validation.
+    first_validated: tokio::sync::Notify,
+}
 
-    /// A fresh client id (CLIENT ID, HELLO).
-    pub fn next_client_id(&self) -> u64 {
-        // One sequence for the process, so ids stay unique across threads.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Closes all lanes (after every client is gone).
-    pub async fn close(self, deadline: Duration) {
-        let resp3 = self.resp3.into_inner();
-        let both = async move {
-            self.resp2.close(deadline).await;
-            if let Some(lanes) = resp3 {
-                lanes.close(deadline).await;
+impl ServerVersion {
+    /// Records a connection that passed validation, with the version its
+    /// `INFO server` gave (`None` if an ACL forbids `INFO`).
+    pub fn validated(&self, version: Option<String>) {
+        if let Some(version) = version {
+            if let Ok(mut v) = self.0.version.write() {
+                if v.as_deref() != Some(version.as_str()) {
+                    *v = Some(version.into());
+                }
             }
-        };
-        both.await;
+        }
+        if !self
+            .0
+            .validated
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.0.first_validated.notify_waiters();
+        }
     }
+
+    /// The last version seen, if any connection was validated yet.
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.version.read().ok().and_then(|v| v.clone())
+    }
+
+    /// Whether any connection has passed validation: only then is the
+    /// version as known as it will be.
+    pub fn is_validated(&self) -> bool {
+        self.0.validated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once a connection has passed validation (`true`), or after
+    /// `within` without one (`false`).
+    pub fn wait_validated(
+        &self,
+        within: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let validated = async {
+                loop {
+                    // Registered before the check, so a validation in
+                    // between still wakes it.
+                    let notified = this.0.first_validated.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if this.is_validated() {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::time::timeout(within, validated).await.is_ok()
+        }
+    }
+}
+
+/// Opens one validated connection to `endpoint`, retrying with backoff up
+/// to `--retries` times, for `--require-upstream`.
+pub(crate) async fn probe_upstream(
+    endpoint: &Endpoint,
+    pool: &PoolSettings,
+    retry: &RetrySettings,
+) -> Result<(), ConnectError> {
+    let attempt = || async { UpstreamConn::open(endpoint, 2, pool).await.map(|_| ()) };
+    attempt
+        .retry(retry.backoff.delays().take(retry.retries as usize))
+        .sleep(tokio::time::sleep)
+        .notify(|e: &ConnectError, _| {
+            tracing::warn!(upstream = %endpoint.node.addr, error = %e, "upstream not ready yet");
+        })
+        .await
 }

@@ -1,17 +1,18 @@
 //! The validation gate: a new upstream connection joins the pool only after
-//! AUTH, SELECT, PING and a write/read probe on a unique, short-lived key all
-//! succeed. The steps are pipelined (one round trip) and checked in order, so
-//! the first failing step is the one reported.
+//! AUTH (as its endpoint's identity), SELECT, PING and a write/read probe on
+//! a unique, short-lived key all succeed. The steps are pipelined (one
+//! round trip) and checked in order, so the first failing step is the one
+//! reported.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::types::OwnedFrame;
 
-use crate::codec::Request;
-use crate::config::Validate;
-use crate::upstream::{ConnectError, UpstreamConn, UpstreamSettings};
+use super::connection::UpstreamConn;
+use super::endpoint::{Endpoint, Identity};
+use crate::codec::{Request, Value};
+use crate::config::{PoolSettings, Validate};
+use crate::error::ConnectError;
 
 /// What a step's reply must be.
 enum Expect {
@@ -28,7 +29,7 @@ enum Expect {
 /// A probe key unique to one validation attempt, so concurrent validations
 /// (many lanes, many proxies) never read each other's values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeKey(String);
+pub(crate) struct ProbeKey(String);
 
 impl ProbeKey {
     /// `<prefix>:<pid>:<attempt counter>:<random>`.
@@ -48,36 +49,51 @@ impl ProbeKey {
     }
 }
 
-/// Runs the gate on a freshly connected `conn`.
+/// The request that logs a connection in as `identity`, speaking
+/// `protocol`: `HELLO 3 [AUTH user pass]` for RESP3 (it switches and
+/// authenticates in one step), `AUTH [user] pass` for RESP2, nothing for
+/// the `default` user without a password on RESP2.
+pub(crate) fn login(identity: &Identity, protocol: u8) -> Option<(&'static str, Request)> {
+    let user = identity.username.as_deref();
+    let password = identity.password.as_ref().map(|p| p.expose());
+    match (protocol, password) {
+        (3, Some(password)) => Some((
+            "HELLO 3",
+            Request::from_args(&["HELLO", "3", "AUTH", user.unwrap_or("default"), password]),
+        )),
+        (3, None) => Some(("HELLO 3", Request::from_args(&["HELLO", "3"]))),
+        (_, Some(password)) => Some((
+            "AUTH",
+            match user {
+                Some(user) => Request::from_args(&["AUTH", user, password]),
+                None => Request::from_args(&["AUTH", password]),
+            },
+        )),
+        (_, None) => None,
+    }
+}
+
+/// Runs the gate on a freshly connected `conn`; the server's version, if
+/// its `INFO` gave one.
 pub(crate) async fn run_gate(
     conn: &mut UpstreamConn,
-    s: &UpstreamSettings,
-) -> Result<(), ConnectError> {
+    endpoint: &Endpoint,
+    protocol: u8,
+    s: &PoolSettings,
+) -> Result<Option<String>, ConnectError> {
     let mut steps: Vec<(&'static str, Request, Expect)> = Vec::new();
-    if s.protocol == 3 {
-        // HELLO switches the protocol and authenticates in one step.
-        let hello = match &s.password {
-            Some(password) => Request::from_args(&[
-                "HELLO",
-                "3",
-                "AUTH",
-                s.username.as_deref().unwrap_or("default"),
-                password.expose(),
-            ]),
-            None => Request::from_args(&["HELLO", "3"]),
+    if let Some((step, request)) = login(&endpoint.identity, protocol) {
+        let expect = if protocol == 3 {
+            Expect::Hello
+        } else {
+            Expect::Ok
         };
-        steps.push(("HELLO 3", hello, Expect::Hello));
-    } else if let Some(password) = &s.password {
-        let auth = match &s.username {
-            Some(user) => Request::from_args(&["AUTH", user.as_str(), password.expose()]),
-            None => Request::from_args(&["AUTH", password.expose()]),
-        };
-        steps.push(("AUTH", auth, Expect::Ok));
+        steps.push((step, request, expect));
     }
-    if s.db != 0 {
+    if endpoint.db != 0 {
         steps.push((
             "SELECT",
-            Request::from_args(&["SELECT".to_string(), s.db.to_string()]),
+            Request::from_args(&["SELECT".to_string(), endpoint.db.to_string()]),
             Expect::Ok,
         ));
     }
@@ -125,8 +141,7 @@ pub(crate) async fn run_gate(
             version = redis_version(reply);
         }
     }
-    s.server_version.validated(version);
-    Ok(())
+    Ok(version)
 }
 
 /// `redis_version:7.0.15` out of an INFO reply.
@@ -141,33 +156,22 @@ fn redis_version(info: &[u8]) -> Option<String> {
 }
 
 fn check(step: &'static str, expect: &Expect, reply: &[u8]) -> Result<(), ConnectError> {
-    // RESP3 and text replies are checked by shape; redis-protocol's RESP2
-    // decoder handles the rest.
-    match expect {
-        Expect::Hello if reply.first() == Some(&b'%') => return Ok(()),
-        Expect::Hello if reply.first() != Some(&b'-') => return Err(unexpected(step, reply)),
+    let value = Value::of_frame(reply).map_err(|_| unexpected(step, reply))?;
+    let ok = match (&value, expect) {
         // The version is nice to have; an ACL that forbids INFO is no reason
         // to distrust the connection.
-        Expect::Info => return Ok(()),
-        _ => {}
-    }
-    // The reply was framed and depth-checked by ReplyDecoder; only now is it
-    // handed to redis-protocol for typed decoding.
-    let frame = match decode(reply) {
-        Ok(Some((frame, _))) => frame,
-        _ => return Err(unexpected(step, reply)),
-    };
-    let ok = match (&frame, expect) {
-        (OwnedFrame::Error(e), _) => {
+        (_, Expect::Info) => true,
+        (Value::Error(e), _) => {
             return Err(ConnectError::Rejected {
                 step,
-                reply: e.as_str().into(),
+                reply: String::from_utf8_lossy(e).into(),
             })
         }
-        (OwnedFrame::SimpleString(s), Expect::Ok) => s == b"OK",
-        (OwnedFrame::SimpleString(s), Expect::Pong) => s == b"PONG",
-        (OwnedFrame::BulkString(b), Expect::Bulk(want)) => b[..] == want[..],
-        (OwnedFrame::Integer(i), Expect::Int(want)) => i == want,
+        (Value::Map(_), Expect::Hello) => true,
+        (Value::Simple(s), Expect::Ok) => s == b"OK",
+        (Value::Simple(s), Expect::Pong) => s == b"PONG",
+        (Value::Bulk(b), Expect::Bulk(want)) => b == want,
+        (value, Expect::Int(want)) => value.int() == Some(*want),
         _ => false,
     };
     if ok {

@@ -1,0 +1,187 @@
+//! Where lanes deliver a client's replies: one mailbox per client, and the
+//! budget of reply bytes held for it (`--client-output-limit`), in one
+//! allocation the client shares with every lane that answers it.
+//!
+//! A lane answers a run of requests with one [`Delivery`]: the replies, back
+//! to back as Redis sent them, taken out of the lane's read buffer without a
+//! copy. The client's task takes every delivery waiting at once.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use crate::pool::mailbox::Mailbox;
+
+/// The final answers to one or more consecutive requests: upstream replies
+/// or error lines.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    /// Sequence number of the first request answered.
+    pub seq: u64,
+    /// How many requests `reply` answers, in order.
+    pub count: u32,
+    /// `count` RESP replies back to back, to send to the client as they are.
+    pub reply: Bytes,
+}
+
+/// What a client shares with the lanes that answer it.
+#[derive(Debug)]
+struct ReplyBox {
+    mailbox: Mailbox<Delivery>,
+    budget: OutputBudget,
+}
+
+/// A client's end of its `ReplyBox`: it takes the deliveries, and closes
+/// the mailbox when dropped, so that replies arriving for a client that has
+/// gone are dropped rather than kept.
+#[derive(Debug)]
+pub(crate) struct ReplyInbox(Arc<ReplyBox>);
+
+impl ReplyInbox {
+    /// An inbox whose replies count against a budget of `limit` bytes
+    /// (`None`: unlimited).
+    pub fn new(limit: Option<usize>) -> ReplyInbox {
+        ReplyInbox(Arc::new(ReplyBox {
+            mailbox: Mailbox::default(),
+            budget: OutputBudget::new(limit),
+        }))
+    }
+
+    /// Where a request's replies are to go (a reference-count increment,
+    /// not an allocation, per request).
+    pub fn sender(&self) -> ReplySender {
+        ReplySender(self.0.clone())
+    }
+
+    /// The client's output budget.
+    pub fn budget(&self) -> &OutputBudget {
+        &self.0.budget
+    }
+
+    /// Moves every delivery waiting to `into`, or registers for the next.
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<Delivery>) -> Poll<()> {
+        // Nobody hangs up a client's mailbox: the client itself holds a
+        // sender, and counts what it is owed.
+        self.0.mailbox.poll_take(cx, into).map(|_| ())
+    }
+
+    /// Moves every delivery waiting to `into`; false if there was none.
+    #[cfg(test)]
+    pub fn try_take(&self, into: &mut Vec<Delivery>) -> bool {
+        self.0.mailbox.try_take(into)
+    }
+}
+
+impl Drop for ReplyInbox {
+    fn drop(&mut self) {
+        self.0.mailbox.close();
+    }
+}
+
+/// Where the replies to a request go: cloned into each request.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplySender(Arc<ReplyBox>);
+
+impl ReplySender {
+    /// Counts the reply against the client's budget, then delivers it — or,
+    /// past the limit, an empty reply instead: the client is about to be
+    /// disconnected, and the lane may run ahead of it by many replies, so
+    /// they must not pile up in its inbox. The empty delivery still wakes it.
+    pub fn send(&self, seq: u64, count: u32, reply: Bytes) {
+        let reply = if self.0.budget.add(reply.len()) {
+            Bytes::new()
+        } else {
+            reply
+        };
+        // A client that has gone away no longer wants its reply.
+        let _ = self.0.mailbox.send(Delivery { seq, count, reply });
+    }
+
+    /// Whether both send to the same client.
+    pub fn same_client(&self, other: &ReplySender) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Reply bytes held for one client — delivered to it and not yet written to
+/// its socket — against `--client-output-limit`. Shared by the client and the
+/// lanes that deliver to it, so that it is counted before a reply is queued.
+#[derive(Debug)]
+pub(crate) struct OutputBudget {
+    held: AtomicUsize,
+    limit: Option<usize>,
+    /// The limit was passed once: the client must go, even if writing to it
+    /// brings the count back down — replies may have been dropped for it.
+    exceeded: AtomicBool,
+}
+
+impl OutputBudget {
+    /// A budget of `limit` bytes (`None`: unlimited).
+    pub fn new(limit: Option<usize>) -> Self {
+        OutputBudget {
+            held: AtomicUsize::new(0),
+            limit,
+            exceeded: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts `n` more bytes; true once the limit has been passed.
+    pub fn add(&self, n: usize) -> bool {
+        let held = self.held.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if self.limit.is_some_and(|limit| held > limit) {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        self.exceeded()
+    }
+
+    /// `n` bytes were written to the client (or dropped).
+    pub fn release(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether the limit has been passed (it stays passed).
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_past_the_limit_are_dropped_but_still_wake_the_client() {
+        let inbox = ReplyInbox::new(Some(10));
+        let sender = inbox.sender();
+        sender.send(0, 1, Bytes::from_static(b"+OK\r\n"));
+        assert!(!inbox.budget().exceeded());
+        sender.send(1, 1, Bytes::from_static(b"$8\r\n12345678\r\n"));
+        assert!(inbox.budget().exceeded());
+        let mut got = Vec::new();
+        assert!(inbox.try_take(&mut got));
+        assert_eq!(got.len(), 2);
+        assert_eq!(&got[0].reply[..], b"+OK\r\n");
+        assert!(got[1].reply.is_empty(), "dropped, not queued");
+        // Writing brings the count down; the verdict stays.
+        inbox.budget().release(5);
+        assert!(inbox.budget().exceeded());
+    }
+
+    #[test]
+    fn a_gone_client_refuses_deliveries() {
+        let inbox = ReplyInbox::new(None);
+        let sender = inbox.sender();
+        assert!(sender.same_client(&inbox.sender()));
+        assert!(!sender.same_client(&ReplyInbox::new(None).sender()));
+        drop(inbox);
+        // Dropped on the floor: no panic, nothing kept.
+        sender.send(0, 1, Bytes::from_static(b"+OK\r\n"));
+    }
+}

@@ -1,0 +1,221 @@
+//! A client's way into and out of a pinned session: parking the request
+//! that needs one until the client's earlier requests are answered,
+//! checking a dedicated connection out, following what arrives on it, and
+//! giving it back once the connection state has ended.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use super::session::{Session, SessionEvent};
+use super::{Client, Parked, Phase, Wait};
+use crate::command::{Local, Route};
+use crate::error::Error;
+use crate::pool::connection::Broken;
+use crate::pool::PinnedConn;
+
+impl Client {
+    /// Moves a parked request on once what it waits for has happened.
+    pub(super) fn unpark(&mut self) {
+        let parked = match std::mem::replace(&mut self.phase, Phase::Reading) {
+            Phase::Parked(parked) if parked.wait.is_none() => parked,
+            phase => {
+                self.phase = phase;
+                return;
+            }
+        };
+        let Parked {
+            req,
+            command,
+            drain_after,
+            ..
+        } = parked;
+        if drain_after {
+            self.phase = Phase::Draining;
+        }
+        match command.route {
+            Route::Local(Local::Reset) => match self.session.take() {
+                Some(session) if !session.idle() => {
+                    self.session = Some(session);
+                    self.park(req, command, None);
+                }
+                session => {
+                    if let Some(session) = session {
+                        session.release(&self.lanes);
+                    }
+                    let reply = self.reset();
+                    self.output.push_ready(reply);
+                }
+            },
+            Route::Local(local @ Local::Hello) => {
+                if self.output.shared_pending() > 0 {
+                    self.park(req, command, None);
+                } else {
+                    self.local(local, req, command);
+                }
+            }
+            Route::Dedicated(state) => {
+                if self.session.is_some() {
+                    self.dedicated(state, req, command);
+                } else if self.output.shared_pending() > 0 {
+                    self.park(req, command, None);
+                } else {
+                    let checkout = self.lanes.checkout_pinned();
+                    self.park(req, command, Some(Wait::Checkout(Box::pin(checkout))));
+                }
+            }
+            _ => self.route(req),
+        }
+    }
+
+    /// The checkout a parked request waited for ended.
+    pub(super) fn on_checkout(&mut self, result: Result<PinnedConn, Error>) {
+        match result {
+            Ok(conn) => {
+                let mut session = Session::new(
+                    conn,
+                    self.lanes.endpoint().db,
+                    self.lanes.timeout(),
+                    self.shared.config.pool.read_buffer_size,
+                );
+                if self.protocol == 3 {
+                    session.switch_protocol(true);
+                }
+                self.session = Some(session);
+                // The parked request goes out on the new session.
+                self.unpark();
+            }
+            Err(e) => {
+                if let Phase::Parked(parked) = std::mem::replace(&mut self.phase, Phase::Reading) {
+                    if parked.drain_after {
+                        self.phase = Phase::Draining;
+                    }
+                    self.output.push_ready(e.to_resp());
+                }
+            }
+        }
+    }
+
+    /// The session's socket, both ways: ready when something was read or
+    /// written (or the session broke).
+    pub(super) fn poll_session(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(session) = &mut self.session else {
+            return false;
+        };
+        let mut events = std::mem::take(&mut self.events);
+        let read = session.poll_read(cx, &mut events);
+        let progress = match read {
+            Poll::Ready(result) => {
+                self.on_session_events(&mut events, result);
+                true
+            }
+            Poll::Pending if session.wants_write() => match session.poll_write(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(broken)) => {
+                    self.session_failed(broken);
+                    true
+                }
+                Poll::Pending => false,
+            },
+            Poll::Pending => false,
+        };
+        self.events = events;
+        progress
+    }
+
+    fn on_session_events(&mut self, events: &mut Vec<SessionEvent>, result: Result<(), Broken>) {
+        for event in events.drain(..) {
+            match event {
+                SessionEvent::Reply(seq, reply) => {
+                    self.output.budget().add(reply.len());
+                    self.output.resolve(seq, reply);
+                    self.output.collect_ready();
+                }
+                SessionEvent::OutOfBand(frame) => {
+                    // It came before the replies still outstanding.
+                    self.output.collect_ready();
+                    self.output.push_out_of_band(frame);
+                }
+                SessionEvent::Nothing => {}
+            }
+        }
+        match result {
+            Err(broken) => self.session_failed(broken),
+            Ok(()) => self.maybe_release_session(),
+        }
+    }
+
+    /// Gives the session back once its connection state has ended.
+    fn maybe_release_session(&mut self) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.finished() && !s.wants_write())
+        {
+            if let Some(session) = self.session.take() {
+                session.release(&self.lanes);
+            }
+        }
+    }
+
+    /// Writes what waits for the session's socket.
+    pub(super) fn flush_session(&mut self, cx: &mut Context<'_>) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        if let Poll::Ready(Err(broken)) = session.poll_write(cx) {
+            self.session_failed(broken);
+        }
+    }
+
+    pub(super) fn session_timed_out(&mut self) {
+        let error = Error::Timeout {
+            addr: self.lanes.addr().clone(),
+            after: self.lanes.timeout(),
+        };
+        self.fail_session(error.to_resp());
+    }
+
+    fn session_failed(&mut self, broken: Broken) {
+        let error = match broken {
+            Broken::Lost(why) => {
+                tracing::warn!(reason = %why, "pinned upstream connection lost");
+                Error::LostAfterWrite
+            }
+            Broken::Timeout => Error::Timeout {
+                addr: self.lanes.addr().clone(),
+                after: self.lanes.timeout(),
+            },
+            Broken::BadReply(why) => {
+                tracing::warn!(reason = %why, "pinned upstream connection sent what respool cannot follow; closing it and the client");
+                Error::UpstreamProtocol {
+                    addr: self.lanes.addr().clone(),
+                    detail: why.into(),
+                }
+            }
+        };
+        self.fail_session(error.to_resp());
+    }
+
+    /// The session's connection is gone and with it the client's connection
+    /// state: fail what waits on it and close the client, as Redis closing
+    /// the connection would.
+    fn fail_session(&mut self, error: Bytes) {
+        if let Some(session) = self.session.take() {
+            session.discard();
+        }
+        if !self.output.fail_waiting(&error) {
+            // Nothing was waiting (CLIENT REPLY OFF, a subscriber): the
+            // client still learns why it is closed, not just that it is.
+            self.output.push_ready(error);
+        }
+        self.phase = Phase::Draining;
+    }
+
+    /// Gives the session back when the client goes away.
+    pub(super) fn end_session(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.release(&self.lanes);
+        }
+    }
+}

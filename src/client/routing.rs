@@ -1,0 +1,246 @@
+//! Where each of a client's requests goes: the run for its shared lane, its
+//! pinned session, respool itself, or a refusal.
+
+use bytes::Bytes;
+
+use super::{local, Client, Phase};
+use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
+use crate::command::{classify, Command, Route, Stateful};
+use crate::error::{error_line, Error};
+use crate::pool::lane::LaneRequest;
+
+/// What becomes of a request, before anything is done with it.
+#[derive(Clone, Copy)]
+enum Admission {
+    /// Refused: the client has not authenticated.
+    NoAuth,
+    /// Refused by `--deny-command`.
+    Denied,
+    Command(Command),
+}
+
+impl Client {
+    /// Routes buffered requests and moves a parked one on, until the input
+    /// is used up or a parked request must wait for an event; then hands
+    /// the collected run to the lane.
+    pub(super) fn advance(&mut self) {
+        loop {
+            self.unpark();
+            if !matches!(self.phase, Phase::Reading) {
+                break;
+            }
+            self.process_input();
+            if !matches!(self.phase, Phase::Parked(_)) {
+                break;
+            }
+        }
+        self.flush_run();
+    }
+
+    /// Decodes and routes buffered requests while the in-flight limit
+    /// allows and the client is being read.
+    fn process_input(&mut self) {
+        while self.can_read() {
+            match self.input.decode() {
+                Ok(Some(Decoded::Request(span))) => self.route_in_place(span),
+                Ok(Some(Decoded::Inline { consumed, request })) => {
+                    self.flush_run();
+                    self.input.skip(consumed);
+                    self.route(request);
+                }
+                Ok(Some(Decoded::Nothing { consumed })) => {
+                    self.flush_run();
+                    self.input.skip(consumed);
+                }
+                Ok(None) => break,
+                Err(e) => self.protocol_error(e),
+            }
+        }
+    }
+
+    /// Drops what the client sent after the requests already routed, which
+    /// (the run among them) still go on: they have their slots.
+    pub(super) fn discard_input(&mut self) {
+        self.flush_run();
+        self.input.discard();
+    }
+
+    fn protocol_error(&mut self, e: ProtocolError) {
+        self.phase = Phase::Draining;
+        self.discard_input();
+        if e == ProtocolError::Http {
+            return;
+        }
+        tracing::debug!(error = %e, "client protocol error; closing its connection");
+        self.output.push_ready(Error::ClientProtocol(e).to_resp());
+    }
+
+    /// What becomes of a request, before anything is done with it.
+    fn admit(&self, req: RequestRef<'_>) -> Admission {
+        self.shared.stats.requests.add(1);
+        let settings = self.settings();
+        if !self.authenticated && !local::allowed_before_auth(req) {
+            Admission::NoAuth
+        } else if settings.deny.denies(req) {
+            Admission::Denied
+        } else {
+            Admission::Command(classify(req, self.lanes.endpoint().db))
+        }
+    }
+
+    /// Routes the request `span` found right after the run being
+    /// collected. The common case — another request for the shared lane —
+    /// only lengthens the run: the request is neither split off nor copied,
+    /// and the whole run leaves the read buffer as one piece.
+    #[inline]
+    fn route_in_place(&mut self, span: RequestSpan) {
+        let admission = self.admit(span.view(self.input.after_run()));
+        let command = match admission {
+            Admission::Command(c) if c.route == Route::Shared && self.session.is_none() => c,
+            _ => {
+                self.flush_run();
+                let req = span.split_off(self.input.buf_mut());
+                self.dispatch(req, admission);
+                return;
+            }
+        };
+        let seq = self.output.open_shared_slot();
+        if !self.input.extend_run(seq, span.len(), command.retry_safe) {
+            // The run is full: it goes, and this request starts the next.
+            self.flush_run();
+            self.input.extend_run(seq, span.len(), command.retry_safe);
+        }
+    }
+
+    /// Routes a request that is not part of the read buffer any more (an
+    /// inline command, a request that waited).
+    pub(super) fn route(&mut self, req: Request) {
+        let admission = self.admit(req.view());
+        self.dispatch(req, admission);
+    }
+
+    fn dispatch(&mut self, req: Request, admission: Admission) {
+        let command = match admission {
+            Admission::NoAuth => {
+                let reply = if req.name().eq_ignore_ascii_case(b"EXEC") {
+                    // Redis words any refusal of EXEC as an EXECABORT.
+                    error_line(
+                        "EXECABORT",
+                        "Transaction discarded because of: NOAUTH Authentication required.",
+                    )
+                } else {
+                    error_line("NOAUTH", "Authentication required.")
+                };
+                self.output.push_ready(reply);
+                return;
+            }
+            Admission::Denied => {
+                if let Some(session) = &mut self.session {
+                    session.abort_transaction_on_exec();
+                }
+                self.deny(&req);
+                return;
+            }
+            Admission::Command(command) => command,
+        };
+        // Whatever this request does (it may even switch lanes), the shared
+        // requests before it are on their way first.
+        self.flush_run();
+        match command.route {
+            Route::Shared => match &mut self.session {
+                Some(session) => {
+                    let seq = self.output.next_seq();
+                    if session.send(&req, seq, None) {
+                        self.output.open_slot();
+                    }
+                }
+                None => self.send_shared(req, command.retry_safe),
+            },
+            Route::Local(local) => self.local(local, req, command),
+            Route::Dedicated(state) => self.dedicated(state, req, command),
+            Route::Denied => self.deny(&req),
+            Route::Attack => {
+                // Like Redis: drop the connection without a word.
+                tracing::warn!("possible cross-protocol attack (HTTP request on the proxy port); connection closed");
+                self.protocol_error(ProtocolError::Http);
+                self.output.clear();
+            }
+        }
+    }
+
+    /// Sends one request that is not in the read buffer to the lane on its
+    /// own.
+    fn send_shared(&mut self, req: Request, retry_safe: bool) {
+        let seq = self.output.open_shared_slot();
+        self.hand_to_lane(seq, req.into_raw().freeze(), 1, u64::from(retry_safe));
+    }
+
+    /// Hands the collected run of shared requests to the lane.
+    #[inline]
+    pub(super) fn flush_run(&mut self) {
+        if let Some((run, raw)) = self.input.take_run() {
+            self.hand_to_lane(run.seq, raw, run.count, run.retry_safe);
+        }
+    }
+
+    fn hand_to_lane(&mut self, seq: u64, raw: Bytes, count: u32, retry_safe: u64) {
+        let sent = self.lane.send(LaneRequest {
+            seq,
+            raw,
+            count,
+            retry_safe,
+            reply_to: self.output.sender(),
+        });
+        if sent.is_err() {
+            self.output
+                .fail_shared(seq, count, &Error::ShuttingDown.to_resp());
+        }
+    }
+
+    pub(super) fn deny(&mut self, req: &Request) {
+        let command = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
+        self.output
+            .push_ready(Error::Denied(command.into()).to_resp());
+    }
+
+    /// A command that needs (or ends) connection state.
+    pub(super) fn dedicated(&mut self, state: Stateful, req: Request, command: Command) {
+        if state == Stateful::Monitor {
+            // Refused in a session too: the monitor stream would arrive on
+            // the session as replies nobody asked for.
+            self.output.push_ready(error_line("ERR", "MONITOR is not supported through respool: it would need a connection that streams every client's commands; run MONITOR against Redis directly"));
+            return;
+        }
+        if let Some(session) = &mut self.session {
+            let follows_exec = matches!(
+                state,
+                Stateful::Subscribe(_) | Stateful::Unsubscribe(_) | Stateful::ClientReply
+            );
+            if follows_exec && session.abort_transaction_on_exec() {
+                // At EXEC these change what Redis sends on the connection
+                // (pub/sub mode, replies silenced) from inside EXEC's reply,
+                // where respool cannot follow; refused like any command
+                // refused while queueing, so EXEC answers EXECABORT.
+                self.output.push_ready(local::changes_replies_in_exec(&req));
+                return;
+            }
+            let seq = self.output.next_seq();
+            if session.send(&req, seq, Some(state)) {
+                self.output.open_slot();
+            }
+            return;
+        }
+        // Without a session there is no transaction or WATCH to end: answer
+        // as Redis would.
+        let reply = match state {
+            Stateful::Exec => Some(error_line("ERR", "EXEC without MULTI")),
+            Stateful::Discard => Some(error_line("ERR", "DISCARD without MULTI")),
+            Stateful::Unwatch => Some(Bytes::from_static(b"+OK\r\n")),
+            _ => None,
+        };
+        match reply {
+            Some(reply) => self.output.push_ready(reply),
+            None => self.park(req, command, None),
+        }
+    }
+}

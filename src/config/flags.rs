@@ -1,0 +1,288 @@
+//! The command-line flags, in the groups the subsystems take them in. Every
+//! flag is also read from `RESPOOL_<NAME>`; a flag given on the command line
+//! wins. [`super::Config::from_flags`] validates them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use super::units::{parse_bytes, parse_duration};
+
+/// How much a new upstream connection must prove before it joins the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Validate {
+    /// Trust the connection once AUTH/SELECT succeed.
+    Off,
+    /// Also require `PING` → `PONG`.
+    Ping,
+    /// Also write, read back and delete a unique short-lived probe key: proves
+    /// the server accepts writes (not a read-only replica, not out of memory).
+    Write,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every flag of the proxy, as clap parses them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "respool",
+    version,
+    about = "A Redis pooling proxy: clients connect to respool, respool carries their commands over a small pool of validated, health-checked upstream connections."
+)]
+pub struct Flags {
+    #[command(flatten)]
+    pub(crate) listener: ListenerFlags,
+    #[command(flatten)]
+    pub(crate) upstream: UpstreamFlags,
+    #[command(flatten)]
+    pub(crate) pool: PoolFlags,
+    #[command(flatten)]
+    pub(crate) retry: RetryFlags,
+    #[command(flatten)]
+    pub(crate) clients: ClientFlags,
+    #[command(flatten)]
+    pub(crate) auth: AuthFlags,
+    #[command(flatten)]
+    pub(crate) tls: TlsFlags,
+    #[command(flatten)]
+    pub(crate) log: LogFlags,
+}
+
+/// Where clients connect, how many, and how the process runs.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Listener")]
+pub(crate) struct ListenerFlags {
+    /// Address to accept client connections on.
+    #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380")]
+    pub listen: SocketAddr,
+
+    /// Most client connections at once; more are answered with an error and closed.
+    #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: u32,
+
+    /// Event-loop threads: 0 = one per two CPU cores, at least 1 and at most 4; 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools. See README "Tuning".
+    #[arg(long, env = "RESPOOL_THREADS", default_value_t = 0)]
+    pub threads: u32,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "RESPOOL_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// The upstream Redis and what its connections must prove.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Upstream")]
+pub(crate) struct UpstreamFlags {
+    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`.
+    #[arg(
+        long,
+        env = "RESPOOL_UPSTREAM",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub upstream: String,
+
+    /// Upstream password; overrides one in the URL (prefer the env variable: flags show in `ps`).
+    #[arg(long, env = "RESPOOL_UPSTREAM_PASSWORD", hide_env_values = true)]
+    pub upstream_password: Option<String>,
+
+    /// What a new upstream connection must pass before it is pooled.
+    #[arg(long, env = "RESPOOL_VALIDATE", value_enum, default_value = "write")]
+    pub validate: Validate,
+
+    /// Key prefix of the validation probe keys.
+    #[arg(long, env = "RESPOOL_PROBE_PREFIX", default_value = "respool:probe")]
+    pub probe_prefix: String,
+
+    /// Expiry of a probe key, so that none outlives a crash mid-validation.
+    #[arg(long, env = "RESPOOL_PROBE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub probe_ttl: Duration,
+
+    /// Exit with an error instead of serving when the upstream is unavailable at start.
+    #[arg(long, env = "RESPOOL_REQUIRE_UPSTREAM", value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_upstream: bool,
+}
+
+/// How many upstream connections, and how they are kept.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Pool")]
+pub(crate) struct PoolFlags {
+    /// Upstream connections shared by all clients, one multiplexed lane each (plus --min-idle validated spares); a total for the process, at least one per event loop.
+    #[arg(long, env = "RESPOOL_MAX_CONNECTIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_connections: u32,
+
+    /// Dedicated upstream connections for clients in connection state (MULTI/WATCH, blocking commands, pub/sub, SELECT of another db, …); more such clients wait up to --checkout-timeout.
+    #[arg(long, env = "RESPOOL_MAX_PINNED", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_pinned: u32,
+
+    /// Validated spare connections kept ready to replace a broken lane at once.
+    #[arg(long, env = "RESPOOL_MIN_IDLE", default_value_t = 1)]
+    pub min_idle: u32,
+
+    /// Time allowed for a TCP connect to the upstream, and again for its validation exchange (AUTH … probe).
+    #[arg(long, env = "RESPOOL_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long a request may wait for an upstream connection before it fails.
+    #[arg(long, env = "RESPOOL_CHECKOUT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub checkout_timeout: Duration,
+
+    /// An upstream connection idle this long is PINGed before it is trusted again (0s = never).
+    #[arg(long, env = "RESPOOL_HEALTH_CHECK_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// TCP keepalive idle time on upstream and client sockets (0s = off).
+    #[arg(long, env = "RESPOOL_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+
+    /// Hold a lane's new requests while its previous write is unanswered (at most until 64 runs wait), so requests from many clients reach Redis in one write, like Nagle's algorithm with Redis's replies as the acknowledgement; off = write each request as it arrives. An idle lane writes at once either way. See README "Tuning".
+    #[arg(long, env = "RESPOOL_BATCH_WRITES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub batch_writes: bool,
+
+    /// Read buffer size per connection (e.g. 64KiB).
+    #[arg(long, env = "RESPOOL_READ_BUFFER_SIZE", default_value = "64KiB", value_parser = parse_bytes)]
+    pub read_buffer_size: u64,
+}
+
+/// Request deadlines, holds and resends.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Timeouts and retries")]
+pub(crate) struct RetryFlags {
+    /// Request deadline: a request without a reply after this long fails and its connection is closed.
+    #[arg(long, env = "RESPOOL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// How long a request may be held unsent while the upstream is unreachable or answers -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN, being resent with backoff; an outage shorter than this is invisible to clients (default: --checkout-timeout).
+    #[arg(long, env = "RESPOOL_HOLD_TIMEOUT", value_parser = parse_duration)]
+    pub hold_timeout: Option<Duration>,
+
+    /// Resends of a read-only request whose connection was lost after it was written (writes are never resent).
+    #[arg(long, env = "RESPOOL_RETRIES", default_value_t = 5)]
+    pub retries: u32,
+
+    /// First backoff delay between retries and reconnects; doubles each time.
+    #[arg(long, env = "RESPOOL_BACKOFF_BASE", default_value = "50ms", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+
+    /// Longest backoff delay.
+    #[arg(long, env = "RESPOOL_BACKOFF_CAP", default_value = "2s", value_parser = parse_duration)]
+    pub backoff_cap: Duration,
+}
+
+/// What one client may send and hold.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Client limits")]
+pub(crate) struct ClientFlags {
+    /// Largest bulk string a client may send (Redis's proto-max-bulk-len).
+    #[arg(long, env = "RESPOOL_MAX_BULK_LENGTH", default_value = "512MiB", value_parser = parse_bytes)]
+    pub max_bulk_length: u64,
+
+    /// Requests one client may have in flight before respool stops reading from it.
+    #[arg(long, env = "RESPOOL_MAX_PENDING_PER_CLIENT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_per_client: u32,
+
+    /// Reply bytes one client may have waiting in respool (received from the upstream, not yet written to the client) before it is disconnected, like Redis's client-output-buffer-limit; 0 = unlimited. Also caps the largest single reply a client can receive.
+    #[arg(long, env = "RESPOOL_CLIENT_OUTPUT_LIMIT", default_value = "256MiB", value_parser = parse_bytes)]
+    pub client_output_limit: u64,
+
+    /// Close a client that has sent nothing for this long and has no request in flight (0s = never, like Redis's `timeout 0`). Subscribed and blocked clients are exempt.
+    #[arg(long, env = "RESPOOL_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub client_idle_timeout: Duration,
+
+    /// Time a client has to finish sending a command it has started; after that it gets a protocol error and is closed (0s = no limit).
+    #[arg(long, env = "RESPOOL_REQUEST_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
+}
+
+/// Who may connect, and what they may run.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Client authentication")]
+pub(crate) struct AuthFlags {
+    /// Password clients must AUTH with (the `default` user), as Redis's requirepass.
+    #[arg(long, env = "RESPOOL_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<String>,
+
+    /// A client user as name:password (repeatable; env: comma-separated). With users and no --requirepass, the default user is disabled.
+    #[arg(
+        long = "user",
+        env = "RESPOOL_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub users: Vec<String>,
+
+    /// A file of client users, one name:password per line (# comments allowed).
+    #[arg(long, env = "RESPOOL_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+
+    /// Refuse a command on this proxy: NAME or NAME|SUBCOMMAND (repeatable; env: comma-separated).
+    #[arg(
+        long = "deny-command",
+        env = "RESPOOL_DENY_COMMANDS",
+        value_delimiter = ','
+    )]
+    pub deny_commands: Vec<String>,
+}
+
+/// TLS for clients (the listener) and for a `rediss://` upstream.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "TLS")]
+pub(crate) struct TlsFlags {
+    /// Serve clients over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "RESPOOL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RESPOOL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require TLS clients to present a certificate signed by a CA in this PEM file.
+    #[arg(long, env = "RESPOOL_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// How long a TLS client may take to complete its handshake.
+    #[arg(long, env = "RESPOOL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Trust these CA certificates (PEM) for a rediss:// upstream instead of the system's trust store; its certificate must also name the URL's host.
+    #[arg(long, env = "RESPOOL_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) presented to a rediss:// upstream (Redis's tls-auth-clients).
+    #[arg(long, env = "RESPOOL_UPSTREAM_CERT", requires = "upstream_key")]
+    pub upstream_cert: Option<PathBuf>,
+
+    /// PEM private key of --upstream-cert.
+    #[arg(long, env = "RESPOOL_UPSTREAM_KEY", requires = "upstream_cert")]
+    pub upstream_key: Option<PathBuf>,
+
+    /// The name a rediss:// upstream's certificate must carry, and the SNI sent, when it is not the URL's host (an IP address, a tunnel or a load balancer in between).
+    #[arg(long, env = "RESPOOL_UPSTREAM_TLS_SERVER_NAME")]
+    pub upstream_tls_server_name: Option<String>,
+
+    /// FOR TESTS ONLY: accept any certificate from a rediss:// upstream (no verification; anyone on the path can read and change the traffic).
+    #[arg(long, env = "RESPOOL_UPSTREAM_TLS_INSECURE", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "upstream_ca")]
+    pub upstream_tls_insecure: bool,
+}
+
+/// Logging.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
+pub(crate) struct LogFlags {
+    /// Log format.
+    #[arg(long, env = "RESPOOL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "RESPOOL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}

@@ -1,0 +1,473 @@
+//! A lane's work over one upstream connection: move queued requests into
+//! the write buffer, write it, read replies and hand them to the clients,
+//! hold requests after a transient error, PING when idle — until the
+//! connection breaks or the lane closes. Then [`Carrier::settle`] decides,
+//! request by request, what is resent and what fails.
+//!
+//! The loop is polled by hand rather than through `select!`: the inbox and
+//! the ticker are only changed by other tasks and by time, which wake the
+//! task when they do, so each is polled once per poll of the task; the
+//! connection's reads and writes, which the loop's own work changes, on
+//! every turn. (At pipeline 1 a `select!` that rebuilt and polled every
+//! source per turn cost ~10 % more instructions per request.)
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bb8::PooledConnection;
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::io::{poll_read_buf, poll_write_buf};
+
+use super::job::{release_overtaken, Job, Replies, Sent};
+use super::Lane;
+use crate::codec::{ReplyDecoder, ReplyKind};
+use crate::error::Error;
+use crate::pool::connection::Broken;
+use crate::pool::manager::UpstreamManager;
+use crate::pool::outbox::Outbox;
+use crate::pool::write_gate::WriteGate;
+use crate::retry::{is_transient_error, Backoff};
+
+/// Stop taking new requests into the write buffer above this many bytes, so
+/// that a slow upstream pushes back on clients instead of growing memory.
+pub(super) const WRITE_HIGH_WATER: usize = 4 << 20;
+/// The health-check request, sent on an idle lane.
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// One connection's state while a lane serves over it.
+pub(super) struct Carrier {
+    conn: PooledConnection<'static, UpstreamManager>,
+    /// Requests written (or being written), oldest first.
+    inflight: VecDeque<Sent>,
+    /// Requests answered with a transient error, to resend after a pause.
+    retry_later: VecDeque<Job>,
+    /// Until when nothing new is written (after a transient error).
+    hold_until: Option<Instant>,
+    /// Pauses between resends of transiently refused requests.
+    transient_backoff: Backoff,
+    wbuf: Outbox,
+    /// Bytes moved into `wbuf` since the connection opened.
+    enqueued: u64,
+    /// Bytes the socket took since the connection opened.
+    written: u64,
+    /// The stream took bytes since it was last flushed (TLS keeps records).
+    unflushed: bool,
+    decoder: ReplyDecoder,
+    /// When the connection last read or wrote, as of the last tick: the I/O
+    /// itself only raises `io_since_tick`, so that it does not read the
+    /// clock twice per turn for a health check measured in seconds.
+    last_io: Instant,
+    io_since_tick: bool,
+    /// The time read in the current turn of the loop, if it was.
+    turn_clock: Option<Instant>,
+    gate: WriteGate,
+    /// A client request got its answer over this connection.
+    served: bool,
+    /// Deadlines (reply timeout, end of a hold, idle health check) are
+    /// checked on one periodic tick instead of a timer per loop turn:
+    /// arming and disarming timers on every batch costs more than the
+    /// precision is worth (the tick is 1/20 of the timeout, ≤ 100 ms).
+    ticker: Interval,
+}
+
+impl Carrier {
+    pub(super) fn new(conn: PooledConnection<'static, UpstreamManager>, lane: &Lane) -> Carrier {
+        let (pool, retry) = (&lane.ctx.pool, &lane.ctx.retry);
+        let mut ticker = tokio::time::interval(
+            (retry.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+        );
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Carrier {
+            conn,
+            inflight: VecDeque::new(),
+            retry_later: VecDeque::new(),
+            hold_until: None,
+            transient_backoff: retry.backoff.delays(),
+            wbuf: Outbox::with_capacity(pool.read_buffer_size),
+            enqueued: 0,
+            written: 0,
+            unflushed: false,
+            decoder: ReplyDecoder::default(),
+            last_io: Instant::now(),
+            io_since_tick: false,
+            turn_clock: None,
+            gate: WriteGate::new(pool.batch_writes),
+            served: false,
+            ticker,
+        }
+    }
+
+    /// Whether a client request got its answer over this connection: it
+    /// was a good one, whatever broke it later.
+    pub(super) fn served(&self) -> bool {
+        self.served
+    }
+
+    /// Nothing is waiting on the connection.
+    fn idle(&self) -> bool {
+        self.inflight.is_empty() && self.retry_later.is_empty() && self.wbuf.is_empty()
+    }
+
+    /// Serves until the connection breaks (`Some`) or the lane has closed
+    /// and everything is answered (`None`). Sources are taken in the order
+    /// of urgency, one event per turn: replies, the write, new requests,
+    /// the tick.
+    pub(super) fn poll_serve(
+        &mut self,
+        cx: &mut Context<'_>,
+        lane: &mut Lane,
+    ) -> Poll<Option<Broken>> {
+        let mut inbox_registered = false;
+        loop {
+            if lane.closing && lane.queue.is_empty() && self.idle() {
+                return Poll::Ready(None);
+            }
+            self.fill(lane);
+            self.turn_clock = None;
+            match self.poll_read(cx, lane) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(broken)) => return Poll::Ready(Some(broken)),
+                Poll::Pending => {}
+            }
+            match self.poll_write(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(broken)) => return Poll::Ready(Some(broken)),
+                Poll::Pending => {}
+            }
+            if !inbox_registered && !lane.closing && self.wbuf.len() < WRITE_HIGH_WATER {
+                // Taking what waits leaves the waker registered.
+                inbox_registered = true;
+                if lane.poll_accept(cx, &mut self.turn_clock).is_ready() {
+                    continue;
+                }
+            }
+            // Last: its waker is the one left registered when nothing else
+            // is ready (once per poll of the task).
+            if self.ticker.poll_tick(cx).is_ready() {
+                if let Some(broken) = self.on_tick(lane) {
+                    return Poll::Ready(Some(broken));
+                }
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Moves queued requests into the write buffer, unless holding after a
+    /// transient error (order must be kept) or batching behind an
+    /// unanswered write ([`WriteGate`]).
+    fn fill(&mut self, lane: &mut Lane) {
+        self.gate
+            .answered_up_to(self.inflight.front().map(|f| f.end));
+        if self.hold_until.is_some() || lane.queue.is_empty() || !self.gate.open(lane.queue.len()) {
+            return;
+        }
+        let stats = &lane.ctx.stats;
+        // Read when the requests were taken in, just before.
+        let now = *self.turn_clock.get_or_insert_with(Instant::now);
+        let batch_start = self.enqueued;
+        let mut batch_requests = 0u64;
+        while self.wbuf.len() < WRITE_HIGH_WATER {
+            let Some(mut job) = lane.queue.pop_front() else {
+                break;
+            };
+            if job.hold_deadline <= now {
+                let error = lane.expired_error(&job, now, &mut None);
+                job.fail(&error, stats);
+                continue;
+            }
+            // Sent again: an earlier transient answer is no longer the
+            // latest word on it.
+            job.transient = None;
+            self.wbuf.push(&job.req.raw);
+            self.enqueued += job.req.raw.len() as u64;
+            batch_requests += u64::from(job.req.count);
+            self.inflight.push_back(Sent {
+                job: Some(job),
+                end: self.enqueued,
+                // The reply deadline runs from the write.
+                deadline: now + lane.ctx.retry.timeout,
+            });
+        }
+        // Unless every job had expired unsent.
+        if self.enqueued > batch_start {
+            self.gate.wrote(self.enqueued);
+            stats.lane_writes.add(1);
+            stats.lane_requests_written.add(batch_requests);
+        }
+    }
+
+    /// Reads what the socket has and answers the requests in flight with
+    /// it: ready when something was read.
+    fn poll_read(&mut self, cx: &mut Context<'_>, lane: &Lane) -> Poll<Result<(), Broken>> {
+        let read_buffer_size = lane.ctx.pool.read_buffer_size;
+        let conn = &mut *self.conn;
+        if conn.read_buf.capacity() - conn.read_buf.len() < read_buffer_size / 4 {
+            conn.read_buf.reserve(read_buffer_size);
+        }
+        match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.read_buf) {
+            Poll::Ready(Ok(0)) => {
+                Poll::Ready(Err(Broken::Lost("connection closed by upstream".into())))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Broken::Lost(e.to_string()))),
+            Poll::Ready(Ok(_)) => {
+                self.io_since_tick = true;
+                Poll::Ready(self.on_replies(lane))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes what waits, then flushes it: ready when the socket took
+    /// something (or a flush finished).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Broken>> {
+        let stream = &mut self.conn.stream;
+        if !self.wbuf.is_empty() {
+            return match poll_write_buf(Pin::new(stream), cx, &mut self.wbuf) {
+                Poll::Ready(Ok(n)) => {
+                    self.written += n as u64;
+                    self.io_since_tick = true;
+                    self.unflushed = true;
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Broken::Lost(e.to_string()))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        if !self.unflushed {
+            return Poll::Pending;
+        }
+        match Pin::new(stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Broken::Lost(e.to_string()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The periodic tick: reply deadlines, the end of a hold, the idle
+    /// health check.
+    fn on_tick(&mut self, lane: &mut Lane) -> Option<Broken> {
+        let now = Instant::now();
+        if std::mem::take(&mut self.io_since_tick) {
+            self.last_io = now;
+        }
+        if self.inflight.front().is_some_and(|f| f.deadline <= now) {
+            return Some(Broken::Timeout);
+        }
+        // Resume after a hold only once every earlier request has answered,
+        // so resent requests keep their order.
+        if self.hold_until.is_some_and(|h| h <= now) && self.inflight.is_empty() {
+            self.hold_until = None;
+            while let Some(job) = self.retry_later.pop_back() {
+                lane.queue.push_front(job);
+            }
+        }
+        let idle = self.inflight.is_empty() && self.wbuf.is_empty() && self.hold_until.is_none();
+        let check_every = lane.ctx.pool.health_check_interval;
+        if idle && check_every.is_some_and(|i| self.last_io + i <= now) {
+            self.wbuf.push_static(PING);
+            self.enqueued += PING.len() as u64;
+            self.inflight.push_back(Sent {
+                job: None,
+                end: self.enqueued,
+                deadline: now + lane.ctx.retry.timeout,
+            });
+        }
+        None
+    }
+
+    /// Takes every whole reply out of the read buffer and answers the
+    /// requests in flight with them. The replies to one run of requests
+    /// reach its client as one delivery, taken out of the buffer in one
+    /// piece (they lie back to back there): one hand-over per pipeline, not
+    /// one per reply.
+    fn on_replies(&mut self, lane: &Lane) -> Result<(), Broken> {
+        let mut replies = Replies::default();
+        let result = loop {
+            match self.decoder.decode_at(&mut self.conn.read_buf, replies.len) {
+                Ok(Some(len)) => {
+                    if let Err(b) = self.on_reply(len, &mut replies, lane) {
+                        break Err(b);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Broken::BadReply(e.to_string())),
+            }
+        };
+        // Whatever part of the front run was answered goes out now, even on
+        // error: those replies are good, and the client can write them.
+        replies.deliver_to_front(&mut self.conn.read_buf, &mut self.inflight);
+        // Replies only gather for the front run, so nothing is left over;
+        // the decoder's place in an unfinished frame counts from here.
+        debug_assert_eq!(replies.count, 0);
+        result
+    }
+
+    /// Handles the reply frame `read_buf[replies.len..][..len]`: adds it to
+    /// `replies` (the front run's undelivered replies), or holds its request
+    /// after a transient error.
+    fn on_reply(&mut self, len: usize, replies: &mut Replies, lane: &Lane) -> Result<(), Broken> {
+        let rbuf = &mut self.conn.read_buf;
+        let frame = &rbuf[replies.len..replies.len + len];
+        if ReplyKind::of(frame) == ReplyKind::Push {
+            // Shared connections never subscribe or track; ignore strays.
+            tracing::debug!(
+                lane = lane.id,
+                "ignoring a push frame on a shared connection"
+            );
+            // The replies before it go first, so that it can be dropped
+            // from the front.
+            replies.deliver_to_front(rbuf, &mut self.inflight);
+            rbuf.advance(replies.len + len);
+            return Ok(());
+        }
+        let Some(sent) = self.inflight.front_mut() else {
+            return Err(Broken::BadReply(
+                "a reply arrived with no request pending".into(),
+            ));
+        };
+        let Some(job) = sent.job.as_mut() else {
+            // A health check's PING: the runs before it were answered in
+            // full, so nothing is gathered ahead of its reply.
+            debug_assert_eq!(replies.len, 0);
+            let broken = (frame != b"+PONG\r\n").then(|| {
+                let answer = String::from_utf8_lossy(&frame[..frame.len().min(64)]);
+                Broken::BadReply(format!("health check PING answered {}", answer.trim_end()))
+            });
+            self.inflight.pop_front();
+            rbuf.advance(len);
+            return broken.map_or(Ok(()), Err);
+        };
+        let stats = &lane.ctx.stats;
+        if is_transient_error(frame) {
+            // The command did not run: hold it and resend after a backoff,
+            // for as long as its hold window lasts (not limited by --retries:
+            // a restart's LOADING phase is one outage, however many polls).
+            let delay = self.transient_backoff.next_delay();
+            let now = Instant::now();
+            if now + delay < job.hold_deadline {
+                // The replies before it in its run are good: hand them over
+                // first, then take the held request out of the run.
+                replies.deliver_to(rbuf, job);
+                let mut held = job.take_first();
+                held.transient = Some(rbuf.split_to(len).freeze());
+                self.retry_later.push_back(held);
+                stats.requests_held.add(1);
+                if job.remaining() == 0 {
+                    self.inflight.pop_front();
+                }
+                let until = now + delay;
+                self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+                return Ok(());
+            }
+        } else {
+            if self.transient_backoff.used() {
+                // Only a sequence that was drawn from needs replacing:
+                // building one per reply would cost more than the reply.
+                self.transient_backoff = lane.ctx.retry.backoff.delays();
+            }
+            if !self.retry_later.is_empty() {
+                // The request this answers comes after the run's answered
+                // ones and those gathered in `replies`.
+                let read_only = job.req.is_retry_safe(job.answered + replies.count);
+                if release_overtaken(&mut self.retry_later, &job.req.reply_to, read_only, stats)
+                    && self.retry_later.is_empty()
+                {
+                    // Nothing is left to resend, and the upstream just ran a
+                    // command: no reason to keep the lane waiting.
+                    self.hold_until = None;
+                }
+            }
+        }
+        self.served = true;
+        replies.push(len);
+        if replies.count == job.remaining() {
+            replies.deliver_to(rbuf, job);
+            self.inflight.pop_front();
+        }
+        Ok(())
+    }
+
+    /// After the connection broke: resend what is safe to resend, in order,
+    /// and fail the rest with an error that says what may have happened.
+    /// The connection is closed, never pooled again.
+    pub(super) fn settle(mut self, broken: Broken, lane: &mut Lane) {
+        self.conn.broken = true;
+        let (addr, retry, stats) = (&lane.addr, lane.ctx.retry, &lane.ctx.stats);
+        let (reason, error) = match &broken {
+            Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
+            Broken::Timeout => (
+                format!("no reply within {:?}", retry.timeout),
+                Error::LostAfterWrite,
+            ),
+            Broken::BadReply(why) => (
+                format!("invalid reply: {why}"),
+                Error::UpstreamProtocol {
+                    addr: addr.clone(),
+                    detail: why.clone().into(),
+                },
+            ),
+        };
+        tracing::warn!(lane = lane.id, upstream = %addr, reason = %reason, pending = self.inflight.len(), "upstream connection broken; closing it");
+        stats.lane_connections_broken.add(1);
+        let error = error.to_resp();
+        let timeout_error = Error::Timeout {
+            addr: addr.clone(),
+            after: retry.timeout,
+        }
+        .to_resp();
+        let now = Instant::now();
+        // Order: requests answered with a transient error were sent before
+        // every request still in flight; the queue holds the newest.
+        let mut again: VecDeque<Job> = std::mem::take(&mut self.retry_later);
+        for sent in std::mem::take(&mut self.inflight) {
+            let Some(mut run) = sent.job else { continue };
+            // Each request of a run is settled on its own: a write may have
+            // stopped in the middle of the run. The run's bytes end at
+            // `sent.end` in the connection's byte stream.
+            let mut end = sent.end - run.req.raw.len() as u64;
+            end += run.trim_answered() as u64;
+            while run.remaining() > 0 {
+                let mut job = run.take_first();
+                end += job.req.raw.len() as u64;
+                let fully_written = end <= self.written;
+                let retry_safe = job.req.is_retry_safe(0);
+                if !fully_written {
+                    // Redis executes only whole commands: this one did not run.
+                    again.push_back(job);
+                } else if sent.deadline <= now {
+                    job.fail(&timeout_error, stats);
+                } else if retry_safe && job.attempts < retry.retries {
+                    job.attempts += 1;
+                    job.written = true;
+                    stats.requests_resent.add(1);
+                    again.push_back(job);
+                } else if retry_safe {
+                    let attempts = job.attempts + 1;
+                    let line: Bytes = Error::RetriesExhausted {
+                        addr: addr.clone(),
+                        attempts,
+                    }
+                    .to_resp();
+                    job.fail(&line, stats);
+                } else {
+                    job.fail(&error, stats);
+                }
+            }
+        }
+        again.append(&mut lane.queue);
+        lane.queue = again;
+    }
+
+    /// Hands the connection back to its pool after the lane closed.
+    pub(super) fn finish(mut self) {
+        self.conn.last_used = std::time::Instant::now();
+    }
+}

@@ -1,0 +1,122 @@
+//! Getting a lane a validated connection: from the pool when one is there,
+//! else by waiting for new ones, with backoff, for as long as the upstream
+//! is unreachable — while still taking the clients' requests and failing
+//! those whose hold window (`--hold-timeout`) ends first.
+
+use std::future::poll_fn;
+use std::time::Duration;
+
+use bb8::PooledConnection;
+use tokio::time::{sleep_until, Instant};
+
+use super::Lane;
+use crate::error::{ConnectError, Error};
+use crate::pool::checkout::{checkout, Wait};
+use crate::pool::manager::UpstreamManager;
+use crate::retry::Backoff;
+
+/// The upstream is unreachable; kept to tell waiting clients why.
+pub(super) struct Outage {
+    since: Instant,
+    attempts: u32,
+    last: ConnectError,
+}
+
+impl Outage {
+    /// What a request that could not be sent during the outage is told.
+    pub(super) fn error(&self, addr: &std::sync::Arc<str>) -> Error {
+        Error::Unavailable {
+            addr: addr.clone(),
+            cause: self.last.to_string().into(),
+            attempts: self.attempts,
+            elapsed: self.since.elapsed(),
+        }
+    }
+}
+
+impl Lane {
+    /// Gets a validated connection from the pool (after `delay`, if given),
+    /// retrying with backoff while still taking requests and failing those
+    /// that wait too long. `None` when the lane is closing.
+    pub(super) async fn connect(
+        &mut self,
+        backoff: &mut Backoff,
+        mut delay: Option<Duration>,
+    ) -> Option<PooledConnection<'static, UpstreamManager>> {
+        loop {
+            if let Some(delay) = delay.take() {
+                self.wait_taking_requests(Instant::now() + delay).await;
+            }
+            if self.closing {
+                let error = Error::ShuttingDown.to_resp();
+                for job in self.queue.drain(..) {
+                    job.fail(&error, &self.ctx.stats);
+                }
+                return None;
+            }
+            let attempt = checkout(
+                self.pool.clone(),
+                self.failures.clone(),
+                self.ctx.pool.checkout_timeout,
+                Wait::UntilAnAttemptFails,
+            );
+            tokio::pin!(attempt);
+            let result = loop {
+                let expiry = self.queue.front().map(|j| j.hold_deadline);
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    () = poll_fn(|cx| self.poll_accept(cx, &mut None)), if !self.closing => {}
+                    _ = sleep_until_opt(expiry) => self.expire_queue(),
+                }
+            };
+            match result {
+                Ok(conn) => {
+                    if let Some(o) = self.outage.take() {
+                        tracing::info!(lane = self.id, upstream = %self.addr, down_for_ms = o.since.elapsed().as_millis() as u64, attempts = o.attempts, "upstream available again");
+                    }
+                    return Some(conn);
+                }
+                Err(e) => match &mut self.outage {
+                    None => {
+                        tracing::warn!(lane = self.id, upstream = %self.addr, error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
+                        self.outage = Some(Outage {
+                            since: Instant::now(),
+                            attempts: 1,
+                            last: e,
+                        });
+                    }
+                    Some(o) => {
+                        tracing::debug!(lane = self.id, upstream = %self.addr, error = %e, attempts = o.attempts, "upstream still unavailable");
+                        o.attempts += 1;
+                        o.last = e;
+                    }
+                },
+            }
+            delay = Some(backoff.next_delay());
+        }
+    }
+
+    /// Waits until `until` while still queueing new requests and failing
+    /// those whose hold deadline passes.
+    async fn wait_taking_requests(&mut self, until: Instant) {
+        loop {
+            let expiry = self.queue.front().map(|j| j.hold_deadline);
+            tokio::select! {
+                _ = sleep_until(until) => return,
+                () = poll_fn(|cx| self.poll_accept(cx, &mut None)), if !self.closing => {
+                    if self.closing {
+                        return;
+                    }
+                }
+                _ = sleep_until_opt(expiry) => self.expire_queue(),
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,249 @@
+//! A lane set: everything one [`Endpoint`] owns — shared lanes per RESP
+//! protocol with the bb8 pool behind them, a pool of dedicated connections
+//! for pinned sessions, and the validation record (has any connection
+//! passed, with which server version).
+//!
+//! RESP2 lanes start with the set; RESP3 lanes on the first client that
+//! says `HELLO 3`, so a set whose clients never do holds no connections for
+//! them. Every connection of the set is validated as the endpoint's
+//! identity, so one identity's connections never serve another's commands.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bb8::{Pool, PooledConnection};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::checkout::{checkout, Wait};
+use super::endpoint::Endpoint;
+use super::lane::{Lane, LaneHandle};
+use super::manager::UpstreamManager;
+use super::{PoolContext, ServerVersion};
+use crate::error::{ConnectError, Error};
+
+/// A dedicated connection, checked out for a pinned session.
+pub(crate) type PinnedConn = PooledConnection<'static, UpstreamManager>;
+
+/// See the module docs.
+pub(crate) struct LaneSet {
+    endpoint: Arc<Endpoint>,
+    ctx: Arc<PoolContext>,
+    version: ServerVersion,
+    resp2: SharedLanes,
+    resp3: OnceLock<SharedLanes>,
+    pinned: PinnedPool,
+}
+
+impl LaneSet {
+    /// Starts the RESP2 lanes (their connections are made in the
+    /// background, so this works while the upstream is down) and the
+    /// (empty) pool of dedicated connections.
+    pub fn open(endpoint: Endpoint, ctx: Arc<PoolContext>) -> LaneSet {
+        let endpoint = Arc::new(endpoint);
+        let version = ServerVersion::default();
+        LaneSet {
+            resp2: SharedLanes::start(&endpoint, 2, &ctx, &version),
+            resp3: OnceLock::new(),
+            pinned: PinnedPool::new(&endpoint, &ctx, &version),
+            endpoint,
+            ctx,
+            version,
+        }
+    }
+
+    /// What the set's connections are made for.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// The upstream's address, for messages.
+    pub fn addr(&self) -> &Arc<str> {
+        &self.endpoint.node.addr
+    }
+
+    /// The server's version, and whether a connection validated yet.
+    pub fn version(&self) -> &ServerVersion {
+        &self.version
+    }
+
+    /// A shared lane for a client speaking `protocol` (round robin).
+    pub fn lane(&self, protocol: u8) -> LaneHandle {
+        if protocol == 3 {
+            self.resp3
+                .get_or_init(|| SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.version))
+                .pick()
+        } else {
+            self.resp2.pick()
+        }
+    }
+
+    /// Checks out a dedicated connection, waiting up to
+    /// `--checkout-timeout`, and says precisely why when none comes.
+    pub fn checkout_pinned(
+        &self,
+    ) -> impl std::future::Future<Output = Result<PinnedConn, Error>> + Send + 'static {
+        let pool = self.pinned.pool.clone();
+        let failures = self.pinned.failures.clone();
+        let (ctx, addr) = (self.ctx.clone(), self.addr().clone());
+        async move {
+            let wait = ctx.pool.checkout_timeout;
+            match checkout(pool.clone(), failures, wait, Wait::Deadline).await {
+                Ok(conn) => {
+                    ctx.stats.pinned_checkouts.add(1);
+                    Ok(conn)
+                }
+                Err(e) => {
+                    ctx.stats.pinned_checkout_failures.add(1);
+                    let cause = match e {
+                        ConnectError::CheckoutTimeout(_) => format!(
+                            "all {} dedicated connections (--max-pinned) are in use",
+                            pool.state().connections
+                        ),
+                        e => e.to_string(),
+                    };
+                    Err(Error::NoDedicatedConnection {
+                        addr,
+                        cause: cause.into(),
+                        waited: wait,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The request deadline, for resets of pinned connections.
+    pub fn timeout(&self) -> Duration {
+        self.ctx.retry.timeout
+    }
+
+    /// Closes the lanes: each finishes what is pending (clients must already
+    /// have dropped their handles), then the connections are closed.
+    pub async fn close(self, deadline: Duration) {
+        self.resp2.close(deadline).await;
+        if let Some(lanes) = self.resp3.into_inner() {
+            lanes.close(deadline).await;
+        }
+    }
+}
+
+/// Which pool is being built: they differ in how they keep connections.
+#[derive(Clone, Copy)]
+enum PoolKind {
+    /// Behind shared lanes: a few long-lived connections plus spares.
+    Lanes,
+    /// Dedicated connections, made on demand.
+    Pinned,
+}
+
+/// The one place a bb8 pool is configured.
+fn build_pool(
+    manager: UpstreamManager,
+    ctx: &PoolContext,
+    kind: PoolKind,
+) -> Pool<UpstreamManager> {
+    let s = &ctx.pool;
+    let builder = Pool::builder()
+        // The idle health check (a PING when idle too long) happens on
+        // check-out, as redis-py does it, and is free otherwise.
+        .test_on_check_out(true)
+        .connection_timeout(s.checkout_timeout);
+    let builder = match kind {
+        PoolKind::Lanes => builder
+            .max_size(s.max_connections + s.min_idle)
+            .min_idle((s.min_idle > 0).then_some(s.min_idle))
+            // Lanes retry with their own backoff and report the precise error.
+            .retry_connection(false)
+            // Lanes hold their connections for as long as they are healthy.
+            .idle_timeout(None)
+            .max_lifetime(None),
+        // `--min-idle` spares are not kept here: pinned connections are the
+        // expensive kind.
+        PoolKind::Pinned => builder
+            .max_size(s.max_pinned)
+            .min_idle(None)
+            .retry_connection(true),
+    };
+    builder.build_unchecked(manager)
+}
+
+/// The shared lanes of one protocol (each holds a handle to the pool).
+struct SharedLanes {
+    lanes: Vec<LaneHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
+}
+
+impl SharedLanes {
+    /// Builds the pool and spawns one task per lane. `protocol` is the RESP
+    /// version the lanes' connections speak: clients that said `HELLO 3`
+    /// share lanes of their own, so every client gets replies in the
+    /// protocol it asked for without re-encoding.
+    fn start(
+        endpoint: &Arc<Endpoint>,
+        protocol: u8,
+        ctx: &Arc<PoolContext>,
+        version: &ServerVersion,
+    ) -> SharedLanes {
+        let manager =
+            UpstreamManager::new(endpoint.clone(), protocol, ctx.clone(), version.clone());
+        let failures = manager.failures();
+        let pool = build_pool(manager, ctx, PoolKind::Lanes);
+        let (lanes, tasks) = (0..ctx.pool.max_connections as usize)
+            .map(|id| {
+                let (handle, inbox) = LaneHandle::open();
+                let lane = Lane::new(
+                    id,
+                    endpoint.node.addr.clone(),
+                    ctx.clone(),
+                    inbox,
+                    pool.clone(),
+                    failures.clone(),
+                );
+                (handle, tokio::spawn(lane.run()))
+            })
+            .unzip();
+        SharedLanes {
+            lanes,
+            tasks,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> LaneHandle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[i].clone()
+    }
+
+    async fn close(self, deadline: Duration) {
+        drop(self.lanes);
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("lanes did not finish within the shutdown deadline");
+        }
+    }
+}
+
+/// The pool of dedicated connections for pinned sessions (validated,
+/// RESP2: a session switches its connection to the client's protocol).
+struct PinnedPool {
+    pool: Pool<UpstreamManager>,
+    /// Connect failures, to say why a checkout failed.
+    failures: watch::Receiver<Option<ConnectError>>,
+}
+
+impl PinnedPool {
+    fn new(
+        endpoint: &Arc<Endpoint>,
+        ctx: &Arc<PoolContext>,
+        version: &ServerVersion,
+    ) -> PinnedPool {
+        let manager = UpstreamManager::new(endpoint.clone(), 2, ctx.clone(), version.clone());
+        let failures = manager.failures();
+        PinnedPool {
+            pool: build_pool(manager, ctx, PoolKind::Pinned),
+            failures,
+        }
+    }
+}
