@@ -7,8 +7,8 @@
 //!
 //! Everything is loaded and checked once, when the flags are validated, so a
 //! bad path or a PEM file without a key is a start-up error, never a failure
-//! on the first connection. Handshakes happen in [`crate::server`] (clients)
-//! and [`crate::upstream`]; the encrypted byte stream is [`crate::net::Stream`].
+//! on the first connection. Handshakes happen in `server` (clients)
+//! and `pool::connection`; the encrypted byte stream is `net::Stream`.
 //! Error messages name files, never their contents.
 
 use std::fmt;

@@ -1,27 +1,27 @@
 //! `respool bench`: a load generator for any RESP endpoint that checks every
 //! reply it gets.
 //!
-//! - [`args`] — the flags ([`BenchArgs`]).
-//! - [`workload`] — which commands are sent, encoded from byte templates,
+//! - `args` — the flags ([`BenchArgs`]).
+//! - `workload` — which commands are sent, encoded from byte templates,
 //!   and what each reply must be.
 //! - replies are read with the crate's own [`crate::codec::Value`].
-//! - [`driver`] — client tasks: one connection each, one write per pipeline
+//! - `driver` — client tasks: one connection each, one write per pipeline
 //!   batch, exactly one checked reply per request, latency into an HDR
 //!   histogram.
-//! - [`report`] — tables and JSON for a run and for `--compare`.
-//! - [`sweep`] / [`svg`] — `--sweep`: one in-process respool per flag value,
+//! - `report` — tables and JSON for a run and for `--compare`.
+//! - `sweep` / `svg` — `--sweep`: one in-process respool per flag value,
 //!   and a chart of the results.
 //!
 //! A run [passes](BenchOutcome::passed) only if every reply was correct:
 //! wrong replies, error replies and dropped connections are all counted,
 //! reported with examples, and fail the run.
 
-pub mod args;
-pub mod driver;
-pub mod report;
-pub mod svg;
-pub mod sweep;
-pub mod workload;
+mod args;
+mod driver;
+mod report;
+mod svg;
+mod sweep;
+mod workload;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -156,7 +156,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchOutcome, BenchError> {
 }
 
 /// Runs the benchmark `args` describe, printing nothing but progress.
-pub async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
+async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
     check_tls_flags(args)?;
     let mut load = load_spec(args, &args.target);
     load.tls = tls_for(args, &args.target)?;
@@ -192,7 +192,7 @@ pub async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
 }
 
 /// The load described by `args`, aimed at `target`.
-pub fn load_spec(args: &BenchArgs, target: &str) -> LoadSpec {
+fn load_spec(args: &BenchArgs, target: &str) -> LoadSpec {
     let stop = match (args.requests, args.duration) {
         (_, Some(duration)) => StopAfter::Elapsed(duration),
         (Some(requests), None) => StopAfter::Requests(requests),
@@ -223,7 +223,7 @@ pub fn load_spec(args: &BenchArgs, target: &str) -> LoadSpec {
 /// and `redis://host:port` are plain (TLS with `--tls`), `rediss://host:port`
 /// is TLS. Anything after the port (a database, credentials) is refused:
 /// `--password` is the way to authenticate.
-pub fn endpoint(target: &str) -> Result<(&str, bool), String> {
+fn endpoint(target: &str) -> Result<(&str, bool), String> {
     if target.contains('@') {
         // Not echoed: what comes before the `@` may be a password.
         return Err(

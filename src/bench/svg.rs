@@ -41,152 +41,205 @@ pub struct Chart<'a> {
 
 /// Renders `chart` as a standalone SVG document.
 pub fn render(chart: &Chart<'_>) -> String {
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let (x0, y0) = (LEFT, TOP + plot_h);
-    let n = chart.categories.len();
-    let x_at = |i: usize| {
+    let mut canvas = Canvas::new(chart);
+    canvas.header();
+    canvas.grid();
+    canvas.axes();
+    canvas.lines();
+    canvas.legend();
+    canvas.svg.push_str("</svg>\n");
+    canvas.svg
+}
+
+/// The document being written, and the geometry every part shares.
+struct Canvas<'a> {
+    chart: &'a Chart<'a>,
+    svg: String,
+    plot_w: f64,
+    plot_h: f64,
+    /// The plot's bottom-left corner.
+    x0: f64,
+    y0: f64,
+    /// The top of each axis, rounded up to a readable number.
+    left_max: f64,
+    right_max: f64,
+}
+
+// Writing to a String cannot fail: the results of `writeln!` are ignored.
+impl<'a> Canvas<'a> {
+    fn new(chart: &'a Chart<'a>) -> Canvas<'a> {
+        let plot_w = WIDTH - LEFT - RIGHT;
+        let plot_h = HEIGHT - TOP - BOTTOM;
+        Canvas {
+            chart,
+            svg: String::new(),
+            plot_w,
+            plot_h,
+            x0: LEFT,
+            y0: TOP + plot_h,
+            left_max: nice_ceiling(max_of(chart.left.values)),
+            right_max: nice_ceiling(max_of(chart.right.values)),
+        }
+    }
+
+    /// Where category `i` sits along the x axis.
+    fn x_at(&self, i: usize) -> f64 {
+        let n = self.chart.categories.len();
         if n <= 1 {
-            LEFT + plot_w / 2.0
+            LEFT + self.plot_w / 2.0
         } else {
-            LEFT + plot_w * i as f64 / (n - 1) as f64
+            LEFT + self.plot_w * i as f64 / (n - 1) as f64
         }
-    };
-    let left_max = nice_ceiling(max_of(chart.left.values));
-    let right_max = nice_ceiling(max_of(chart.right.values));
+    }
 
-    let mut svg = String::new();
-    // Writing to a String cannot fail.
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#,
-        WIDTH / 2.0,
-        escape(chart.title)
-    );
-
-    // Grid and the two value axes' tick labels.
-    for tick in 0..=TICKS {
-        let fraction = tick as f64 / TICKS as f64;
-        let y = y0 - plot_h * fraction;
+    fn header(&mut self) {
         let _ = writeln!(
-            svg,
-            r##"<line x1="{x0}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-            x0 + plot_w
+            self.svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{}">{}</text>"#,
-            x0 - 8.0,
-            y + 4.0,
-            chart.left.color,
-            format_tick(left_max * fraction)
+            self.svg,
+            r#"<rect width="100%" height="100%" fill="white"/>"#
         );
         let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="start" fill="{}">{}</text>"#,
-            x0 + plot_w + 8.0,
-            y + 4.0,
-            chart.right.color,
-            format_tick(right_max * fraction)
+            self.svg,
+            r#"<text x="{}" y="28" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#,
+            WIDTH / 2.0,
+            escape(self.chart.title)
         );
     }
 
-    // Axes.
-    let _ = writeln!(
-        svg,
-        r#"<path d="M{x0} {TOP} V{y0} H{:.1} V{TOP}" fill="none" stroke="black"/>"#,
-        x0 + plot_w
-    );
-    for (i, category) in chart.categories.iter().enumerate() {
-        let x = x_at(i);
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{:.1}" stroke="black"/>"#,
-            y0 + 5.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            y0 + 20.0,
-            escape(category)
-        );
-    }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        HEIGHT - 22.0,
-        escape(chart.x_title)
-    );
-    for (series, x, angle) in [(&chart.left, 22.0, -90), (&chart.right, WIDTH - 22.0, 90)] {
-        let y = TOP + plot_h / 2.0;
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" fill="{}" transform="rotate({angle} {x:.1} {y:.1})">{}</text>"#,
-            series.color,
-            escape(series.name)
-        );
-    }
-
-    // The two lines, with a dot on every point.
-    for (series, max) in [(&chart.left, left_max), (&chart.right, right_max)] {
-        let points: Vec<(f64, f64)> = series
-            .values
-            .iter()
-            .take(n)
-            .enumerate()
-            .map(|(i, v)| (x_at(i), y0 - plot_h * finite(*v) / max))
-            .collect();
-        let mut attr = String::new();
-        for (i, (x, y)) in points.iter().enumerate() {
-            let _ = write!(attr, "{}{x:.1},{y:.1}", if i == 0 { "" } else { " " });
-        }
-        let _ = writeln!(
-            svg,
-            r#"<polyline points="{attr}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
-            series.color
-        );
-        for (x, y) in points {
+    /// Grid lines and the two value axes' tick labels.
+    fn grid(&mut self) {
+        let (x0, y0, chart) = (self.x0, self.y0, self.chart);
+        for tick in 0..=TICKS {
+            let fraction = tick as f64 / TICKS as f64;
+            let y = y0 - self.plot_h * fraction;
             let _ = writeln!(
-                svg,
-                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{}"/>"#,
-                series.color
+                self.svg,
+                r##"<line x1="{x0}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+                x0 + self.plot_w
+            );
+            let _ = writeln!(
+                self.svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{}">{}</text>"#,
+                x0 - 8.0,
+                y + 4.0,
+                chart.left.color,
+                format_tick(self.left_max * fraction)
+            );
+            let _ = writeln!(
+                self.svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="start" fill="{}">{}</text>"#,
+                x0 + self.plot_w + 8.0,
+                y + 4.0,
+                chart.right.color,
+                format_tick(self.right_max * fraction)
             );
         }
     }
 
-    // Legend, top left inside the plot, on a backdrop so lines under it
-    // do not cross the text.
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{:.1}" y="{:.1}" width="190" height="44" fill="white" fill-opacity="0.85" stroke="#ccc"/>"##,
-        LEFT + 6.0,
-        TOP + 4.0
-    );
-    for (row, series) in [&chart.left, &chart.right].into_iter().enumerate() {
-        let y = TOP + 16.0 + 18.0 * row as f64;
+    /// The frame, category ticks and labels, and the axis titles.
+    fn axes(&mut self) {
+        let (x0, y0, chart) = (self.x0, self.y0, self.chart);
         let _ = writeln!(
-            svg,
-            r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2.5"/>"#,
-            LEFT + 12.0,
-            LEFT + 36.0,
-            series.color
+            self.svg,
+            r#"<path d="M{x0} {TOP} V{y0} H{:.1} V{TOP}" fill="none" stroke="black"/>"#,
+            x0 + self.plot_w
         );
+        for (i, category) in chart.categories.iter().enumerate() {
+            let x = self.x_at(i);
+            let _ = writeln!(
+                self.svg,
+                r#"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{:.1}" stroke="black"/>"#,
+                y0 + 5.0
+            );
+            let _ = writeln!(
+                self.svg,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                y0 + 20.0,
+                escape(category)
+            );
+        }
         let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-            LEFT + 42.0,
-            y + 4.0,
-            escape(series.name)
+            self.svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + self.plot_w / 2.0,
+            HEIGHT - 22.0,
+            escape(chart.x_title)
         );
+        for (series, x, angle) in [(&chart.left, 22.0, -90), (&chart.right, WIDTH - 22.0, 90)] {
+            let y = TOP + self.plot_h / 2.0;
+            let _ = writeln!(
+                self.svg,
+                r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" fill="{}" transform="rotate({angle} {x:.1} {y:.1})">{}</text>"#,
+                series.color,
+                escape(series.name)
+            );
+        }
     }
-    svg.push_str("</svg>\n");
-    svg
+
+    /// The two lines, with a dot on every point.
+    fn lines(&mut self) {
+        let chart = self.chart;
+        let n = chart.categories.len();
+        for (series, max) in [(&chart.left, self.left_max), (&chart.right, self.right_max)] {
+            let points: Vec<(f64, f64)> = series
+                .values
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, v)| (self.x_at(i), self.y0 - self.plot_h * finite(*v) / max))
+                .collect();
+            let mut attr = String::new();
+            for (i, (x, y)) in points.iter().enumerate() {
+                let _ = write!(attr, "{}{x:.1},{y:.1}", if i == 0 { "" } else { " " });
+            }
+            let _ = writeln!(
+                self.svg,
+                r#"<polyline points="{attr}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
+                series.color
+            );
+            for (x, y) in points {
+                let _ = writeln!(
+                    self.svg,
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{}"/>"#,
+                    series.color
+                );
+            }
+        }
+    }
+
+    /// The legend, top left inside the plot, on a backdrop so lines under
+    /// it do not cross the text.
+    fn legend(&mut self) {
+        let _ = writeln!(
+            self.svg,
+            r##"<rect x="{:.1}" y="{:.1}" width="190" height="44" fill="white" fill-opacity="0.85" stroke="#ccc"/>"##,
+            LEFT + 6.0,
+            TOP + 4.0
+        );
+        for (row, series) in [&self.chart.left, &self.chart.right]
+            .into_iter()
+            .enumerate()
+        {
+            let y = TOP + 16.0 + 18.0 * row as f64;
+            let _ = writeln!(
+                self.svg,
+                r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2.5"/>"#,
+                LEFT + 12.0,
+                LEFT + 36.0,
+                series.color
+            );
+            let _ = writeln!(
+                self.svg,
+                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+                LEFT + 42.0,
+                y + 4.0,
+                escape(series.name)
+            );
+        }
+    }
 }
 
 fn finite(v: f64) -> f64 {

@@ -1,4 +1,7 @@
 //! Client request decoding: RESP arrays of bulk strings, or inline commands.
+//!
+//! (Longer than most files here because of its tests: every limit, and
+//! every way a peer can split or mangle a request, is one.)
 
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;

@@ -3,7 +3,7 @@
 //!
 //! The proxy never needs this to forward a reply — it forwards the raw
 //! frame — so [`Value`] is a view borrowed from a frame that
-//! [`ReplyDecoder`](super::ReplyDecoder) has already delimited, without
+//! [`ReplyDecoder`] has already delimited, without
 //! recursion and within its depth limit. Aggregates are read element by
 //! element ([`Elements`]), so reading the first element of a large array
 //! looks at nothing else and allocates nothing.

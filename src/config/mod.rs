@@ -2,10 +2,10 @@
 //! into one validated [`Config`], the only configuration the rest of the code
 //! sees: a group of settings per subsystem, built once and never changed.
 //!
-//! * [`flags`] — the flags as clap parses them, in groups.
-//! * [`url`] — `redis://` / `rediss://` URLs.
-//! * [`units`] — durations and sizes as operators write them.
-//! * [`secret`] — passwords that never print themselves.
+//! * `flags` — the flags as clap parses them, in groups.
+//! * `url` — `redis://` / `rediss://` URLs.
+//! * `units` — durations and sizes as operators write them.
+//! * `secret` — passwords that never print themselves.
 
 mod flags;
 mod secret;
@@ -140,6 +140,126 @@ pub(crate) struct LogSettings {
     pub level: String,
 }
 
+impl ListenerSettings {
+    fn validate(
+        listener: flags::ListenerFlags,
+        tls: &flags::TlsFlags,
+        pool: &flags::PoolFlags,
+    ) -> Result<ListenerSettings, String> {
+        let tls = match (&tls.tls_cert, &tls.tls_key) {
+            (Some(cert), Some(key)) => Some(ListenerTls::load(
+                cert,
+                key,
+                tls.tls_ca.as_deref(),
+                tls.tls_handshake_timeout,
+            )?),
+            _ => None,
+        };
+        Ok(ListenerSettings {
+            listen: listener.listen,
+            max_clients: listener.max_clients as usize,
+            threads: listener.threads as usize,
+            shutdown_timeout: listener.shutdown_timeout,
+            tls,
+            keepalive: nonzero(pool.keepalive),
+        })
+    }
+}
+
+impl PoolSettings {
+    fn validate(
+        pool: flags::PoolFlags,
+        upstream: flags::UpstreamFlags,
+    ) -> Result<PoolSettings, String> {
+        if pool.read_buffer_size < 512 || pool.read_buffer_size > 64 << 20 {
+            return Err("'--read-buffer-size' must be between 512B and 64MiB".into());
+        }
+        let prefix = upstream.probe_prefix;
+        if prefix.is_empty() || prefix.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err("'--probe-prefix' must be non-empty and contain no spaces".into());
+        }
+        Ok(PoolSettings {
+            max_connections: pool.max_connections,
+            min_idle: pool.min_idle,
+            max_pinned: pool.max_pinned,
+            connect_timeout: pool.connect_timeout,
+            checkout_timeout: pool.checkout_timeout,
+            health_check_interval: nonzero(pool.health_check_interval),
+            keepalive: nonzero(pool.keepalive),
+            batch_writes: pool.batch_writes,
+            read_buffer_size: pool.read_buffer_size as usize,
+            validate: upstream.validate,
+            probe_prefix: prefix,
+            probe_ttl: upstream.probe_ttl.max(Duration::from_secs(1)),
+        })
+    }
+}
+
+impl RetrySettings {
+    fn validate(
+        retry: &flags::RetryFlags,
+        pool: &flags::PoolFlags,
+    ) -> Result<RetrySettings, String> {
+        if retry.backoff_base > retry.backoff_cap {
+            return Err("'--backoff-base' must not exceed '--backoff-cap'".into());
+        }
+        Ok(RetrySettings {
+            timeout: retry.timeout,
+            hold_timeout: retry.hold_timeout.unwrap_or(pool.checkout_timeout),
+            retries: retry.retries,
+            backoff: BackoffPolicy {
+                base: retry.backoff_base,
+                cap: retry.backoff_cap,
+            },
+        })
+    }
+}
+
+impl ClientSettings {
+    fn validate(
+        clients: flags::ClientFlags,
+        auth: flags::AuthFlags,
+    ) -> Result<ClientSettings, String> {
+        let users = client_users(&auth.users, auth.users_file.as_ref())?;
+        let client_auth = ClientAuth::new(auth.requirepass.as_deref(), &users)
+            .map_err(|e| format!("invalid client user: {e}"))?;
+        Ok(ClientSettings {
+            max_bulk_length: clients.max_bulk_length,
+            max_pending: clients.max_pending_per_client as usize,
+            output_limit: (clients.client_output_limit > 0)
+                .then(|| usize::try_from(clients.client_output_limit).unwrap_or(usize::MAX)),
+            idle_timeout: nonzero(clients.client_idle_timeout),
+            request_read_timeout: nonzero(clients.request_read_timeout),
+            auth: client_auth,
+            deny: DenyList::new(&auth.deny_commands),
+        })
+    }
+}
+
+/// The endpoint `--upstream` names, as respool's own identity.
+fn upstream_endpoint(
+    upstream: &flags::UpstreamFlags,
+    tls: &flags::TlsFlags,
+) -> Result<Endpoint, String> {
+    let url = UpstreamUrl::parse(&upstream.upstream)
+        .map_err(|e| format!("invalid value for '--upstream': {e}"))?;
+    let password = match upstream.upstream_password.as_deref() {
+        Some(p) => Some(Secret::new(p)),
+        None => url.password.clone(),
+    };
+    Ok(Endpoint {
+        node: Node {
+            addr: url.addr.clone(),
+            tls: upstream_tls(tls, &url)?,
+        },
+        identity: Identity {
+            username: url.username.clone(),
+            password,
+        },
+        db: url.db,
+    })
+}
+
 impl Config {
     /// Parses command-line style arguments (the first is the program name).
     pub fn parse_from_args<I, T>(args: I) -> Result<Config, clap::Error>
@@ -154,9 +274,12 @@ impl Config {
     /// Validates parsed flags; an invalid combination is a clap error (exit
     /// code 2).
     pub fn from_flags(flags: Flags) -> Result<Config, clap::Error> {
-        let invalid = |msg: String| {
+        Config::validate(flags).map_err(|msg| {
             clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n"))
-        };
+        })
+    }
+
+    fn validate(flags: Flags) -> Result<Config, String> {
         let Flags {
             listener,
             upstream,
@@ -167,110 +290,21 @@ impl Config {
             tls,
             log,
         } = flags;
-
-        let url = UpstreamUrl::parse(&upstream.upstream)
-            .map_err(|e| invalid(format!("invalid value for '--upstream': {e}")))?;
-        let upstream_tls = upstream_tls(&tls, &url).map_err(invalid)?;
-        let password = match upstream.upstream_password.as_deref() {
-            Some(p) => Some(Secret::new(p)),
-            None => url.password.clone(),
-        };
-        let endpoint = Endpoint {
-            node: Node {
-                addr: url.addr.clone(),
-                tls: upstream_tls,
-            },
-            identity: Identity {
-                username: url.username.clone(),
-                password,
-            },
-            db: url.db,
-        };
-
-        if retry.backoff_base > retry.backoff_cap {
-            return Err(invalid(
-                "'--backoff-base' must not exceed '--backoff-cap'".into(),
-            ));
-        }
         if retry.timeout.is_zero()
             || pool.connect_timeout.is_zero()
             || pool.checkout_timeout.is_zero()
             || retry.hold_timeout.is_some_and(|h| h.is_zero())
             || tls.tls_handshake_timeout.is_zero()
         {
-            return Err(invalid("timeouts must be greater than zero".into()));
+            return Err("timeouts must be greater than zero".into());
         }
-        if pool.read_buffer_size < 512 || pool.read_buffer_size > 64 << 20 {
-            return Err(invalid(
-                "'--read-buffer-size' must be between 512B and 64MiB".into(),
-            ));
-        }
-        if upstream.probe_prefix.is_empty()
-            || upstream
-                .probe_prefix
-                .bytes()
-                .any(|b| b.is_ascii_whitespace())
-        {
-            return Err(invalid(
-                "'--probe-prefix' must be non-empty and contain no spaces".into(),
-            ));
-        }
-
-        let users = client_users(&auth.users, auth.users_file.as_ref()).map_err(invalid)?;
-        let client_auth = ClientAuth::new(auth.requirepass.as_deref(), &users)
-            .map_err(|e| invalid(format!("invalid client user: {e}")))?;
-        let listener_tls = match (&tls.tls_cert, &tls.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                ListenerTls::load(cert, key, tls.tls_ca.as_deref(), tls.tls_handshake_timeout)
-                    .map_err(invalid)?,
-            ),
-            _ => None,
-        };
-        let keepalive = nonzero(pool.keepalive);
         Ok(Config {
-            listener: ListenerSettings {
-                listen: listener.listen,
-                max_clients: listener.max_clients as usize,
-                threads: listener.threads as usize,
-                shutdown_timeout: listener.shutdown_timeout,
-                tls: listener_tls,
-                keepalive,
-            },
-            upstream: endpoint,
+            upstream: upstream_endpoint(&upstream, &tls)?,
             require_upstream: upstream.require_upstream,
-            pool: PoolSettings {
-                max_connections: pool.max_connections,
-                min_idle: pool.min_idle,
-                max_pinned: pool.max_pinned,
-                connect_timeout: pool.connect_timeout,
-                checkout_timeout: pool.checkout_timeout,
-                health_check_interval: nonzero(pool.health_check_interval),
-                keepalive,
-                batch_writes: pool.batch_writes,
-                read_buffer_size: pool.read_buffer_size as usize,
-                validate: upstream.validate,
-                probe_prefix: upstream.probe_prefix,
-                probe_ttl: upstream.probe_ttl.max(Duration::from_secs(1)),
-            },
-            retry: RetrySettings {
-                timeout: retry.timeout,
-                hold_timeout: retry.hold_timeout.unwrap_or(pool.checkout_timeout),
-                retries: retry.retries,
-                backoff: BackoffPolicy {
-                    base: retry.backoff_base,
-                    cap: retry.backoff_cap,
-                },
-            },
-            clients: ClientSettings {
-                max_bulk_length: clients.max_bulk_length,
-                max_pending: clients.max_pending_per_client as usize,
-                output_limit: (clients.client_output_limit > 0)
-                    .then(|| usize::try_from(clients.client_output_limit).unwrap_or(usize::MAX)),
-                idle_timeout: nonzero(clients.client_idle_timeout),
-                request_read_timeout: nonzero(clients.request_read_timeout),
-                auth: client_auth,
-                deny: DenyList::new(&auth.deny_commands),
-            },
+            retry: RetrySettings::validate(&retry, &pool)?,
+            listener: ListenerSettings::validate(listener, &tls, &pool)?,
+            pool: PoolSettings::validate(pool, upstream)?,
+            clients: ClientSettings::validate(clients, auth)?,
             log: LogSettings {
                 format: log.log_format,
                 level: log.log_level,

@@ -1,0 +1,366 @@
+//! What a pinned session expects back for each request it sent, and what
+//! each reply (or pub/sub frame) does to the connection's state.
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::{Session, SessionEvent};
+use crate::codec::{Request, Value};
+use crate::command::{Stateful, SubKind};
+use crate::pool::connection::Broken;
+
+/// What a request's reply does to the connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Effect {
+    None,
+    Multi,
+    /// EXEC or DISCARD: ends the transaction and the WATCHes.
+    EndTransaction,
+    Watch,
+    Unwatch,
+    Select(u32),
+    Flag,
+    /// CLIENT REPLY ON (the reply that turns replies back on).
+    ReplyOn,
+}
+
+/// One request sent on the session, awaiting its reply.
+pub(super) struct Expect {
+    /// The client's slot; `None` for a request respool sent on its own
+    /// account (`HELLO 3` for a RESP3 client), whose reply is swallowed.
+    pub(super) seq: Option<u64>,
+    /// Frames that make up the reply; `None` until the request reaches the
+    /// front of the queue (UNSUBSCRIBE without arguments: one frame per
+    /// current subscription, known only then).
+    pub(super) frames: Option<u32>,
+    /// For `frames: None`: which subscriptions it ends.
+    pub(super) unsubscribe: Option<SubKind>,
+    /// A (un)subscribe request: its replies are confirmations.
+    pub(super) pubsub: bool,
+    pub(super) effect: Effect,
+    /// Reply deadline; `None` for commands that block by design.
+    pub(super) deadline: Option<Instant>,
+    /// Frames of a multi-frame reply received so far.
+    pub(super) got: u32,
+    pub(super) acc: Option<BytesMut>,
+    /// What the client gets instead of Redis's reply (an EXEC sent upstream
+    /// as DISCARD answers `-EXECABORT`).
+    pub(super) reply_instead: Option<Bytes>,
+}
+
+/// The connection state that makes a session necessary.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) multi: bool,
+    pub(super) watching: bool,
+    pub(super) channels: HashSet<Vec<u8>>,
+    pub(super) patterns: HashSet<Vec<u8>>,
+    pub(super) shards: HashSet<Vec<u8>>,
+    pub(super) db: u32,
+    /// CLIENT REPLY OFF is in force.
+    pub(super) reply_off: bool,
+    /// CLIENT REPLY SKIP: the next command gets no reply.
+    pub(super) skip_next: bool,
+    /// A (un)subscribe went out under CLIENT REPLY OFF/SKIP, so no request
+    /// waits for its confirmations, which Redis 7 sends all the same (6.2
+    /// does not): any frame may be one of them from now on.
+    pub(super) silenced_pubsub: bool,
+    /// TRACKING, CACHING, NO-EVICT, NO-TOUCH, READONLY… set at some point.
+    pub(super) flags: bool,
+}
+
+impl State {
+    /// The subscriptions of one kind.
+    pub(super) fn set(&mut self, kind: SubKind) -> &mut HashSet<Vec<u8>> {
+        match kind {
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shards,
+        }
+    }
+
+    pub(super) fn subscribed(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty())
+    }
+}
+
+impl Session {
+    /// The reply Redis will send to a request that does `stateful` (its
+    /// frames, deadline, and what it changes), or `None` when Redis sends
+    /// none (CLIENT REPLY OFF or SKIP in force, or set by this request).
+    pub(super) fn expected_reply(
+        &mut self,
+        req: &Request,
+        stateful: Option<Stateful>,
+    ) -> Option<Expect> {
+        let mut frames = Some(1);
+        let mut unsubscribe = None;
+        let mut effect = Effect::None;
+        let mut deadline = Some(Instant::now() + self.timeout);
+        match stateful {
+            None => {}
+            Some(Stateful::Multi) => effect = Effect::Multi,
+            Some(Stateful::Exec | Stateful::Discard) => effect = Effect::EndTransaction,
+            Some(Stateful::Watch) => effect = Effect::Watch,
+            Some(Stateful::Unwatch) => effect = Effect::Unwatch,
+            Some(Stateful::Blocking) => deadline = None,
+            Some(Stateful::Subscribe(_)) => {
+                // One confirmation per channel (or one error without any).
+                frames = Some((req.argc() as u32 - 1).max(1));
+                deadline = None;
+            }
+            Some(Stateful::Unsubscribe(kind)) => {
+                if req.argc() > 1 {
+                    frames = Some(req.argc() as u32 - 1);
+                } else {
+                    frames = None;
+                    unsubscribe = Some(kind);
+                }
+            }
+            Some(Stateful::Select) => {
+                effect = match req
+                    .arg(1)
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+                {
+                    Some(db) => Effect::Select(db),
+                    None => Effect::None,
+                };
+            }
+            Some(Stateful::ConnectionFlag) => effect = Effect::Flag,
+            // Only a well-formed CLIENT REPLY that Redis will run changes
+            // the reply mode; any other gets Redis's error, one reply.
+            Some(Stateful::ClientReply) if req.argc() == 3 && !self.pubsub_only() => {
+                let mode = req.arg(2).map(|m| m.to_ascii_uppercase());
+                match mode.as_deref() {
+                    Some(b"OFF") => {
+                        self.state.reply_off = true;
+                        self.dirty = true;
+                        return None;
+                    }
+                    Some(b"SKIP") => {
+                        // Redis ignores SKIP while replies are OFF.
+                        self.state.skip_next |= !self.state.reply_off;
+                        self.dirty = true;
+                        return None;
+                    }
+                    Some(b"ON") => effect = Effect::ReplyOn,
+                    _ => {}
+                }
+            }
+            Some(Stateful::ClientReply | Stateful::Monitor) => {}
+        }
+        if effect != Effect::None || stateful.is_some_and(|s| !matches!(s, Stateful::Blocking)) {
+            self.dirty = true;
+        }
+        let pubsub = matches!(
+            stateful,
+            Some(Stateful::Subscribe(_) | Stateful::Unsubscribe(_))
+        );
+        if effect == Effect::ReplyOn {
+            // ON ends OFF and a pending SKIP alike, and is answered itself.
+            self.state.reply_off = false;
+            self.state.skip_next = false;
+        } else if self.state.reply_off || std::mem::take(&mut self.state.skip_next) {
+            self.state.silenced_pubsub |= pubsub;
+            return None;
+        }
+        Some(Expect {
+            seq: None,
+            frames,
+            unsubscribe,
+            pubsub,
+            effect,
+            deadline,
+            got: 0,
+            acc: None,
+            reply_instead: None,
+        })
+    }
+
+    pub(super) fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, Broken> {
+        // Only a subscribed connection (or one expecting confirmations, or
+        // one whose confirmations nobody waits for, or a RESP3 push) can
+        // carry pub/sub frames; anything else is a plain reply even if it
+        // looks like one (LRANGE of ["message", …]).
+        let pubsub_context = frame.first() == Some(&b'>')
+            || self.state.subscribed()
+            || self.state.silenced_pubsub
+            || self.expect.front().is_none_or(|e| e.pubsub);
+        let notice = if pubsub_context {
+            pubsub_notice(&frame)
+        } else {
+            None
+        };
+        match &notice {
+            Some(Notice::Confirm {
+                kind,
+                subscribe,
+                name,
+            }) => self.follow_confirmation(*kind, *subscribe, name.as_deref()),
+            Some(Notice::Message) => return Ok(SessionEvent::OutOfBand(frame)),
+            None if frame.first() == Some(&b'>') => return Ok(SessionEvent::OutOfBand(frame)),
+            None => {}
+        }
+        if notice.is_some() && !self.expect.front().is_some_and(|e| e.pubsub) {
+            // A confirmation no request waits for: under CLIENT REPLY
+            // OFF/SKIP, respool expects no reply to a (un)subscribe, but
+            // Redis 7 sends its confirmations anyway (pub/sub frames are not
+            // silenced). The state is updated above; the client gets them as
+            // Redis sent them.
+            return Ok(SessionEvent::OutOfBand(frame));
+        }
+        // RESP2 messages look like replies: tell them apart by their kind,
+        // which only arrives while subscribed.
+        let Some(front) = self.expect.front_mut() else {
+            return Err(Broken::BadReply(
+                "a reply arrived with no request pending".into(),
+            ));
+        };
+        if front.frames.is_none() {
+            front.frames = Some(1);
+        }
+        front.got += 1;
+        let frames = front.frames.unwrap_or(1);
+        if frames > 1 {
+            front
+                .acc
+                .get_or_insert_with(BytesMut::new)
+                .extend_from_slice(&frame);
+            if front.got < frames {
+                return Ok(SessionEvent::Nothing);
+            }
+        }
+        let Some(done) = self.expect.pop_front() else {
+            return Ok(SessionEvent::Nothing);
+        };
+        // The next request's reply deadline runs from now: it may have been
+        // queued behind a command that blocked for longer than --timeout.
+        if let Some(next) = self.expect.front_mut() {
+            if next.deadline.is_some() {
+                next.deadline = Some(Instant::now() + self.timeout);
+            }
+        }
+        self.apply(done.effect, &frame);
+        let reply = match (done.reply_instead, done.acc) {
+            (Some(instead), _) => instead,
+            (None, Some(acc)) => acc.freeze(),
+            (None, None) => frame,
+        };
+        Ok(match done.seq {
+            Some(seq) => SessionEvent::Reply(seq, reply),
+            None => SessionEvent::Nothing,
+        })
+    }
+
+    /// A (un)subscribe confirmation: the subscriptions it changes, and the
+    /// frame count of an argument-less UNSUBSCRIBE waiting for it.
+    fn follow_confirmation(&mut self, kind: SubKind, subscribe: bool, name: Option<&[u8]>) {
+        // Resolve an argument-less UNSUBSCRIBE's frame count against the
+        // subscriptions as they were before this confirmation.
+        if let Some(front) = self.expect.front_mut() {
+            if front.frames.is_none() {
+                let n = self.state.set(front.unsubscribe.unwrap_or(kind)).len();
+                front.frames = Some(n.max(1) as u32);
+            }
+        }
+        if let Some(name) = name {
+            let set = self.state.set(kind);
+            if subscribe {
+                set.insert(name.to_vec());
+            } else {
+                set.remove(name);
+            }
+        }
+    }
+
+    /// What a complete reply does to the connection's state.
+    fn apply(&mut self, effect: Effect, reply: &[u8]) {
+        let is_error = matches!(reply.first(), Some(b'-' | b'!'));
+        match effect {
+            Effect::Multi if !is_error => self.state.multi = true,
+            // EXEC/DISCARD end the transaction and the WATCHes, and so does
+            // an EXECABORT; "EXEC without MULTI" ends nothing (a WATCH stays).
+            Effect::EndTransaction if !is_error || reply.starts_with(b"-EXECABORT") => {
+                self.state.multi = false;
+                self.state.watching = false;
+            }
+            Effect::Watch if !is_error => self.state.watching = true,
+            Effect::Unwatch => self.state.watching = false,
+            Effect::Select(db) if !is_error => self.state.db = db,
+            Effect::Flag if !is_error => self.state.flags = true,
+            _ => {}
+        }
+    }
+}
+
+/// A pub/sub frame that needs special handling.
+enum Notice {
+    /// A (un)subscribe confirmation: counts as a reply, changes the state.
+    Confirm {
+        kind: SubKind,
+        subscribe: bool,
+        name: Option<Vec<u8>>,
+    },
+    /// A published message: out of band.
+    Message,
+}
+
+/// Recognises pub/sub frames: arrays (RESP2) or pushes (RESP3) whose first
+/// element names the event. Only the first two elements are looked at.
+fn pubsub_notice(frame: &[u8]) -> Option<Notice> {
+    let (Value::Array(mut items) | Value::Push(mut items)) = Value::of_frame(frame).ok()? else {
+        return None;
+    };
+    let count = items.len();
+    let kind = items.next()?.bytes()?.to_ascii_lowercase();
+    let name = items.next().and_then(|v| v.bytes()).map(<[u8]>::to_vec);
+    let confirm = |kind: SubKind, subscribe: bool| {
+        Some(Notice::Confirm {
+            kind,
+            subscribe,
+            name: name.clone(),
+        })
+    };
+    match &kind[..] {
+        b"subscribe" => confirm(SubKind::Channel, true),
+        b"psubscribe" => confirm(SubKind::Pattern, true),
+        b"ssubscribe" => confirm(SubKind::Shard, true),
+        b"unsubscribe" => confirm(SubKind::Channel, false),
+        b"punsubscribe" => confirm(SubKind::Pattern, false),
+        b"sunsubscribe" => confirm(SubKind::Shard, false),
+        b"message" | b"pmessage" | b"smessage" if count >= 3 => Some(Notice::Message),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_pubsub_frames() {
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        assert!(
+            matches!(pubsub_notice(confirm), Some(Notice::Confirm { kind: SubKind::Channel, subscribe: true, name: Some(n) }) if n == b"ch")
+        );
+        let unsub_none = b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n";
+        assert!(matches!(
+            pubsub_notice(unsub_none),
+            Some(Notice::Confirm {
+                subscribe: false,
+                name: None,
+                ..
+            })
+        ));
+        let message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+        assert!(matches!(pubsub_notice(message), Some(Notice::Message)));
+        assert!(pubsub_notice(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").is_none());
+        assert!(pubsub_notice(b"+OK\r\n").is_none());
+        // A user's list value that happens to start with "message" is only
+        // a message if it has the message shape; LRANGE replies never reach
+        // this check while subscribed anyway.
+        assert!(pubsub_notice(b"*1\r\n$7\r\nmessage\r\n").is_none());
+    }
+}
