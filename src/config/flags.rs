@@ -69,7 +69,7 @@ pub(crate) struct ListenerFlags {
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: u32,
 
-    /// Event-loop threads: 0 = one per two CPU cores, at least 1 and at most 4; 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools. See README "Tuning".
+    /// Event-loop threads: 0 = one per two CPU cores, at least 1 and at most 4; 1 = one single-threaded event loop; N > 1 = N independent loops (thread per core), each with its own listener (SO_REUSEPORT), lanes and pools. See docs/operations.md "Tuning".
     #[arg(long, env = "RESPOOL_THREADS", default_value_t = 0)]
     pub threads: u32,
 
@@ -144,7 +144,7 @@ pub(crate) struct PoolFlags {
     #[arg(long, env = "RESPOOL_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
     pub keepalive: Duration,
 
-    /// Hold a lane's new requests while its previous write is unanswered (at most until 64 runs wait), so requests from many clients reach Redis in one write, like Nagle's algorithm with Redis's replies as the acknowledgement; off = write each request as it arrives. An idle lane writes at once either way. See README "Tuning".
+    /// Hold a lane's new requests while its previous write is unanswered (at most until 64 runs wait), so requests from many clients reach Redis in one write, like Nagle's algorithm with Redis's replies as the acknowledgement; off = write each request as it arrives. An idle lane writes at once either way. See docs/operations.md "Tuning".
     #[arg(long, env = "RESPOOL_BATCH_WRITES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub batch_writes: bool,
 
