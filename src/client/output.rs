@@ -228,11 +228,11 @@ impl Output {
                 None if !self.small.is_empty() => &self.small,
                 None => break,
             };
-            match Pin::new(&mut *stream).poll_write(cx, chunk) {
+            match stream.poll_send(cx, chunk) {
                 Poll::Ready(Ok(n)) => {
                     self.budget().release(n);
                     wrote = true;
-                    self.unflushed = true;
+                    self.unflushed = stream.buffers_writes();
                     if let Some(front) = self.out.front_mut() {
                         front.advance(n);
                         if front.is_empty() {
