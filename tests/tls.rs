@@ -710,3 +710,62 @@ async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
         Ok(Reply::Simple("PONG".into()))
     );
 }
+
+/// A `rediss://` lane and a pinned session over TLS wake on readiness, not
+/// on a timer: 2 000 sequential round trips each. Before respool's streams
+/// went through tokio-rustls, a lost wake-up left every request waiting for
+/// the lane's periodic tick, 10 requests per second: these took 200 s each.
+/// The bound is 50 times looser than a healthy run needs on a loaded
+/// machine, and still 4 times tighter than the broken one.
+#[tokio::test]
+async fn sequential_requests_over_a_rediss_upstream_do_not_wait_for_a_timer() {
+    let pki = Pki::generate();
+    let (_redis, url) = tls_redis(&pki);
+    let (ca, cert, key) = (
+        pki.arg("ca.pem"),
+        pki.arg("client.pem"),
+        pki.arg("client.key"),
+    );
+    let flags = [
+        "--upstream-ca",
+        &ca,
+        "--upstream-cert",
+        &cert,
+        "--upstream-key",
+        &key,
+    ];
+    let proxy = TestProxy::start(&url, &flags).await;
+    let mut client = proxy.client().await;
+    client.cmd(&["SET", "tls:seq", "v"]).await.expect_ok();
+
+    let started = std::time::Instant::now();
+    for _ in 0..2000 {
+        assert_eq!(client.cmd(&["GET", "tls:seq"]).await, bulk("v"));
+    }
+    let shared = started.elapsed();
+
+    // The same inside a transaction: a pinned TLS connection.
+    client.cmd(&["MULTI"]).await.expect_ok();
+    let started = std::time::Instant::now();
+    for _ in 0..2000 {
+        assert_eq!(
+            client.cmd(&["GET", "tls:seq"]).await,
+            Reply::Simple("QUEUED".into())
+        );
+    }
+    let pinned = started.elapsed();
+    let Reply::Array(replies) = client.cmd(&["EXEC"]).await else {
+        panic!("EXEC answers an array");
+    };
+    assert_eq!(replies.len(), 2000);
+
+    let bound = std::time::Duration::from_secs(50);
+    assert!(
+        shared < bound,
+        "2 000 GETs over a rediss:// lane took {shared:?}"
+    );
+    assert!(
+        pinned < bound,
+        "2 000 commands over a pinned rediss:// connection took {pinned:?}"
+    );
+}
