@@ -31,7 +31,7 @@ pub enum Error {
     /// `HELLO` waited for a first validated upstream connection, whose
     /// server version its reply carries, and none came in time.
     #[error("upstream {addr} unavailable: no connection validated within {} (HELLO answers with the server's version; retry once Redis is up)", Secs(*waited))]
-    NoServerVersion {
+    NoHealth {
         /// The upstream address.
         addr: Arc<str>,
         /// How long the client waited.
@@ -90,6 +90,19 @@ pub enum Error {
         addr: Arc<str>,
         /// Why: the last connect error, or that all are in use.
         cause: Arc<str>,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// A client logged in as an identity while `--max-identities` others
+    /// had lanes open, every one of them in use.
+    #[error("too many identities in use through respool (--max-identities {0}); retry later, or raise --max-identities")]
+    TooManyIdentities(usize),
+    /// A client's login could not be checked: no connection as that
+    /// identity got through the validation gate in time.
+    #[error("upstream {addr} unavailable: no connection as this user got through within {}, so the login could not be checked; retry once Redis is up", Secs(*waited))]
+    LoginUnchecked {
+        /// The upstream address.
+        addr: Arc<str>,
         /// How long the client waited.
         waited: Duration,
     },
@@ -175,6 +188,18 @@ impl ConnectError {
         }
     }
 
+    /// Whether Redis refused the login itself (a wrong password, a disabled
+    /// user), as opposed to the server being unreachable or unwell.
+    pub(crate) fn is_login_refusal(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Rejected {
+                step: crate::pool::validate::LOGIN_STEP | crate::pool::validate::HELLO_STEP,
+                ..
+            }
+        )
+    }
+
     /// The Redis error code of a rejected step (`LOADING`, `READONLY`, …).
     pub fn reply_code(&self) -> Option<&str> {
         match self {
@@ -196,6 +221,13 @@ pub fn error_line(code: &str, message: &str) -> Bytes {
     }
     out.put_slice(b"\r\n");
     out.freeze()
+}
+
+/// Renders Redis's own error `line` (without its leading `-`) as the reply
+/// it was, for a client that gets Redis's word (a refused login).
+pub(crate) fn error_reply(line: &str) -> Bytes {
+    let (code, message) = line.split_once(' ').unwrap_or((line, ""));
+    error_line(code, message)
 }
 
 /// Formats a duration the way operators read it: `250ms`, `3.1s`.

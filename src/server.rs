@@ -99,6 +99,7 @@ impl Proxy {
         let ctx = Arc::new(PoolContext {
             pool: config.pool.clone(),
             retry: config.retry,
+            client_identity: false,
             stats: stats.clone(),
         });
         let router = Router::start(&config, ctx);

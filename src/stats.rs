@@ -31,6 +31,12 @@ impl Counter {
         );
     }
 
+    /// Takes `n` off (a gauge). Only from the thread of the loop that owns
+    /// the counter.
+    pub fn sub(&self, n: u64) {
+        self.add(n.wrapping_neg());
+    }
+
     /// The current count.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -70,6 +76,12 @@ pub(crate) struct LoopStats {
     /// Clients that waited `--checkout-timeout` for a dedicated connection in
     /// vain.
     pub pinned_checkout_failures: Counter,
+    /// Client logins (AUTH passed through) the upstream accepted.
+    pub logins: Counter,
+    /// Identities with lanes open now, besides respool's own (a gauge).
+    pub identities: Counter,
+    /// Client logins refused (by the upstream, or unchecked in time).
+    pub login_refusals: Counter,
 }
 
 /// What the whole process counts: every event loop's counters, for the
@@ -120,6 +132,12 @@ pub(crate) struct Totals {
     pub pinned_checkouts: u64,
     /// See [`LoopStats::pinned_checkout_failures`].
     pub pinned_checkout_failures: u64,
+    /// See [`LoopStats::logins`].
+    pub logins: u64,
+    /// See [`LoopStats::identities`].
+    pub identities: u64,
+    /// See [`LoopStats::login_refusals`].
+    pub login_refusals: u64,
 }
 
 impl ProcessStats {
@@ -155,6 +173,9 @@ impl ProcessStats {
             t.upstream_connect_failures += s.upstream_connect_failures.get();
             t.pinned_checkouts += s.pinned_checkouts.get();
             t.pinned_checkout_failures += s.pinned_checkout_failures.get();
+            t.logins += s.logins.get();
+            t.identities += s.identities.get();
+            t.login_refusals += s.login_refusals.get();
         }
         t
     }
@@ -210,6 +231,9 @@ pub(crate) fn render(ctx: Context<'_>, t: Totals) -> String {
     line("upstream_connect_failures", &t.upstream_connect_failures);
     line("pinned_checkouts", &t.pinned_checkouts);
     line("pinned_checkout_failures", &t.pinned_checkout_failures);
+    line("identities", &t.identities);
+    line("logins", &t.logins);
+    line("login_refusals", &t.login_refusals);
     format!("# Respool\r\n{out}")
 }
 

@@ -1292,6 +1292,38 @@ async fn secrets_never_reach_logs_debug_output_or_error_replies() {
             assert_no_secret(&format!("the {format} log of the {name} proxy"), &output);
         }
     }
+    // AUTH passthrough (no client users of respool's own): the clients'
+    // passwords go to the upstream and never into a log line.
+    let passthrough: Vec<String> = args(&good_url, "json", &[])
+        .into_iter()
+        .filter(|arg| !client_auth.contains(arg))
+        .collect();
+    let mut process = ProxyProcess::spawn(dir.path(), "passthrough", &passthrough);
+    let addr = process.wait_listening();
+    let replies = replies(
+        addr,
+        &[
+            &["AUTH", "app", WRONG_CLIENT_PW],
+            &["AUTH", WRONG_CLIENT_PW],
+            &["AUTH", "app", UPSTREAM_PW],
+            &["SET", "k", "v"],
+            &["HELLO", "3", "AUTH", "app", WRONG_UPSTREAM_PW],
+        ],
+    )
+    .await;
+    assert_eq!(replies[0].error_code(), Some("WRONGPASS"), "{}", replies[0]);
+    // The default user has no password here: Redis says so.
+    assert_eq!(replies[1].error_code(), Some("ERR"), "{}", replies[1]);
+    replies[2].expect_ok();
+    replies[3].expect_ok();
+    assert_eq!(replies[4].error_code(), Some("WRONGPASS"), "{}", replies[4]);
+    let output = process.stop();
+    assert!(
+        output.contains("a client's login was refused") && output.contains("TRACE"),
+        "the passthrough trace log proves nothing:\n{output}"
+    );
+    assert_no_secret("the log of the passthrough proxy", &output);
+    all_replies.extend(replies);
     for reply in &all_replies {
         assert_no_secret("a reply to a client", &reply.to_string());
     }

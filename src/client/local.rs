@@ -37,11 +37,18 @@ impl Client {
             return;
         }
         match local {
+            Local::Auth if self.passthrough() => self.login(req, command),
+            Local::Hello if self.passthrough() && hello_logs_in(&req) => self.login(req, command),
             Local::Quit => {
                 self.output.push_ready(Bytes::from_static(b"+OK\r\n"));
                 self.stop_reading();
             }
             Local::Reset if self.session.is_some() => self.park(req, command, None),
+            Local::Reset if self.logging_out() && self.output.shared_pending() > 0 => {
+                // Back to respool's own identity once the client's earlier
+                // requests have run as the one it logged in as.
+                self.park(req, command, None)
+            }
             Local::Reset => {
                 let reply = self.reset();
                 self.output.push_ready(reply);
@@ -61,16 +68,7 @@ impl Client {
                         return;
                     }
                 }
-                match self.hello(&req) {
-                    Some(reply) => self.output.push_ready(reply),
-                    None => {
-                        // No wait is running: a HELLO is parked while one
-                        // does, and nothing is read behind it.
-                        let within = self.shared.config.retry.hold_timeout;
-                        let wait = self.lanes.version().wait_validated(within);
-                        self.park(req, command, Some(Wait::Version(Box::pin(wait))));
-                    }
-                }
+                self.answer_hello(req, command, false);
             }
             other => {
                 let reply = self.simple_local(other, &req);
@@ -122,15 +120,37 @@ impl Client {
         }
     }
 
+    /// Answers HELLO, or parks it until the server version its reply
+    /// carries is known. `logged_in`: its AUTH was passed through and the
+    /// upstream accepted it.
+    fn answer_hello(&mut self, req: Request, command: Command, logged_in: bool) {
+        match self.hello(&req, logged_in) {
+            Some(reply) => self.output.push_ready(reply),
+            None => {
+                // No wait is running: a HELLO is parked while one does, and
+                // nothing is read behind it.
+                let within = self.shared.config.retry.hold_timeout;
+                let wait = self.lanes.health().wait_validated(within);
+                self.park(req, command, Some(Wait::Version(Box::pin(wait))));
+            }
+        }
+    }
+
+    /// A HELLO whose AUTH the upstream accepted goes on.
+    pub(super) fn hello_after_login(&mut self, req: Request, command: Command) {
+        self.answer_hello(req, command, true);
+    }
+
     /// HELLO's reply; `None` when it would succeed but no upstream
     /// connection has passed validation yet, so the server version its reply
     /// carries is not known: nothing is changed then, and the caller waits.
-    fn hello(&mut self, req: &Request) -> Option<Bytes> {
+    fn hello(&mut self, req: &Request, logged_in: bool) -> Option<Bytes> {
         let hello = match parse_hello(req) {
             Ok(h) => h,
             Err(reply) => return Some(reply),
         };
         let authenticates = match hello.auth {
+            Some(_) if logged_in => true,
             Some((user, password)) => match self.settings().auth.check(Some(user), password) {
                 AuthOutcome::Ok => true,
                 _ => return Some(wrongpass()),
@@ -138,7 +158,7 @@ impl Client {
             None if !self.authenticated => return Some(error_line("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")),
             None => false,
         };
-        if !self.lanes.version().is_validated() {
+        if !self.lanes.health().is_validated() {
             return None;
         }
         if authenticates {
@@ -157,7 +177,7 @@ impl Client {
             }
         }
         // Unknown only where an ACL forbids the validation's `INFO server`.
-        let version = self.lanes.version().get();
+        let version = self.lanes.health().version();
         let version = version.as_deref().unwrap_or("unknown");
         Some(hello_reply(self.protocol, self.id, version))
     }
@@ -171,7 +191,7 @@ impl Client {
             if parked.drain_after {
                 self.phase = super::Phase::Draining;
             }
-            let error = Error::NoServerVersion {
+            let error = Error::NoHealth {
                 addr: self.lanes.addr().clone(),
                 waited: self.shared.config.retry.hold_timeout,
             };
@@ -181,7 +201,7 @@ impl Client {
 
     /// `INFO respool`: the process's counters, summed over its event loops.
     fn stats_reply(&self) -> Bytes {
-        let version = self.lanes.version().get();
+        let version = self.lanes.health().version();
         let process = &self.shared.process;
         let ctx = crate::stats::Context {
             upstream: self.lanes.addr(),
@@ -196,10 +216,20 @@ impl Client {
         bulk(text.as_bytes())
     }
 
+    /// RESET logs a client out: one that logged in as another identity
+    /// than respool's own goes back to respool's lanes.
+    pub(super) fn logging_out(&self) -> bool {
+        self.passthrough() && !std::sync::Arc::ptr_eq(&self.lanes, &self.shared.router.initial())
+    }
+
     /// RESET of a client without a session: its own state goes back to a new
     /// connection's.
     pub(super) fn reset(&mut self) -> Bytes {
         self.name = None;
+        if self.logging_out() {
+            let lanes = self.shared.router.initial();
+            self.switch_lanes(lanes);
+        }
         if self.protocol != 2 {
             self.protocol = 2;
             self.lane = self.lanes.lane(2);
@@ -277,7 +307,7 @@ fn not_in_pubsub_context(req: &Request) -> Bytes {
 }
 
 /// `-WRONGPASS`, worded as Redis 7 words it.
-fn wrongpass() -> Bytes {
+pub(super) fn wrongpass() -> Bytes {
     error_line(
         "WRONGPASS",
         "invalid username-password pair or user is disabled.",
@@ -309,15 +339,20 @@ fn auth(users: &ClientAuth, req: &Request) -> Result<(), Bytes> {
 }
 
 /// A parsed `HELLO [protover [AUTH user pass] [SETNAME name]]`.
-struct Hello<'a> {
+pub(super) struct Hello<'a> {
     pub protocol: Option<u8>,
     pub auth: Option<(&'a [u8], &'a [u8])>,
     /// `Some(None)` clears the name.
     pub setname: Option<Option<Bytes>>,
 }
 
+/// Whether a HELLO logs in (`HELLO 3 AUTH user pass`).
+fn hello_logs_in(req: &Request) -> bool {
+    parse_hello(req).is_ok_and(|hello| hello.auth.is_some())
+}
+
 /// The protocol version a HELLO asks for, if it is valid.
-fn hello_protocol(req: &Request) -> Option<u8> {
+pub(super) fn hello_protocol(req: &Request) -> Option<u8> {
     match req.arg(1)? {
         b"2" => Some(2),
         b"3" => Some(3),
@@ -325,7 +360,7 @@ fn hello_protocol(req: &Request) -> Option<u8> {
     }
 }
 
-fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
+pub(super) fn parse_hello(req: &Request) -> Result<Hello<'_>, Bytes> {
     let args: Vec<&[u8]> = req.args().skip(1).collect();
     let mut hello = Hello {
         protocol: None,

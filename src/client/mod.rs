@@ -25,6 +25,7 @@ mod deadlines;
 pub(crate) mod inbox;
 mod input;
 mod local;
+mod login;
 mod output;
 mod pinned;
 mod routing;
@@ -118,6 +119,8 @@ enum Wait {
     /// The first validated upstream connection, whose server version a
     /// `HELLO` reply carries.
     Version(VersionWait),
+    /// The upstream's verdict on a login (AUTH passthrough).
+    Login(login::LoginWait),
 }
 
 /// How a [`Wait`] ended.
@@ -125,6 +128,7 @@ enum WaitOutcome {
     Checkout(Result<PinnedConn, Error>),
     /// Whether a connection passed validation in time.
     Version(bool),
+    Login(login::LoginResult),
 }
 
 impl Wait {
@@ -132,6 +136,7 @@ impl Wait {
         match self {
             Wait::Checkout(checkout) => checkout.as_mut().poll(cx).map(WaitOutcome::Checkout),
             Wait::Version(wait) => wait.as_mut().poll(cx).map(WaitOutcome::Version),
+            Wait::Login(check) => check.as_mut().poll(cx).map(WaitOutcome::Login),
         }
     }
 
@@ -140,6 +145,7 @@ impl Wait {
         match self {
             Wait::Checkout(_) => "a dedicated connection",
             Wait::Version(_) => "the first validated upstream connection",
+            Wait::Login(_) => "the upstream's verdict on its login",
         }
     }
 }
@@ -368,6 +374,7 @@ impl Client {
             WaitOutcome::Checkout(result) => self.on_checkout(result),
             WaitOutcome::Version(true) => {}
             WaitOutcome::Version(false) => self.no_server_version(),
+            WaitOutcome::Login(result) => self.on_login(result),
         }
         Ok(true)
     }

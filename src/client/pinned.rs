@@ -41,19 +41,12 @@ impl Client {
                 }
                 session => {
                     if let Some(session) = session {
-                        session.release(&self.lanes);
+                        session.release();
                     }
-                    let reply = self.reset();
-                    self.output.push_ready(reply);
+                    self.local(Local::Reset, req, command);
                 }
             },
-            Route::Local(local @ Local::Hello) => {
-                if self.output.shared_pending() > 0 {
-                    self.park(req, command, None);
-                } else {
-                    self.local(local, req, command);
-                }
-            }
+            Route::Local(local @ (Local::Hello | Local::Auth)) => self.local(local, req, command),
             Route::Dedicated(state) => {
                 if self.session.is_some() {
                     self.dedicated(state, req, command);
@@ -74,8 +67,7 @@ impl Client {
             Ok(conn) => {
                 let mut session = Session::new(
                     conn,
-                    self.lanes.endpoint().db,
-                    self.lanes.timeout(),
+                    self.lanes.clone(),
                     self.shared.config.pool.read_buffer_size,
                 );
                 if self.protocol == 3 {
@@ -139,6 +131,9 @@ impl Client {
                 SessionEvent::Nothing => {}
             }
         }
+        if let Some(identity) = self.session.as_mut().and_then(Session::take_login) {
+            self.logged_in_on_session(identity);
+        }
         match result {
             Err(broken) => self.session_failed(broken),
             Ok(()) => self.maybe_release_session(),
@@ -153,7 +148,7 @@ impl Client {
             .is_some_and(|s| s.finished() && !s.wants_write())
         {
             if let Some(session) = self.session.take() {
-                session.release(&self.lanes);
+                session.release();
             }
         }
     }
@@ -215,7 +210,7 @@ impl Client {
     /// Gives the session back when the client goes away.
     pub(super) fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
-            session.release(&self.lanes);
+            session.release();
         }
     }
 }

@@ -224,6 +224,14 @@ pub(crate) struct AuthFlags {
     #[arg(long, env = "RESPOOL_USERS_FILE")]
     pub users_file: Option<PathBuf>,
 
+    /// Without client users of respool's own (--requirepass, --user), a client's AUTH is checked by the upstream and its commands run as that user, over lanes of their own: the most such identities served at once (a total for the process).
+    #[arg(long, env = "RESPOOL_MAX_IDENTITIES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_identities: u32,
+
+    /// An identity's lanes that no client has used for this long are closed, and its credentials forgotten.
+    #[arg(long, env = "RESPOOL_IDENTITY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub identity_idle_timeout: Duration,
+
     /// Refuse a command on this proxy: NAME or NAME|SUBCOMMAND (repeatable; env: comma-separated).
     #[arg(
         long = "deny-command",

@@ -54,7 +54,21 @@ pub struct Config {
     pub(crate) pool: PoolSettings,
     pub(crate) retry: RetrySettings,
     pub(crate) clients: ClientSettings,
+    /// Lane sets of the identities clients log in as (AUTH passthrough).
+    pub(crate) identities: IdentitySettings,
     pub(crate) log: LogSettings,
+}
+
+/// AUTH passthrough: on when respool has no client users of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdentitySettings {
+    /// A client's AUTH is checked by the upstream, and its commands run as
+    /// that identity.
+    pub passthrough: bool,
+    /// Identities with lane sets at once, besides respool's own.
+    pub max: usize,
+    /// Unused this long, an identity's lane set is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Where and how clients are accepted.
@@ -304,6 +318,13 @@ impl Config {
             retry: RetrySettings::validate(&retry, &pool)?,
             listener: ListenerSettings::validate(listener, &tls, &pool)?,
             pool: PoolSettings::validate(pool, upstream)?,
+            identities: IdentitySettings {
+                passthrough: auth.requirepass.is_none()
+                    && auth.users.is_empty()
+                    && auth.users_file.is_none(),
+                max: auth.max_identities as usize,
+                idle_timeout: auth.identity_idle_timeout,
+            },
             clients: ClientSettings::validate(clients, auth)?,
             log: LogSettings {
                 format: log.log_format,
@@ -340,7 +361,8 @@ impl Config {
     /// run (`--threads`): `--max-connections`, `--min-idle` and
     /// `--max-pinned` are totals for the process, split as evenly as
     /// possible, with at least one lane and one dedicated connection per
-    /// loop. (`--max-clients` is one count for the process.)
+    /// loop; `--max-identities` likewise. (`--max-clients` is one count for
+    /// the process.)
     pub(crate) fn loop_share(&self, index: usize, loops: usize) -> Config {
         let loops = loops.max(1) as u32;
         let index = index as u32;
@@ -351,6 +373,7 @@ impl Config {
         share.pool.max_connections = split(self.pool.max_connections, 1);
         share.pool.min_idle = split(self.pool.min_idle, 0);
         share.pool.max_pinned = split(self.pool.max_pinned, 1);
+        share.identities.max = split(self.identities.max as u32, 1) as usize;
         share
     }
 }

@@ -1,7 +1,7 @@
 //! A lane set: everything one [`Endpoint`] owns — shared lanes per RESP
 //! protocol with the bb8 pool behind them, a pool of dedicated connections
-//! for pinned sessions, and the validation record (has any connection
-//! passed, with which server version).
+//! for pinned sessions, and its [`Health`] (has any connection passed the
+//! gate, with which server version; was the last login refused).
 //!
 //! RESP2 lanes start with the set; RESP3 lanes on the first client that
 //! says `HELLO 3`, so a set whose clients never do holds no connections for
@@ -18,10 +18,12 @@ use tokio::task::JoinHandle;
 
 use super::checkout::{checkout, Wait};
 use super::endpoint::Endpoint;
-use super::lane::{Lane, LaneHandle};
+use super::lane::{Lane, LaneHandle, LaneRequest};
 use super::manager::UpstreamManager;
-use super::{PoolContext, ServerVersion};
+use super::{Health, PoolContext};
+use crate::client::inbox::ReplyInbox;
 use crate::error::{ConnectError, Error};
+use bytes::Bytes;
 
 /// A dedicated connection, checked out for a pinned session.
 pub(crate) type PinnedConn = PooledConnection<'static, UpstreamManager>;
@@ -30,10 +32,13 @@ pub(crate) type PinnedConn = PooledConnection<'static, UpstreamManager>;
 pub(crate) struct LaneSet {
     endpoint: Arc<Endpoint>,
     ctx: Arc<PoolContext>,
-    version: ServerVersion,
+    health: Health,
     resp2: SharedLanes,
     resp3: OnceLock<SharedLanes>,
     pinned: PinnedPool,
+    /// Since when no client has used the set (the registry closes sets
+    /// idle too long); `None` while one does.
+    idle_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl LaneSet {
@@ -42,14 +47,15 @@ impl LaneSet {
     /// (empty) pool of dedicated connections.
     pub fn open(endpoint: Endpoint, ctx: Arc<PoolContext>) -> LaneSet {
         let endpoint = Arc::new(endpoint);
-        let version = ServerVersion::default();
+        let health = Health::default();
         LaneSet {
-            resp2: SharedLanes::start(&endpoint, 2, &ctx, &version),
+            resp2: SharedLanes::start(&endpoint, 2, &ctx, &health),
             resp3: OnceLock::new(),
-            pinned: PinnedPool::new(&endpoint, &ctx, &version),
+            pinned: PinnedPool::new(&endpoint, &ctx, &health),
             endpoint,
             ctx,
-            version,
+            health,
+            idle_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -63,16 +69,16 @@ impl LaneSet {
         &self.endpoint.node.addr
     }
 
-    /// The server's version, and whether a connection validated yet.
-    pub fn version(&self) -> &ServerVersion {
-        &self.version
+    /// What the validation gate has said about the set's connections.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// A shared lane for a client speaking `protocol` (round robin).
     pub fn lane(&self, protocol: u8) -> LaneHandle {
         if protocol == 3 {
             self.resp3
-                .get_or_init(|| SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.version))
+                .get_or_init(|| SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.health))
                 .pick()
         } else {
             self.resp2.pick()
@@ -111,6 +117,49 @@ impl LaneSet {
                 }
             }
         }
+    }
+
+    /// Sends one request (`raw`, whole) on a shared lane of `protocol` on
+    /// respool's own account, and resolves with its reply: how a client's
+    /// AUTH is put to the upstream as the identity it names.
+    pub fn ask(
+        &self,
+        protocol: u8,
+        raw: Bytes,
+    ) -> impl std::future::Future<Output = Bytes> + Send + 'static {
+        let inbox = ReplyInbox::new(None);
+        let sent = self.lane(protocol).send(LaneRequest {
+            seq: 0,
+            raw,
+            count: 1,
+            // Nothing a login check sends writes data.
+            retry_safe: 1,
+            reply_to: inbox.sender(),
+        });
+        async move {
+            if sent.is_err() {
+                return Error::ShuttingDown.to_resp();
+            }
+            let mut arrived = Vec::new();
+            std::future::poll_fn(|cx| inbox.poll_take(cx, &mut arrived)).await;
+            arrived
+                .pop()
+                .map_or_else(|| Error::ShuttingDown.to_resp(), |d| d.reply)
+        }
+    }
+
+    /// Notes whether clients use the set now (`in_use`); how long it has
+    /// been unused.
+    pub fn idle_for(&self, in_use: bool, now: std::time::Instant) -> Duration {
+        let mut since = self
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if in_use {
+            *since = None;
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*since.get_or_insert(now))
     }
 
     /// The request deadline, for resets of pinned connections.
@@ -184,10 +233,9 @@ impl SharedLanes {
         endpoint: &Arc<Endpoint>,
         protocol: u8,
         ctx: &Arc<PoolContext>,
-        version: &ServerVersion,
+        health: &Health,
     ) -> SharedLanes {
-        let manager =
-            UpstreamManager::new(endpoint.clone(), protocol, ctx.clone(), version.clone());
+        let manager = UpstreamManager::new(endpoint.clone(), protocol, ctx.clone(), health.clone());
         let failures = manager.failures();
         let pool = build_pool(manager, ctx, PoolKind::Lanes);
         let (lanes, tasks) = (0..ctx.pool.max_connections as usize)
@@ -234,12 +282,8 @@ struct PinnedPool {
 }
 
 impl PinnedPool {
-    fn new(
-        endpoint: &Arc<Endpoint>,
-        ctx: &Arc<PoolContext>,
-        version: &ServerVersion,
-    ) -> PinnedPool {
-        let manager = UpstreamManager::new(endpoint.clone(), 2, ctx.clone(), version.clone());
+    fn new(endpoint: &Arc<Endpoint>, ctx: &Arc<PoolContext>, health: &Health) -> PinnedPool {
+        let manager = UpstreamManager::new(endpoint.clone(), 2, ctx.clone(), health.clone());
         let failures = manager.failures();
         PinnedPool {
             pool: build_pool(manager, ctx, PoolKind::Pinned),

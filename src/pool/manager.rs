@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::connection::UpstreamConn;
 use super::endpoint::Endpoint;
-use super::{PoolContext, ServerVersion};
+use super::{Health, PoolContext};
 use crate::codec::Request;
 use crate::error::ConnectError;
 
@@ -20,8 +20,8 @@ pub(crate) struct UpstreamManager {
     /// RESP version the connections speak.
     protocol: u8,
     ctx: Arc<PoolContext>,
-    /// Where validation records the server's version.
-    version: ServerVersion,
+    /// Where validation records what it found.
+    health: Health,
     /// The latest connect failure, published so that waiters learn *why* no
     /// connection is coming instead of only that their wait timed out (bb8
     /// hands connect errors to its error sink, not to the waiting `get`).
@@ -34,13 +34,13 @@ impl UpstreamManager {
         endpoint: Arc<Endpoint>,
         protocol: u8,
         ctx: Arc<PoolContext>,
-        version: ServerVersion,
+        health: Health,
     ) -> Self {
         UpstreamManager {
             endpoint,
             protocol,
             ctx,
-            version,
+            health,
             failures: Arc::new(watch::channel(None).0),
         }
     }
@@ -62,12 +62,17 @@ impl bb8::ManageConnection for UpstreamManager {
             Ok((conn, version)) => {
                 tracing::debug!(upstream = %addr, user = self.endpoint.identity.user(), took_ms = started.elapsed().as_millis() as u64, "upstream connection validated");
                 self.ctx.stats.upstream_connections.add(1);
-                self.version.validated(version);
+                self.health.validated(version);
                 Ok(conn)
             }
             Err(e) => {
                 tracing::debug!(upstream = %addr, user = self.endpoint.identity.user(), error = %e, "upstream connection attempt failed");
                 self.ctx.stats.upstream_connect_failures.add(1);
+                if let ConnectError::Rejected { reply, .. } = &e {
+                    if e.is_login_refusal() {
+                        self.health.login_refused(reply.clone());
+                    }
+                }
                 self.failures.send_replace(Some(e.clone()));
                 Err(e)
             }

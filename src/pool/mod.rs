@@ -43,24 +43,44 @@ pub(crate) use registry::Registry;
 pub(crate) struct PoolContext {
     pub pool: PoolSettings,
     pub retry: RetrySettings,
+    /// The lane sets of identities clients logged in as: a refused login
+    /// there is a client's wrong password, not the upstream's outage, and
+    /// is logged quietly.
+    pub client_identity: bool,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
 }
 
-/// The upstream server's version (`INFO server`), as validation learned it,
-/// and whether any connection of the lane set has passed validation yet.
+/// What the validation gate has said about a lane set's connections: the
+/// server's version (`INFO server`), whether any connection has passed yet,
+/// and whether the last attempt was refused at login (a wrong password, a
+/// disabled user), with Redis's own words.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ServerVersion(Arc<VersionCell>);
+pub(crate) struct Health(Arc<HealthCell>);
 
 #[derive(Debug, Default)]
-struct VersionCell {
+struct HealthCell {
     version: std::sync::RwLock<Option<Arc<str>>>,
     validated: std::sync::atomic::AtomicBool,
-    /// Woken when the first connection passes validation.
-    first_validated: tokio::sync::Notify,
+    /// Redis's refusal of the last login (without the leading `-`), until a
+    /// connection passes again.
+    login_refused: std::sync::Mutex<Option<Arc<str>>>,
+    /// Woken when a connection passes or a login is refused.
+    changed: tokio::sync::Notify,
 }
 
-impl ServerVersion {
+/// What a login (a client's AUTH, passed through) finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LoginCheck {
+    /// A connection passed the gate as this identity.
+    Accepted,
+    /// Redis refused the identity's login: its error line, as sent.
+    Refused(bytes::Bytes),
+    /// Neither happened in time (the upstream is down or slow).
+    TimedOut,
+}
+
+impl Health {
     /// Records a connection that passed validation, with the version its
     /// `INFO server` gave (`None` if an ACL forbids `INFO`).
     pub fn validated(&self, version: Option<String>) {
@@ -71,17 +91,32 @@ impl ServerVersion {
                 }
             }
         }
+        self.lock_refusal().take();
         if !self
             .0
             .validated
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            self.0.first_validated.notify_waiters();
+            self.0.changed.notify_waiters();
         }
     }
 
+    /// Records Redis's refusal of a login (`reply` without the `-`).
+    pub fn login_refused(&self, reply: Arc<str>) {
+        *self.lock_refusal() = Some(reply);
+        self.0.changed.notify_waiters();
+    }
+
+    fn lock_refusal(&self) -> std::sync::MutexGuard<'_, Option<Arc<str>>> {
+        // Nothing panics while holding it; a poisoned value is intact.
+        self.0
+            .login_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The last version seen, if any connection was validated yet.
-    pub fn get(&self) -> Option<Arc<str>> {
+    pub fn version(&self) -> Option<Arc<str>> {
         self.0.version.read().ok().and_then(|v| v.clone())
     }
 
@@ -89,6 +124,47 @@ impl ServerVersion {
     /// version as known as it will be.
     pub fn is_validated(&self) -> bool {
         self.0.validated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the last login was refused (and none passed since).
+    pub fn is_refused(&self) -> bool {
+        self.lock_refusal().is_some()
+    }
+
+    /// What the gate says within `within`: a connection passed (now or
+    /// before), the last login was refused, or neither in time.
+    fn check(&self) -> Option<LoginCheck> {
+        if let Some(reply) = self.lock_refusal().as_ref() {
+            return Some(LoginCheck::Refused(crate::error::error_reply(reply)));
+        }
+        self.is_validated().then_some(LoginCheck::Accepted)
+    }
+
+    /// Resolves with the first of: a connection passes, a login is refused,
+    /// `within` passes.
+    pub fn wait_login(
+        &self,
+        within: Duration,
+    ) -> impl std::future::Future<Output = LoginCheck> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let decided = async {
+                loop {
+                    // Registered before the check, so a change in between
+                    // still wakes it.
+                    let notified = this.0.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if let Some(check) = this.check() {
+                        return check;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::time::timeout(within, decided)
+                .await
+                .unwrap_or(LoginCheck::TimedOut)
+        }
     }
 
     /// Resolves once a connection has passed validation (`true`), or after
@@ -101,9 +177,7 @@ impl ServerVersion {
         async move {
             let validated = async {
                 loop {
-                    // Registered before the check, so a validation in
-                    // between still wakes it.
-                    let notified = this.0.first_validated.notified();
+                    let notified = this.0.changed.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
                     if this.is_validated() {

@@ -24,6 +24,9 @@ pub(super) enum Effect {
     Flag,
     /// CLIENT REPLY ON (the reply that turns replies back on).
     ReplyOn,
+    /// AUTH: on `+OK` the connection runs as the identity at the front of
+    /// the session's `logins`.
+    Login,
 }
 
 /// One request sent on the session, awaiting its reply.
@@ -290,6 +293,12 @@ impl Session {
             Effect::Unwatch => self.state.watching = false,
             Effect::Select(db) if !is_error => self.state.db = db,
             Effect::Flag if !is_error => self.state.flags = true,
+            Effect::Login => {
+                let identity = self.logins.pop_front();
+                if !is_error {
+                    self.logged_in = identity;
+                }
+            }
             _ => {}
         }
     }

@@ -14,6 +14,7 @@ mod expect;
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crate::codec::{ReplyDecoder, Request};
 use crate::command::{Stateful, SubKind};
 use crate::error::ConnectError;
 use crate::pool::connection::Broken;
-use crate::pool::endpoint::Endpoint;
+use crate::pool::endpoint::{Endpoint, Identity};
 use crate::pool::validate::login;
 use crate::pool::{LaneSet, PinnedConn};
 use expect::{Effect, Expect, State};
@@ -46,6 +47,10 @@ pub(crate) enum SessionEvent {
 /// A pinned session; see the module docs.
 pub(crate) struct Session {
     conn: PinnedConn,
+    /// The lane set whose pool the connection belongs to: it goes back
+    /// there reset to that set's identity, whoever the client logged in as
+    /// meanwhile.
+    origin: Arc<LaneSet>,
     /// Requests waiting to be written.
     wbuf: BytesMut,
     /// The stream took bytes since it was last flushed (TLS keeps records).
@@ -68,6 +73,10 @@ pub(crate) struct Session {
     read_buffer_size: usize,
     /// The connection speaks RESP3 (respool sent `HELLO 3` on it).
     resp3: bool,
+    /// Identities of the AUTHs sent and not answered yet, oldest first.
+    logins: VecDeque<Identity>,
+    /// The identity the last accepted AUTH logged the connection in as.
+    logged_in: Option<Identity>,
     /// The subscriptions once Redis has run every (un)subscribe sent so
     /// far, confirmed or not: what decides how Redis treats the next
     /// command (`state` follows the confirmations).
@@ -75,13 +84,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(
-        conn: PinnedConn,
-        default_db: u32,
-        timeout: Duration,
-        read_buffer_size: usize,
-    ) -> Session {
+    /// A session on `conn`, checked out of `origin`'s pool.
+    pub(crate) fn new(conn: PinnedConn, origin: Arc<LaneSet>, read_buffer_size: usize) -> Session {
+        let default_db = origin.endpoint().db;
+        let timeout = origin.timeout();
         Session {
+            origin,
             conn,
             wbuf: BytesMut::new(),
             unflushed: false,
@@ -98,6 +106,8 @@ impl Session {
             timeout,
             read_buffer_size,
             resp3: false,
+            logins: VecDeque::new(),
+            logged_in: None,
             projected: Default::default(),
         }
     }
@@ -157,6 +167,31 @@ impl Session {
             acc: None,
             reply_instead: None,
         });
+    }
+
+    /// Sends a client's AUTH (passed through) on the session's connection;
+    /// [`take_login`](Self::take_login) says when Redis accepted it. Returns
+    /// false when Redis will not reply to it (CLIENT REPLY OFF/SKIP): the
+    /// login is then not followed.
+    pub(crate) fn send_login(&mut self, req: &Request, seq: u64, identity: Identity) -> bool {
+        self.dirty = true;
+        self.wbuf.extend_from_slice(req.raw());
+        let Some(expect) = self.expected_reply(req, None) else {
+            return false;
+        };
+        self.logins.push_back(identity);
+        self.expect.push_back(Expect {
+            seq: Some(seq),
+            effect: Effect::Login,
+            ..expect
+        });
+        true
+    }
+
+    /// The identity a login on the session switched its connection to,
+    /// once (taken).
+    pub(crate) fn take_login(&mut self) -> Option<Identity> {
+        self.logged_in.take()
     }
 
     /// Sends a client request. Returns false when Redis will not reply to it
@@ -328,11 +363,12 @@ impl Session {
         }
     }
 
-    /// Gives the connection back to `lanes`' pool (in the background): as
-    /// is if nothing was ever changed on it, after RESET (+ AUTH, SELECT) if
-    /// it was, or closed if a request is still outstanding (a blocked
-    /// command cannot be interrupted) or the reset fails.
-    pub(crate) fn release(mut self, lanes: &LaneSet) {
+    /// Gives the connection back to its pool (in the background): as is if
+    /// nothing was ever changed on it, after RESET (+ AUTH, SELECT as the
+    /// pool's identity) if it was, or closed if a request is still
+    /// outstanding (a blocked command cannot be interrupted) or the reset
+    /// fails.
+    pub(crate) fn release(mut self) {
         if !self.expect.is_empty() || !self.wbuf.is_empty() {
             self.conn.broken = true;
             return;
@@ -340,8 +376,8 @@ impl Session {
         if !self.dirty {
             return;
         }
-        let endpoint = lanes.endpoint().clone();
-        let timeout = lanes.timeout();
+        let endpoint = self.origin.endpoint().clone();
+        let timeout = self.timeout;
         tokio::spawn(async move {
             if let Err(e) = reset_connection(&mut self.conn, &endpoint, timeout).await {
                 tracing::debug!(error = %e, "pinned connection could not be reset; closing it");

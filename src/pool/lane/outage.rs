@@ -77,6 +77,14 @@ impl Lane {
                     return Some(conn);
                 }
                 Err(e) => match &mut self.outage {
+                    None if self.ctx.client_identity && e.is_login_refusal() => {
+                        tracing::debug!(lane = self.id, upstream = %self.addr, error = %e, "a client's login was refused");
+                        self.outage = Some(Outage {
+                            since: Instant::now(),
+                            attempts: 1,
+                            last: e,
+                        });
+                    }
                     None => {
                         tracing::warn!(lane = self.id, upstream = %self.addr, error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
                         self.outage = Some(Outage {
