@@ -381,6 +381,45 @@ async fn relay_reset_now_resets_current_connections_only() {
 }
 
 #[tokio::test]
+async fn relay_reset_instead_of_reply_loses_one_reply_after_its_request_ran() {
+    let server = RedisServer::start();
+    let relay = FaultRelay::start(server.addr());
+    let mut bystander = connect(relay.addr()).await;
+    assert_eq!(bystander.cmd(&["PING"]).await, pong());
+    let mut client = connect(relay.addr()).await;
+    assert_eq!(client.cmd(&["PING"]).await, pong());
+
+    relay.set_mode(RelayMode::ResetInsteadOfReply);
+    client
+        .send(&["SET", "k", "ran"])
+        .await
+        .unwrap_or_else(|e| panic!("sending SET: {e}"));
+    match client.read_reply().await {
+        Err(ReadError::Reset(_)) => {}
+        other => panic!("expected a connection reset instead of the reply, got {other:?}"),
+    }
+    // The request reached Redis and ran; only its connection was lost.
+    assert_eq!(server.command(&[b"GET", b"k"]), bulk("ran"));
+    wait::until_async("the reset connection to be gone", wait::DEADLINE, || {
+        relay.active_connections() == 1
+    })
+    .await;
+
+    // Once per set_mode: the other connection, and new ones, pass.
+    assert_eq!(bystander.cmd(&["ECHO", "still"]).await, bulk("still"));
+    let mut fresh = connect(relay.addr()).await;
+    assert_eq!(fresh.cmd(&["GET", "k"]).await, bulk("ran"));
+
+    // Setting the mode again arms it again.
+    relay.set_mode(RelayMode::ResetInsteadOfReply);
+    match bystander.try_cmd(&["PING"]).await {
+        Err(ReadError::Reset(_)) => {}
+        other => panic!("expected a second reset after re-arming, got {other:?}"),
+    }
+    assert_eq!(fresh.cmd(&["PING"]).await, pong());
+}
+
+#[tokio::test]
 async fn relay_accept_and_reset_counts_attempts_and_resets_them() {
     let server = RedisServer::start();
     let relay = FaultRelay::start(server.addr());
