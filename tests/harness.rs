@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::client::{encode_command, parse_reply};
+use support::client::{encode_command, parse_reply, raw_reply_len};
 use support::{wait, FaultRelay, ReadError, RedisServer, RelayMode, Reply, TestClient};
 
 fn bulk(s: &str) -> Reply {
@@ -275,10 +275,33 @@ fn parser_handles_every_type_and_every_split_point() {
                 "prefix of {cut} bytes of {want}"
             );
         }
+        // The raw framer finds the same reply, and nothing in a prefix.
+        assert_eq!(raw_reply_len(rest), Ok(Some(used)), "{want}");
+        for cut in 0..used {
+            assert_eq!(
+                raw_reply_len(&rest[..cut]),
+                Ok(None),
+                "{cut} bytes of {want}"
+            );
+        }
         rest = &rest[used..];
     }
     assert!(rest.is_empty());
     assert!(parse_reply(b"?what\r\n").is_err());
+    assert!(raw_reply_len(b"?what\r\n").is_err());
+}
+
+#[test]
+fn raw_framer_finds_replies_of_any_depth() {
+    // 100 000 levels: far deeper than the typed parser goes.
+    let deep = [b"*1\r\n".repeat(100_000), b":1\r\n".to_vec()].concat();
+    let wire = [&deep[..], b"+next\r\n"].concat();
+    assert_eq!(raw_reply_len(&wire), Ok(Some(deep.len())));
+    assert_eq!(raw_reply_len(&deep[..deep.len() - 1]), Ok(None));
+    assert!(
+        parse_reply(&deep).is_err(),
+        "the typed parser has a depth cap"
+    );
 }
 
 // ------------------------------------------------------------------ FaultRelay
