@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::client::{encode_command, parse_reply};
+use support::client::{encode_command, parse_reply, raw_reply_len};
 use support::{wait, FaultRelay, ReadError, RedisServer, RelayMode, Reply, TestClient};
 
 fn bulk(s: &str) -> Reply {
@@ -275,10 +275,33 @@ fn parser_handles_every_type_and_every_split_point() {
                 "prefix of {cut} bytes of {want}"
             );
         }
+        // The raw framer finds the same reply, and nothing in a prefix.
+        assert_eq!(raw_reply_len(rest), Ok(Some(used)), "{want}");
+        for cut in 0..used {
+            assert_eq!(
+                raw_reply_len(&rest[..cut]),
+                Ok(None),
+                "{cut} bytes of {want}"
+            );
+        }
         rest = &rest[used..];
     }
     assert!(rest.is_empty());
     assert!(parse_reply(b"?what\r\n").is_err());
+    assert!(raw_reply_len(b"?what\r\n").is_err());
+}
+
+#[test]
+fn raw_framer_finds_replies_of_any_depth() {
+    // 100 000 levels: far deeper than the typed parser goes.
+    let deep = [b"*1\r\n".repeat(100_000), b":1\r\n".to_vec()].concat();
+    let wire = [&deep[..], b"+next\r\n"].concat();
+    assert_eq!(raw_reply_len(&wire), Ok(Some(deep.len())));
+    assert_eq!(raw_reply_len(&deep[..deep.len() - 1]), Ok(None));
+    assert!(
+        parse_reply(&deep).is_err(),
+        "the typed parser has a depth cap"
+    );
 }
 
 // ------------------------------------------------------------------ FaultRelay
@@ -377,6 +400,45 @@ async fn relay_reset_now_resets_current_connections_only() {
     }
 
     let mut fresh = connect(relay.addr()).await;
+    assert_eq!(fresh.cmd(&["PING"]).await, pong());
+}
+
+#[tokio::test]
+async fn relay_reset_instead_of_reply_loses_one_reply_after_its_request_ran() {
+    let server = RedisServer::start();
+    let relay = FaultRelay::start(server.addr());
+    let mut bystander = connect(relay.addr()).await;
+    assert_eq!(bystander.cmd(&["PING"]).await, pong());
+    let mut client = connect(relay.addr()).await;
+    assert_eq!(client.cmd(&["PING"]).await, pong());
+
+    relay.set_mode(RelayMode::ResetInsteadOfReply);
+    client
+        .send(&["SET", "k", "ran"])
+        .await
+        .unwrap_or_else(|e| panic!("sending SET: {e}"));
+    match client.read_reply().await {
+        Err(ReadError::Reset(_)) => {}
+        other => panic!("expected a connection reset instead of the reply, got {other:?}"),
+    }
+    // The request reached Redis and ran; only its connection was lost.
+    assert_eq!(server.command(&[b"GET", b"k"]), bulk("ran"));
+    wait::until_async("the reset connection to be gone", wait::DEADLINE, || {
+        relay.active_connections() == 1
+    })
+    .await;
+
+    // Once per set_mode: the other connection, and new ones, pass.
+    assert_eq!(bystander.cmd(&["ECHO", "still"]).await, bulk("still"));
+    let mut fresh = connect(relay.addr()).await;
+    assert_eq!(fresh.cmd(&["GET", "k"]).await, bulk("ran"));
+
+    // Setting the mode again arms it again.
+    relay.set_mode(RelayMode::ResetInsteadOfReply);
+    match bystander.try_cmd(&["PING"]).await {
+        Err(ReadError::Reset(_)) => {}
+        other => panic!("expected a second reset after re-arming, got {other:?}"),
+    }
     assert_eq!(fresh.cmd(&["PING"]).await, pong());
 }
 

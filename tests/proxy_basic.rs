@@ -883,3 +883,99 @@ async fn info_respool_counts_what_the_proxy_did() {
         "{text}"
     );
 }
+
+/// A self-referencing Lua table: Redis converts it level by level until its
+/// Lua stack runs out (7 995 levels in Redis 7.0, the innermost one
+/// `-ERR reached lua stack limit`).
+const SELF_REFERENCING_TABLE: &str = "local t = {} ; t[1] = t ; return t";
+/// The deepest table Redis 7.0 returns in full: 7 995 nested arrays, the
+/// innermost empty.
+const DEEPEST_TABLE: &str =
+    "local t = {} local c = t for i = 1, 7994 do local n = {} c[1] = n c = n end return t";
+
+/// Sends `command` to both clients and asserts that their replies arrive as
+/// the same bytes.
+async fn same_raw_reply(via_proxy: &mut TestClient, direct: &mut TestClient, command: &[&str]) {
+    via_proxy.send(command).await.expect("send via the proxy");
+    direct.send(command).await.expect("send to Redis");
+    let proxied = via_proxy
+        .read_raw_reply()
+        .await
+        .expect("reply via the proxy");
+    let expected = direct.read_raw_reply().await.expect("reply from Redis");
+    let first_difference = proxied.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(
+        proxied == expected,
+        "{command:?}: {} bytes via the proxy, {} from Redis, first difference at {first_difference:?}",
+        proxied.len(),
+        expected.len()
+    );
+}
+
+/// How many one-element arrays a raw reply opens before anything else.
+fn leading_levels(raw: &[u8]) -> usize {
+    raw.chunks(4)
+        .take_while(|header| *header == b"*1\r\n")
+        .count()
+}
+
+/// Issue #18: Redis sends replies nested thousands of levels deep when a
+/// Lua script returns a deep or self-referencing table, and one more level
+/// when EXEC wraps it. respool forwards them byte for byte — on a shared
+/// lane and in a pinned session, RESP2 and RESP3 — and the connections
+/// carry on.
+#[tokio::test]
+async fn replies_as_deep_as_redis_sends_are_forwarded_byte_for_byte() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut check = redis.direct().await;
+    for script in [SELF_REFERENCING_TABLE, DEEPEST_TABLE] {
+        check.send(&["EVAL", script, "0"]).await.expect("send EVAL");
+        let raw = check.read_raw_reply().await.expect("EVAL reply");
+        // Far past the 128 levels respool used to refuse.
+        assert!(
+            leading_levels(&raw) > 7_000,
+            "{script}: {} levels",
+            leading_levels(&raw)
+        );
+    }
+    let before = proxy.client().await.respool_counters().await;
+
+    for protocol in ["2", "3"] {
+        let mut via_proxy = proxy.client().await;
+        let mut direct = redis.direct().await;
+        if protocol == "3" {
+            assert!(matches!(
+                via_proxy.cmd(&["HELLO", "3"]).await,
+                Reply::Map(_)
+            ));
+            assert!(matches!(direct.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+        }
+        // On the shared lane.
+        for script in [SELF_REFERENCING_TABLE, DEEPEST_TABLE] {
+            same_raw_reply(&mut via_proxy, &mut direct, &["EVAL", script, "0"]).await;
+        }
+        // In a pinned session: EXEC wraps both in one more level.
+        for client in [&mut via_proxy, &mut direct] {
+            client.cmd(&["MULTI"]).await.expect_ok();
+            for script in [SELF_REFERENCING_TABLE, DEEPEST_TABLE] {
+                assert_eq!(client.cmd(&["EVAL", script, "0"]).await, simple("QUEUED"));
+            }
+        }
+        same_raw_reply(&mut via_proxy, &mut direct, &["EXEC"]).await;
+        // The same client goes on, on the lane and pinned again.
+        assert_eq!(via_proxy.cmd(&["ECHO", protocol]).await, bulk(protocol));
+        via_proxy.cmd(&["MULTI"]).await.expect_ok();
+        assert_eq!(via_proxy.cmd(&["ECHO", "pinned"]).await, simple("QUEUED"));
+        assert_eq!(
+            via_proxy.cmd(&["EXEC"]).await,
+            Reply::Array(vec![bulk("pinned")])
+        );
+    }
+
+    // No upstream connection was given up over these replies.
+    let after = proxy.client().await.respool_counters().await;
+    let delta = |field| counter(&after, field) - counter(&before, field);
+    assert_eq!(delta("lane_connections_broken"), 0, "{after:?}");
+    assert_eq!(delta("requests_failed"), 0, "{after:?}");
+}

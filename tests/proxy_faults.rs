@@ -79,6 +79,27 @@ async fn until_served(client: &mut TestClient, command: &[&str], within: Duratio
     }
 }
 
+/// Waits until the proxy has validated at least `count` upstream
+/// connections (`INFO respool`), and returns how many it has.
+async fn until_validated(client: &mut TestClient, count: u64) -> u64 {
+    let deadline = Instant::now() + wait::DEADLINE;
+    loop {
+        let validated = counter(
+            &client.respool_counters().await,
+            "upstream_connections_validated",
+        );
+        if validated >= count {
+            return validated;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{validated} upstream connections validated after {:?}, waiting for {count}",
+            wait::DEADLINE
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// What one load-generating client saw.
 #[derive(Default)]
 struct LoadStats {
@@ -937,4 +958,100 @@ async fn a_read_that_cannot_be_resent_in_time_reports_the_outage() {
     );
     relay.set_mode(RelayMode::Pass);
     assert_eq!(client.cmd(&["GET", "k"]).await, bulk("value"));
+}
+
+/// Issue #18: isolated connection losses, each after the connection served
+/// requests again, must each cost about the same — the backoff starts again
+/// from `--backoff-base` once a connection has served, and the validated
+/// `--min-idle` spare takes over at once. Each reset costs the GET one extra
+/// round trip (it is resent), not a backoff that grows from one reset to the
+/// next: with the delay doubling from 50 ms towards the 2 s cap, the tenth
+/// would wait at least a second.
+#[tokio::test]
+async fn isolated_resets_each_cost_a_resend_not_a_growing_backoff() {
+    const RESETS: usize = 10;
+    let redis = RedisServer::start();
+    redis.command(&[b"SET", b"k", b"value"]).expect_ok();
+    let relay = FaultRelay::start(redis.addr());
+    let proxy = TestProxy::start(
+        &format!("redis://{}", relay.addr()),
+        &[
+            "--max-connections",
+            "1",
+            "--min-idle",
+            "1",
+            "--health-check-interval",
+            "0s",
+            // Validation's probe would be a GET: keep GET calls the client's.
+            "--validate",
+            "ping",
+            "--backoff-base",
+            "50ms",
+            "--backoff-cap",
+            "2s",
+            // Long enough that a growing backoff shows as latency, not as
+            // an error.
+            "--checkout-timeout",
+            "10s",
+            "--hold-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let before = client.respool_counters().await;
+    let gets = redis.command_calls("get");
+
+    let mut latencies = Vec::with_capacity(RESETS);
+    for round in 1..=RESETS {
+        // The lane's connection serves again between two resets.
+        for _ in 0..3 {
+            assert_eq!(client.cmd(&["GET", "k"]).await, bulk("value"));
+        }
+        // The spare is validated and idle (validated so far: the lane's
+        // first connection, its spare, one more spare per reset), so the
+        // relay's next reply is the GET's, not a validation reply.
+        let validated = until_validated(&mut client, 1 + round as u64).await;
+        assert_eq!(validated, 1 + round as u64, "connections validated");
+        wait::until_async(
+            "the relay to carry the lane's connection and the spare only",
+            wait::DEADLINE,
+            || relay.active_connections() == 2,
+        )
+        .await;
+
+        relay.set_mode(RelayMode::ResetInsteadOfReply);
+        let started = Instant::now();
+        let reply = client.cmd(&["GET", "k"]).await;
+        latencies.push(started.elapsed());
+        assert_eq!(reply, bulk("value"), "the GET of reset {round}");
+    }
+    eprintln!("GET latency at each reset: {latencies:?}");
+
+    let after = client.respool_counters().await;
+    let delta = |field| counter(&after, field) - counter(&before, field);
+    assert_eq!(delta("requests_resent"), RESETS as u64, "{after:?}");
+    assert_eq!(delta("requests_failed"), 0, "{after:?}");
+    assert_eq!(delta("lane_connections_broken"), RESETS as u64, "{after:?}");
+    // Every reset GET ran twice upstream: lost, then resent.
+    assert_eq!(redis.command_calls("get") - gets, (RESETS * (3 + 2)) as u64);
+
+    // Without waiting: a reset costs a resend over the spare, not even the
+    // first backoff delay (25 to 50 ms with its jitter). The fastest of ten
+    // shows it even on a loaded machine.
+    let fastest = latencies.iter().min().copied().unwrap_or_default();
+    assert!(
+        fastest < Duration::from_millis(25),
+        "every reset cost a backoff delay or more; the fastest {fastest:?}, all: {latencies:?}"
+    );
+
+    // Generous: the tenth reset may cost up to three times the second, or
+    // half a second more. A backoff still doubling from 50 ms would make it
+    // ≥ 1 s against ≤ 100 ms for the second.
+    let (second, tenth) = (latencies[1], latencies[RESETS - 1]);
+    let bound = (second * 3).max(second + Duration::from_millis(500));
+    assert!(
+        tenth <= bound,
+        "the tenth reset cost {tenth:?}, the second {second:?} (bound {bound:?}); all: {latencies:?}"
+    );
 }

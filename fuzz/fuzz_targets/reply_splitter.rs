@@ -42,7 +42,7 @@ fn check(input: &[u8], max_depth: usize) -> Vec<Bytes> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let deep = check(data, respool::codec::reply::DEFAULT_MAX_DEPTH);
+    let deep = check(data, respool::codec::reply::UPSTREAM_MAX_DEPTH);
     let shallow = check(data, common::SMALL_DEPTH);
     // A tighter depth cap only ever cuts the frame list short.
     assert!(shallow.len() <= deep.len());

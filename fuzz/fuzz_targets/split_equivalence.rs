@@ -87,7 +87,7 @@ fuzz_target!(|input: &[u8]| {
         );
     }
     for depth in [
-        respool::codec::reply::DEFAULT_MAX_DEPTH,
+        respool::codec::reply::UPSTREAM_MAX_DEPTH,
         common::SMALL_DEPTH,
     ] {
         equivalent(

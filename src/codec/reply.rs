@@ -10,9 +10,23 @@ use super::{find_crlf, parse_int, ProtocolError};
 const MAX_REPLY_LINE: usize = 64 << 20;
 /// Largest bulk reply accepted (well above Redis's own 512 MiB default).
 const MAX_REPLY_BULK: i64 = 4 << 30;
-/// Default nesting cap: Redis's deepest ordinary replies (COMMAND DOCS, XINFO
-/// STREAM FULL) stay below 10 levels.
-pub const DEFAULT_MAX_DEPTH: usize = 128;
+/// Nesting cap for replies from the upstream, far above anything Redis can
+/// send, so that every reply Redis produces is forwarded.
+///
+/// Ordinary replies (COMMAND DOCS, XINFO STREAM FULL) stay below 10 levels,
+/// but a Lua script (EVAL, FCALL) may return any table, a self-referencing
+/// one included: Redis 7.0 converts it level by level until the Lua C stack
+/// (`LUAI_MAXCSTACK`, 8 000 slots) runs out, and sends 7 995 levels ending in
+/// `-ERR reached lua stack limit`; EXEC wraps that in one more. Nested maps
+/// and sets take more stack per level, so they end sooner. Only a module
+/// could nest deeper.
+///
+/// The cap is eight times that, to leave room for other builds and
+/// versions, and is still safe: the decoder never recurses, and keeps 8
+/// bytes per open level for at least 4 bytes (`*1\r\n`) of the frame already
+/// buffered, so its stack is at most twice the frame's size, and at most
+/// 512 KiB. What the cap still catches is a stream that is no reply at all.
+pub const UPSTREAM_MAX_DEPTH: usize = 1 << 16;
 
 /// What kind of frame a reply is, from its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +64,10 @@ pub struct ReplyDecoder {
 }
 
 impl Default for ReplyDecoder {
+    /// A decoder for the upstream's replies, capped at
+    /// [`UPSTREAM_MAX_DEPTH`].
     fn default() -> Self {
-        ReplyDecoder::new(DEFAULT_MAX_DEPTH)
+        ReplyDecoder::new(UPSTREAM_MAX_DEPTH)
     }
 }
 
@@ -269,16 +285,36 @@ mod tests {
         assert_eq!(&out[1][..], b"+PONG\r\n");
     }
 
+    /// `levels` nested one-element arrays around `innermost`.
+    fn nested(levels: usize, innermost: &[u8]) -> Vec<u8> {
+        let mut input = b"*1\r\n".repeat(levels);
+        input.extend_from_slice(innermost);
+        input
+    }
+
     #[test]
-    fn deep_nesting_is_refused() {
-        let mut input = Vec::new();
-        for _ in 0..10_000 {
-            input.extend_from_slice(b"*1\r\n");
-        }
+    fn replies_as_deep_as_redis_sends_are_framed() {
+        // A self-referencing Lua table inside EXEC, as Redis 7.0 sends it.
+        let mut input = nested(7_996, b"-ERR reached lua stack limit\r\n");
+        input.extend_from_slice(b"+OK\r\n");
+        let f = frames(&input).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].len(), input.len() - 5);
+        let at_cap = nested(UPSTREAM_MAX_DEPTH, b":1\r\n");
+        assert_eq!(frames(&at_cap).unwrap(), vec![at_cap]);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_cap_is_refused() {
+        let input = nested(UPSTREAM_MAX_DEPTH + 1, b":1\r\n");
         assert_eq!(
             frames(&input),
-            Err(ProtocolError::TooDeep(DEFAULT_MAX_DEPTH))
+            Err(ProtocolError::TooDeep(UPSTREAM_MAX_DEPTH))
         );
+        // A tighter cap for a peer trusted less.
+        let mut dec = ReplyDecoder::new(128);
+        let mut buf = BytesMut::from(&nested(129, b":1\r\n")[..]);
+        assert_eq!(dec.decode(&mut buf), Err(ProtocolError::TooDeep(128)));
     }
 
     #[test]

@@ -65,10 +65,26 @@ impl<'a> Value<'a> {
 
     /// The value of one whole frame, as [`ReplyDecoder`] delimits them.
     pub fn of_frame(frame: &'a [u8]) -> Result<Value<'a>, ProtocolError> {
-        let (&kind, _) = frame.split_first().ok_or(ProtocolError::BadHeader)?;
-        let cr = find_crlf(frame, 1).ok_or(ProtocolError::BadHeader)?;
-        let line = &frame[1..cr];
-        let body = &frame[cr + 2..];
+        let mut frame = frame;
+        let (kind, line, body) = loop {
+            let (&kind, _) = frame.split_first().ok_or(ProtocolError::BadHeader)?;
+            let cr = find_crlf(frame, 1).ok_or(ProtocolError::BadHeader)?;
+            let (line, body) = (&frame[1..cr], &frame[cr + 2..]);
+            if kind != b'|' {
+                break (kind, line, body);
+            }
+            // Attributes annotate the reply that follows them: skip them,
+            // in a loop rather than by recursion, however many there are.
+            let pairs = parse_int(line)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or(ProtocolError::BadHeader)?;
+            let mut attributes = Elements {
+                rest: body,
+                left: 2 * pairs,
+            };
+            while attributes.next_frame().is_some() {}
+            frame = attributes.rest;
+        };
         let count = || -> Result<Option<usize>, ProtocolError> {
             match parse_int(line).ok_or(ProtocolError::BadHeader)? {
                 -1 => Ok(None),
@@ -104,12 +120,6 @@ impl<'a> Value<'a> {
             b'~' => Value::Set(elements(count()?.unwrap_or(0))),
             b'>' => Value::Push(elements(count()?.unwrap_or(0))),
             b'%' => Value::Map(elements(2 * count()?.unwrap_or(0))),
-            b'|' => {
-                // Attributes annotate the reply that follows them.
-                let mut attributes = elements(2 * count()?.unwrap_or(0));
-                while attributes.next().is_some() {}
-                return Value::of_frame(attributes.rest);
-            }
             other => return Err(ProtocolError::UnknownType(other)),
         })
     }
@@ -139,7 +149,7 @@ impl<'a> Value<'a> {
     }
 }
 
-impl Elements<'_> {
+impl<'a> Elements<'a> {
     /// Elements not read yet (a map counts keys and values).
     pub fn len(&self) -> usize {
         self.left
@@ -149,15 +159,9 @@ impl Elements<'_> {
     pub fn is_empty(&self) -> bool {
         self.left == 0
     }
-}
 
-impl<'a> Iterator for Elements<'a> {
-    type Item = Value<'a>;
-
-    /// The next element. The frame was delimited as a whole, so each
-    /// element is whole too; a malformed one (an integer that is not a
-    /// number cannot be seen by the framing) ends the iteration.
-    fn next(&mut self) -> Option<Value<'a>> {
+    /// The next element's frame, delimited but not read.
+    fn next_frame(&mut self) -> Option<&'a [u8]> {
         if self.left == 0 {
             return None;
         }
@@ -168,7 +172,18 @@ impl<'a> Iterator for Elements<'a> {
         let (element, rest) = self.rest.split_at(len);
         self.rest = rest;
         self.left -= 1;
-        Value::of_frame(element).ok()
+        Some(element)
+    }
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Value<'a>;
+
+    /// The next element. The frame was delimited as a whole, so each
+    /// element is whole too; a malformed one (an integer that is not a
+    /// number cannot be seen by the framing) ends the iteration.
+    fn next(&mut self) -> Option<Value<'a>> {
+        Value::of_frame(self.next_frame()?).ok()
     }
 }
 
@@ -249,5 +264,39 @@ mod tests {
         let deep = "*1\r\n".repeat(200) + ":1\r\n";
         assert!(Value::parse(deep.as_bytes(), 128).is_err());
         assert!(Value::parse(deep.as_bytes(), 1000).unwrap().is_some());
+    }
+
+    #[test]
+    fn deep_replies_are_read_without_recursion() {
+        // 100 000 levels: recursion would overflow the stack long before.
+        const LEVELS: usize = 100_000;
+        let whole = |wire: &[u8]| -> i64 {
+            let (value, used) = Value::parse(wire, usize::MAX).unwrap().unwrap();
+            assert_eq!(used, wire.len());
+            value.int().unwrap()
+        };
+        // Attributes in a row, each annotating the next.
+        let chained = b"|1\r\n+k\r\n+v\r\n".repeat(LEVELS);
+        assert_eq!(whole(&[&chained[..], b":5\r\n"].concat()), 5);
+        // An attribute whose key is an attribute-annotated value, whose key
+        // is one too, and so on.
+        let key = [
+            b"|1\r\n".repeat(LEVELS),
+            b"+k\r\n".to_vec(),
+            b"+v\r\n+k\r\n".repeat(LEVELS),
+        ]
+        .concat();
+        assert_eq!(whole(&[b"|1\r\n", &key[..], b"+v\r\n:6\r\n"].concat()), 6);
+        // A deep array, read one level at a time (each step delimits the
+        // rest, so fewer levels keep this quick).
+        let levels = 2_000;
+        let deep = [b"*1\r\n".repeat(levels), b":7\r\n".to_vec()].concat();
+        let (mut value, _) = Value::parse(&deep, usize::MAX).unwrap().unwrap();
+        let mut depth = 0;
+        while let Some(mut inner) = value.elements() {
+            value = inner.next().unwrap();
+            depth += 1;
+        }
+        assert_eq!((depth, value.int()), (levels, Some(7)));
     }
 }

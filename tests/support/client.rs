@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 /// Generous on purpose: the tests run on loaded 2-core machines.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Deepest reply nesting the parser accepts; real replies never come close.
+/// Deepest reply nesting the parser (which recurses) accepts. Ordinary
+/// replies stay below 10 levels; a Lua script's may reach thousands: read
+/// those as bytes with [`TestClient::read_raw_reply`].
 const MAX_DEPTH: usize = 128;
 
 /// One reply, RESP2 or RESP3, decoded.
@@ -243,6 +245,70 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
         Ok(reply) => Ok(Some((reply, parser.pos))),
         Err(Incomplete::NeedMore) => Ok(None),
         Err(Incomplete::Invalid(e)) => Err(e),
+    }
+}
+
+/// The length of the reply at the front of `buf`, found without decoding
+/// it and without recursion, so at any depth; `Ok(None)` while only part of
+/// it has arrived.
+pub fn raw_reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
+    let mut pos = 0;
+    // Items still expected by each open aggregate, innermost last.
+    let mut open: Vec<usize> = Vec::new();
+    loop {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some(end) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = &buf[pos + 1..pos + end];
+        pos += end + 2;
+        let number = || {
+            std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| format!("bad length {:?}", String::from_utf8_lossy(line)))
+        };
+        // A null (-1) counts as a scalar.
+        let count = || number().map(|n| usize::try_from(n).unwrap_or(0));
+        let children = match kind {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => 0,
+            b'$' | b'=' | b'!' => {
+                if let Ok(len) = usize::try_from(number()?) {
+                    if buf.len() < pos + len + 2 {
+                        return Ok(None);
+                    }
+                    if &buf[pos + len..pos + len + 2] != b"\r\n" {
+                        return Err("blob not terminated by CRLF".to_string());
+                    }
+                    pos += len + 2;
+                }
+                0
+            }
+            b'*' | b'~' | b'>' => count()?,
+            b'%' => 2 * count()?,
+            // Attributes, then the reply they annotate.
+            b'|' => 2 * count()? + 1,
+            other => return Err(format!("unknown reply type byte {:?}", other as char)),
+        };
+        if children > 0 {
+            open.push(children);
+            continue;
+        }
+        // One item done: close every aggregate it completes.
+        loop {
+            match open.last_mut() {
+                None => return Ok(Some(pos)),
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    open.pop();
+                }
+            }
+        }
     }
 }
 
@@ -479,7 +545,26 @@ impl TestClient {
 
     /// Reads the next reply, waiting at most `timeout`.
     pub async fn read_reply_within(&mut self, timeout: Duration) -> Result<Reply, ReadError> {
-        match tokio::time::timeout(timeout, self.read_next()).await {
+        self.read_within(timeout, parse_reply).await
+    }
+
+    /// Reads the next reply as the bytes that arrived, however deeply
+    /// nested, waiting at most the client's read timeout.
+    pub async fn read_raw_reply(&mut self) -> Result<Vec<u8>, ReadError> {
+        self.read_within(self.read_timeout, |buf| {
+            Ok(raw_reply_len(buf)?.map(|len| (buf[..len].to_vec(), len)))
+        })
+        .await
+    }
+
+    /// Reads until `parse` finds a whole reply at the front of the buffer,
+    /// waiting at most `timeout`.
+    async fn read_within<T>(
+        &mut self,
+        timeout: Duration,
+        parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, String>,
+    ) -> Result<T, ReadError> {
+        match tokio::time::timeout(timeout, self.read_next(parse)).await {
             Ok(result) => result,
             Err(_) => Err(ReadError::Timeout {
                 after: timeout,
@@ -488,9 +573,12 @@ impl TestClient {
         }
     }
 
-    async fn read_next(&mut self) -> Result<Reply, ReadError> {
+    async fn read_next<T>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, String>,
+    ) -> Result<T, ReadError> {
         loop {
-            if let Some((reply, used)) = parse_reply(&self.buf).map_err(ReadError::Protocol)? {
+            if let Some((reply, used)) = parse(&self.buf).map_err(ReadError::Protocol)? {
                 self.buf.advance(used);
                 return Ok(reply);
             }

@@ -77,6 +77,12 @@ pub enum RelayMode {
     /// the request reaches Redis and runs, its reply is swapped for garbage.
     /// (`&'static` keeps the mode `Copy`; `Box::leak` a built-up buffer.)
     InjectReply(&'static [u8]),
+    /// Reset both sides of whichever connection next carries an
+    /// upstream→client chunk, instead of forwarding that chunk; once per
+    /// `set_mode`, everything else passes. In front of a real Redis: the
+    /// request reaches Redis and runs, then its connection is lost before
+    /// the reply gets through — one isolated reset right after a request.
+    ResetInsteadOfReply,
 }
 
 /// The relay's switchable state, published through a `watch` channel so
@@ -101,13 +107,20 @@ struct Shared {
     from_client: AtomicU64,
     /// Whether the listening socket is open (false under `Refuse`).
     listening: AtomicBool,
-    /// Mode generation whose `InjectReply` was already spent.
-    injected: AtomicU64,
+    /// Mode generation whose one-shot mode (`InjectReply`,
+    /// `ResetInsteadOfReply`) was already spent.
+    spent: AtomicU64,
     /// Live connections: id → reset generation they were opened under.
     connections: Mutex<HashMap<u64, u64>>,
 }
 
 impl Shared {
+    /// Spends the one-shot mode of `generation`: true for the first caller
+    /// only.
+    fn spend(&self, generation: u64) -> bool {
+        self.spent.swap(generation, Ordering::SeqCst) != generation
+    }
+
     fn connections(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
         self.connections
             .lock()
@@ -367,7 +380,8 @@ enum Ending {
     Finished,
     /// `CutReplyAfter` spent its budget: close both sides normally.
     Cut,
-    /// `ResetNow`, or an I/O error on one side: reset both sides.
+    /// `ResetNow`, `ResetInsteadOfReply`, or an I/O error on one side:
+    /// reset both sides.
     Reset,
     /// The relay is shutting down.
     Shutdown,
@@ -531,9 +545,7 @@ async fn forward(
                         }
                     }
                     RelayMode::InjectReply(bytes) if direction == Direction::ToClient => {
-                        let generation = now.mode_generation;
-                        let first =
-                            shared.injected.swap(generation, Ordering::SeqCst) != generation;
+                        let first = shared.spend(now.mode_generation);
                         write(
                             &mut to,
                             if first { bytes } else { &data },
@@ -541,6 +553,13 @@ async fn forward(
                             shared,
                         )
                         .await?;
+                        data.clear();
+                    }
+                    RelayMode::ResetInsteadOfReply if direction == Direction::ToClient => {
+                        if shared.spend(now.mode_generation) {
+                            return Err(Ending::Reset);
+                        }
+                        write(&mut to, &data, direction, shared).await?;
                         data.clear();
                     }
                     RelayMode::Slice(n) => {
