@@ -20,6 +20,10 @@ pub enum Route {
     Dedicated(Stateful),
     /// Answered by respool without going upstream.
     Local(Local),
+    /// Must reach Redis while it is busy running a script or function
+    /// (`SCRIPT KILL`, `FUNCTION KILL`): sent on a connection of its own,
+    /// never queued behind the command it is meant to stop.
+    Urgent,
     /// Refused by policy: it would break the pool or other clients.
     Denied,
     /// A browser or HTTP client talking to the Redis port (cross-protocol
@@ -92,6 +96,26 @@ pub enum Local {
     ClientSetName,
     /// `INFO respool`: respool's own counters (Redis has no such section).
     Stats,
+    /// CLIENT subcommands about clients, answered in respool's terms.
+    Client(ClientCommand),
+}
+
+/// The CLIENT subcommands that act on clients: respool's clients are not
+/// Redis's, so respool answers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// `CLIENT LIST`: respool's clients, in Redis's format.
+    List,
+    /// `CLIENT INFO`: this client, in Redis's format.
+    Info,
+    /// `CLIENT KILL`: closes respool's clients.
+    Kill,
+    /// `CLIENT UNBLOCK`: translated to the target's pinned connection.
+    Unblock,
+    /// `CLIENT PAUSE`: respool holds the requests it would forward.
+    Pause,
+    /// `CLIENT UNPAUSE`.
+    Unpause,
 }
 
 /// The result of classifying one request.
@@ -189,6 +213,12 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
 
         // Would break the pool or every other client.
         b"SYNC" | b"PSYNC" | b"REPLCONF" | b"SHUTDOWN" => Command::DENIED,
+        b"SCRIPT" | b"FUNCTION" if req.arg(1).is_some_and(|s| s.eq_ignore_ascii_case(b"KILL")) => {
+            Command {
+                route: Route::Urgent,
+                retry_safe: false,
+            }
+        }
         b"DEBUG" => match req.arg(1) {
             Some(sub)
                 if [
@@ -238,10 +268,20 @@ fn classify_client(req: RequestRef<'_>) -> Command {
         Command::dedicated(Stateful::ClientReply)
     } else if is(b"TRACKING") || is(b"CACHING") || is(b"NO-EVICT") || is(b"NO-TOUCH") {
         Command::dedicated(Stateful::ConnectionFlag)
-    } else if is(b"KILL") || is(b"PAUSE") || is(b"UNPAUSE") {
-        Command::DENIED
+    } else if let Some(client) = [
+        (&b"LIST"[..], ClientCommand::List),
+        (b"INFO", ClientCommand::Info),
+        (b"KILL", ClientCommand::Kill),
+        (b"UNBLOCK", ClientCommand::Unblock),
+        (b"PAUSE", ClientCommand::Pause),
+        (b"UNPAUSE", ClientCommand::Unpause),
+    ]
+    .iter()
+    .find(|(name, _)| is(name))
+    {
+        Command::local(Local::Client(client.1))
     } else {
-        Command::shared(is(b"LIST") || is(b"INFO"))
+        Command::shared(false)
     }
 }
 
@@ -485,7 +525,13 @@ mod tests {
         ] {
             assert_eq!(class(info).route, Route::Shared, "{info:?}");
         }
-        assert_eq!(class(&["client", "kill", "id", "3"]).route, Route::Denied);
+        assert_eq!(
+            class(&["client", "kill", "id", "3"]).route,
+            Route::Local(Local::Client(ClientCommand::Kill))
+        );
+        assert_eq!(class(&["SCRIPT", "kill"]).route, Route::Urgent);
+        assert_eq!(class(&["function", "KILL"]).route, Route::Urgent);
+        assert_eq!(class(&["SCRIPT", "LOAD", "x"]).route, Route::Shared);
         assert_eq!(class(&["SHUTDOWN"]).route, Route::Denied);
         assert_eq!(class(&["DEBUG", "sleep", "1"]).route, Route::Denied);
         assert_eq!(class(&["POST", "/", "HTTP/1.1"]).route, Route::Attack);

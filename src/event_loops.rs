@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::ProcessStats;
+use crate::server::Process;
 use crate::{Config, Proxy};
 
 /// Running event loops; [`EventLoops::stop`] shuts them down.
@@ -31,7 +31,7 @@ impl EventLoops {
     /// started are stopped again.
     pub fn start(config: Config, count: usize) -> Result<EventLoops, String> {
         let count = count.max(1);
-        let process = Arc::new(ProcessStats::default());
+        let process = Arc::new(Process::default());
         let (started_tx, started_rx) = mpsc::channel::<Started>();
         let mut loops = EventLoops {
             addr: config.listen_addr(),
@@ -111,7 +111,7 @@ pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn spawn_loop(
     index: usize,
     config: Config,
-    process: Arc<ProcessStats>,
+    process: Arc<Process>,
     addr: SocketAddr,
     stop: CancellationToken,
     started: mpsc::Sender<Started>,

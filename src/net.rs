@@ -64,6 +64,17 @@ impl Stream {
         self.tcp().peer_addr()
     }
 
+    /// Our end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    /// The socket's file descriptor, for `CLIENT LIST`.
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.tcp().as_raw_fd()
+    }
+
     /// Writes what the socket takes now, like `poll_write`. On TCP it goes
     /// through `try_write`, and registers for writability only when the
     /// socket is full: `poll_write` would also charge tokio's cooperative

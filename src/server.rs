@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::roster::Roster;
 use crate::config::Config;
 use crate::error::ConnectError;
 use crate::net::Stream;
@@ -41,14 +42,23 @@ pub enum StartError {
     },
 }
 
+/// What the event loops of one process share.
+#[derive(Debug, Default)]
+pub(crate) struct Process {
+    /// Every loop's counters, and the clients connected.
+    pub stats: ProcessStats,
+    /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE.
+    pub roster: Arc<Roster>,
+}
+
 /// What every client task of one event loop shares.
 pub(crate) struct Shared {
     pub config: Config,
     pub router: Router,
     /// This event loop's counters.
     pub stats: Arc<LoopStats>,
-    /// The process's: every loop's counters, and the clients connected.
-    pub process: Arc<ProcessStats>,
+    /// What the process's event loops share.
+    pub process: Arc<Process>,
 }
 
 /// A running proxy: one event loop's listener, clients and lanes.
@@ -72,7 +82,7 @@ impl Proxy {
     /// connections across them.
     pub(crate) async fn start_loop(
         config: Config,
-        process: Arc<ProcessStats>,
+        process: Arc<Process>,
         shared_addr: Option<SocketAddr>,
     ) -> Result<Proxy, StartError> {
         if config.require_upstream {
@@ -95,7 +105,7 @@ impl Proxy {
                 tracing::warn!(upstream = %config.upstream.node.addr, "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
             }
         }
-        let stats = process.register();
+        let stats = process.stats.register();
         let ctx = Arc::new(PoolContext {
             pool: config.pool.clone(),
             retry: config.retry,
@@ -172,7 +182,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
             },
         };
         configure_socket(&stream, settings.keepalive);
-        let connected = &shared.process.connected_clients;
+        let connected = &shared.process.stats.connected_clients;
         if connected.load(Ordering::Relaxed) >= settings.max_clients {
             tracing::debug!(%peer, "refusing client: --max-clients reached");
             shared.stats.rejected_clients.add(1);
@@ -207,7 +217,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
     }
     drop(listener);
     tracing::info!(
-        clients = shared.process.connected_clients.load(Ordering::Relaxed),
+        clients = shared
+            .process
+            .stats
+            .connected_clients
+            .load(Ordering::Relaxed),
         "shutting down: no new clients; draining in-flight requests"
     );
     clients.close();
@@ -283,6 +297,7 @@ impl Drop for ClientGuard {
     fn drop(&mut self) {
         self.0
             .process
+            .stats
             .connected_clients
             .fetch_sub(1, Ordering::Relaxed);
     }

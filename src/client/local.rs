@@ -70,6 +70,7 @@ impl Client {
                 }
                 self.answer_hello(req, command, false);
             }
+            Local::Client(which) => self.client_command(which, req),
             other => {
                 let reply = self.simple_local(other, &req);
                 self.output.push_ready(reply);
@@ -89,13 +90,15 @@ impl Client {
             },
             Local::ClientSetName => match validate_client_name(req) {
                 Ok(name) => {
-                    self.name = name;
+                    self.set_name(name);
                     Bytes::from_static(b"+OK\r\n")
                 }
                 Err(reply) => reply,
             },
             // Handled by `local` itself.
-            Local::Quit | Local::Reset | Local::Hello => Bytes::from_static(b"+OK\r\n"),
+            Local::Quit | Local::Reset | Local::Hello | Local::Client(_) => {
+                Bytes::from_static(b"+OK\r\n")
+            }
         }
     }
 
@@ -165,11 +168,12 @@ impl Client {
             self.set_authenticated();
         }
         if let Some(name) = hello.setname {
-            self.name = name;
+            self.set_name(name);
         }
         if let Some(protocol) = hello.protocol {
             if protocol != self.protocol {
                 self.protocol = protocol;
+                self.member.publish(|p| p.resp = protocol);
                 self.lane = self.lanes.lane(protocol);
                 if let Some(session) = &mut self.session {
                     session.switch_protocol(protocol == 3);
@@ -202,7 +206,7 @@ impl Client {
     /// `INFO respool`: the process's counters, summed over its event loops.
     fn stats_reply(&self) -> Bytes {
         let version = self.lanes.health().version();
-        let process = &self.shared.process;
+        let process = &self.shared.process.stats;
         let ctx = crate::stats::Context {
             upstream: self.lanes.addr(),
             upstream_version: version.as_deref(),
@@ -216,6 +220,12 @@ impl Client {
         bulk(text.as_bytes())
     }
 
+    /// Names the client (CLIENT SETNAME, HELLO SETNAME, RESET).
+    fn set_name(&mut self, name: Option<Bytes>) {
+        self.member.publish(|p| p.name = name.clone());
+        self.name = name;
+    }
+
     /// RESET logs a client out: one that logged in as another identity
     /// than respool's own goes back to respool's lanes.
     pub(super) fn logging_out(&self) -> bool {
@@ -225,13 +235,14 @@ impl Client {
     /// RESET of a client without a session: its own state goes back to a new
     /// connection's.
     pub(super) fn reset(&mut self) -> Bytes {
-        self.name = None;
+        self.set_name(None);
         if self.logging_out() {
             let lanes = self.shared.router.initial();
             self.switch_lanes(lanes);
         }
         if self.protocol != 2 {
             self.protocol = 2;
+            self.member.publish(|p| p.resp = 2);
             self.lane = self.lanes.lane(2);
         }
         if self.settings().auth.required() && self.authenticated {
@@ -427,7 +438,7 @@ fn client_name(name: &[u8]) -> Result<Option<Bytes>, Bytes> {
 }
 
 /// A bulk string.
-fn bulk(data: &[u8]) -> Bytes {
+pub(super) fn bulk(data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 16);
     out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
     out.extend_from_slice(data);

@@ -128,6 +128,8 @@ impl Client {
     /// answered).
     pub(super) fn switch_lanes(&mut self, lanes: Arc<LaneSet>) {
         if !Arc::ptr_eq(&lanes, &self.lanes) {
+            let user: Arc<str> = lanes.endpoint().identity.user().into();
+            self.member.publish(|p| p.user = user);
             self.lane = lanes.lane(self.protocol);
             self.lanes = lanes;
         }

@@ -24,10 +24,12 @@ mod buffers;
 mod deadlines;
 pub(crate) mod inbox;
 mod input;
+mod introspection;
 mod local;
 mod login;
 mod output;
 mod pinned;
+pub(crate) mod roster;
 mod routing;
 mod session;
 mod stop;
@@ -54,6 +56,7 @@ use crate::server::Shared;
 use deadlines::Deadlines;
 use input::Input;
 use output::Output;
+use roster::{Member, Published};
 use session::{Session, SessionEvent};
 use stop::{Stop, StopSignals};
 
@@ -66,11 +69,14 @@ pub(crate) async fn serve(
     abort: CancellationToken,
 ) {
     let peer = stream.peer_addr().ok();
-    let mut client = Client::new(stream, shared);
-    let mut stop = StopSignals::new(shutdown, abort);
+    // CLIENT KILL closes this client alone; the shutdown deadline, all.
+    let kill = abort.child_token();
+    let mut client = Client::new(stream, shared, kill.clone());
+    let mut stop = StopSignals::new(shutdown, kill);
     let result = poll_fn(|cx| client.poll_run(cx, &mut stop)).await;
     client.end_session();
     client.stream.close();
+    client.shared.process.roster.leave(client.id);
     match result {
         Ok(()) => tracing::trace!(?peer, "client closed"),
         Err(e) => tracing::debug!(?peer, error = %e, "client connection ended with an error"),
@@ -121,6 +127,8 @@ enum Wait {
     Version(VersionWait),
     /// The upstream's verdict on a login (AUTH passthrough).
     Login(login::LoginWait),
+    /// The end of a `CLIENT PAUSE`.
+    Pause(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 /// How a [`Wait`] ended.
@@ -129,6 +137,7 @@ enum WaitOutcome {
     /// Whether a connection passed validation in time.
     Version(bool),
     Login(login::LoginResult),
+    PauseOver,
 }
 
 impl Wait {
@@ -137,6 +146,7 @@ impl Wait {
             Wait::Checkout(checkout) => checkout.as_mut().poll(cx).map(WaitOutcome::Checkout),
             Wait::Version(wait) => wait.as_mut().poll(cx).map(WaitOutcome::Version),
             Wait::Login(check) => check.as_mut().poll(cx).map(WaitOutcome::Login),
+            Wait::Pause(over) => over.as_mut().poll(cx).map(|()| WaitOutcome::PauseOver),
         }
     }
 
@@ -146,6 +156,7 @@ impl Wait {
             Wait::Checkout(_) => "a dedicated connection",
             Wait::Version(_) => "the first validated upstream connection",
             Wait::Login(_) => "the upstream's verdict on its login",
+            Wait::Pause(_) => "the end of a CLIENT PAUSE",
         }
     }
 }
@@ -178,6 +189,8 @@ struct Client {
     shared: Arc<Shared>,
     /// This client's id (CLIENT ID, HELLO).
     id: u64,
+    /// What others see of it (CLIENT LIST, KILL, …).
+    member: Arc<Member>,
     /// The lane set serving the client.
     lanes: Arc<LaneSet>,
     /// Its shared lane for the client's protocol.
@@ -202,7 +215,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(stream: Stream, shared: Arc<Shared>) -> Client {
+    fn new(stream: Stream, shared: Arc<Shared>, kill: CancellationToken) -> Client {
         let settings = &shared.config.clients;
         let authenticated = !settings.auth.required();
         let limits = if authenticated {
@@ -214,10 +227,26 @@ impl Client {
             RequestLimits::unauthenticated()
         };
         let lanes = shared.router.initial();
+        let id = next_client_id();
+        let peer = stream.peer_addr().ok();
+        let member = shared.process.roster.join(
+            id,
+            peer,
+            stream.local_addr().ok(),
+            stream.fd(),
+            kill,
+            Published {
+                user: lanes.endpoint().identity.user().into(),
+                resp: 2,
+                db: lanes.endpoint().db,
+                ..Published::default()
+            },
+        );
         Client {
-            peer: stream.peer_addr().ok(),
+            peer,
             stream,
-            id: next_client_id(),
+            id,
+            member,
             lane: lanes.lane(2),
             lanes,
             protocol: 2,
@@ -375,6 +404,8 @@ impl Client {
             WaitOutcome::Version(true) => {}
             WaitOutcome::Version(false) => self.no_server_version(),
             WaitOutcome::Login(result) => self.on_login(result),
+            // The request goes on when the loop unparks it.
+            WaitOutcome::PauseOver => {}
         }
         Ok(true)
     }

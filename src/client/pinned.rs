@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
+use super::routing::Admission;
 use super::session::{Session, SessionEvent};
 use super::{Client, Parked, Phase, Wait};
 use crate::command::{Local, Route};
@@ -42,6 +43,7 @@ impl Client {
                 session => {
                     if let Some(session) = session {
                         session.release();
+                        self.publish_session();
                     }
                     self.local(Local::Reset, req, command);
                 }
@@ -57,7 +59,7 @@ impl Client {
                     self.park(req, command, Some(Wait::Checkout(Box::pin(checkout))));
                 }
             }
-            _ => self.route(req),
+            _ => self.dispatch(req, Admission::Command(command)),
         }
     }
 
@@ -76,6 +78,7 @@ impl Client {
                 self.session = Some(session);
                 // The parked request goes out on the new session.
                 self.unpark();
+                self.publish_session();
             }
             Err(e) => {
                 if let Phase::Parked(parked) = std::mem::replace(&mut self.phase, Phase::Reading) {
@@ -138,6 +141,7 @@ impl Client {
             Err(broken) => self.session_failed(broken),
             Ok(()) => self.maybe_release_session(),
         }
+        self.publish_session();
     }
 
     /// Gives the session back once its connection state has ended.
@@ -205,6 +209,7 @@ impl Client {
             self.output.push_ready(error);
         }
         self.phase = Phase::Draining;
+        self.publish_session();
     }
 
     /// Gives the session back when the client goes away.

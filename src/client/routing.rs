@@ -11,7 +11,7 @@ use crate::pool::lane::LaneRequest;
 
 /// What becomes of a request, before anything is done with it.
 #[derive(Clone, Copy)]
-enum Admission {
+pub(super) enum Admission {
     /// Refused: the client has not authenticated.
     NoAuth,
     /// Refused by `--deny-command`.
@@ -96,7 +96,18 @@ impl Client {
     fn route_in_place(&mut self, span: RequestSpan) {
         let admission = self.admit(span.view(self.input.after_run()));
         let command = match admission {
-            Admission::Command(c) if c.route == Route::Shared && self.session.is_none() => c,
+            Admission::Command(c)
+                if c.route == Route::Shared
+                    && self.session.is_none()
+                    && self
+                        .shared
+                        .process
+                        .roster
+                        .paused_for(!c.retry_safe)
+                        .is_none() =>
+            {
+                c
+            }
             _ => {
                 self.flush_run();
                 let req = span.split_off(self.input.buf_mut());
@@ -119,7 +130,8 @@ impl Client {
         self.dispatch(req, admission);
     }
 
-    fn dispatch(&mut self, req: Request, admission: Admission) {
+    /// Sends a request where its admission says.
+    pub(super) fn dispatch(&mut self, req: Request, admission: Admission) {
         let command = match admission {
             Admission::NoAuth => {
                 let reply = if req.name().eq_ignore_ascii_case(b"EXEC") {
@@ -134,30 +146,24 @@ impl Client {
                 self.output.push_ready(reply);
                 return;
             }
-            Admission::Denied => {
-                if let Some(session) = &mut self.session {
-                    session.abort_transaction_on_exec();
-                }
-                self.deny(&req);
-                return;
-            }
+            Admission::Denied => return self.deny(&req),
             Admission::Command(command) => command,
         };
         // Whatever this request does (it may even switch lanes), the shared
         // requests before it are on their way first.
         self.flush_run();
-        match command.route {
-            Route::Shared => match &mut self.session {
-                Some(session) => {
-                    let seq = self.output.next_seq();
-                    if session.send(&req, seq, None) {
-                        self.output.open_slot();
-                    }
-                }
-                None => self.send_shared(req, command.retry_safe),
+        let req = match command.route {
+            Route::Shared | Route::Dedicated(_) => match self.held_by_pause(req, command) {
+                Some(req) => req,
+                None => return,
             },
+            _ => req,
+        };
+        match command.route {
+            Route::Shared => self.forward(req, command.retry_safe),
             Route::Local(local) => self.local(local, req, command),
             Route::Dedicated(state) => self.dedicated(state, req, command),
+            Route::Urgent => self.urgent(req),
             Route::Denied => self.deny(&req),
             Route::Attack => {
                 // Like Redis: drop the connection without a word.
@@ -166,6 +172,30 @@ impl Client {
                 self.output.clear();
             }
         }
+    }
+
+    /// Sends a request that needs no connection state: on the pinned
+    /// session if there is one, else to the lane.
+    pub(super) fn forward(&mut self, req: Request, retry_safe: bool) {
+        match &mut self.session {
+            Some(session) => {
+                let seq = self.output.next_seq();
+                if session.send(&req, seq, None) {
+                    self.output.open_slot();
+                }
+            }
+            None => self.send_shared(req, retry_safe),
+        }
+    }
+
+    /// `SCRIPT KILL`, `FUNCTION KILL`: on a connection of their own, so
+    /// that they reach Redis while the script they stop holds the lanes.
+    /// The reply fills the request's slot like a lane's would.
+    fn urgent(&mut self, req: Request) {
+        let seq = self.output.open_shared_slot();
+        let reply_to = self.output.sender();
+        let ask = self.lanes.urgent(req.into_raw().freeze());
+        tokio::spawn(async move { reply_to.send(seq, 1, ask.await) });
     }
 
     /// Sends one request that is not in the read buffer to the lane on its
@@ -197,10 +227,25 @@ impl Client {
         }
     }
 
+    /// A command refused by policy (`--deny-command`, or one that would
+    /// break the pool). Inside MULTI it aborts the transaction, as any
+    /// command Redis refuses to queue does, and one Redis would never
+    /// queue (SHUTDOWN, SYNC, PSYNC) gets Redis's own words for it.
     pub(super) fn deny(&mut self, req: &Request) {
-        let command = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
-        self.output
-            .push_ready(Error::Denied(command.into()).to_resp());
+        let in_multi = self
+            .session
+            .as_mut()
+            .is_some_and(|s| s.abort_transaction_on_exec());
+        let no_multi = [&b"SHUTDOWN"[..], b"SYNC", b"PSYNC"]
+            .iter()
+            .any(|name| req.name().eq_ignore_ascii_case(name));
+        let reply = if in_multi && no_multi {
+            error_line("ERR", "Command not allowed inside a transaction")
+        } else {
+            let command = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
+            Error::Denied(command.into()).to_resp()
+        };
+        self.output.push_ready(reply);
     }
 
     /// A command that needs (or ends) connection state.
@@ -211,24 +256,22 @@ impl Client {
             self.output.push_ready(error_line("ERR", "MONITOR is not supported through respool: it would need a connection that streams every client's commands; run MONITOR against Redis directly"));
             return;
         }
-        if let Some(session) = &mut self.session {
-            let follows_exec = matches!(
-                state,
-                Stateful::Subscribe(_) | Stateful::Unsubscribe(_) | Stateful::ClientReply
-            );
-            if follows_exec && session.abort_transaction_on_exec() {
-                // At EXEC these change what Redis sends on the connection
-                // (pub/sub mode, replies silenced) from inside EXEC's reply,
-                // where respool cannot follow; refused like any command
-                // refused while queueing, so EXEC answers EXECABORT.
-                self.output.push_ready(local::changes_replies_in_exec(&req));
-                return;
-            }
-            let seq = self.output.next_seq();
-            if session.send(&req, seq, Some(state)) {
-                self.output.open_slot();
-            }
-            return;
+        if self.session.is_some() {
+            let is_tracking = state == Stateful::ConnectionFlag
+                && req.name().eq_ignore_ascii_case(b"CLIENT")
+                && req
+                    .arg(1)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"TRACKING"));
+            let req = if is_tracking {
+                // Its REDIRECT id is respool's; the connection's is Redis's.
+                match self.translate_redirect(req) {
+                    Ok(req) => req,
+                    Err(reply) => return self.output.push_ready(reply),
+                }
+            } else {
+                req
+            };
+            return self.send_on_session(state, req);
         }
         // Without a session there is no transaction or WATCH to end: answer
         // as Redis would.
@@ -242,5 +285,29 @@ impl Client {
             Some(reply) => self.output.push_ready(reply),
             None => self.park(req, command, None),
         }
+    }
+
+    /// Sends a stateful command on the client's session.
+    fn send_on_session(&mut self, state: Stateful, req: Request) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        let follows_exec = matches!(
+            state,
+            Stateful::Subscribe(_) | Stateful::Unsubscribe(_) | Stateful::ClientReply
+        );
+        if follows_exec && session.abort_transaction_on_exec() {
+            // At EXEC these change what Redis sends on the connection
+            // (pub/sub mode, replies silenced) from inside EXEC's reply,
+            // where respool cannot follow; refused like any command
+            // refused while queueing, so EXEC answers EXECABORT.
+            self.output.push_ready(local::changes_replies_in_exec(&req));
+            return;
+        }
+        let seq = self.output.next_seq();
+        if session.send(&req, seq, Some(state)) {
+            self.output.open_slot();
+        }
+        self.publish_session();
     }
 }

@@ -40,6 +40,8 @@ pub(crate) struct UpstreamConn {
     pub broken: bool,
     /// When the connection last carried traffic, for idle health checks.
     pub last_used: Instant,
+    /// Its id upstream (`CLIENT ID`), if validation could ask.
+    pub upstream_id: Option<u64>,
 }
 
 impl UpstreamConn {
@@ -61,9 +63,45 @@ impl UpstreamConn {
             read_buf: BytesMut::with_capacity(s.read_buffer_size),
             broken: false,
             last_used: Instant::now(),
+            upstream_id: None,
         };
         let version = super::validate::run_gate(&mut conn, endpoint, protocol, s).await?;
         Ok((conn, version))
+    }
+
+    /// Connects and logs in as `endpoint`'s identity, and nothing else:
+    /// for a command that must reach Redis while it is busy running a
+    /// script (then only AUTH, SCRIPT KILL, FUNCTION KILL and a few others
+    /// are served), so no PING, SELECT or probe.
+    pub async fn open_logged_in(
+        endpoint: &Endpoint,
+        s: &PoolSettings,
+    ) -> Result<UpstreamConn, ConnectError> {
+        let stream = match tokio::time::timeout(s.connect_timeout, connect(endpoint, s)).await {
+            Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
+            Ok(result) => result?,
+        };
+        let mut conn = UpstreamConn {
+            stream,
+            read_buf: BytesMut::with_capacity(4096),
+            broken: false,
+            last_used: Instant::now(),
+            upstream_id: None,
+        };
+        if let Some((step, login)) = super::validate::login(&endpoint.identity, 2) {
+            let replies = conn.exchange(&[login], step, s.connect_timeout).await?;
+            if replies.first().is_none_or(|r| r.first() == Some(&b'-')) {
+                let reply = replies
+                    .first()
+                    .map(|r| String::from_utf8_lossy(&r[1..]).trim_end().to_string())
+                    .unwrap_or_default();
+                return Err(ConnectError::Rejected {
+                    step,
+                    reply: reply.into(),
+                });
+            }
+        }
+        Ok(conn)
     }
 
     /// Sends `requests` in one write and reads exactly one reply per request.
@@ -124,12 +162,40 @@ impl UpstreamConn {
         for r in requests {
             out.extend_from_slice(r.raw());
         }
+        self.send_and_read(&out, requests.len(), skip_leading_pushes)
+            .await
+    }
+
+    /// Sends whole requests given as bytes and reads `count` replies.
+    pub async fn exchange_raw(
+        &mut self,
+        raw: &[u8],
+        count: usize,
+        step: &'static str,
+        timeout: Duration,
+    ) -> Result<Vec<Bytes>, ConnectError> {
+        let exchange = self.send_and_read(raw, count, false);
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(ConnectError::StepTimeout {
+                step,
+                after: timeout,
+            }),
+            Ok(r) => r,
+        }
+    }
+
+    async fn send_and_read(
+        &mut self,
+        out: &[u8],
+        count: usize,
+        skip_leading_pushes: bool,
+    ) -> Result<Vec<Bytes>, ConnectError> {
         let io = |e: std::io::Error| ConnectError::from_io(&e);
-        self.stream.write_all(&out).await.map_err(io)?;
+        self.stream.write_all(out).await.map_err(io)?;
         self.stream.flush().await.map_err(io)?;
         let mut decoder = ReplyDecoder::default();
-        let mut replies = Vec::with_capacity(requests.len());
-        while replies.len() < requests.len() {
+        let mut replies = Vec::with_capacity(count);
+        while replies.len() < count {
             match decoder.decode(&mut self.read_buf) {
                 Ok(Some(frame)) => {
                     let leftover = skip_leading_pushes

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::checkout::{checkout, Wait};
+use super::connection::UpstreamConn;
 use super::endpoint::Endpoint;
 use super::lane::{Lane, LaneHandle, LaneRequest};
 use super::manager::UpstreamManager;
@@ -145,6 +146,42 @@ impl LaneSet {
             arrived
                 .pop()
                 .map_or_else(|| Error::ShuttingDown.to_resp(), |d| d.reply)
+        }
+    }
+
+    /// Sends one request (`raw`, whole) to Redis on a connection of its own,
+    /// logged in as the set's identity and nothing more, and resolves with
+    /// the reply: for `SCRIPT KILL` and `FUNCTION KILL`, which must reach
+    /// Redis while the script they stop holds every other connection.
+    pub fn urgent(&self, raw: Bytes) -> impl std::future::Future<Output = Bytes> + Send + 'static {
+        let (endpoint, ctx) = (self.endpoint.clone(), self.ctx.clone());
+        async move {
+            let addr = endpoint.node.addr.clone();
+            let unavailable = |e: ConnectError| {
+                Error::Unavailable {
+                    addr: addr.clone(),
+                    cause: e.to_string().into(),
+                    attempts: 1,
+                    elapsed: Duration::ZERO,
+                }
+                .to_resp()
+            };
+            let mut conn = match UpstreamConn::open_logged_in(&endpoint, &ctx.pool).await {
+                Ok(conn) => conn,
+                Err(e) => return unavailable(e),
+            };
+            match conn
+                .exchange_raw(&raw, 1, "request", ctx.retry.timeout)
+                .await
+            {
+                Ok(mut replies) => replies
+                    .pop()
+                    .unwrap_or_else(|| Error::LostAfterWrite.to_resp()),
+                Err(ConnectError::StepTimeout { after, .. }) => {
+                    Error::Timeout { addr, after }.to_resp()
+                }
+                Err(_) => Error::LostAfterWrite.to_resp(),
+            }
         }
     }
 

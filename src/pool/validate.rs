@@ -20,6 +20,8 @@ enum Expect {
     Hello,
     /// `INFO server`: a text carrying `redis_version:`.
     Info,
+    /// `CLIENT ID`: the connection's id upstream.
+    Id,
     Ok,
     Pong,
     Bulk(Bytes),
@@ -79,7 +81,7 @@ pub(crate) fn login(identity: &Identity, protocol: u8) -> Option<(&'static str, 
 }
 
 /// Runs the gate on a freshly connected `conn`; the server's version, if
-/// its `INFO` gave one.
+/// its `INFO` gave one. It also notes the connection's id upstream.
 pub(crate) async fn run_gate(
     conn: &mut UpstreamConn,
     endpoint: &Endpoint,
@@ -132,6 +134,13 @@ pub(crate) async fn run_gate(
         Request::from_args(&["INFO", "server"]),
         Expect::Info,
     ));
+    // The connection's id upstream, so that CLIENT UNBLOCK and CLIENT
+    // TRACKING … REDIRECT can name it (never fails the gate either).
+    steps.push((
+        "CLIENT ID",
+        Request::from_args(&["CLIENT", "ID"]),
+        Expect::Id,
+    ));
     let requests: Vec<Request> = steps.iter().map(|(_, r, _)| r.clone()).collect();
     let replies = conn
         .exchange(&requests, "validation", s.connect_timeout)
@@ -142,8 +151,15 @@ pub(crate) async fn run_gate(
             conn.broken = true;
             return Err(e);
         }
-        if let Expect::Info = expect {
-            version = redis_version(reply);
+        match expect {
+            Expect::Info => version = redis_version(reply),
+            Expect::Id => {
+                conn.upstream_id = Value::of_frame(reply)
+                    .ok()
+                    .and_then(|v| v.int())
+                    .and_then(|id| u64::try_from(id).ok())
+            }
+            _ => {}
         }
     }
     Ok(version)
@@ -163,9 +179,9 @@ fn redis_version(info: &[u8]) -> Option<String> {
 fn check(step: &'static str, expect: &Expect, reply: &[u8]) -> Result<(), ConnectError> {
     let value = Value::of_frame(reply).map_err(|_| unexpected(step, reply))?;
     let ok = match (&value, expect) {
-        // The version is nice to have; an ACL that forbids INFO is no reason
-        // to distrust the connection.
-        (_, Expect::Info) => true,
+        // The version and the id are nice to have; an ACL that forbids INFO
+        // or CLIENT is no reason to distrust the connection.
+        (_, Expect::Info | Expect::Id) => true,
         // A user whose ACL forbids PING is still logged in: the connection
         // works, for what that user may run.
         (Value::Error(e), Expect::Pong) if e.starts_with(b"NOPERM") => true,

@@ -514,6 +514,13 @@ impl TestClient {
         self.peer
     }
 
+    /// The client's own address (as the server sees it).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .expect("a connected socket has a local address")
+    }
+
     /// Changes how long `read_reply` waits (default `DEFAULT_READ_TIMEOUT`).
     pub fn set_read_timeout(&mut self, timeout: Duration) {
         self.read_timeout = timeout;

@@ -290,6 +290,23 @@ impl Session {
         self.state.subscribed()
     }
 
+    /// What `CLIENT LIST` shows of the session: its database,
+    /// subscriptions, transaction and blocking command.
+    pub(crate) fn publish(&self, to: &mut crate::client::roster::Published) {
+        to.db = self.state.db;
+        to.subscriptions = [
+            self.state.channels.len(),
+            self.state.patterns.len(),
+            self.state.shards.len(),
+        ];
+        to.multi = self.queuing;
+        to.blocked = self
+            .expect
+            .iter()
+            .any(|e| e.deadline.is_none() && !e.pubsub);
+        to.pinned_upstream_id = self.conn.upstream_id;
+    }
+
     /// True when no request is outstanding.
     pub(crate) fn idle(&self) -> bool {
         self.expect.is_empty()

@@ -1,0 +1,412 @@
+//! Every client of the process, as `CLIENT LIST`, `CLIENT KILL`, `CLIENT
+//! UNBLOCK`, `CLIENT TRACKING … REDIRECT` and `CLIENT PAUSE` see them: ids,
+//! names and addresses are respool's own, so these commands are answered in
+//! respool's terms, not Redis's (whose clients are respool's connections).
+//!
+//! A client publishes what others may ask about it (its name, user,
+//! protocol, pinned connection and session state) when that changes, never
+//! per request; nothing here is on the request path but one atomic load for
+//! the pause.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Roster {
+    members: Mutex<BTreeMap<u64, Arc<Member>>>,
+    /// `CLIENT PAUSE` in force: checked before any request goes upstream.
+    paused: AtomicBool,
+    pause: Mutex<Option<Pause>>,
+    /// Woken by `CLIENT UNPAUSE`.
+    unpaused: Notify,
+}
+
+/// A `CLIENT PAUSE` in force.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pause {
+    pub until: Instant,
+    /// `WRITE`: only writes wait; `ALL` (the default): everything.
+    pub writes_only: bool,
+}
+
+/// One client, as others see it.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub id: u64,
+    addr: Option<SocketAddr>,
+    laddr: Option<SocketAddr>,
+    fd: i32,
+    created: Instant,
+    /// Cancelled by `CLIENT KILL`: the client closes at once.
+    kill: CancellationToken,
+    state: Mutex<Published>,
+}
+
+/// What a client publishes about itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    pub name: Option<Bytes>,
+    /// The user its commands run as.
+    pub user: Arc<str>,
+    pub resp: u8,
+    pub db: u32,
+    /// The upstream's id of its pinned connection, while it has one (and
+    /// the connection's `CLIENT ID` was allowed at validation).
+    pub pinned_upstream_id: Option<u64>,
+    /// Subscriptions: channels, patterns, shard channels.
+    pub subscriptions: [usize; 3],
+    /// In a transaction.
+    pub multi: bool,
+    /// Waiting on a blocking command.
+    pub blocked: bool,
+}
+
+/// What `CLIENT KILL` matches (its filter form).
+#[derive(Debug, Default)]
+pub(crate) struct KillFilter {
+    pub id: Option<u64>,
+    pub addr: Option<String>,
+    pub laddr: Option<String>,
+    pub user: Option<String>,
+    /// `TYPE pubsub`; `TYPE normal` matches the others; master/replica none.
+    pub kind: Option<ClientKind>,
+    pub max_age: Option<Duration>,
+    /// Spares the caller (the default).
+    pub skip_me: bool,
+}
+
+/// A `CLIENT KILL TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientKind {
+    Normal,
+    Pubsub,
+    /// `master`, `replica`, `slave`: none of respool's clients is one.
+    Replication,
+}
+
+impl Roster {
+    /// Enters a new client; it leaves when the returned member is dropped
+    /// by [`Roster::leave`].
+    pub fn join(
+        &self,
+        id: u64,
+        addr: Option<SocketAddr>,
+        laddr: Option<SocketAddr>,
+        fd: i32,
+        kill: CancellationToken,
+        state: Published,
+    ) -> Arc<Member> {
+        let member = Arc::new(Member {
+            id,
+            addr,
+            laddr,
+            fd,
+            created: Instant::now(),
+            kill,
+            state: Mutex::new(state),
+        });
+        self.lock().insert(id, member.clone());
+        member
+    }
+
+    /// Takes a client off the roster.
+    pub fn leave(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Member>>> {
+        // Nothing panics while holding it; a poisoned map is intact.
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A client by id.
+    pub fn get(&self, id: u64) -> Option<Arc<Member>> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Every client, by id.
+    pub fn all(&self) -> Vec<Arc<Member>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Kills the clients `filter` matches, except `caller` when asked to
+    /// skip it; how many matched, and whether the caller is among them.
+    pub fn kill(&self, filter: &KillFilter, caller: u64) -> (usize, bool) {
+        let now = Instant::now();
+        let mut killed = 0;
+        let mut me = false;
+        for member in self.all() {
+            if !member.matches(filter, now) || (filter.skip_me && member.id == caller) {
+                continue;
+            }
+            killed += 1;
+            if member.id == caller {
+                // Told first, then closed, as Redis closes after its reply.
+                me = true;
+            } else {
+                member.kill.cancel();
+            }
+        }
+        (killed, me)
+    }
+
+    /// Whether a user name is one some client runs as.
+    pub fn knows_user(&self, user: &str) -> bool {
+        self.all().iter().any(|m| &*m.published().user == user)
+    }
+
+    /// `CLIENT PAUSE`: requests wait until `pause.until` (or `CLIENT
+    /// UNPAUSE`); a later pause extends, never shortens, one in force.
+    pub fn pause(&self, pause: Pause) {
+        let mut current = self.pause.lock().unwrap_or_else(PoisonError::into_inner);
+        let merged = match *current {
+            Some(old) if old.until > pause.until => Pause {
+                until: old.until,
+                writes_only: old.writes_only && pause.writes_only,
+            },
+            Some(old) => Pause {
+                until: pause.until,
+                writes_only: old.writes_only && pause.writes_only,
+            },
+            None => pause,
+        };
+        *current = Some(merged);
+        self.paused.store(true, Ordering::Release);
+    }
+
+    /// `CLIENT UNPAUSE`.
+    pub fn unpause(&self) {
+        *self.pause.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.paused.store(false, Ordering::Release);
+        self.unpaused.notify_waiters();
+    }
+
+    /// Whether a request must wait (`write`: it is not read-only); until
+    /// when, if so.
+    #[inline]
+    pub fn paused_for(&self, write: bool) -> Option<Instant> {
+        if !self.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        self.pause_ending(write)
+    }
+
+    fn pause_ending(&self, write: bool) -> Option<Instant> {
+        let mut current = self.pause.lock().unwrap_or_else(PoisonError::into_inner);
+        match *current {
+            Some(pause) if pause.until <= Instant::now() => {
+                *current = None;
+                self.paused.store(false, Ordering::Release);
+                None
+            }
+            Some(pause) if write || !pause.writes_only => Some(pause.until),
+            _ => None,
+        }
+    }
+
+    /// Resolves when the pause in force ends or is lifted.
+    pub fn pause_over(
+        self: &Arc<Self>,
+        until: Instant,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let roster = self.clone();
+        async move {
+            let unpaused = roster.unpaused.notified();
+            tokio::pin!(unpaused);
+            unpaused.as_mut().enable();
+            if roster.paused.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout_at(until.into(), unpaused).await;
+            }
+        }
+    }
+}
+
+impl Member {
+    /// What the client published last.
+    pub fn published(&self) -> Published {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes what the client publishes.
+    pub fn publish(&self, change: impl FnOnce(&mut Published)) {
+        change(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn matches(&self, f: &KillFilter, now: Instant) -> bool {
+        let state = self.published();
+        let kind = if state.subscriptions.iter().any(|&n| n > 0) {
+            ClientKind::Pubsub
+        } else {
+            ClientKind::Normal
+        };
+        f.id.is_none_or(|id| id == self.id)
+            && f.addr
+                .as_deref()
+                .is_none_or(|a| self.addr.is_some_and(|s| s.to_string() == a))
+            && f.laddr
+                .as_deref()
+                .is_none_or(|a| self.laddr.is_some_and(|s| s.to_string() == a))
+            && f.user.as_deref().is_none_or(|u| *state.user == *u)
+            && f.kind.is_none_or(|k| k == kind)
+            && f.max_age
+                .is_none_or(|age| now.duration_since(self.created) >= age)
+    }
+
+    /// The client's `CLIENT LIST` line (without the newline), in Redis's
+    /// format. `current`: the command being run, when the client asks about
+    /// itself (`cmd`, `qbuf`).
+    pub fn line(&self, current: Option<(&str, usize)>, held_reply_bytes: usize) -> String {
+        let s = self.published();
+        let mut flags = String::new();
+        if s.subscriptions.iter().any(|&n| n > 0) {
+            flags.push('P');
+        }
+        if s.multi {
+            flags.push('x');
+        }
+        if s.blocked {
+            flags.push('b');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?:0".to_string(), |a| a.to_string());
+        let name = s
+            .name
+            .as_ref()
+            .map_or_else(String::new, |n| String::from_utf8_lossy(n).into_owned());
+        let (cmd, qbuf) = current.unwrap_or(("NULL", 0));
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
+            self.id,
+            addr(self.addr),
+            addr(self.laddr),
+            self.fd,
+            name,
+            self.created.elapsed().as_secs(),
+            flags,
+            s.db,
+            s.subscriptions[0],
+            s.subscriptions[1],
+            s.subscriptions[2],
+            if s.multi { 0 } else { -1 },
+            qbuf,
+            held_reply_bytes,
+            held_reply_bytes,
+            cmd,
+            s.user,
+            s.resp,
+        );
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(user: &str) -> Published {
+        Published {
+            user: user.into(),
+            resp: 2,
+            ..Published::default()
+        }
+    }
+
+    #[test]
+    fn kill_matches_filters_and_spares_the_caller_when_asked() {
+        let roster = Roster::default();
+        let a = roster.join(
+            1,
+            None,
+            None,
+            5,
+            CancellationToken::new(),
+            published("default"),
+        );
+        let b = roster.join(
+            2,
+            None,
+            None,
+            6,
+            CancellationToken::new(),
+            published("alice"),
+        );
+        let by_user = KillFilter {
+            user: Some("alice".into()),
+            skip_me: true,
+            ..KillFilter::default()
+        };
+        assert_eq!(roster.kill(&by_user, 1), (1, false));
+        assert!(b.kill.is_cancelled() && !a.kill.is_cancelled());
+        let everyone = KillFilter {
+            skip_me: false,
+            ..KillFilter::default()
+        };
+        assert_eq!(roster.kill(&everyone, 1), (2, true));
+        assert!(
+            !a.kill.is_cancelled(),
+            "the caller is told first, then closes itself"
+        );
+        roster.leave(2);
+        assert_eq!(roster.all().len(), 1);
+    }
+
+    #[test]
+    fn a_line_is_in_redis_format() {
+        let roster = Roster::default();
+        let m = roster.join(
+            7,
+            None,
+            None,
+            9,
+            CancellationToken::new(),
+            published("default"),
+        );
+        m.publish(|s| s.name = Some(Bytes::from_static(b"app")));
+        let line = m.line(Some(("client|list", 26)), 0);
+        assert!(line.starts_with("id=7 addr="), "{line}");
+        assert!(line.contains(" name=app age="), "{line}");
+        assert!(
+            line.contains(" flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=26 "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" cmd=client|list user=default redir=-1 resp=2"),
+            "{line}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_writes_or_everything_until_it_ends() {
+        let roster = Arc::new(Roster::default());
+        assert_eq!(roster.paused_for(true), None);
+        let until = Instant::now() + Duration::from_secs(10);
+        roster.pause(Pause {
+            until,
+            writes_only: true,
+        });
+        assert_eq!(roster.paused_for(false), None, "reads pass a WRITE pause");
+        assert_eq!(roster.paused_for(true), Some(until));
+        let over = roster.pause_over(until);
+        roster.unpause();
+        tokio::time::timeout(Duration::from_secs(1), over)
+            .await
+            .expect("UNPAUSE ends the wait");
+        assert_eq!(roster.paused_for(true), None);
+    }
+}
