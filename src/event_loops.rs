@@ -31,7 +31,7 @@ impl EventLoops {
     /// started are stopped again.
     pub fn start(config: Config, count: usize) -> Result<EventLoops, String> {
         let count = count.max(1);
-        let process = Arc::new(Process::default());
+        let process = Process::new(&config);
         let (started_tx, started_rx) = mpsc::channel::<Started>();
         let mut loops = EventLoops {
             addr: config.listen_addr(),

@@ -43,12 +43,23 @@ pub enum StartError {
 }
 
 /// What the event loops of one process share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Process {
     /// Every loop's counters, and the clients connected.
     pub stats: ProcessStats,
-    /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE.
+    /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE, and the reply
+    /// memory they hold together.
     pub roster: Arc<Roster>,
+}
+
+impl Process {
+    /// What the loops of a process running `config` share.
+    pub fn new(config: &Config) -> Arc<Process> {
+        Arc::new(Process {
+            stats: ProcessStats::default(),
+            roster: Roster::new(config.clients.max_reply_memory),
+        })
+    }
 }
 
 /// What every client task of one event loop shares.
@@ -73,7 +84,8 @@ impl Proxy {
     /// The upstream may be down: lanes keep reconnecting in the background,
     /// unless `--require-upstream` asks for a validated connection first.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
-        Proxy::start_loop(config, Arc::default(), None).await
+        let process = Process::new(&config);
+        Proxy::start_loop(config, process, None).await
     }
 
     /// Starts one event loop of several ([`crate::EventLoops`]): they share

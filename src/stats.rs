@@ -194,6 +194,10 @@ pub(crate) struct Context<'a> {
     pub connected_clients: usize,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// Reply bytes held for every client now (`--max-reply-memory`).
+    pub reply_memory: usize,
+    /// Clients disconnected to keep within `--max-reply-memory`.
+    pub reply_memory_evictions: u64,
 }
 
 /// The body of `INFO respool`: a `# Respool` section in Redis's INFO
@@ -213,6 +217,8 @@ pub(crate) fn render(ctx: Context<'_>, t: Totals) -> String {
         &ctx.upstream_version.unwrap_or("unknown"),
     );
     line("connected_clients", &ctx.connected_clients);
+    line("reply_memory", &ctx.reply_memory);
+    line("reply_memory_evictions", &ctx.reply_memory_evictions);
     line("rejected_clients", &t.rejected_clients);
     line("requests", &t.requests);
     line("lane_writes", &t.lane_writes);
@@ -265,6 +271,8 @@ mod tests {
             event_loops: 1,
             connected_clients: 2,
             uptime_secs: 5,
+            reply_memory: 0,
+            reply_memory_evictions: 0,
         };
         let t = Totals {
             lane_writes: 4,

@@ -124,6 +124,105 @@ async fn a_client_that_does_not_read_is_disconnected_before_memory_passes_the_li
     );
 }
 
+/// `--max-reply-memory`: 20 clients that never read, each asking for
+/// 200 MiB of replies, with no per-client limit. respool stays within the
+/// process's budget (+10 %), disconnecting the client holding the most
+/// each time it would pass it, while a client that reads is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_reading_clients_together_stay_within_the_reply_memory_budget() {
+    const BUDGET: u64 = 64 * MIB;
+    const VALUE: usize = MIB as usize;
+    const ATTACKERS: usize = 20;
+    const REQUESTS: usize = 200; // 200 MiB each if nothing stopped them
+    let redis = RedisServer::start();
+    let proxy = ProxyProcess::start(
+        &redis.url(),
+        &[
+            "--max-reply-memory",
+            &BUDGET.to_string(),
+            "--client-output-limit",
+            "0",
+            "--log-level",
+            "info",
+            // The reader's requests queue behind the attackers' in the
+            // lane: served late, but served.
+            "--timeout",
+            "60s",
+            "--hold-timeout",
+            "60s",
+        ],
+    );
+    let value = support::pattern(VALUE, 9);
+    let mut reader = TestClient::connect(proxy.addr()).await.expect("connect");
+    reader.set_read_timeout(Duration::from_secs(60));
+    reader
+        .cmd(&[b"SET".as_slice(), b"bigkey", &value])
+        .await
+        .expect_ok();
+    for _ in 0..5 {
+        assert!(reader.cmd(&["GET", "bigkey"]).await == Reply::Bulk(value.clone()));
+    }
+    let baseline = proxy.status_bytes("VmHWM");
+
+    let mut burst = Vec::new();
+    for _ in 0..REQUESTS {
+        burst.extend(encode_command(&["GET", "bigkey"]));
+    }
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACKERS {
+        let mut attacker = TestClient::connect(proxy.addr()).await.expect("connect");
+        attacker.send_raw(&burst).await.expect("the burst");
+        attackers.push(attacker);
+    }
+
+    // The reader is served throughout, until the attackers are gone (or
+    // what is left of them fits the budget).
+    let started = Instant::now();
+    let mut rounds = 0;
+    loop {
+        let info = reader.respool_counters().await;
+        let evicted = counter(&info, "reply_memory_evictions");
+        let held = counter(&info, "reply_memory");
+        if evicted > 0 && held < BUDGET / 2 {
+            eprintln!("{evicted} clients disconnected; {held} reply bytes held");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the attackers were never dealt with: {info:?}"
+        );
+        rounds += 1;
+        let token = format!("still-here-{rounds}");
+        assert_eq!(
+            reader.cmd(&["ECHO", &token]).await,
+            Reply::Bulk(token.into_bytes())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reader.cmd(&["GET", "bigkey"]).await == Reply::Bulk(value.clone()));
+    let peak = proxy.status_bytes("VmHWM");
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "budget {} MiB: baseline peak RSS {:.1} MiB, peak {:.1} MiB (+{:.1} MiB)",
+        BUDGET / MIB,
+        baseline as f64 / MIB as f64,
+        peak as f64 / MIB as f64,
+        grown as f64 / MIB as f64,
+    );
+    assert!(
+        grown <= BUDGET + BUDGET / 10,
+        "peak RSS grew by {} KiB, more than the {} KiB budget + 10 %",
+        grown / 1024,
+        BUDGET / 1024
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("reply memory (--max-reply-memory) exceeded"),
+        "no eviction was logged"
+    );
+}
+
 #[tokio::test]
 async fn idle_clients_are_closed_but_subscribed_blocked_and_active_ones_are_not() {
     let redis = RedisServer::start();

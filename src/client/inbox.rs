@@ -1,6 +1,7 @@
 //! Where lanes deliver a client's replies: one mailbox per client, and the
-//! budget of reply bytes held for it (`--client-output-limit`), in one
-//! allocation the client shares with every lane that answers it.
+//! budget of reply bytes held for it (`--client-output-limit`, and its share
+//! of the process's `--max-reply-memory`), in one allocation the client
+//! shares with every lane that answers it.
 //!
 //! A lane answers a run of requests with one [`Delivery`]: the replies, back
 //! to back as Redis sent them, taken out of the lane's read buffer without a
@@ -12,6 +13,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
+use super::roster::ReplyMemory;
 use crate::pool::mailbox::Mailbox;
 
 /// The final answers to one or more consecutive requests: upstream replies
@@ -41,11 +43,11 @@ pub(crate) struct ReplyInbox(Arc<ReplyBox>);
 
 impl ReplyInbox {
     /// An inbox whose replies count against a budget of `limit` bytes
-    /// (`None`: unlimited).
-    pub fn new(limit: Option<usize>) -> ReplyInbox {
+    /// (`None`: unlimited) and against the process's `memory`.
+    pub fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> ReplyInbox {
         ReplyInbox(Arc::new(ReplyBox {
             mailbox: Mailbox::default(),
-            budget: OutputBudget::new(limit),
+            budget: OutputBudget::new(limit, memory),
         }))
     }
 
@@ -77,6 +79,8 @@ impl ReplyInbox {
 impl Drop for ReplyInbox {
     fn drop(&mut self) {
         self.0.mailbox.close();
+        // What it held is freed with it (what still arrives is dropped).
+        self.0.budget.close();
     }
 }
 
@@ -91,12 +95,36 @@ impl ReplySender {
     /// they must not pile up in its inbox. The empty delivery still wakes it.
     pub fn send(&self, seq: u64, count: u32, reply: Bytes) {
         let reply = if self.0.budget.add(reply.len()) {
+            // Not held after all.
+            self.0.budget.release(reply.len());
             Bytes::new()
         } else {
             reply
         };
-        // A client that has gone away no longer wants its reply.
-        let _ = self.0.mailbox.send(Delivery { seq, count, reply });
+        let len = reply.len();
+        if self.0.mailbox.send(Delivery { seq, count, reply }).is_err() {
+            // The client has gone away and no longer wants its reply.
+            self.0.budget.release(len);
+        }
+    }
+
+    /// Reply bytes held for the client now.
+    pub fn held(&self) -> usize {
+        self.0.budget.held()
+    }
+
+    /// The client is being disconnected for the replies it did not read
+    /// (`--client-output-limit`, `--max-reply-memory`): as Redis drops such
+    /// a client's unread commands, its requests not sent yet need not be.
+    pub fn abandoned(&self) -> bool {
+        self.0.budget.exceeded()
+    }
+
+    /// Marks the client as the one `--max-reply-memory` disconnects: what
+    /// arrives for it is dropped from now on. False if it was already, or
+    /// has gone.
+    pub fn doom(&self) -> bool {
+        self.0.budget.doom()
     }
 
     /// Whether both send to the same client.
@@ -106,44 +134,104 @@ impl ReplySender {
 }
 
 /// Reply bytes held for one client — delivered to it and not yet written to
-/// its socket — against `--client-output-limit`. Shared by the client and the
-/// lanes that deliver to it, so that it is counted before a reply is queued.
+/// its socket — against `--client-output-limit`, and counted in the
+/// process's [`ReplyMemory`]. Shared by the client and the lanes that
+/// deliver to it, so that it is counted before a reply is queued.
 #[derive(Debug)]
 pub(crate) struct OutputBudget {
+    /// Bytes held, and two flags in the top bits: [`CLOSED`] once the
+    /// client has gone (then nothing more is counted, here or in the
+    /// process's total), [`DOOMED`] once `--max-reply-memory` chose it. One
+    /// atomic for all three, so that a client chosen as it leaves is seen
+    /// either way by both.
     held: AtomicUsize,
     limit: Option<usize>,
-    /// The limit was passed once: the client must go, even if writing to it
-    /// brings the count back down — replies may have been dropped for it.
+    /// The limit was passed once (or the process's budget chose this
+    /// client): the client must go, even if writing to it brings the count
+    /// back down — replies may have been dropped for it.
     exceeded: AtomicBool,
+    memory: Arc<ReplyMemory>,
 }
 
+/// The bit of [`OutputBudget::held`] that says the client has gone.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+/// The bit of [`OutputBudget::held`] that says `--max-reply-memory` chose
+/// the client.
+const DOOMED: usize = 1 << (usize::BITS - 2);
+/// The bits of [`OutputBudget::held`] that count bytes.
+const BYTES: usize = DOOMED - 1;
+
 impl OutputBudget {
-    /// A budget of `limit` bytes (`None`: unlimited).
-    pub fn new(limit: Option<usize>) -> Self {
+    /// A budget of `limit` bytes (`None`: unlimited) within `memory`.
+    fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> Self {
         OutputBudget {
             held: AtomicUsize::new(0),
             limit,
             exceeded: AtomicBool::new(false),
+            memory,
         }
     }
 
-    /// Counts `n` more bytes; true once the limit has been passed.
+    /// Counts `n` more bytes; true once the reply should be dropped: the
+    /// client's limit has been passed, the process's budget chose it, or it
+    /// has gone.
     pub fn add(&self, n: usize) -> bool {
-        let held = self.held.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        let Ok(before) = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h & CLOSED == 0).then(|| (h & !BYTES) | (h & BYTES).saturating_add(n).min(BYTES))
+            })
+        else {
+            return true;
+        };
+        let held = (before & BYTES).saturating_add(n);
         if self.limit.is_some_and(|limit| held > limit) {
             self.exceeded.store(true, Ordering::Relaxed);
         }
+        self.memory.added(n);
         self.exceeded()
     }
 
     /// `n` bytes were written to the client (or dropped).
     pub fn release(&self, n: usize) {
-        self.held.fetch_sub(n, Ordering::Relaxed);
+        let released = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h & CLOSED == 0).then(|| (h & !BYTES) | (h & BYTES).saturating_sub(n))
+            });
+        if released.is_ok() {
+            self.memory.released(n);
+        }
+    }
+
+    /// The client has gone: what it held leaves the process's total.
+    fn close(&self) {
+        let before = self.held.swap(CLOSED, Ordering::Relaxed);
+        if before & CLOSED == 0 {
+            self.memory.released(before & BYTES);
+            if before & DOOMED != 0 {
+                self.memory.victim_gone();
+            }
+        }
+    }
+
+    /// See [`ReplySender::doom`].
+    fn doom(&self) -> bool {
+        let doomed = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h & (CLOSED | DOOMED) == 0).then_some(h | DOOMED)
+            })
+            .is_ok();
+        if doomed {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        doomed
     }
 
     /// Bytes held now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.held.load(Ordering::Relaxed) & BYTES
     }
 
     /// Whether the limit has been passed (it stays passed).
@@ -156,9 +244,13 @@ impl OutputBudget {
 mod tests {
     use super::*;
 
+    fn memory() -> Arc<ReplyMemory> {
+        Arc::new(ReplyMemory::detached())
+    }
+
     #[test]
     fn replies_past_the_limit_are_dropped_but_still_wake_the_client() {
-        let inbox = ReplyInbox::new(Some(10));
+        let inbox = ReplyInbox::new(Some(10), memory());
         let sender = inbox.sender();
         sender.send(0, 1, Bytes::from_static(b"+OK\r\n"));
         assert!(!inbox.budget().exceeded());
@@ -176,12 +268,18 @@ mod tests {
 
     #[test]
     fn a_gone_client_refuses_deliveries() {
-        let inbox = ReplyInbox::new(None);
+        let memory = memory();
+        let inbox = ReplyInbox::new(None, memory.clone());
         let sender = inbox.sender();
         assert!(sender.same_client(&inbox.sender()));
-        assert!(!sender.same_client(&ReplyInbox::new(None).sender()));
-        drop(inbox);
-        // Dropped on the floor: no panic, nothing kept.
+        assert!(!sender.same_client(&ReplyInbox::new(None, memory.clone()).sender()));
         sender.send(0, 1, Bytes::from_static(b"+OK\r\n"));
+        assert_eq!(memory.held(), 5);
+        drop(inbox);
+        assert_eq!(memory.held(), 0, "what the client held is freed with it");
+        // Dropped on the floor: no panic, nothing kept or counted.
+        sender.send(1, 1, Bytes::from_static(b"+OK\r\n"));
+        assert_eq!(memory.held(), 0);
+        assert_eq!(sender.held(), 0);
     }
 }

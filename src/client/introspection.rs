@@ -38,8 +38,7 @@ impl Client {
 
     /// This client's `CLIENT LIST` line, with `cmd` as the command it runs.
     fn member_line(&self, cmd: &str, req: &Request) -> String {
-        let held = self.output.budget().held();
-        format!("{}\n", self.member.line(Some((cmd, req.raw().len())), held))
+        format!("{}\n", self.member.line(Some((cmd, req.raw().len()))))
     }
 
     /// Text as Redis sends it: a verbatim string in RESP3, bulk in RESP2.
@@ -86,7 +85,7 @@ impl Client {
             if member.id == self.id {
                 text.push_str(&self.member_line("client|list", req));
             } else {
-                text.push_str(&member.line(None, 0));
+                text.push_str(&member.line(None));
                 text.push('\n');
             }
         }

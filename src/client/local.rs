@@ -215,6 +215,8 @@ impl Client {
                 .connected_clients
                 .load(std::sync::atomic::Ordering::Relaxed),
             uptime_secs: process.uptime_secs(),
+            reply_memory: self.shared.process.roster.memory.held(),
+            reply_memory_evictions: self.shared.process.roster.memory.evictions(),
         };
         let text = crate::stats::render(ctx, process.totals());
         bulk(text.as_bytes())

@@ -56,7 +56,7 @@ use crate::server::Shared;
 use deadlines::Deadlines;
 use input::Input;
 use output::Output;
-use roster::{Member, Published};
+use roster::{Joining, Member, Published};
 use session::{Session, SessionEvent};
 use stop::{Stop, StopSignals};
 
@@ -229,12 +229,18 @@ impl Client {
         let lanes = shared.router.initial();
         let id = next_client_id();
         let peer = stream.peer_addr().ok();
-        let member = shared.process.roster.join(
+        let roster = &shared.process.roster;
+        let output = Output::new(settings.output_limit, roster.memory.clone());
+        let joining = Joining {
             id,
-            peer,
-            stream.local_addr().ok(),
-            stream.fd(),
+            addr: peer,
+            laddr: stream.local_addr().ok(),
+            fd: stream.fd(),
             kill,
+            replies: output.sender(),
+        };
+        let member = roster.join(
+            joining,
             Published {
                 user: lanes.endpoint().identity.user().into(),
                 resp: 2,
@@ -253,7 +259,7 @@ impl Client {
             authenticated,
             name: None,
             input: Input::new(limits, shared.config.pool.read_buffer_size),
-            output: Output::new(settings.output_limit),
+            output,
             phase: Phase::Reading,
             session: None,
             events: Vec::new(),

@@ -15,7 +15,10 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
+use std::sync::Arc;
+
 use super::inbox::{Delivery, OutputBudget, ReplyInbox, ReplySender};
+use super::roster::ReplyMemory;
 use crate::net::Stream;
 
 /// Replies up to this size are copied into the output buffer; larger ones are
@@ -43,9 +46,9 @@ pub(super) struct Output {
 }
 
 impl Output {
-    pub fn new(limit: Option<usize>) -> Output {
+    pub fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> Output {
         Output {
-            inbox: ReplyInbox::new(limit),
+            inbox: ReplyInbox::new(limit, memory),
             arrived: Vec::new(),
             pending: VecDeque::new(),
             base_seq: 0,

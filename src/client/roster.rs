@@ -11,23 +11,127 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::ReplySender;
+
 /// See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Roster {
     members: Mutex<BTreeMap<u64, Arc<Member>>>,
+    /// Reply bytes held for every client, against `--max-reply-memory`.
+    pub memory: Arc<ReplyMemory>,
     /// `CLIENT PAUSE` in force: checked before any request goes upstream.
     paused: AtomicBool,
     pause: Mutex<Option<Pause>>,
     /// Woken by `CLIENT UNPAUSE`.
     unpaused: Notify,
+}
+
+/// Reply bytes held for every client of the process — received from the
+/// upstream, not yet written to the client — against `--max-reply-memory`.
+/// Past it, the client holding the most is disconnected, as Redis's
+/// `maxmemory-clients` evicts the biggest client: one at a time, the next
+/// only once the last one's memory is freed.
+#[derive(Debug)]
+pub(crate) struct ReplyMemory {
+    held: AtomicUsize,
+    limit: Option<usize>,
+    /// Clients chosen and not gone yet.
+    dying: AtomicUsize,
+    evictions: AtomicU64,
+    /// Where the biggest client is found.
+    roster: Weak<Roster>,
+}
+
+impl ReplyMemory {
+    /// Memory counted nowhere else, with no limit: for the replies respool
+    /// asks for on its own account.
+    pub fn detached() -> ReplyMemory {
+        ReplyMemory::of(None, Weak::new())
+    }
+
+    fn of(limit: Option<usize>, roster: Weak<Roster>) -> ReplyMemory {
+        ReplyMemory {
+            held: AtomicUsize::new(0),
+            limit,
+            dying: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+            roster,
+        }
+    }
+
+    /// Bytes held now, for every client.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Clients disconnected to keep within the budget.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// A client holds `n` more bytes.
+    #[inline]
+    pub fn added(&self, n: usize) {
+        let total = self.held.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if self.limit.is_some_and(|limit| total > limit) {
+            self.evict_biggest(total);
+        }
+    }
+
+    /// A client holds `n` fewer bytes.
+    #[inline]
+    pub fn released(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A client chosen to free memory has gone.
+    pub fn victim_gone(&self) {
+        self.dying.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Over budget: disconnects the client holding the most, unless one
+    /// chosen earlier is still on its way out.
+    #[cold]
+    fn evict_biggest(&self, total: usize) {
+        if self
+            .dying
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let victim = self.roster.upgrade().and_then(|roster| {
+            roster
+                .all()
+                .into_iter()
+                .max_by_key(|m| m.replies.held())
+                .filter(|m| m.replies.held() > 0)
+        });
+        match victim {
+            Some(victim) if victim.replies.doom() => {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    client = victim.id,
+                    addr = ?victim.addr,
+                    held_bytes = victim.replies.held(),
+                    total_bytes = total,
+                    "reply memory (--max-reply-memory) exceeded; disconnecting the client holding the most"
+                );
+                victim.kill.cancel();
+            }
+            _ => {
+                self.dying.store(0, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// A `CLIENT PAUSE` in force.
@@ -48,6 +152,8 @@ pub(crate) struct Member {
     created: Instant,
     /// Cancelled by `CLIENT KILL`: the client closes at once.
     kill: CancellationToken,
+    /// Its replies' budget: what it holds (`omem`, `--max-reply-memory`).
+    replies: ReplySender,
     state: Mutex<Published>,
 }
 
@@ -93,18 +199,39 @@ pub(crate) enum ClientKind {
     Replication,
 }
 
+/// Where a client is, and how it is reached: what [`Roster::join`] needs.
+pub(crate) struct Joining {
+    pub id: u64,
+    pub addr: Option<SocketAddr>,
+    pub laddr: Option<SocketAddr>,
+    pub fd: i32,
+    pub kill: CancellationToken,
+    pub replies: ReplySender,
+}
+
 impl Roster {
-    /// Enters a new client; it leaves when the returned member is dropped
-    /// by [`Roster::leave`].
-    pub fn join(
-        &self,
-        id: u64,
-        addr: Option<SocketAddr>,
-        laddr: Option<SocketAddr>,
-        fd: i32,
-        kill: CancellationToken,
-        state: Published,
-    ) -> Arc<Member> {
+    /// A roster whose clients hold at most `max_reply_memory` reply bytes
+    /// together (`None`: unlimited).
+    pub fn new(max_reply_memory: Option<usize>) -> Arc<Roster> {
+        Arc::new_cyclic(|roster| Roster {
+            members: Mutex::default(),
+            memory: Arc::new(ReplyMemory::of(max_reply_memory, roster.clone())),
+            paused: AtomicBool::new(false),
+            pause: Mutex::default(),
+            unpaused: Notify::new(),
+        })
+    }
+
+    /// Enters a new client; [`Roster::leave`] takes it off.
+    pub fn join(&self, joining: Joining, state: Published) -> Arc<Member> {
+        let Joining {
+            id,
+            addr,
+            laddr,
+            fd,
+            kill,
+            replies,
+        } = joining;
         let member = Arc::new(Member {
             id,
             addr,
@@ -112,6 +239,7 @@ impl Roster {
             fd,
             created: Instant::now(),
             kill,
+            replies,
             state: Mutex::new(state),
         });
         self.lock().insert(id, member.clone());
@@ -267,7 +395,8 @@ impl Member {
     /// The client's `CLIENT LIST` line (without the newline), in Redis's
     /// format. `current`: the command being run, when the client asks about
     /// itself (`cmd`, `qbuf`).
-    pub fn line(&self, current: Option<(&str, usize)>, held_reply_bytes: usize) -> String {
+    pub fn line(&self, current: Option<(&str, usize)>) -> String {
+        let held_reply_bytes = self.replies.held();
         let s = self.published();
         let mut flags = String::new();
         if s.subscriptions.iter().any(|&n| n > 0) {
@@ -318,6 +447,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::inbox::ReplyInbox;
 
     fn published(user: &str) -> Published {
         Published {
@@ -327,25 +457,25 @@ mod tests {
         }
     }
 
+    /// A client `id` of `roster`, and its inbox.
+    fn join(roster: &Roster, id: u64, user: &str) -> (Arc<Member>, ReplyInbox) {
+        let inbox = ReplyInbox::new(None, roster.memory.clone());
+        let joining = Joining {
+            id,
+            addr: None,
+            laddr: None,
+            fd: 5,
+            kill: CancellationToken::new(),
+            replies: inbox.sender(),
+        };
+        (roster.join(joining, published(user)), inbox)
+    }
+
     #[test]
     fn kill_matches_filters_and_spares_the_caller_when_asked() {
-        let roster = Roster::default();
-        let a = roster.join(
-            1,
-            None,
-            None,
-            5,
-            CancellationToken::new(),
-            published("default"),
-        );
-        let b = roster.join(
-            2,
-            None,
-            None,
-            6,
-            CancellationToken::new(),
-            published("alice"),
-        );
+        let roster = Roster::new(None);
+        let (a, _a) = join(&roster, 1, "default");
+        let (b, _b) = join(&roster, 2, "alice");
         let by_user = KillFilter {
             user: Some("alice".into()),
             skip_me: true,
@@ -368,17 +498,10 @@ mod tests {
 
     #[test]
     fn a_line_is_in_redis_format() {
-        let roster = Roster::default();
-        let m = roster.join(
-            7,
-            None,
-            None,
-            9,
-            CancellationToken::new(),
-            published("default"),
-        );
+        let roster = Roster::new(None);
+        let (m, _inbox) = join(&roster, 7, "default");
         m.publish(|s| s.name = Some(Bytes::from_static(b"app")));
-        let line = m.line(Some(("client|list", 26)), 0);
+        let line = m.line(Some(("client|list", 26)));
         assert!(line.starts_with("id=7 addr="), "{line}");
         assert!(line.contains(" name=app age="), "{line}");
         assert!(
@@ -391,9 +514,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn past_the_budget_the_client_holding_the_most_goes_one_at_a_time() {
+        let roster = Roster::new(Some(100));
+        let (small, small_inbox) = join(&roster, 1, "default");
+        let (big, big_inbox) = join(&roster, 2, "default");
+        small.replies.send(0, 1, Bytes::from(vec![b'x'; 30]));
+        big.replies.send(0, 1, Bytes::from(vec![b'x'; 60]));
+        assert!(!big.kill.is_cancelled());
+        // Past 100 bytes: the biggest goes, and what arrives for it is dropped.
+        small.replies.send(1, 1, Bytes::from(vec![b'x'; 20]));
+        assert!(big.kill.is_cancelled() && !small.kill.is_cancelled());
+        assert_eq!(roster.memory.evictions(), 1);
+        big.replies.send(1, 1, Bytes::from(vec![b'x'; 50]));
+        assert_eq!(big.replies.held(), 60, "dropped, not counted");
+        // Still over, but the first one is on its way out: no second one.
+        small.replies.send(2, 1, Bytes::from(vec![b'x'; 10]));
+        assert!(!small.kill.is_cancelled());
+        drop(big_inbox);
+        assert_eq!(roster.memory.held(), 60, "freed with the client");
+        drop(small_inbox);
+        assert_eq!(roster.memory.held(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_writes_or_everything_until_it_ends() {
-        let roster = Arc::new(Roster::default());
+        let roster = Roster::new(None);
         assert_eq!(roster.paused_for(true), None);
         let until = Instant::now() + Duration::from_secs(10);
         roster.pause(Pause {

@@ -194,6 +194,10 @@ pub(crate) struct ClientFlags {
     #[arg(long, env = "RESPOOL_CLIENT_OUTPUT_LIMIT", default_value = "256MiB", value_parser = parse_bytes)]
     pub client_output_limit: u64,
 
+    /// Reply bytes all clients together may have waiting in respool; past it, the client holding the most is disconnected, as Redis's maxmemory-clients evicts the biggest client; 0 = unlimited.
+    #[arg(long, env = "RESPOOL_MAX_REPLY_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_reply_memory: u64,
+
     /// Close a client that has sent nothing for this long and has no request in flight (0s = never, like Redis's `timeout 0`). Subscribed and blocked clients are exempt.
     #[arg(long, env = "RESPOOL_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
     pub client_idle_timeout: Duration,

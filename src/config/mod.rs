@@ -137,6 +137,8 @@ pub(crate) struct ClientSettings {
     pub max_pending: usize,
     /// Per-client limit on reply bytes held for it (`None` = unlimited).
     pub output_limit: Option<usize>,
+    /// Limit on reply bytes held for all clients (`None` = unlimited).
+    pub max_reply_memory: Option<usize>,
     /// Idle time after which a client is closed (`None` = never).
     pub idle_timeout: Option<Duration>,
     /// Deadline for completing a started request (`None` = none).
@@ -242,6 +244,8 @@ impl ClientSettings {
             max_pending: clients.max_pending_per_client as usize,
             output_limit: (clients.client_output_limit > 0)
                 .then(|| usize::try_from(clients.client_output_limit).unwrap_or(usize::MAX)),
+            max_reply_memory: (clients.max_reply_memory > 0)
+                .then(|| usize::try_from(clients.max_reply_memory).unwrap_or(usize::MAX)),
             idle_timeout: nonzero(clients.client_idle_timeout),
             request_read_timeout: nonzero(clients.request_read_timeout),
             auth: client_auth,

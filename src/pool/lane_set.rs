@@ -23,6 +23,7 @@ use super::lane::{Lane, LaneHandle, LaneRequest};
 use super::manager::UpstreamManager;
 use super::{Health, PoolContext};
 use crate::client::inbox::ReplyInbox;
+use crate::client::roster::ReplyMemory;
 use crate::error::{ConnectError, Error};
 use bytes::Bytes;
 
@@ -128,7 +129,7 @@ impl LaneSet {
         protocol: u8,
         raw: Bytes,
     ) -> impl std::future::Future<Output = Bytes> + Send + 'static {
-        let inbox = ReplyInbox::new(None);
+        let inbox = ReplyInbox::new(None, Arc::new(ReplyMemory::detached()));
         let sent = self.lane(protocol).send(LaneRequest {
             seq: 0,
             raw,

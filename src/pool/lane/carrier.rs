@@ -180,6 +180,9 @@ impl Carrier {
                 job.fail(&error, stats);
                 continue;
             }
+            if job.req.reply_to.abandoned() {
+                continue;
+            }
             // Sent again: an earlier transient answer is no longer the
             // latest word on it.
             job.transient = None;

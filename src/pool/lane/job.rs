@@ -204,6 +204,7 @@ impl Replies {
 mod tests {
     use super::*;
     use crate::client::inbox::{Delivery, ReplyInbox};
+    use crate::client::roster::ReplyMemory;
     use crate::codec::ReplyDecoder;
     use std::time::Duration;
 
@@ -212,7 +213,10 @@ mod tests {
 
     impl Inbox {
         fn new() -> Inbox {
-            Inbox(ReplyInbox::new(None), VecDeque::new())
+            Inbox(
+                ReplyInbox::new(None, std::sync::Arc::new(ReplyMemory::detached())),
+                VecDeque::new(),
+            )
         }
 
         fn try_recv(&mut self) -> Option<Delivery> {
