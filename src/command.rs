@@ -98,6 +98,9 @@ pub enum Local {
     Stats,
     /// CLIENT subcommands about clients, answered in respool's terms.
     Client(ClientCommand),
+    /// `INFO` with its `clients` section: Redis's reply, with
+    /// `connected_clients` counting respool's clients.
+    Info,
 }
 
 /// The CLIENT subcommands that act on clients: respool's clients are not
@@ -188,6 +191,19 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
                     .is_some_and(|s| s.eq_ignore_ascii_case(b"respool")) =>
         {
             Command::local(Local::Stats)
+        }
+        b"INFO"
+            if req.argc() == 1
+                || req.args().skip(1).any(|s| {
+                    [&b"clients"[..], b"default", b"all", b"everything"]
+                        .iter()
+                        .any(|section| s.eq_ignore_ascii_case(section))
+                }) =>
+        {
+            Command {
+                route: Route::Local(Local::Info),
+                retry_safe: true,
+            }
         }
 
         // Connection state that outlives the reply.
@@ -517,13 +533,17 @@ mod tests {
             class(&["info", "Respool"]).route,
             Route::Local(Local::Stats)
         );
-        // Every other INFO is Redis's.
+        // Every other INFO is Redis's; with its clients section, counted
+        // in respool's terms.
+        for info in [&["INFO", "server"][..], &["INFO", "respool", "server"]] {
+            assert_eq!(class(info).route, Route::Shared, "{info:?}");
+        }
         for info in [
             &["INFO"][..],
-            &["INFO", "server"],
-            &["INFO", "respool", "server"],
+            &["INFO", "Clients"],
+            &["INFO", "server", "all"],
         ] {
-            assert_eq!(class(info).route, Route::Shared, "{info:?}");
+            assert_eq!(class(info).route, Route::Local(Local::Info), "{info:?}");
         }
         assert_eq!(
             class(&["client", "kill", "id", "3"]).route,

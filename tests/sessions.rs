@@ -929,19 +929,36 @@ async fn commands_respool_answers_itself_are_refused_inside_a_transaction() {
 }
 
 #[tokio::test]
-async fn monitor_is_refused_inside_a_session_too() {
+async fn monitor_streams_what_redis_runs_and_reset_ends_it() {
     let redis = RedisServer::start();
     let proxy = TestProxy::start(&redis.url(), &[]).await;
-    let mut client = proxy.client().await;
-    let outside = client.cmd(&["MONITOR"]).await;
-    outside.expect_error_code("ERR");
-    client.cmd(&["SELECT", "1"]).await.expect_ok();
-    assert_eq!(client.cmd(&["MONITOR"]).await, outside);
-    // The session carries on: no monitor stream, same db.
-    client.cmd(&["SET", "k", "db1"]).await.expect_ok();
+    let mut monitor = proxy.client().await;
+    monitor.cmd(&["MONITOR"]).await.expect_ok();
     let mut other = proxy.client().await;
-    assert!(other.cmd(&["GET", "k"]).await.is_nil());
-    assert_eq!(client.cmd(&["GET", "k"]).await, bulk("db1"));
-    client.cmd(&["SELECT", "0"]).await.expect_ok();
-    redis.wait_until_no_connection_state("after MONITOR in a session");
+    other.cmd(&["SET", "mon:k", "v"]).await.expect_ok();
+    // The stream shows the command as Redis ran it (on respool's connection).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = monitor.read_reply().await.expect("a monitor line");
+        if line
+            .as_str()
+            .is_some_and(|l| l.contains(r#""SET" "mon:k" "v""#))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw the SET");
+    }
+    // RESET ends it; the client is an ordinary one again.
+    monitor.send(&["RESET"]).await.expect("sent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while monitor.read_reply().await.expect("a reply") != Reply::Simple("RESET".into()) {
+        assert!(std::time::Instant::now() < deadline, "RESET never answered");
+    }
+    assert_eq!(monitor.cmd(&["GET", "mon:k"]).await, bulk("v"));
+    redis.wait_until_no_connection_state("after MONITOR and RESET");
+
+    // Inside MULTI, Redis would refuse it at EXEC: refused when queued.
+    monitor.cmd(&["MULTI"]).await.expect_ok();
+    monitor.cmd(&["MONITOR"]).await.expect_error_code("ERR");
+    monitor.cmd(&["EXEC"]).await.expect_error_code("EXECABORT");
 }

@@ -5,9 +5,16 @@
 //! act (unblocking a pinned connection, redirecting invalidations to one),
 //! the id is translated to that connection's id upstream.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use super::inbox::ReplyInbox;
+use super::roster::ReplyMemory;
+use crate::codec::Value;
+use crate::pool::lane::LaneRequest;
 
 use super::roster::{ClientKind, KillFilter, Pause};
 use super::{local, Client, Wait};
@@ -262,6 +269,42 @@ impl Client {
         Ok(Request::from_args(&translated))
     }
 
+    /// `INFO` with its `clients` section: sent on the client's lane in its
+    /// turn like any read, and Redis's reply delivered with
+    /// `connected_clients` counting respool's clients (whom the client's
+    /// `CLIENT LIST` and `CLIENT KILL` see), not respool's connections.
+    /// On a pinned session it goes as it is.
+    pub(super) fn info(&mut self, req: Request) {
+        if self.session.is_some() {
+            return self.forward(req, true);
+        }
+        let seq = self.output.open_shared_slot();
+        let inbox = ReplyInbox::new(None, Arc::new(ReplyMemory::detached()));
+        let sent = self.lane.send(LaneRequest {
+            seq: 0,
+            raw: req.into_raw().freeze(),
+            count: 1,
+            retry_safe: 1,
+            reply_to: inbox.sender(),
+        });
+        if sent.is_err() {
+            return self
+                .output
+                .fail_shared(seq, 1, &crate::error::Error::ShuttingDown.to_resp());
+        }
+        let reply_to = self.output.sender();
+        let process = self.shared.process.clone();
+        tokio::spawn(async move {
+            let mut arrived = Vec::new();
+            std::future::poll_fn(|cx| inbox.poll_take(cx, &mut arrived)).await;
+            let Some(reply) = arrived.pop().map(|d| d.reply) else {
+                return;
+            };
+            let clients = process.stats.connected_clients.load(Ordering::Relaxed);
+            reply_to.send(seq, 1, with_connected_clients(reply, clients));
+        });
+    }
+
     /// Publishes what a pinned session changes of the client (CLIENT LIST).
     pub(super) fn publish_session(&self) {
         let default_db = self.lanes.endpoint().db;
@@ -290,6 +333,40 @@ impl Client {
     }
 }
 
+/// An INFO reply whose `connected_clients` line says `clients`; the reply
+/// as it was if it has none (or is an error).
+fn with_connected_clients(reply: Bytes, clients: usize) -> Bytes {
+    let (text, verbatim) = match Value::of_frame(&reply) {
+        Ok(Value::Bulk(text)) => (text, false),
+        Ok(Value::Verbatim(_, text)) => (text, true),
+        _ => return reply,
+    };
+    const FIELD: &[u8] = b"connected_clients:";
+    let Some(at) = memchr::memmem::find(text, FIELD) else {
+        return reply;
+    };
+    let start = at + FIELD.len();
+    let end = text[start..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(text.len(), |n| start + n);
+    let mut patched = Vec::with_capacity(text.len() + 8);
+    patched.extend_from_slice(&text[..start]);
+    patched.extend_from_slice(clients.to_string().as_bytes());
+    patched.extend_from_slice(&text[end..]);
+    let mut out = if verbatim {
+        let mut out = format!("={}\r\ntxt:", patched.len() + 4).into_bytes();
+        out.extend_from_slice(&patched);
+        out
+    } else {
+        let mut out = format!("${}\r\n", patched.len()).into_bytes();
+        out.extend_from_slice(&patched);
+        out
+    };
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
 fn parse_u64(arg: &[u8]) -> Option<u64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
@@ -303,5 +380,29 @@ fn client_kind(arg: &[u8]) -> Result<ClientKind, Bytes> {
             "ERR",
             &format!("Unknown client type '{}'", String::from_utf8_lossy(arg)),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_counts_respools_clients_in_either_protocol() {
+        let text = "# Clients\r\nconnected_clients:2\r\nblocked_clients:0\r\n";
+        let bulk = Bytes::from(format!("${}\r\n{text}\r\n", text.len()));
+        let patched = with_connected_clients(bulk, 17);
+        let want = "# Clients\r\nconnected_clients:17\r\nblocked_clients:0\r\n";
+        assert_eq!(
+            &patched[..],
+            format!("${}\r\n{want}\r\n", want.len()).as_bytes()
+        );
+        let verbatim = Bytes::from(format!("={}\r\ntxt:{text}\r\n", text.len() + 4));
+        let patched = with_connected_clients(verbatim, 3);
+        assert!(
+            patched.starts_with(b"=") && patched.windows(20).any(|w| w == b"connected_clients:3\r")
+        );
+        let error = Bytes::from_static(b"-ERR no\r\n");
+        assert_eq!(with_connected_clients(error.clone(), 3), error);
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{error_line, Error};
 impl Client {
     /// Answers a command respool handles itself (or parks it until it can).
     pub(super) fn local(&mut self, local: Local, req: Request, command: Command) {
-        if !matches!(local, Local::Quit | Local::Reset)
+        if !matches!(local, Local::Quit | Local::Reset | Local::Info)
             && self.session.as_ref().is_some_and(Session::pubsub_only)
         {
             // Redis refuses it on a RESP2 connection in pub/sub mode; so does
@@ -23,11 +23,13 @@ impl Client {
             self.output.push_ready(not_in_pubsub_context(&req));
             return;
         }
-        if !matches!(local, Local::Quit | Local::Reset | Local::SelectDefault)
-            && self
-                .session
-                .as_mut()
-                .is_some_and(|s| s.abort_transaction_on_exec())
+        if !matches!(
+            local,
+            Local::Quit | Local::Reset | Local::SelectDefault | Local::Info
+        ) && self
+            .session
+            .as_mut()
+            .is_some_and(|s| s.abort_transaction_on_exec())
         {
             // Redis would queue it and run it at EXEC, but respool answers
             // it itself and has no place in EXEC's reply for it. Refusing it
@@ -71,6 +73,7 @@ impl Client {
                 self.answer_hello(req, command, false);
             }
             Local::Client(which) => self.client_command(which, req),
+            Local::Info => self.info(req),
             other => {
                 let reply = self.simple_local(other, &req);
                 self.output.push_ready(reply);
@@ -96,7 +99,7 @@ impl Client {
                 Err(reply) => reply,
             },
             // Handled by `local` itself.
-            Local::Quit | Local::Reset | Local::Hello | Local::Client(_) => {
+            Local::Quit | Local::Reset | Local::Hello | Local::Client(_) | Local::Info => {
                 Bytes::from_static(b"+OK\r\n")
             }
         }

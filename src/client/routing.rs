@@ -250,12 +250,6 @@ impl Client {
 
     /// A command that needs (or ends) connection state.
     pub(super) fn dedicated(&mut self, state: Stateful, req: Request, command: Command) {
-        if state == Stateful::Monitor {
-            // Refused in a session too: the monitor stream would arrive on
-            // the session as replies nobody asked for.
-            self.output.push_ready(error_line("ERR", "MONITOR is not supported through respool: it would need a connection that streams every client's commands; run MONITOR against Redis directly"));
-            return;
-        }
         if self.session.is_some() {
             let is_tracking = state == Stateful::ConnectionFlag
                 && req.name().eq_ignore_ascii_case(b"CLIENT")
@@ -294,7 +288,10 @@ impl Client {
         };
         let follows_exec = matches!(
             state,
-            Stateful::Subscribe(_) | Stateful::Unsubscribe(_) | Stateful::ClientReply
+            Stateful::Subscribe(_)
+                | Stateful::Unsubscribe(_)
+                | Stateful::ClientReply
+                | Stateful::Monitor
         );
         if follows_exec && session.abort_transaction_on_exec() {
             // At EXEC these change what Redis sends on the connection

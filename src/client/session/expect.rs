@@ -27,6 +27,8 @@ pub(super) enum Effect {
     /// AUTH: on `+OK` the connection runs as the identity at the front of
     /// the session's `logins`.
     Login,
+    /// MONITOR: on `+OK` every frame is the monitor stream.
+    Monitor,
 }
 
 /// One request sent on the session, awaiting its reply.
@@ -72,6 +74,8 @@ pub(super) struct State {
     pub(super) silenced_pubsub: bool,
     /// TRACKING, CACHING, NO-EVICT, NO-TOUCH, READONLY… set at some point.
     pub(super) flags: bool,
+    /// MONITOR: every frame from now on is the monitor stream.
+    pub(super) monitoring: bool,
 }
 
 impl State {
@@ -152,9 +156,12 @@ impl Session {
                     _ => {}
                 }
             }
-            Some(Stateful::ClientReply | Stateful::Monitor) => {}
+            Some(Stateful::Monitor) => effect = Effect::Monitor,
+            Some(Stateful::ClientReply) => {}
         }
-        if effect != Effect::None || stateful.is_some_and(|s| !matches!(s, Stateful::Blocking)) {
+        // What the state does not follow to its end needs a RESET before the
+        // connection is reused; the rest is clean once the state has ended.
+        if matches!(effect, Effect::Flag | Effect::Monitor) {
             self.dirty = true;
         }
         let pubsub = matches!(
@@ -183,6 +190,11 @@ impl Session {
     }
 
     pub(super) fn on_frame(&mut self, frame: Bytes) -> Result<SessionEvent, Broken> {
+        if self.state.monitoring {
+            // The monitor stream, and the replies to whatever the client
+            // sends meanwhile, in the order Redis sends them.
+            return Ok(SessionEvent::OutOfBand(frame));
+        }
         // Only a subscribed connection (or one expecting confirmations, or
         // one whose confirmations nobody waits for, or a RESP3 push) can
         // carry pub/sub frames; anything else is a plain reply even if it
@@ -299,6 +311,7 @@ impl Session {
                     self.logged_in = identity;
                 }
             }
+            Effect::Monitor if !is_error => self.state.monitoring = true,
             _ => {}
         }
     }

@@ -198,6 +198,10 @@ impl Session {
     /// (CLIENT REPLY OFF/SKIP), so the client must not wait for one.
     pub(crate) fn send(&mut self, req: &Request, seq: u64, stateful: Option<Stateful>) -> bool {
         let reply_instead = self.write(req, stateful);
+        if self.state.monitoring {
+            // Its reply comes within the monitor stream.
+            return false;
+        }
         let stateful = self.what_runs_now(req, stateful);
         match self.expected_reply(req, stateful) {
             Some(expect) => {
@@ -283,6 +287,7 @@ impl Session {
             && !self.state.reply_off
             && !self.state.skip_next
             && !self.state.flags
+            && !self.state.monitoring
     }
 
     /// True while the connection is in pub/sub mode.
@@ -390,7 +395,8 @@ impl Session {
             self.conn.broken = true;
             return;
         }
-        if !self.dirty {
+        if !self.dirty && !self.state.silenced_pubsub && self.finished() {
+            // Nothing was left on it: back as it is, without a RESET.
             return;
         }
         let endpoint = self.origin.endpoint().clone();
