@@ -1,10 +1,10 @@
 //! The validation gate and `-LOADING` handling against real failures: a wrong
-//! password, a read-only replica, a server loading its dataset, and the probe
-//! keys that validation writes (DESIGN.md "upstream handshake", invariant 6).
+//! password, a read-only replica, a server loading its dataset, and the write
+//! probe that proves writes without writing (DESIGN.md "upstream handshake",
+//! invariant 6).
 
 mod support;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use support::{wait, RedisServer, Reply, TestClient, TestProxy};
@@ -228,116 +228,99 @@ async fn loading_replies_are_held_within_the_hold_window() {
     assert_eq!(hasty_client.cmd(&["GET", "key:4"]).await, bulk("value:4"));
 }
 
+/// `rdb_changes_since_last_save`: every write Redis made since its start
+/// (these servers never save).
+fn writes_so_far(redis: &RedisServer) -> u64 {
+    let Reply::Bulk(info) = redis.command(&[b"INFO", b"persistence"]) else {
+        panic!("INFO persistence is not a bulk string");
+    };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rdb_changes_since_last_save in INFO persistence")
+}
+
 #[tokio::test]
-async fn probe_keys_are_never_left_behind() {
+async fn the_write_probe_proves_writes_without_writing() {
     let redis = RedisServer::start();
+    // Sees every key any connection changes: RESP3 tracking in BCAST mode.
+    let mut observer = redis.direct().await;
+    assert!(matches!(observer.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+    assert_eq!(
+        observer.cmd(&["CLIENT", "TRACKING", "on", "BCAST"]).await,
+        Reply::Simple("OK".into())
+    );
+
     let mut validated = 0;
-    for round in 0..5 {
+    for _ in 0..3 {
         // Two lanes plus two spares: four validated connections per start.
         let proxy =
             TestProxy::start(&redis.url(), &["--max-connections", "2", "--min-idle", "2"]).await;
         let mut clients = Vec::new();
-        for c in 0..4 {
+        for _ in 0..4 {
             let mut client = proxy.client().await;
-            assert_eq!(
-                client.cmd(&["INCR", &format!("round:{round}:{c}")]).await,
-                Reply::Int(1)
-            );
+            assert_eq!(client.cmd(&["GET", "k"]).await, Reply::Nil);
             clients.push(client);
         }
         validated += 4;
-        // Stop only once every validation has finished (its DEL ran): a
-        // probe cut short mid-way is the TTL's job, not this test's.
         wait::until_async(
             "all four connections to be validated",
             wait::DEADLINE,
-            || redis.command_stat("del", "calls") >= validated,
+            || redis.command_stat("discard", "calls") >= validated,
         )
         .await;
         proxy.shutdown().await;
     }
 
+    // Every probe was refused nothing, and none of them ran.
+    assert_eq!(redis.command_stat("multi", "calls"), validated);
+    assert_eq!(redis.command_stat("set", "calls"), 0, "a probe SET ran");
+    assert_eq!(writes_so_far(&redis), 0, "validation wrote to the dataset");
+    assert_eq!(redis.command(&[b"DBSIZE"]), Reply::Int(0));
+    // The observer saw no key change; a real write shows that it would have.
     assert_eq!(
-        redis.command(&[b"KEYS", b"respool:probe*"]),
-        Reply::Array(vec![]),
-        "probe keys left behind"
+        redis.command(&[b"SET", b"canary", b"1"]),
+        Reply::Simple("OK".into())
     );
-    // Validation did write and delete a probe on every connection: one SET
-    // (the clients never SET) and one DEL each.
-    let sets = redis.command_stat("set", "calls");
-    let dels = redis.command_stat("del", "calls");
-    assert_eq!(sets, dels, "{sets} probe SETs but {dels} probe DELs");
-    assert!(
-        sets >= validated,
-        "only {sets} probes for {validated} connections"
+    let push = observer
+        .read_reply_within(wait::DEADLINE)
+        .await
+        .expect("an invalidation push");
+    assert_eq!(
+        push,
+        Reply::Push(vec![
+            Reply::Bulk(b"invalidate".to_vec()),
+            Reply::Array(vec![Reply::Bulk(b"canary".to_vec())])
+        ]),
+        "the first key change the observer saw was not the test's own"
     );
 }
 
 #[tokio::test]
-async fn probe_keys_are_unique_and_use_the_configured_prefix() {
+async fn the_write_probe_names_a_key_under_the_probe_prefix_for_acls() {
     let redis = RedisServer::start();
-    let mut monitor = redis.direct().await;
-    assert_eq!(monitor.cmd(&["MONITOR"]).await, Reply::Simple("OK".into()));
+    let reply = redis.command(&[
+        b"ACL", b"SETUSER", b"app", b"on", b">app-pw", b"~app:*", b"+@all",
+    ]);
+    assert_eq!(reply, Reply::Simple("OK".into()));
+    let url = format!("redis://app:app-pw@127.0.0.1:{}", redis.port());
+    let fast = ["--checkout-timeout", "1s", "--backoff-cap", "200ms"];
 
-    let proxy = TestProxy::start(
-        &redis.url(),
-        &[
-            "--max-connections",
-            "3",
-            "--min-idle",
-            "1",
-            "--probe-prefix",
-            "itest:probe",
-        ],
+    let outside = TestProxy::start(&url, &fast).await;
+    let mut client = outside.client().await;
+    let reply = client.cmd(&["GET", "app:k"]).await;
+    assert_unavailable(&reply, "probe SET rejected: NOPERM");
+    outside.shutdown().await;
+
+    let inside = TestProxy::start(
+        &url,
+        &[&fast[..], &["--probe-prefix", "app:probe"]].concat(),
     )
     .await;
-    let mut client = proxy.client().await;
-    assert_eq!(client.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
-
-    // MONITOR lines look like `+1700000000.123456 [0 127.0.0.1:5555] "SET" "key" ...`.
-    let pid = std::process::id();
-    let mut set_keys = Vec::new();
-    let mut del_keys = HashSet::new();
-    while set_keys.len() < 4 || del_keys.len() < 4 {
-        let line = monitor.read_reply().await.expect("a MONITOR line");
-        let line = line.as_str().unwrap_or_default().to_string();
-        let words: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
-        match words.first().copied() {
-            Some("SET") => set_keys.push(words[1].to_string()),
-            Some("DEL") => {
-                del_keys.insert(words[1].to_string());
-            }
-            _ => {}
-        }
-    }
-    let unique: HashSet<&String> = set_keys.iter().collect();
-    for key in &set_keys {
-        assert!(del_keys.contains(key), "probe {key} was never deleted");
-    }
-    assert_eq!(
-        unique.len(),
-        set_keys.len(),
-        "probe keys reused: {set_keys:?}"
-    );
-    for key in &set_keys {
-        let parts: Vec<&str> = key.split(':').collect();
-        assert!(
-            parts.len() == 5
-                && parts[0] == "itest"
-                && parts[1] == "probe"
-                && parts[2] == pid.to_string()
-                && parts[3].parse::<u64>().is_ok()
-                && parts[4].len() == 16
-                && parts[4].chars().all(|c| c.is_ascii_hexdigit()),
-            "probe key {key:?} is not itest:probe:<pid>:<n>:<16 hex digits>"
-        );
-    }
-    drop(client);
-    proxy.shutdown().await;
-    assert_eq!(
-        redis.command(&[b"KEYS", b"itest:probe*"]),
-        Reply::Array(vec![])
-    );
+    let mut client = inside.client().await;
+    assert_eq!(client.cmd(&["GET", "app:k"]).await, Reply::Nil);
+    assert_eq!(redis.command(&[b"KEYS", b"*"]), Reply::Array(vec![]));
 }
 
 /// The validation's `INFO server` (for HELLO's `version`) never fails the

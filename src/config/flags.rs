@@ -17,8 +17,10 @@ pub enum Validate {
     Off,
     /// Also require `PING` → `PONG`.
     Ping,
-    /// Also write, read back and delete a unique short-lived probe key: proves
-    /// the server accepts writes (not a read-only replica, not out of memory).
+    /// Also queue a `SET` in `MULTI` and discard it: Redis refuses it while
+    /// queueing if it would refuse the write (a read-only replica, out of
+    /// memory, a failed save, an ACL), so this proves the server takes
+    /// writes without writing anything.
     Write,
 }
 
@@ -99,13 +101,13 @@ pub(crate) struct UpstreamFlags {
     #[arg(long, env = "RESPOOL_VALIDATE", value_enum, default_value = "write")]
     pub validate: Validate,
 
-    /// Key prefix of the validation probe keys.
+    /// Key prefix of the key the write probe names (queued in MULTI and discarded, never written): an ACL user must be allowed to write it.
     #[arg(long, env = "RESPOOL_PROBE_PREFIX", default_value = "respool:probe")]
     pub probe_prefix: String,
 
-    /// Expiry of a probe key, so that none outlives a crash mid-validation.
-    #[arg(long, env = "RESPOOL_PROBE_TTL", default_value = "10s", value_parser = parse_duration)]
-    pub probe_ttl: Duration,
+    /// Accepted and ignored: the write probe no longer writes a key, so there is nothing to expire.
+    #[arg(long, env = "RESPOOL_PROBE_TTL", hide = true, value_parser = parse_duration)]
+    pub probe_ttl: Option<Duration>,
 
     /// Exit with an error instead of serving when the upstream is unavailable at start.
     #[arg(long, env = "RESPOOL_REQUIRE_UPSTREAM", value_parser = clap::builder::BoolishValueParser::new())]

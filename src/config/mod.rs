@@ -109,10 +109,8 @@ pub(crate) struct PoolSettings {
     pub read_buffer_size: usize,
     /// What a new connection must pass.
     pub validate: Validate,
-    /// Probe key prefix.
+    /// Prefix of the key the write probe names.
     pub probe_prefix: String,
-    /// Probe key TTL.
-    pub probe_ttl: Duration,
 }
 
 /// Request deadlines, holds and resends.
@@ -206,7 +204,6 @@ impl PoolSettings {
             read_buffer_size: pool.read_buffer_size as usize,
             validate: upstream.validate,
             probe_prefix: prefix,
-            probe_ttl: upstream.probe_ttl.max(Duration::from_secs(1)),
         })
     }
 }

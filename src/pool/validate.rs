@@ -1,12 +1,17 @@
 //! The validation gate: a new upstream connection joins the pool only after
-//! AUTH (as its endpoint's identity), SELECT, PING and a write/read probe on
-//! a unique, short-lived key all succeed. The steps are pipelined (one
-//! round trip) and checked in order, so the first failing step is the one
-//! reported.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use bytes::Bytes;
+//! AUTH (as its endpoint's identity), SELECT, PING and a write probe all
+//! succeed. The steps are pipelined (one round trip) and checked in order,
+//! so the first failing step is the one reported.
+//!
+//! The write probe is a `SET` queued inside `MULTI` and then discarded.
+//! Redis refuses a write while queueing it for every reason it would refuse
+//! to run it — a read-only replica (`-READONLY`), memory full under
+//! `noeviction` (`-OOM`), a failed background save (`-MISCONF`), too few
+//! replicas (`-NOREPLICAS`), an ACL that denies the key (`-NOPERM`) — so the
+//! probe proves the server takes writes without ever writing: no key
+//! appears, nothing is replicated or counted towards a save point, and no
+//! client tracking keys (`CLIENT TRACKING … BCAST`) or keyspace
+//! notifications sees it.
 
 use super::connection::UpstreamConn;
 use super::endpoint::{Endpoint, Identity};
@@ -24,31 +29,8 @@ enum Expect {
     Id,
     Ok,
     Pong,
-    Bulk(Bytes),
-    Int(i64),
-}
-
-/// A probe key unique to one validation attempt, so concurrent validations
-/// (many lanes, many proxies) never read each other's values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ProbeKey(String);
-
-impl ProbeKey {
-    /// `<prefix>:<pid>:<attempt counter>:<random>`.
-    pub fn new(prefix: &str) -> ProbeKey {
-        static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
-        let n = ATTEMPTS.fetch_add(1, Ordering::Relaxed);
-        ProbeKey(format!(
-            "{prefix}:{}:{n}:{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ))
-    }
-
-    /// The key.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+    /// A command accepted into a transaction.
+    Queued,
 }
 
 /// The validation step that logs a RESP2 connection in.
@@ -108,23 +90,17 @@ pub(crate) async fn run_gate(
         steps.push(("PING", Request::from_args(&["PING"]), Expect::Pong));
     }
     if s.validate == Validate::Write {
-        let key = ProbeKey::new(&s.probe_prefix);
-        let value = format!("{:032x}", rand::random::<u128>());
-        let ttl = s.probe_ttl.as_secs().max(1).to_string();
+        let key = format!("{}:{}", s.probe_prefix, std::process::id());
+        steps.push(("probe MULTI", Request::from_args(&["MULTI"]), Expect::Ok));
         steps.push((
             "probe SET",
-            Request::from_args(&["SET", key.as_str(), &value, "EX", &ttl]),
+            Request::from_args(&["SET", &key, "1"]),
+            Expect::Queued,
+        ));
+        steps.push((
+            "probe DISCARD",
+            Request::from_args(&["DISCARD"]),
             Expect::Ok,
-        ));
-        steps.push((
-            "probe GET",
-            Request::from_args(&["GET", key.as_str()]),
-            Expect::Bulk(Bytes::from(value)),
-        ));
-        steps.push((
-            "probe DEL",
-            Request::from_args(&["DEL", key.as_str()]),
-            Expect::Int(1),
         ));
     }
     // The server version, for the HELLO reply respool gives its clients
@@ -194,8 +170,7 @@ fn check(step: &'static str, expect: &Expect, reply: &[u8]) -> Result<(), Connec
         (Value::Map(_), Expect::Hello) => true,
         (Value::Simple(s), Expect::Ok) => s == b"OK",
         (Value::Simple(s), Expect::Pong) => s == b"PONG",
-        (Value::Bulk(b), Expect::Bulk(want)) => b == want,
-        (value, Expect::Int(want)) => value.int() == Some(*want),
+        (Value::Simple(s), Expect::Queued) => s == b"QUEUED",
         _ => false,
     };
     if ok {
@@ -218,14 +193,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn probe_keys_are_unique() {
-        let a = ProbeKey::new("respool:probe");
-        let b = ProbeKey::new("respool:probe");
-        assert_ne!(a, b);
-        assert!(a.as_str().starts_with("respool:probe:"));
-    }
-
-    #[test]
     fn rejections_are_precise() {
         let e = check(
             "PING",
@@ -238,20 +205,22 @@ mod tests {
             e.to_string(),
             "PING rejected: LOADING Redis is loading the dataset in memory"
         );
-        let e = check(
-            "probe GET",
-            &Expect::Bulk(Bytes::from_static(b"x")),
-            b"$1\r\ny\r\n",
-        )
-        .unwrap_err();
+        let e = check("probe SET", &Expect::Queued, b"+OK\r\n").unwrap_err();
         assert!(matches!(
             e,
             ConnectError::Unexpected {
-                step: "probe GET",
+                step: "probe SET",
                 ..
             }
         ));
-        assert!(check("probe DEL", &Expect::Int(1), b":1\r\n").is_ok());
+        assert!(check("probe SET", &Expect::Queued, b"+QUEUED\r\n").is_ok());
+        let e = check(
+            "probe SET",
+            &Expect::Queued,
+            b"-READONLY You can't write against a read only replica.\r\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.reply_code(), Some("READONLY"));
         assert!(check("HELLO 3", &Expect::Hello, b"%1\r\n+a\r\n+b\r\n").is_ok());
         let e = check(
             "HELLO 3",
