@@ -279,6 +279,58 @@ async fn tracking_redirects_to_the_client_it_names() {
     assert!(text.contains("invalidate") && text.contains("tk"), "{text}");
 }
 
+/// Redis tells a RESP3 tracking client that its redirect broke once the
+/// target's connection is gone; through respool the target's pinned
+/// connection is closed when the target leaves, not pooled, so the client
+/// hears of it as it would directly.
+#[tokio::test]
+async fn a_redirect_target_that_leaves_breaks_the_redirect() {
+    let redis = RedisServer::start();
+    let proxy = TestProxy::start(&redis.url(), &[]).await;
+    let mut listener = proxy.client().await;
+    let mut tracked = proxy.client().await;
+    let mut writer = proxy.client().await;
+    let listener_id = client_id(&mut listener).await.to_string();
+    let subscribed = listener.cmd(&["SUBSCRIBE", "__redis__:invalidate"]).await;
+    assert!(matches!(subscribed, Reply::Array(_)), "{subscribed}");
+    assert!(matches!(tracked.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+    let tracking = ["CLIENT", "TRACKING", "on", "REDIRECT", listener_id.as_str()];
+    assert_eq!(tracked.cmd(&tracking).await, ok());
+    assert_eq!(writer.cmd(&["SET", "tk", "1"]).await, ok());
+    assert_eq!(
+        tracked.cmd(&["GET", "tk"]).await,
+        Reply::Bulk(b"1".to_vec())
+    );
+    assert_eq!(listener.cmd(&["QUIT"]).await, ok());
+    drop(listener);
+
+    // The target's connection closes in the background: keep changing the
+    // key until Redis finds the redirect broken.
+    let mut broken = false;
+    for _ in 0..100 {
+        assert_eq!(writer.cmd(&["SET", "tk", "2"]).await, ok());
+        tracked.send(&["PING"]).await.expect("sent");
+        loop {
+            match tracked.read_reply().await.expect("a reply") {
+                Reply::Simple(pong) if pong == "PONG" => break,
+                Reply::Push(items) => {
+                    broken |= items.first() == Some(&Reply::Bulk(b"tracking-redir-broken".to_vec()))
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        if broken {
+            break;
+        }
+        // Tracking dropped the key with its invalidation: read it again.
+        tracked.cmd(&["GET", "tk"]).await;
+    }
+    assert!(
+        broken,
+        "no tracking-redir-broken push after the target left"
+    );
+}
+
 #[tokio::test]
 async fn commands_redis_never_queues_abort_a_transaction_in_redis_words() {
     let redis = RedisServer::start();

@@ -11,6 +11,9 @@ use crate::codec::{Request, Value};
 use crate::command::{Stateful, SubKind};
 use crate::pool::connection::Broken;
 
+/// The channel of tracking invalidations redirected to a RESP2 connection.
+const INVALIDATION_CHANNEL: &[u8] = b"__redis__:invalidate";
+
 /// What a request's reply does to the connection's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Effect {
@@ -76,6 +79,10 @@ pub(super) struct State {
     pub(super) flags: bool,
     /// MONITOR: every frame from now on is the monitor stream.
     pub(super) monitoring: bool,
+    /// Subscribed to `__redis__:invalidate` at some point: other clients'
+    /// tracking may redirect to this connection, and Redis tells them the
+    /// redirect broke (`tracking-redir-broken`) only once it is closed.
+    pub(super) invalidation_target: bool,
 }
 
 impl State {
@@ -113,10 +120,12 @@ impl Session {
             Some(Stateful::Watch) => effect = Effect::Watch,
             Some(Stateful::Unwatch) => effect = Effect::Unwatch,
             Some(Stateful::Blocking) => deadline = None,
-            Some(Stateful::Subscribe(_)) => {
+            Some(Stateful::Subscribe(kind)) => {
                 // One confirmation per channel (or one error without any).
                 frames = Some((req.argc() as u32 - 1).max(1));
                 deadline = None;
+                self.state.invalidation_target |= kind == SubKind::Channel
+                    && req.args().skip(1).any(|c| c == INVALIDATION_CHANNEL);
             }
             Some(Stateful::Unsubscribe(kind)) => {
                 if req.argc() > 1 {

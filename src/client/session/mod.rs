@@ -388,10 +388,11 @@ impl Session {
     /// Gives the connection back to its pool (in the background): as is if
     /// nothing was ever changed on it, after RESET (+ AUTH, SELECT as the
     /// pool's identity) if it was, or closed if a request is still
-    /// outstanding (a blocked command cannot be interrupted) or the reset
+    /// outstanding (a blocked command cannot be interrupted), if other
+    /// clients' invalidations may be redirected to it, or if the reset
     /// fails.
     pub(crate) fn release(mut self) {
-        if !self.expect.is_empty() || !self.wbuf.is_empty() {
+        if !self.expect.is_empty() || !self.wbuf.is_empty() || self.state.invalidation_target {
             self.conn.broken = true;
             return;
         }
