@@ -277,6 +277,32 @@ async fn tracking_redirects_to_the_client_it_names() {
         .expect("an invalidation");
     let text = format!("{message:?}");
     assert!(text.contains("invalidate") && text.contains("tk"), "{text}");
+    // The redirect reads back as the id the client gave.
+    assert_eq!(
+        tracked.cmd(&["CLIENT", "GETREDIR"]).await,
+        Reply::Int(listener_id)
+    );
+    assert_eq!(
+        tracking_info_redirect(&mut tracked).await,
+        Reply::Int(listener_id)
+    );
+}
+
+/// The `redirect` field of `CLIENT TRACKINGINFO` (RESP2 or RESP3).
+async fn tracking_info_redirect(client: &mut TestClient) -> Reply {
+    let pairs: Vec<(Reply, Reply)> = match client.cmd(&["CLIENT", "TRACKINGINFO"]).await {
+        Reply::Map(pairs) => pairs,
+        Reply::Array(items) => items
+            .chunks(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect(),
+        other => panic!("TRACKINGINFO answered {other}"),
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| *k == Reply::Bulk(b"redirect".to_vec()))
+        .map(|(_, v)| v)
+        .expect("a redirect field")
 }
 
 /// Redis tells a RESP3 tracking client that its redirect broke once the

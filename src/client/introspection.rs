@@ -238,10 +238,14 @@ impl Client {
     }
 
     /// `CLIENT TRACKING … REDIRECT id`: the request with the id translated
-    /// to the redirect target's pinned connection upstream, or Redis's
-    /// error when the target has none (it must be subscribed to
-    /// `__redis__:invalidate` on a connection of its own).
-    pub(super) fn translate_redirect(&self, req: Request) -> Result<Request, Bytes> {
+    /// to the redirect target's pinned connection upstream, with the
+    /// (upstream, respool) id pair; or Redis's error when the target has
+    /// none (it must be subscribed to `__redis__:invalidate` on a
+    /// connection of its own).
+    pub(super) fn translate_redirect(
+        &self,
+        req: Request,
+    ) -> Result<(Request, Option<(u64, u64)>), Bytes> {
         let args: Vec<&[u8]> = req.args().collect();
         let Some(at) = args
             .iter()
@@ -249,7 +253,7 @@ impl Client {
             .map(|i| i + 1)
             .filter(|&i| i < args.len())
         else {
-            return Ok(req);
+            return Ok((req, None));
         };
         let missing = || error_line("ERR", "The client ID you want redirect to does not exist");
         let target = parse_u64(args[at]).ok_or_else(missing)?;
@@ -266,7 +270,7 @@ impl Client {
             .enumerate()
             .map(|(i, a)| if i == at { id.as_bytes() } else { *a })
             .collect();
-        Ok(Request::from_args(&translated))
+        Ok((Request::from_args(&translated), Some((upstream_id, target))))
     }
 
     /// `INFO` with its `clients` section: sent on the client's lane in its

@@ -259,7 +259,14 @@ impl Client {
             let req = if is_tracking {
                 // Its REDIRECT id is respool's; the connection's is Redis's.
                 match self.translate_redirect(req) {
-                    Ok(req) => req,
+                    Ok((req, redirect)) => {
+                        if let (Some((upstream, ours)), Some(session)) =
+                            (redirect, &mut self.session)
+                        {
+                            session.note_redirect(upstream, ours);
+                        }
+                        req
+                    }
                     Err(reply) => return self.output.push_ready(reply),
                 }
             } else {

@@ -32,6 +32,9 @@ pub(super) enum Effect {
     Login,
     /// MONITOR: on `+OK` every frame is the monitor stream.
     Monitor,
+    /// CLIENT GETREDIR or TRACKINGINFO: the redirect id in the reply is the
+    /// target's connection upstream; the client named respool's id.
+    RedirectId,
 }
 
 /// One request sent on the session, awaiting its reply.
@@ -83,6 +86,9 @@ pub(super) struct State {
     /// tracking may redirect to this connection, and Redis tells them the
     /// redirect broke (`tracking-redir-broken`) only once it is closed.
     pub(super) invalidation_target: bool,
+    /// The last `CLIENT TRACKING … REDIRECT`: the target's connection id
+    /// upstream and the respool id the client named.
+    pub(super) redirect: Option<(u64, u64)>,
 }
 
 impl State {
@@ -114,6 +120,9 @@ impl Session {
         let mut effect = Effect::None;
         let mut deadline = Some(Instant::now() + self.timeout);
         match stateful {
+            None if is_client_sub(req, b"GETREDIR") || is_client_sub(req, b"TRACKINGINFO") => {
+                effect = Effect::RedirectId
+            }
             None => {}
             Some(Stateful::Multi) => effect = Effect::Multi,
             Some(Stateful::Exec | Stateful::Discard) => effect = Effect::EndTransaction,
@@ -270,6 +279,7 @@ impl Session {
         let reply = match (done.reply_instead, done.acc) {
             (Some(instead), _) => instead,
             (None, Some(acc)) => acc.freeze(),
+            (None, None) if done.effect == Effect::RedirectId => self.respool_redirect_id(frame),
             (None, None) => frame,
         };
         Ok(match done.seq {
@@ -299,6 +309,34 @@ impl Session {
         }
     }
 
+    /// GETREDIR's `:<id>` or TRACKINGINFO's `redirect` field with the
+    /// upstream id of the redirect target replaced by the respool id the
+    /// client gave (also once the target has left: Redis keeps reporting
+    /// the id it was given).
+    fn respool_redirect_id(&self, frame: Bytes) -> Bytes {
+        let Some((upstream, ours)) = self.state.redirect else {
+            return frame;
+        };
+        let (theirs, mine) = (format!(":{upstream}\r\n"), format!(":{ours}\r\n"));
+        if frame[..] == *theirs.as_bytes() {
+            return Bytes::from(mine);
+        }
+        // TRACKINGINFO: `redirect` is a key (a bulk string) followed by its
+        // integer, in RESP2 and RESP3 alike.
+        let field = format!("$8\r\nredirect\r\n{theirs}");
+        match memchr::memmem::find(&frame, field.as_bytes()) {
+            Some(at) => {
+                let value = at + field.len() - theirs.len();
+                let mut out = BytesMut::with_capacity(frame.len() + mine.len());
+                out.extend_from_slice(&frame[..value]);
+                out.extend_from_slice(mine.as_bytes());
+                out.extend_from_slice(&frame[value + theirs.len()..]);
+                out.freeze()
+            }
+            None => frame,
+        }
+    }
+
     /// What a complete reply does to the connection's state.
     fn apply(&mut self, effect: Effect, reply: &[u8]) {
         let is_error = matches!(reply.first(), Some(b'-' | b'!'));
@@ -324,6 +362,12 @@ impl Session {
             _ => {}
         }
     }
+}
+
+/// `CLIENT <sub>`, any case.
+fn is_client_sub(req: &Request, sub: &[u8]) -> bool {
+    req.name().eq_ignore_ascii_case(b"CLIENT")
+        && req.arg(1).is_some_and(|s| s.eq_ignore_ascii_case(sub))
 }
 
 /// A pub/sub frame that needs special handling.

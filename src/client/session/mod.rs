@@ -269,6 +269,13 @@ impl Session {
 
     /// A command inside the open transaction was refused locally; returns
     /// false when no transaction is open.
+    /// Notes the `CLIENT TRACKING … REDIRECT` about to be sent: the
+    /// target's connection id upstream and the respool id the client named,
+    /// so that GETREDIR and TRACKINGINFO answer with the latter.
+    pub(crate) fn note_redirect(&mut self, upstream: u64, ours: u64) {
+        self.state.redirect = Some((upstream, ours));
+    }
+
     pub(crate) fn abort_transaction_on_exec(&mut self) -> bool {
         if self.queuing {
             self.abort_exec = true;
