@@ -330,20 +330,24 @@ pub(super) fn wrongpass() -> Bytes {
     )
 }
 
+/// `AUTH [user] password`: the user and password, or Redis's error for a
+/// malformed one.
+pub(super) fn auth_args(req: &Request) -> Result<(Option<&[u8]>, &[u8]), Bytes> {
+    let args: Vec<&[u8]> = req.args().skip(1).collect();
+    match args[..] {
+        [password] => Ok((None, password)),
+        [user, password] => Ok((Some(user), password)),
+        [] => Err(error_line(
+            "ERR",
+            "wrong number of arguments for 'auth' command",
+        )),
+        _ => Err(error_line("ERR", "syntax error")),
+    }
+}
+
 /// Answers `AUTH [user] password` against respool's own users.
 fn auth(users: &ClientAuth, req: &Request) -> Result<(), Bytes> {
-    let args: Vec<&[u8]> = req.args().skip(1).collect();
-    let (user, password) = match args[..] {
-        [password] => (None, password),
-        [user, password] => (Some(user), password),
-        [] => {
-            return Err(error_line(
-                "ERR",
-                "wrong number of arguments for 'auth' command",
-            ))
-        }
-        _ => return Err(error_line("ERR", "syntax error")),
-    };
+    let (user, password) = auth_args(req)?;
     match users.check(user, password) {
         AuthOutcome::Ok => Ok(()),
         AuthOutcome::WrongPass => Err(wrongpass()),

@@ -164,18 +164,7 @@ async fn check_login(
 fn login_request(req: &Request) -> Result<(Identity, Bytes), Bytes> {
     let is_auth = req.name().eq_ignore_ascii_case(b"AUTH");
     let (user, password) = if is_auth {
-        let args: Vec<&[u8]> = req.args().skip(1).collect();
-        match args[..] {
-            [password] => (None, password),
-            [user, password] => (Some(user), password),
-            [] => {
-                return Err(error_line(
-                    "ERR",
-                    "wrong number of arguments for 'auth' command",
-                ))
-            }
-            _ => return Err(error_line("ERR", "syntax error")),
-        }
+        super::local::auth_args(req)?
     } else {
         let hello = super::local::parse_hello(req)?;
         let (user, password) = hello
