@@ -129,6 +129,10 @@ pub struct Command {
     /// May be sent again after the connection was lost with the request
     /// already written (read-only commands only).
     pub retry_safe: bool,
+    /// A read of data a replica can answer as well as the primary: not a
+    /// script (`EVAL_RO` and the like go to the primary), nor a question
+    /// about the server itself (`INFO`, `TIME`, `PING`, …).
+    pub replica_read: bool,
 }
 
 impl Command {
@@ -136,23 +140,36 @@ impl Command {
         Command {
             route: Route::Shared,
             retry_safe,
+            replica_read: false,
+        }
+    }
+    /// A read-only command: resent after a loss, and a replica read if it
+    /// reads data.
+    fn read(upper: &[u8]) -> Command {
+        Command {
+            route: Route::Shared,
+            retry_safe: true,
+            replica_read: !is_about_the_server(upper),
         }
     }
     const fn dedicated(state: Stateful) -> Command {
         Command {
             route: Route::Dedicated(state),
             retry_safe: false,
+            replica_read: false,
         }
     }
     const fn local(l: Local) -> Command {
         Command {
             route: Route::Local(l),
             retry_safe: false,
+            replica_read: false,
         }
     }
     const DENIED: Command = Command {
         route: Route::Denied,
         retry_safe: false,
+        replica_read: false,
     };
 }
 
@@ -203,6 +220,7 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
             Command {
                 route: Route::Local(Local::Info),
                 retry_safe: true,
+                replica_read: false,
             }
         }
 
@@ -217,7 +235,7 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
         b"XREAD" | b"XREADGROUP" if has_option(req, 1, b"BLOCK") => {
             Command::dedicated(Stateful::Blocking)
         }
-        b"XREAD" => Command::shared(true),
+        b"XREAD" => Command::read(b"XREAD"),
         b"SUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Channel)),
         b"PSUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Pattern)),
         b"SSUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Shard)),
@@ -233,6 +251,7 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
             Command {
                 route: Route::Urgent,
                 retry_safe: false,
+                replica_read: false,
             }
         }
         b"DEBUG" => match req.arg(1) {
@@ -258,11 +277,12 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
         b"POST" | b"HOST:" => Command {
             route: Route::Attack,
             retry_safe: false,
+            replica_read: false,
         },
 
         // Writes are never resent once written, not even "idempotent" ones:
         // replaying SET k v after another client's SET k w would undo theirs.
-        name if is_read_only(name) => Command::shared(true),
+        name if is_read_only(name) => Command::read(name),
         _ => Command::shared(false),
     }
 }
@@ -346,6 +366,27 @@ fn has_option(req: RequestRef<'_>, from: usize, word: &[u8]) -> bool {
         .skip(from)
         .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
         .any(|a| a.eq_ignore_ascii_case(word))
+}
+
+/// Read-only commands that are not reads of data: scripts (a replica may
+/// run a different version of a function, and scripts go to the primary by
+/// rule) and questions about the server itself.
+fn is_about_the_server(upper: &[u8]) -> bool {
+    matches!(
+        upper,
+        b"EVAL_RO"
+            | b"EVALSHA_RO"
+            | b"FCALL_RO"
+            | b"PING"
+            | b"ECHO"
+            | b"TIME"
+            | b"INFO"
+            | b"LASTSAVE"
+            | b"ROLE"
+            | b"COMMAND"
+            | b"LOLWUT"
+            | b"MEMORY"
+    )
 }
 
 fn is_read_only(upper: &[u8]) -> bool {
@@ -455,11 +496,34 @@ mod tests {
 
     #[test]
     fn ordinary_commands_share_lanes() {
-        assert_eq!(class(&["get", "k"]), Command::shared(true));
+        assert_eq!(class(&["get", "k"]), Command::read(b"GET"));
         assert_eq!(class(&["INCR", "k"]), Command::shared(false));
         assert_eq!(class(&["EVAL", "return 1", "0"]), Command::shared(false));
         assert_eq!(class(&["NOSUCHCOMMAND"]), Command::shared(false));
-        assert_eq!(class(&["ping"]), Command::shared(true));
+        assert_eq!(class(&["ping"]), Command::read(b"PING"));
+    }
+
+    #[test]
+    fn replicas_take_reads_of_data_only() {
+        for read in [
+            &["GET", "k"][..],
+            &["hgetall", "h"],
+            &["SCAN", "0"],
+            &["XREAD", "STREAMS", "s", "0"],
+        ] {
+            assert!(class(read).replica_read, "{read:?}");
+        }
+        for primary in [
+            &["SET", "k", "v"][..],
+            &["EVAL_RO", "return 1", "0"],
+            &["FCALL_RO", "f", "0"],
+            &["PING"],
+            &["INFO", "server"],
+            &["TIME"],
+            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+        ] {
+            assert!(!class(primary).replica_read, "{primary:?}");
+        }
     }
 
     #[test]

@@ -41,6 +41,13 @@ pub enum Error {
     /// safe to run again, so its outcome is unknown.
     #[error("upstream connection lost; the command may or may not have executed")]
     LostAfterWrite,
+    /// A pinned session's primary failed over: its transaction, WATCH,
+    /// subscription or blocking command stayed on the old primary.
+    #[error("the primary failed over to {to}; this connection's transaction, WATCH, subscription or blocking command was on the old primary and is gone, and a command in flight may or may not have executed: reconnect and start it again")]
+    PrimaryMoved {
+        /// The new primary's address.
+        to: Arc<str>,
+    },
     /// A read-only command was resent after each connection loss until the
     /// retries ran out.
     #[error("upstream {addr} connection lost {attempts} times while running the command; giving up (see --retries)")]

@@ -56,6 +56,7 @@ mod router;
 mod server;
 mod stats;
 pub mod tls;
+mod topology;
 
 pub use config::Config;
 pub use event_loops::{current_thread_runtime, EventLoops};

@@ -98,10 +98,16 @@ impl Proxy {
         shared_addr: Option<SocketAddr>,
     ) -> Result<Proxy, StartError> {
         if config.require_upstream {
-            probe_upstream(&config.upstream, &config.pool, &config.retry)
+            let primary = crate::topology::sentinel::primary_now(&config)
                 .await
                 .map_err(|source| StartError::UpstreamUnavailable {
-                    addr: config.upstream.node.addr.to_string(),
+                    addr: config.upstream.node.addr().to_string(),
+                    source,
+                })?;
+            probe_upstream(&primary, &config.pool, &config.retry)
+                .await
+                .map_err(|source| StartError::UpstreamUnavailable {
+                    addr: primary.node.addr().to_string(),
                     source,
                 })?;
         }
@@ -114,7 +120,7 @@ impl Proxy {
         let local_addr = listener.local_addr().map_err(bind_error)?;
         if let Some(tls) = &config.upstream.node.tls {
             if tls.insecure {
-                tracing::warn!(upstream = %config.upstream.node.addr, "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
+                tracing::warn!(upstream = %config.upstream.node.addr(), "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
             }
         }
         let stats = process.stats.register();
@@ -122,6 +128,9 @@ impl Proxy {
             pool: config.pool.clone(),
             retry: config.retry,
             client_identity: false,
+            expects_primary: config.pool.validate == crate::config::Validate::Write
+                || config.topology.sentinel.is_some(),
+            refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
         });
         let router = Router::start(&config, ctx);

@@ -115,6 +115,15 @@ pub enum UpstreamTrust<'a> {
     Insecure,
 }
 
+/// The TLS server name of `host:port` (an IP address or a DNS name;
+/// `[v6]:port` too).
+pub(crate) fn server_name_of(addr: &str) -> Result<ServerName<'static>, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("'{host}' is not a valid TLS server name"))
+}
+
 impl UpstreamTls {
     /// Builds the client configuration for a server whose certificate must
     /// name `host` (a DNS name or an IP address, without brackets: the

@@ -209,9 +209,10 @@ impl Client {
     /// `INFO respool`: the process's counters, summed over its event loops.
     fn stats_reply(&self) -> Bytes {
         let version = self.lanes.health().version();
+        let upstream = self.lanes.addr();
         let process = &self.shared.process.stats;
         let ctx = crate::stats::Context {
-            upstream: self.lanes.addr(),
+            upstream: &upstream,
             upstream_version: version.as_deref(),
             event_loops: self.shared.config.event_loops(),
             connected_clients: process
@@ -221,7 +222,8 @@ impl Client {
             reply_memory: self.shared.process.roster.memory.held(),
             reply_memory_evictions: self.shared.process.roster.memory.evictions(),
         };
-        let text = crate::stats::render(ctx, process.totals());
+        let mut text = crate::stats::render(ctx, process.totals());
+        self.shared.router.render_topology(&mut text);
         bulk(text.as_bytes())
     }
 

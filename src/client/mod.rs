@@ -29,6 +29,7 @@ mod local;
 mod login;
 mod output;
 mod pinned;
+mod reads;
 pub(crate) mod roster;
 mod routing;
 mod session;
@@ -212,6 +213,10 @@ struct Client {
     /// (`--client-idle-timeout`).
     last_activity: Instant,
     deadlines: Deadlines,
+    /// Reads from replicas (`--read-from` other than `primary`).
+    reads: Option<reads::ReplicaReads>,
+    /// Where the run of shared requests being collected goes.
+    run_target: reads::Target,
 }
 
 impl Client {
@@ -265,6 +270,12 @@ impl Client {
             events: Vec::new(),
             last_activity: Instant::now(),
             deadlines: Deadlines::default(),
+            reads: shared
+                .router
+                .replicas()
+                .cloned()
+                .map(reads::ReplicaReads::new),
+            run_target: reads::Target::Primary,
             shared,
         }
     }
@@ -423,7 +434,7 @@ impl Client {
         let can_read = self.can_read();
         let session_deadline = self.session.as_ref().and_then(Session::deadline);
         if self.deadlines.session.poll(cx, session_deadline).is_ready() {
-            self.session_timed_out();
+            self.session_deadline_passed();
             progress = true;
         }
         let request_deadline = self.request_deadline(can_read);
@@ -446,7 +457,7 @@ impl Client {
             && self
                 .session
                 .as_ref()
-                .is_some_and(|s| !s.idle() && s.deadline().is_none());
+                .is_some_and(|s| !s.idle() && s.reply_deadline().is_none());
         let check_at = self.deadlines.hang_up_check(unbounded);
         if self.deadlines.hang_up.poll(cx, check_at).is_ready() {
             if self.stream.peer_closed() {

@@ -90,6 +90,14 @@ impl Output {
         self.base_seq + self.pending.len() as u64
     }
 
+    /// Whether request `seq` has its reply (written out, or waiting to be).
+    pub fn is_answered(&self, seq: u64) -> bool {
+        match seq.checked_sub(self.base_seq) {
+            None => true,
+            Some(i) => self.pending.get(i as usize).is_some_and(Option::is_some),
+        }
+    }
+
     /// Requests whose replies are not all written out yet.
     pub fn in_flight(&self) -> usize {
         self.pending.len()

@@ -43,6 +43,7 @@ impl Client {
                 session => {
                     if let Some(session) = session {
                         session.release();
+                        self.session_over();
                         self.publish_session();
                     }
                     self.local(Local::Reset, req, command);
@@ -153,7 +154,16 @@ impl Client {
         {
             if let Some(session) = self.session.take() {
                 session.release();
+                self.session_over();
             }
+        }
+    }
+
+    /// A session ended: for read-your-writes, whatever it ran may have
+    /// written.
+    fn session_over(&mut self) {
+        if let Some(reads) = &mut self.reads {
+            reads.session_ended();
         }
     }
 
@@ -167,12 +177,15 @@ impl Client {
         }
     }
 
-    pub(super) fn session_timed_out(&mut self) {
-        let error = Error::Timeout {
-            addr: self.lanes.addr().clone(),
-            after: self.lanes.timeout(),
+    /// The session's deadline passed: a late reply, or a look at whether
+    /// the primary moved.
+    pub(super) fn session_deadline_passed(&mut self) {
+        let Some(session) = &mut self.session else {
+            return;
         };
-        self.fail_session(error.to_resp());
+        if let Err(broken) = session.on_deadline(tokio::time::Instant::now()) {
+            self.session_failed(broken);
+        }
     }
 
     fn session_failed(&mut self, broken: Broken) {
@@ -185,6 +198,10 @@ impl Client {
                 addr: self.lanes.addr().clone(),
                 after: self.lanes.timeout(),
             },
+            Broken::Moved(to) => {
+                tracing::info!(to = %to, "ending a pinned session on a primary that moved");
+                Error::PrimaryMoved { to: to.into() }
+            }
             Broken::BadReply(why) => {
                 tracing::warn!(reason = %why, "pinned upstream connection sent what respool cannot follow; closing it and the client");
                 Error::UpstreamProtocol {
@@ -202,6 +219,7 @@ impl Client {
     fn fail_session(&mut self, error: Bytes) {
         if let Some(session) = self.session.take() {
             session.discard();
+            self.session_over();
         }
         if !self.output.fail_waiting(&error) {
             // Nothing was waiting (CLIENT REPLY OFF, a subscriber): the

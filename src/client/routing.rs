@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::reads::Target;
 use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
@@ -115,6 +116,12 @@ impl Client {
                 return;
             }
         };
+        if self.reads.is_some() && !self.target_run(command) {
+            // No replica may take it: the client is told so.
+            self.flush_run();
+            let _ = span.split_off(self.input.buf_mut());
+            return;
+        }
         let seq = self.output.open_shared_slot();
         if !self.input.extend_run(seq, span.len(), command.retry_safe) {
             // The run is full: it goes, and this request starts the next.
@@ -201,11 +208,39 @@ impl Client {
     /// Sends one request that is not in the read buffer to the lane on its
     /// own.
     fn send_shared(&mut self, req: Request, retry_safe: bool) {
+        // Outside a run, it goes to the primary: the run being collected
+        // (flushed before this) decided where reads go.
+        self.flush_run();
+        self.run_target = Target::Primary;
         let seq = self.output.open_shared_slot();
+        if let Some(reads) = &mut self.reads {
+            reads.routed_to_primary(seq, retry_safe);
+        }
         self.hand_to_lane(seq, req.into_raw().freeze(), 1, u64::from(retry_safe));
     }
 
-    /// Hands the collected run of shared requests to the lane.
+    /// Decides where a shared request goes when replicas may take reads,
+    /// ending the run being collected if it goes elsewhere; `false` (with
+    /// the client's error answered) if nothing may take it.
+    #[cold]
+    fn target_run(&mut self, command: Command) -> bool {
+        let seq = self.output.next_seq();
+        match self.read_target(command, seq) {
+            Ok(target) => {
+                if target != self.run_target {
+                    self.flush_run();
+                    self.run_target = target;
+                }
+                true
+            }
+            Err(reply) => {
+                self.output.push_ready(reply);
+                false
+            }
+        }
+    }
+
+    /// Hands the collected run of shared requests to its lane.
     #[inline]
     pub(super) fn flush_run(&mut self) {
         if let Some((run, raw)) = self.input.take_run() {
@@ -214,7 +249,14 @@ impl Client {
     }
 
     fn hand_to_lane(&mut self, seq: u64, raw: Bytes, count: u32, retry_safe: u64) {
-        let sent = self.lane.send(LaneRequest {
+        let lane = match (&self.reads, self.run_target) {
+            (Some(reads), Target::Replica) => {
+                reads.count(count);
+                reads.lane().unwrap_or(&self.lane)
+            }
+            _ => &self.lane,
+        };
+        let sent = lane.send(LaneRequest {
             seq,
             raw,
             count,

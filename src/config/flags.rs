@@ -24,6 +24,17 @@ pub enum Validate {
     Write,
 }
 
+/// Where read-only commands go (`--read-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadFrom {
+    /// Every command to the primary.
+    Primary,
+    /// Reads to a replica that is up and within --max-replica-lag, else to the primary.
+    PreferReplica,
+    /// Reads only to replicas; with none usable they fail.
+    Replica,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -55,6 +66,8 @@ pub struct Flags {
     pub(crate) auth: AuthFlags,
     #[command(flatten)]
     pub(crate) tls: TlsFlags,
+    #[command(flatten)]
+    pub(crate) topology: TopologyFlags,
     #[command(flatten)]
     pub(crate) log: LogFlags,
 }
@@ -286,6 +299,52 @@ pub(crate) struct TlsFlags {
     /// FOR TESTS ONLY: accept any certificate from a rediss:// upstream (no verification; anyone on the path can read and change the traffic).
     #[arg(long, env = "RESPOOL_UPSTREAM_TLS_INSECURE", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "upstream_ca")]
     pub upstream_tls_insecure: bool,
+}
+
+/// Following the primary through Sentinel, and reading from replicas.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sentinel and replicas")]
+pub(crate) struct TopologyFlags {
+    /// A Sentinel to ask where the primary of --sentinel-master is; repeat it for each (the env variable takes a comma-separated list). With Sentinels, --upstream's host and port are not used: its user, password, database and scheme (rediss:// for TLS) apply to the primary and the replicas.
+    #[arg(
+        long = "sentinel",
+        env = "RESPOOL_SENTINELS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub sentinels: Vec<String>,
+
+    /// The master name the Sentinels monitor (needed with --sentinel).
+    #[arg(long, env = "RESPOOL_SENTINEL_MASTER")]
+    pub sentinel_master: Option<String>,
+
+    /// ACL user respool logs in to the Sentinels as (with --sentinel-password).
+    #[arg(long, env = "RESPOOL_SENTINEL_USER", requires = "sentinel_password")]
+    pub sentinel_user: Option<String>,
+
+    /// The Sentinels' password (prefer the env variable: flags show in `ps`).
+    #[arg(long, env = "RESPOOL_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub sentinel_password: Option<String>,
+
+    /// Talk to the Sentinels over TLS, trusting --upstream-ca (else the system's trust store) and presenting --upstream-cert if given.
+    #[arg(long, env = "RESPOOL_SENTINEL_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub sentinel_tls: bool,
+
+    /// Where read-only commands go: `primary`; `prefer-replica`, a replica that is up and within --max-replica-lag, else the primary; `replica`, only replicas. Replicas are the primary's (its ROLE), with or without Sentinel.
+    #[arg(long, env = "RESPOOL_READ_FROM", value_enum, default_value = "primary")]
+    pub read_from: ReadFrom,
+
+    /// A replica whose replication offset is further behind the primary's than this is not read from.
+    #[arg(long, env = "RESPOOL_MAX_REPLICA_LAG", default_value = "1s", value_parser = parse_duration)]
+    pub max_replica_lag: Duration,
+
+    /// How often the replicas' replication offsets are compared with the primary's (a ROLE on each).
+    #[arg(long, env = "RESPOOL_REPLICA_CHECK_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub replica_check_interval: Duration,
+
+    /// A client that wrote reads from the primary until a replica has caught up with its writes; off = reads go to replicas at once.
+    #[arg(long, env = "RESPOOL_READ_YOUR_WRITES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub read_your_writes: bool,
 }
 
 /// Logging.

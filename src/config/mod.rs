@@ -9,6 +9,7 @@
 
 mod flags;
 mod secret;
+mod topology;
 mod units;
 mod url;
 
@@ -16,8 +17,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use flags::{Flags, LogFormat, Validate};
+pub use flags::{Flags, LogFormat, ReadFrom, Validate};
 pub use secret::Secret;
+pub(crate) use topology::{ReplicaSettings, SentinelSettings, TopologySettings};
 pub use units::{parse_bytes, parse_duration};
 
 use crate::client::auth::ClientAuth;
@@ -56,6 +58,8 @@ pub struct Config {
     pub(crate) clients: ClientSettings,
     /// Lane sets of the identities clients log in as (AUTH passthrough).
     pub(crate) identities: IdentitySettings,
+    /// Sentinel, and reads from replicas.
+    pub(crate) topology: TopologySettings,
     pub(crate) log: LogSettings,
 }
 
@@ -263,10 +267,7 @@ fn upstream_endpoint(
         None => url.password.clone(),
     };
     Ok(Endpoint {
-        node: Node {
-            addr: url.addr.clone(),
-            tls: upstream_tls(tls, &url)?,
-        },
+        node: Node::fixed(url.addr.clone(), upstream_tls(tls, &url)?),
         identity: Identity {
             username: url.username.clone(),
             password,
@@ -303,6 +304,7 @@ impl Config {
             clients,
             auth,
             tls,
+            topology,
             log,
         } = flags;
         if retry.timeout.is_zero()
@@ -327,6 +329,7 @@ impl Config {
                 idle_timeout: auth.identity_idle_timeout,
             },
             clients: ClientSettings::validate(clients, auth)?,
+            topology: TopologySettings::validate(topology, &tls)?,
             log: LogSettings {
                 format: log.log_format,
                 level: log.log_level,
@@ -419,6 +422,19 @@ fn upstream_tls(flags: &flags::TlsFlags, url: &UpstreamUrl) -> Result<Option<Ups
             None => Ok(None),
         };
     }
+    let server_name = flags
+        .upstream_tls_server_name
+        .as_deref()
+        .unwrap_or(&url.host);
+    load_upstream_tls(flags, server_name).map(Some)
+}
+
+/// The upstream TLS client configuration the trust flags describe, for a
+/// server whose certificate must name `host`.
+pub(super) fn load_upstream_tls(
+    flags: &flags::TlsFlags,
+    host: &str,
+) -> Result<UpstreamTls, String> {
     let trust = match (&flags.upstream_ca, flags.upstream_tls_insecure) {
         (Some(ca), _) => UpstreamTrust::Ca(ca),
         (None, true) => UpstreamTrust::Insecure,
@@ -428,11 +444,7 @@ fn upstream_tls(flags: &flags::TlsFlags, url: &UpstreamUrl) -> Result<Option<Ups
         .upstream_cert
         .as_deref()
         .zip(flags.upstream_key.as_deref());
-    let server_name = flags
-        .upstream_tls_server_name
-        .as_deref()
-        .unwrap_or(&url.host);
-    UpstreamTls::load(server_name, trust, client_cert).map(Some)
+    UpstreamTls::load(host, trust, client_cert)
 }
 
 #[cfg(test)]
@@ -535,7 +547,7 @@ mod tests {
     fn defaults_are_the_quick_start() {
         let c = Config::parse_from_args(["respool"]).unwrap();
         assert_eq!(c.listener.listen.to_string(), "127.0.0.1:6380");
-        assert_eq!(&*c.upstream.node.addr, "127.0.0.1:6379");
+        assert_eq!(&*c.upstream.node.addr(), "127.0.0.1:6379");
         assert_eq!(c.pool.validate, Validate::Write);
         assert_eq!(c.clients.output_limit, Some(256 << 20));
         assert_eq!(c.clients.idle_timeout, None);

@@ -2,6 +2,7 @@
 //! validation gate, and a helper for the few request/reply exchanges respool
 //! makes on its own account (validation, health checks, resets).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,9 @@ pub(crate) enum Broken {
     Timeout,
     /// A frame that is not RESP, or a reply nobody asked for.
     BadReply(String),
+    /// The primary it went to is no longer the primary (a failover); the
+    /// new primary's address.
+    Moved(String),
 }
 
 /// An open upstream connection.
@@ -42,6 +46,11 @@ pub(crate) struct UpstreamConn {
     pub last_used: Instant,
     /// Its id upstream (`CLIENT ID`), if validation could ask.
     pub upstream_id: Option<u64>,
+    /// The generation of its node's address it was made for (see
+    /// [`Node`](super::endpoint::Node)).
+    pub generation: u64,
+    /// The address it is connected to, for messages.
+    pub addr: Arc<str>,
 }
 
 impl UpstreamConn {
@@ -54,16 +63,19 @@ impl UpstreamConn {
         protocol: u8,
         s: &PoolSettings,
     ) -> Result<(UpstreamConn, Option<String>), ConnectError> {
-        let stream = match tokio::time::timeout(s.connect_timeout, connect(endpoint, s)).await {
-            Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
-            Ok(result) => result?,
-        };
+        let (stream, generation, addr) =
+            match tokio::time::timeout(s.connect_timeout, connect(endpoint, s)).await {
+                Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
+                Ok(result) => result?,
+            };
         let mut conn = UpstreamConn {
             stream,
             read_buf: BytesMut::with_capacity(s.read_buffer_size),
             broken: false,
             last_used: Instant::now(),
             upstream_id: None,
+            generation,
+            addr,
         };
         let version = super::validate::run_gate(&mut conn, endpoint, protocol, s).await?;
         Ok((conn, version))
@@ -77,16 +89,19 @@ impl UpstreamConn {
         endpoint: &Endpoint,
         s: &PoolSettings,
     ) -> Result<UpstreamConn, ConnectError> {
-        let stream = match tokio::time::timeout(s.connect_timeout, connect(endpoint, s)).await {
-            Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
-            Ok(result) => result?,
-        };
+        let (stream, generation, addr) =
+            match tokio::time::timeout(s.connect_timeout, connect(endpoint, s)).await {
+                Err(_) => return Err(ConnectError::ConnectTimeout(s.connect_timeout)),
+                Ok(result) => result?,
+            };
         let mut conn = UpstreamConn {
             stream,
             read_buf: BytesMut::with_capacity(4096),
             broken: false,
             last_used: Instant::now(),
             upstream_id: None,
+            generation,
+            addr,
         };
         if let Some((step, login)) = super::validate::login(&endpoint.identity, 2) {
             let replies = conn.exchange(&[login], step, s.connect_timeout).await?;
@@ -184,6 +199,15 @@ impl UpstreamConn {
         }
     }
 
+    /// Waits for the next frame the server sends of its own accord (a
+    /// pub/sub message on a subscribed connection).
+    pub async fn next_frame(&mut self) -> Result<Bytes, ConnectError> {
+        let mut frames = self.send_and_read(&[], 1, false).await?;
+        frames
+            .pop()
+            .ok_or_else(|| ConnectError::Io("connection closed by upstream".into()))
+    }
+
     async fn send_and_read(
         &mut self,
         out: &[u8],
@@ -221,17 +245,28 @@ impl UpstreamConn {
     }
 }
 
-/// Opens the TCP connection and, for `rediss://`, runs the TLS handshake.
-async fn connect(endpoint: &Endpoint, s: &PoolSettings) -> Result<Stream, ConnectError> {
-    let tcp = TcpStream::connect(&*endpoint.node.addr)
+/// Opens the TCP connection to where the node is now and, for `rediss://`,
+/// runs the TLS handshake; the stream, the generation of the address, and
+/// the address.
+async fn connect(
+    endpoint: &Endpoint,
+    s: &PoolSettings,
+) -> Result<(Stream, u64, Arc<str>), ConnectError> {
+    let (addr, generation) = endpoint.node.locate_within(s.connect_timeout / 2).await?;
+    let tcp = TcpStream::connect(&*addr)
         .await
         .map_err(|e| ConnectError::from_io(&e))?;
     configure_socket(&tcp, s.keepalive);
     let Some(tls) = &endpoint.node.tls else {
-        return Ok(Stream::Tcp(tcp));
+        return Ok((Stream::Tcp(tcp), generation, addr));
     };
-    match tls.connector.connect(tls.server_name.clone(), tcp).await {
-        Ok(tls) => Ok(Stream::from(tls)),
+    let server_name = if endpoint.node.tls_name_from_addr {
+        crate::tls::server_name_of(&addr).map_err(|e| ConnectError::Tls(e.into()))?
+    } else {
+        tls.server_name.clone()
+    };
+    match tls.connector.connect(server_name, tcp).await {
+        Ok(tls) => Ok((Stream::from(tls), generation, addr)),
         // rustls reports a failed verification as InvalidData with the
         // rustls error inside; anything else is the socket's own failure.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {

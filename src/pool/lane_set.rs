@@ -66,9 +66,9 @@ impl LaneSet {
         &self.endpoint
     }
 
-    /// The upstream's address, for messages.
-    pub fn addr(&self) -> &Arc<str> {
-        &self.endpoint.node.addr
+    /// The upstream's address now, for messages.
+    pub fn addr(&self) -> Arc<str> {
+        self.endpoint.node.addr()
     }
 
     /// What the validation gate has said about the set's connections.
@@ -157,7 +157,7 @@ impl LaneSet {
     pub fn urgent(&self, raw: Bytes) -> impl std::future::Future<Output = Bytes> + Send + 'static {
         let (endpoint, ctx) = (self.endpoint.clone(), self.ctx.clone());
         async move {
-            let addr = endpoint.node.addr.clone();
+            let addr = endpoint.node.addr();
             let unavailable = |e: ConnectError| {
                 Error::Unavailable {
                     addr: addr.clone(),
@@ -281,7 +281,7 @@ impl SharedLanes {
                 let (handle, inbox) = LaneHandle::open();
                 let lane = Lane::new(
                     id,
-                    endpoint.node.addr.clone(),
+                    endpoint.node.clone(),
                     ctx.clone(),
                     inbox,
                     pool.clone(),

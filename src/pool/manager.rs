@@ -57,7 +57,7 @@ impl bb8::ManageConnection for UpstreamManager {
 
     async fn connect(&self) -> Result<UpstreamConn, ConnectError> {
         let started = Instant::now();
-        let addr = &self.endpoint.node.addr;
+        let addr = self.endpoint.node.addr();
         match UpstreamConn::open(&self.endpoint, self.protocol, &self.ctx.pool).await {
             Ok((conn, version)) => {
                 tracing::debug!(upstream = %addr, user = self.endpoint.identity.user(), took_ms = started.elapsed().as_millis() as u64, "upstream connection validated");
@@ -82,6 +82,16 @@ impl bb8::ManageConnection for UpstreamManager {
     /// PINGs a connection that sat idle longer than the health-check interval
     /// (as redis-py does); a recently used one is trusted without a round trip.
     async fn is_valid(&self, conn: &mut UpstreamConn) -> Result<(), ConnectError> {
+        if !self.endpoint.node.is_current(conn.generation) {
+            conn.broken = true;
+            return Err(ConnectError::Io(
+                format!(
+                    "made for a primary that has since moved to {}",
+                    self.endpoint.node.addr()
+                )
+                .into(),
+            ));
+        }
         let Some(interval) = self.ctx.pool.health_check_interval else {
             return Ok(());
         };
@@ -111,6 +121,6 @@ impl bb8::ManageConnection for UpstreamManager {
     }
 
     fn has_broken(&self, conn: &mut UpstreamConn) -> bool {
-        conn.broken
+        conn.broken || !self.endpoint.node.is_current(conn.generation)
     }
 }

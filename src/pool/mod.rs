@@ -47,6 +47,14 @@ pub(crate) struct PoolContext {
     /// there is a client's wrong password, not the upstream's outage, and
     /// is logged quietly.
     pub client_identity: bool,
+    /// The connections must go to a primary (`--validate write`, or
+    /// Sentinel's primary): `-READONLY` then means the primary was demoted,
+    /// so the request is held and resent like one that got `-LOADING`, the
+    /// connection is given up, and `refresh` asks where the primary is now.
+    pub expects_primary: bool,
+    /// Asks the topology to look for the primary again (see
+    /// [`crate::topology`]).
+    pub refresh: Arc<tokio::sync::Notify>,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
 }
@@ -203,7 +211,7 @@ pub(crate) async fn probe_upstream(
         .retry(retry.backoff.delays().take(retry.retries as usize))
         .sleep(tokio::time::sleep)
         .notify(|e: &ConnectError, _| {
-            tracing::warn!(upstream = %endpoint.node.addr, error = %e, "upstream not ready yet");
+            tracing::warn!(upstream = %endpoint.node.addr(), error = %e, "upstream not ready yet");
         })
         .await
 }

@@ -46,6 +46,8 @@ impl Registry {
             pool,
             retry: ctx.retry,
             client_identity: true,
+            expects_primary: ctx.expects_primary,
+            refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
         });
         Registry {

@@ -1,9 +1,10 @@
 //! The router: which lane set serves a client's requests.
 //!
-//! A single upstream is one node, so a client gets the lane set of
-//! `--upstream` — or, once it has logged in as another identity (AUTH
-//! passthrough), that identity's lane set. The router is where cluster
-//! slots and primary/replica roles will choose among nodes too.
+//! A client gets the lane set of the primary (`--upstream`, or the primary
+//! Sentinel names) — or, once it has logged in as another identity (AUTH
+//! passthrough), that identity's lane set. With `--read-from` other than
+//! `primary`, the topology's replicas take the reads of clients on
+//! respool's own identity (see [`crate::topology::replicas`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,12 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::pool::endpoint::Identity;
 use crate::pool::{LaneSet, PoolContext, Registry};
+use crate::topology::replicas::ReplicaSet;
+use crate::topology::Topology;
 
 /// See the module docs.
 pub(crate) struct Router {
+    topology: Topology,
     registry: Arc<Registry>,
     /// Closes the lane sets no client uses any more.
     reaper: JoinHandle<()>,
@@ -25,8 +29,9 @@ pub(crate) struct Router {
 impl Router {
     /// Opens the lane sets the configuration names.
     pub fn start(config: &Config, ctx: Arc<PoolContext>) -> Router {
+        let topology = Topology::start(config, &ctx);
         let registry = Arc::new(Registry::start(
-            config.upstream.clone(),
+            topology.primary.clone(),
             ctx,
             config.identities,
         ));
@@ -34,7 +39,22 @@ impl Router {
             let registry = registry.clone();
             async move { registry.reap().await }
         });
-        Router { registry, reaper }
+        Router {
+            topology,
+            registry,
+            reaper,
+        }
+    }
+
+    /// The replicas reads may go to, with `--read-from` other than
+    /// `primary`.
+    pub fn replicas(&self) -> Option<&Arc<ReplicaSet>> {
+        self.topology.replicas.as_ref()
+    }
+
+    /// What `INFO respool` shows of the primary and the replicas.
+    pub fn render_topology(&self, out: &mut String) {
+        self.topology.render(out);
     }
 
     /// The lane set a new client starts on, and a client that logs out
@@ -50,6 +70,7 @@ impl Router {
 
     /// Closes every lane set (after every client is gone).
     pub async fn close(self, deadline: Duration) {
+        self.topology.stop();
         self.reaper.abort();
         let _ = self.reaper.await;
         match Arc::into_inner(self.registry) {

@@ -30,6 +30,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis;
 pub mod relay;
+pub mod sentinel;
 pub mod wait;
 
 // Re-exported for convenience; each test binary uses only some of them.

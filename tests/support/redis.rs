@@ -645,43 +645,49 @@ impl RedisServer {
     /// One command on a fresh blocking connection. AUTH, when needed, is
     /// pipelined in front; an error reply to it is returned instead.
     fn probe(&self, args: &[&[u8]]) -> io::Result<Reply> {
-        let mut stream = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
-        stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
-        let mut request = Vec::new();
-        if let Some(password) = &self.password {
-            request.extend(encode_command(&[b"AUTH".as_slice(), password.as_bytes()]));
-        }
-        request.extend(encode_command(args));
-        stream.write_all(&request)?;
+        command_at(self.addr(), self.password.as_deref(), args)
+    }
+}
 
-        let mut buf = Vec::new();
-        let mut replies = Vec::new();
-        let expected = if self.password.is_some() { 2 } else { 1 };
-        while replies.len() < expected {
-            match parse_reply(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
-                Some((reply, used)) => {
-                    buf.drain(..used);
-                    replies.push(reply);
+/// Runs one command on a fresh blocking connection to `addr`, after AUTH
+/// with `password` if given (an AUTH error is the reply then).
+pub fn command_at(addr: SocketAddr, password: Option<&str>, args: &[&[u8]]) -> io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    let mut request = Vec::new();
+    if let Some(password) = password {
+        request.extend(encode_command(&[b"AUTH".as_slice(), password.as_bytes()]));
+    }
+    request.extend(encode_command(args));
+    stream.write_all(&request)?;
+
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let expected = if password.is_some() { 2 } else { 1 };
+    while replies.len() < expected {
+        match parse_reply(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
+            Some((reply, used)) => {
+                buf.drain(..used);
+                replies.push(reply);
+            }
+            None => {
+                let mut chunk = [0u8; 16 * 1024];
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before the reply",
+                    ));
                 }
-                None => {
-                    let mut chunk = [0u8; 16 * 1024];
-                    let n = stream.read(&mut chunk)?;
-                    if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed before the reply",
-                        ));
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
+                buf.extend_from_slice(&chunk[..n]);
             }
         }
-        let last = replies.pop().unwrap_or(Reply::Null);
-        match replies.pop() {
-            Some(auth) if auth.is_error() => Ok(auth),
-            _ => Ok(last),
-        }
+    }
+    let last = replies.pop().unwrap_or(Reply::Null);
+    match replies.pop() {
+        Some(auth) if auth.is_error() => Ok(auth),
+        _ => Ok(last),
     }
 }
 

@@ -81,13 +81,25 @@ pub(crate) struct Session {
     /// far, confirmed or not: what decides how Redis treats the next
     /// command (`state` follows the confirmations).
     projected: [HashSet<Vec<u8>>; 3],
+    /// When to look again whether the primary moved away from the
+    /// connection (a followed node only: Sentinel's primary).
+    moved_check_at: Option<Instant>,
 }
+
+/// How often a session on Sentinel's primary looks whether it moved, when
+/// nothing else wakes the client (a subscriber, a blocked command).
+const MOVED_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl Session {
     /// A session on `conn`, checked out of `origin`'s pool.
     pub(crate) fn new(conn: PinnedConn, origin: Arc<LaneSet>, read_buffer_size: usize) -> Session {
         let default_db = origin.endpoint().db;
         let timeout = origin.timeout();
+        let moved_check_at = origin
+            .endpoint()
+            .node
+            .following()
+            .map(|_| Instant::now() + MOVED_CHECK_EVERY);
         Session {
             origin,
             conn,
@@ -109,6 +121,7 @@ impl Session {
             logins: VecDeque::new(),
             logged_in: None,
             projected: Default::default(),
+            moved_check_at,
         }
     }
 
@@ -325,8 +338,40 @@ impl Session {
     }
 
     /// The earliest reply deadline.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn reply_deadline(&self) -> Option<Instant> {
         self.expect.front().and_then(|e| e.deadline)
+    }
+
+    /// When [`on_deadline`](Self::on_deadline) is due: the reply deadline,
+    /// or the next look at whether the primary moved.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match (self.reply_deadline(), self.moved_check_at) {
+            (Some(reply), Some(check)) => Some(reply.min(check)),
+            (reply, check) => reply.or(check),
+        }
+    }
+
+    /// The primary moved away from this connection (a failover): the
+    /// client's state stayed on the old one.
+    pub(crate) fn moved(&self) -> bool {
+        !self.origin.endpoint().node.is_current(self.conn.generation)
+    }
+
+    /// [`deadline`](Self::deadline) has passed: an error if a reply is late
+    /// or the primary moved, else the next look is set.
+    pub(crate) fn on_deadline(&mut self, now: Instant) -> Result<(), Broken> {
+        if self.moved() {
+            return Err(Broken::Moved(crate::pool::lane::moved_to(
+                &self.origin.endpoint().node,
+            )));
+        }
+        if self.reply_deadline().is_some_and(|d| d <= now) {
+            return Err(Broken::Timeout);
+        }
+        if self.moved_check_at.is_some() {
+            self.moved_check_at = Some(now + MOVED_CHECK_EVERY);
+        }
+        Ok(())
     }
 
     /// Reads what the socket has and turns it into events: ready when

@@ -35,6 +35,18 @@ use crate::retry::{is_transient_error, Backoff};
 /// Stop taking new requests into the write buffer above this many bytes, so
 /// that a slow upstream pushes back on clients instead of growing memory.
 pub(super) const WRITE_HIGH_WATER: usize = 4 << 20;
+/// Where a followed primary went, for messages: its new address, or that a
+/// failover is under way.
+pub(crate) fn moved_to(node: &crate::pool::endpoint::Node) -> String {
+    match node.following().and_then(|f| f.current()) {
+        Some(addr) => addr.to_string(),
+        None => "a new primary (failover under way)".into(),
+    }
+}
+
+/// How long a connection to a primary that moved may still deliver the
+/// replies in flight on it.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// The health-check request, sent on an idle lane.
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
@@ -67,6 +79,13 @@ pub(super) struct Carrier {
     gate: WriteGate,
     /// A client request got its answer over this connection.
     served: bool,
+    /// The node moved (a failover): nothing new is written here, and the
+    /// connection is given up once its replies are in, or at this instant.
+    retiring: Option<Instant>,
+    /// The upstream answered `-READONLY` where a primary was expected: it
+    /// was demoted, so the connection is given up once what is in flight
+    /// has answered, and the next is validated afresh.
+    demoted: bool,
     /// Deadlines (reply timeout, end of a hold, idle health check) are
     /// checked on one periodic tick instead of a timer per loop turn:
     /// arming and disarming timers on every batch costs more than the
@@ -97,6 +116,8 @@ impl Carrier {
             turn_clock: None,
             gate: WriteGate::new(pool.batch_writes),
             served: false,
+            retiring: None,
+            demoted: false,
             ticker,
         }
     }
@@ -163,7 +184,11 @@ impl Carrier {
     fn fill(&mut self, lane: &mut Lane) {
         self.gate
             .answered_up_to(self.inflight.front().map(|f| f.end));
-        if self.hold_until.is_some() || lane.queue.is_empty() || !self.gate.open(lane.queue.len()) {
+        if self.hold_until.is_some()
+            || self.retiring.is_some()
+            || lane.queue.is_empty()
+            || !self.gate.open(lane.queue.len())
+        {
             return;
         }
         let stats = &lane.ctx.stats;
@@ -264,9 +289,19 @@ impl Carrier {
         if self.inflight.front().is_some_and(|f| f.deadline <= now) {
             return Some(Broken::Timeout);
         }
+        if let Some(moved) = self.moved(lane, now) {
+            return Some(moved);
+        }
         // Resume after a hold only once every earlier request has answered,
         // so resent requests keep their order.
         if self.hold_until.is_some_and(|h| h <= now) && self.inflight.is_empty() {
+            if self.demoted {
+                // Its held requests go to the next connection, which must
+                // pass the gate again (a replica fails the write probe).
+                return Some(Broken::Lost(
+                    "the upstream answered READONLY: it is a replica now".into(),
+                ));
+            }
             self.hold_until = None;
             while let Some(job) = self.retry_later.pop_back() {
                 lane.queue.push_front(job);
@@ -284,6 +319,19 @@ impl Carrier {
             });
         }
         None
+    }
+
+    /// A followed node (Sentinel's primary) that moved: stop writing here,
+    /// let the replies in flight arrive for a moment (a request answered
+    /// `-READONLY` by a demoted primary is held and resent like any that
+    /// did not run), then give the connection up; what is still in flight
+    /// is settled as after any loss.
+    fn moved(&mut self, lane: &Lane, now: Instant) -> Option<Broken> {
+        if lane.node.is_current(self.conn.generation) {
+            return None;
+        }
+        let until = *self.retiring.get_or_insert(now + RETIRE_GRACE);
+        (self.inflight.is_empty() || until <= now).then(|| Broken::Moved(moved_to(&lane.node)))
     }
 
     /// Takes every whole reply out of the read buffer and answers the
@@ -349,7 +397,15 @@ impl Carrier {
             return broken.map_or(Ok(()), Err);
         };
         let stats = &lane.ctx.stats;
-        if is_transient_error(frame) {
+        let demoted = frame.first() == Some(&b'-')
+            && lane.ctx.expects_primary
+            && frame.starts_with(b"-READONLY");
+        if demoted && !self.demoted {
+            self.demoted = true;
+            tracing::warn!(lane = lane.id, upstream = %lane.node.addr(), "the primary answered READONLY: it was demoted; holding requests and looking for the primary");
+            lane.ctx.refresh.notify_one();
+        }
+        if demoted || is_transient_error(frame) {
             // The command did not run: hold it and resend after a backoff,
             // for as long as its hold window lasts (not limited by --retries:
             // a restart's LOADING phase is one outage, however many polls).
@@ -403,9 +459,14 @@ impl Carrier {
     /// The connection is closed, never pooled again.
     pub(super) fn settle(mut self, broken: Broken, lane: &mut Lane) {
         self.conn.broken = true;
-        let (addr, retry, stats) = (&lane.addr, lane.ctx.retry, &lane.ctx.stats);
+        let addr = lane.addr();
+        let (addr, retry, stats) = (&addr, lane.ctx.retry, &lane.ctx.stats);
         let (reason, error) = match &broken {
             Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
+            Broken::Moved(to) => (
+                format!("the primary failed over to {to}"),
+                Error::LostAfterWrite,
+            ),
             Broken::Timeout => (
                 format!("no reply within {:?}", retry.timeout),
                 Error::LostAfterWrite,
@@ -418,7 +479,7 @@ impl Carrier {
                 },
             ),
         };
-        tracing::warn!(lane = lane.id, upstream = %addr, reason = %reason, pending = self.inflight.len(), "upstream connection broken; closing it");
+        tracing::warn!(lane = lane.id, upstream = %self.conn.addr, reason = %reason, pending = self.inflight.len(), "upstream connection broken; closing it");
         stats.lane_connections_broken.add(1);
         let error = error.to_resp();
         let timeout_error = Error::Timeout {

@@ -39,11 +39,13 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::endpoint::Node;
 use super::mailbox::Mailbox;
 use super::manager::UpstreamManager;
 use super::PoolContext;
 use crate::client::inbox::ReplySender;
 use crate::error::{ConnectError, Error};
+pub(crate) use carrier::moved_to;
 use carrier::Carrier;
 use job::Job;
 use outage::Outage;
@@ -143,8 +145,9 @@ impl Drop for LaneInbox {
 /// One lane's task state.
 pub(crate) struct Lane {
     id: usize,
-    /// The upstream's address, for messages.
-    addr: Arc<str>,
+    /// The upstream node: its address for messages, and whether a
+    /// connection still goes to it (a followed primary moves).
+    node: Node,
     ctx: Arc<PoolContext>,
     inbox: LaneInbox,
     /// Runs taken from `inbox`, kept for its allocation.
@@ -161,7 +164,7 @@ pub(crate) struct Lane {
 impl Lane {
     pub(crate) fn new(
         id: usize,
-        addr: Arc<str>,
+        node: Node,
         ctx: Arc<PoolContext>,
         inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
@@ -169,7 +172,7 @@ impl Lane {
     ) -> Lane {
         Lane {
             id,
-            addr,
+            node,
             ctx,
             inbox,
             arrived: Vec::new(),
@@ -193,10 +196,17 @@ impl Lane {
     pub(crate) async fn run(mut self) {
         let mut reconnect = self.ctx.retry.backoff.delays();
         let mut delay_first = None;
+        let mut generation = None;
         loop {
             let Some(conn) = self.connect(&mut reconnect, delay_first.take()).await else {
                 return;
             };
+            if let Some(followed) = self.node.following() {
+                if generation.is_some_and(|g| g != conn.generation) {
+                    tracing::info!(lane = self.id, primary = %self.node.addr(), since_switch_ms = followed.since().elapsed().as_millis() as u64, queued = self.queue.len(), "serving the new primary");
+                }
+                generation = Some(conn.generation);
+            }
             let mut carrier = Carrier::new(conn, &self);
             match poll_fn(|cx| carrier.poll_serve(cx, &mut self)).await {
                 None => {
@@ -250,12 +260,17 @@ impl Lane {
         Poll::Ready(())
     }
 
+    /// The upstream's address now, for messages.
+    fn addr(&self) -> Arc<str> {
+        self.node.addr()
+    }
+
     /// The error for a request that never got onto a connection in time.
     fn not_sent_error(&self, waited: Duration) -> Error {
         match &self.outage {
-            Some(o) => o.error(&self.addr),
+            Some(o) => o.error(&self.addr()),
             None => Error::NotSent {
-                addr: self.addr.clone(),
+                addr: self.addr(),
                 after: waited,
             },
         }

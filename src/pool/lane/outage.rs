@@ -72,13 +72,13 @@ impl Lane {
             match result {
                 Ok(conn) => {
                     if let Some(o) = self.outage.take() {
-                        tracing::info!(lane = self.id, upstream = %self.addr, down_for_ms = o.since.elapsed().as_millis() as u64, attempts = o.attempts, "upstream available again");
+                        tracing::info!(lane = self.id, upstream = %self.addr(), down_for_ms = o.since.elapsed().as_millis() as u64, attempts = o.attempts, "upstream available again");
                     }
                     return Some(conn);
                 }
                 Err(e) => match &mut self.outage {
                     None if self.ctx.client_identity && e.is_login_refusal() => {
-                        tracing::debug!(lane = self.id, upstream = %self.addr, error = %e, "a client's login was refused");
+                        tracing::debug!(lane = self.id, upstream = %self.addr(), error = %e, "a client's login was refused");
                         self.outage = Some(Outage {
                             since: Instant::now(),
                             attempts: 1,
@@ -86,7 +86,7 @@ impl Lane {
                         });
                     }
                     None => {
-                        tracing::warn!(lane = self.id, upstream = %self.addr, error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
+                        tracing::warn!(lane = self.id, upstream = %self.addr(), error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
                         self.outage = Some(Outage {
                             since: Instant::now(),
                             attempts: 1,
@@ -94,7 +94,7 @@ impl Lane {
                         });
                     }
                     Some(o) => {
-                        tracing::debug!(lane = self.id, upstream = %self.addr, error = %e, attempts = o.attempts, "upstream still unavailable");
+                        tracing::debug!(lane = self.id, upstream = %self.node.addr(), error = %e, attempts = o.attempts, "upstream still unavailable");
                         o.attempts += 1;
                         o.last = e;
                     }
