@@ -129,10 +129,6 @@ pub struct Command {
     /// May be sent again after the connection was lost with the request
     /// already written (read-only commands only).
     pub retry_safe: bool,
-    /// A read of data a replica can answer as well as the primary: not a
-    /// script (`EVAL_RO` and the like go to the primary), nor a question
-    /// about the server itself (`INFO`, `TIME`, `PING`, …).
-    pub replica_read: bool,
 }
 
 impl Command {
@@ -140,36 +136,23 @@ impl Command {
         Command {
             route: Route::Shared,
             retry_safe,
-            replica_read: false,
-        }
-    }
-    /// A read-only command: resent after a loss, and a replica read if it
-    /// reads data.
-    fn read(upper: &[u8]) -> Command {
-        Command {
-            route: Route::Shared,
-            retry_safe: true,
-            replica_read: !is_about_the_server(upper),
         }
     }
     const fn dedicated(state: Stateful) -> Command {
         Command {
             route: Route::Dedicated(state),
             retry_safe: false,
-            replica_read: false,
         }
     }
     const fn local(l: Local) -> Command {
         Command {
             route: Route::Local(l),
             retry_safe: false,
-            replica_read: false,
         }
     }
     const DENIED: Command = Command {
         route: Route::Denied,
         retry_safe: false,
-        replica_read: false,
     };
 }
 
@@ -220,7 +203,6 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
             Command {
                 route: Route::Local(Local::Info),
                 retry_safe: true,
-                replica_read: false,
             }
         }
 
@@ -235,7 +217,7 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
         b"XREAD" | b"XREADGROUP" if has_option(req, 1, b"BLOCK") => {
             Command::dedicated(Stateful::Blocking)
         }
-        b"XREAD" => Command::read(b"XREAD"),
+        b"XREAD" => Command::shared(true),
         b"SUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Channel)),
         b"PSUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Pattern)),
         b"SSUBSCRIBE" => Command::dedicated(Stateful::Subscribe(SubKind::Shard)),
@@ -251,7 +233,6 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
             Command {
                 route: Route::Urgent,
                 retry_safe: false,
-                replica_read: false,
             }
         }
         b"DEBUG" => match req.arg(1) {
@@ -277,12 +258,11 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
         b"POST" | b"HOST:" => Command {
             route: Route::Attack,
             retry_safe: false,
-            replica_read: false,
         },
 
         // Writes are never resent once written, not even "idempotent" ones:
         // replaying SET k v after another client's SET k w would undo theirs.
-        name if is_read_only(name) => Command::read(name),
+        name if is_read_only(name) => Command::shared(true),
         _ => Command::shared(false),
     }
 }
@@ -368,12 +348,22 @@ fn has_option(req: RequestRef<'_>, from: usize, word: &[u8]) -> bool {
         .any(|a| a.eq_ignore_ascii_case(word))
 }
 
-/// Read-only commands that are not reads of data: scripts (a replica may
-/// run a different version of a function, and scripts go to the primary by
-/// rule) and questions about the server itself.
-fn is_about_the_server(upper: &[u8]) -> bool {
-    matches!(
-        upper,
+/// Whether a command classified `retry_safe` (read-only) reads data that a
+/// replica can answer as well as the primary: not a script (`EVAL_RO` and
+/// the like go to the primary), nor a question about the server itself
+/// (`INFO`, `TIME`, `PING`, …). Asked only when replicas take reads, so
+/// that the table costs nothing otherwise.
+pub fn reads_data(req: RequestRef<'_>) -> bool {
+    let name = req.name();
+    if name.len() > MAX_NAME {
+        return false;
+    }
+    let mut upper = [0u8; MAX_NAME];
+    let upper = &mut upper[..name.len()];
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+    !matches!(
+        &*upper,
         b"EVAL_RO"
             | b"EVALSHA_RO"
             | b"FCALL_RO"
@@ -496,11 +486,11 @@ mod tests {
 
     #[test]
     fn ordinary_commands_share_lanes() {
-        assert_eq!(class(&["get", "k"]), Command::read(b"GET"));
+        assert_eq!(class(&["get", "k"]), Command::shared(true));
         assert_eq!(class(&["INCR", "k"]), Command::shared(false));
         assert_eq!(class(&["EVAL", "return 1", "0"]), Command::shared(false));
         assert_eq!(class(&["NOSUCHCOMMAND"]), Command::shared(false));
-        assert_eq!(class(&["ping"]), Command::read(b"PING"));
+        assert_eq!(class(&["ping"]), Command::shared(true));
     }
 
     #[test]
@@ -511,7 +501,8 @@ mod tests {
             &["SCAN", "0"],
             &["XREAD", "STREAMS", "s", "0"],
         ] {
-            assert!(class(read).replica_read, "{read:?}");
+            let req = Request::from_args(read);
+            assert!(class(read).retry_safe && reads_data(req.view()), "{read:?}");
         }
         for primary in [
             &["SET", "k", "v"][..],
@@ -522,7 +513,8 @@ mod tests {
             &["TIME"],
             &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
         ] {
-            assert!(!class(primary).replica_read, "{primary:?}");
+            let req = Request::from_args(primary);
+            assert!(!class(primary).retry_safe || !reads_data(req.view()), "{primary:?}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Where a client's reads go with `--read-from prefer-replica|replica`.
 //!
-//! A read of data (see [`crate::command::Command::replica_read`]) by a
+//! A read of data (see [`crate::command::reads_data`]) by a
 //! client on respool's own identity goes to a replica that
 //! [serves](ReplicaSet::serves) it: usable, and caught up with the client's
 //! last write. The client keeps reading from the same replica while it
@@ -89,14 +89,20 @@ impl ReplicaReads {
 impl Client {
     /// Where a shared request goes when replicas may take reads (`reads`
     /// is set): a replica, the primary, or (with `--read-from replica` and
-    /// none usable) an error for the client. `seq` is the slot it will get.
-    pub(super) fn read_target(&mut self, command: Command, seq: u64) -> Result<Target, Bytes> {
+    /// none usable) an error for the client. `reads_data`: it is a read a
+    /// replica can answer; `seq` is the slot it will get.
+    pub(super) fn read_target(
+        &mut self,
+        command: Command,
+        reads_data: bool,
+        seq: u64,
+    ) -> Result<Target, Bytes> {
         let own_identity = Arc::ptr_eq(&self.lanes, &self.shared.router.initial());
         let protocol = self.protocol;
         let Some(reads) = &mut self.reads else {
             return Ok(Target::Primary);
         };
-        if !command.replica_read || !own_identity {
+        if !reads_data || !own_identity {
             reads.routed_to_primary(seq, command.retry_safe);
             return Ok(Target::Primary);
         }

@@ -116,7 +116,12 @@ impl Client {
                 return;
             }
         };
-        if self.reads.is_some() && !self.target_run(command) {
+        if self.reads.is_some()
+            && !self.target_run(
+                command,
+                command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
+            )
+        {
             // No replica may take it: the client is told so.
             self.flush_run();
             let _ = span.split_off(self.input.buf_mut());
@@ -223,9 +228,9 @@ impl Client {
     /// ending the run being collected if it goes elsewhere; `false` (with
     /// the client's error answered) if nothing may take it.
     #[cold]
-    fn target_run(&mut self, command: Command) -> bool {
+    fn target_run(&mut self, command: Command, reads_data: bool) -> bool {
         let seq = self.output.next_seq();
-        match self.read_target(command, seq) {
+        match self.read_target(command, reads_data, seq) {
             Ok(target) => {
                 if target != self.run_target {
                     self.flush_run();
