@@ -514,7 +514,10 @@ mod tests {
             &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
         ] {
             let req = Request::from_args(primary);
-            assert!(!class(primary).retry_safe || !reads_data(req.view()), "{primary:?}");
+            assert!(
+                !class(primary).retry_safe || !reads_data(req.view()),
+                "{primary:?}"
+            );
         }
     }
 

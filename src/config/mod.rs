@@ -259,6 +259,7 @@ impl ClientSettings {
 fn upstream_endpoint(
     upstream: &flags::UpstreamFlags,
     tls: &flags::TlsFlags,
+    sentinel_tls: bool,
 ) -> Result<Endpoint, String> {
     let url = UpstreamUrl::parse(&upstream.upstream)
         .map_err(|e| format!("invalid value for '--upstream': {e}"))?;
@@ -267,7 +268,7 @@ fn upstream_endpoint(
         None => url.password.clone(),
     };
     Ok(Endpoint {
-        node: Node::fixed(url.addr.clone(), upstream_tls(tls, &url)?),
+        node: Node::fixed(url.addr.clone(), upstream_tls(tls, &url, sentinel_tls)?),
         identity: Identity {
             username: url.username.clone(),
             password,
@@ -316,7 +317,7 @@ impl Config {
             return Err("timeouts must be greater than zero".into());
         }
         Ok(Config {
-            upstream: upstream_endpoint(&upstream, &tls)?,
+            upstream: upstream_endpoint(&upstream, &tls, topology.sentinel_tls)?,
             require_upstream: upstream.require_upstream,
             retry: RetrySettings::validate(&retry, &pool)?,
             listener: ListenerSettings::validate(listener, &tls, &pool)?,
@@ -404,12 +405,27 @@ fn client_users(users: &[String], file: Option<&PathBuf>) -> Result<Vec<String>,
 
 /// The TLS settings of a `rediss://` upstream; TLS flags without one are an
 /// error rather than silently ignored.
-fn upstream_tls(flags: &flags::TlsFlags, url: &UpstreamUrl) -> Result<Option<UpstreamTls>, String> {
+/// `sentinel_tls`: the trust flags also serve `--sentinel-tls`, so they
+/// are not an error without a TLS upstream.
+fn upstream_tls(
+    flags: &flags::TlsFlags,
+    url: &UpstreamUrl,
+    sentinel_tls: bool,
+) -> Result<Option<UpstreamTls>, String> {
     if !url.tls {
         let given = [
-            ("--upstream-ca", flags.upstream_ca.is_some()),
-            ("--upstream-cert", flags.upstream_cert.is_some()),
-            ("--upstream-tls-insecure", flags.upstream_tls_insecure),
+            (
+                "--upstream-ca",
+                flags.upstream_ca.is_some() && !sentinel_tls,
+            ),
+            (
+                "--upstream-cert",
+                flags.upstream_cert.is_some() && !sentinel_tls,
+            ),
+            (
+                "--upstream-tls-insecure",
+                flags.upstream_tls_insecure && !sentinel_tls,
+            ),
             (
                 "--upstream-tls-server-name",
                 flags.upstream_tls_server_name.is_some(),

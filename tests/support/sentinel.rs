@@ -22,6 +22,8 @@ pub const MASTER: &str = "mymaster";
 pub struct Sentinel {
     child: Mutex<Option<Child>>,
     port: u16,
+    /// Its TLS port, when it has one.
+    tls_port: Option<u16>,
     conf: PathBuf,
     password: Option<String>,
     _dir: TempDir,
@@ -33,6 +35,7 @@ impl Sentinel {
         quorum: usize,
         password: Option<&str>,
         primary_password: Option<&str>,
+        tls: Option<&TlsFiles>,
     ) -> Sentinel {
         let dir = tempfile::Builder::new()
             .prefix("respool-sentinel-")
@@ -54,10 +57,21 @@ impl Sentinel {
         if let Some(password) = primary_password {
             text.push_str(&format!("sentinel auth-pass {MASTER} {password}\n"));
         }
+        let tls_port = tls.map(|tls| {
+            let port = free_port();
+            text.push_str(&format!(
+                "tls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            ));
+            port
+        });
         fs::write(&conf, text).unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
         let sentinel = Sentinel {
             child: Mutex::new(None),
             port,
+            tls_port,
             conf,
             password: password.map(str::to_owned),
             _dir: dir,
@@ -91,6 +105,11 @@ impl Sentinel {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `127.0.0.1:<its TLS port>`.
+    pub fn tls_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.tls_port.expect("a sentinel with TLS"))
+    }
+
     /// One command; `None` if the sentinel cannot be reached.
     pub fn command(&self, args: &[&str]) -> Option<Reply> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
@@ -119,6 +138,13 @@ impl Drop for Sentinel {
     }
 }
 
+/// PEM files for a Sentinel's TLS port.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
 /// A primary, its replicas, and Sentinels watching them.
 pub struct SentinelSetup {
     /// Every data node; the primary is the first at the start.
@@ -142,6 +168,18 @@ impl SentinelSetup {
         data_password: Option<&str>,
         sentinel_password: Option<&str>,
     ) -> SentinelSetup {
+        SentinelSetup::start_full(replicas, sentinels, data_password, sentinel_password, None)
+    }
+
+    /// Everything: passwords, and a TLS port on every Sentinel besides its
+    /// plain one.
+    pub fn start_full(
+        replicas: usize,
+        sentinels: usize,
+        data_password: Option<&str>,
+        sentinel_password: Option<&str>,
+        tls: Option<&TlsFiles>,
+    ) -> SentinelSetup {
         let mut builder = RedisServer::builder();
         if let Some(password) = data_password {
             builder = builder.password(password).arg("masterauth", password);
@@ -157,7 +195,7 @@ impl SentinelSetup {
         }
         let quorum = sentinels / 2 + 1;
         let sentinels: Vec<Sentinel> = (0..sentinels)
-            .map(|_| Sentinel::start(primary_port, quorum, sentinel_password, data_password))
+            .map(|_| Sentinel::start(primary_port, quorum, sentinel_password, data_password, tls))
             .collect();
         let setup = SentinelSetup { servers, sentinels };
         for s in &setup.sentinels {
