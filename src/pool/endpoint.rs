@@ -186,6 +186,15 @@ impl FollowedAddr {
         before
     }
 
+    /// While no address is known, says why (what the last attempt to find
+    /// one ran into), for the errors of requests that wait for it.
+    pub fn explain_unknown(&self, why: &str) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.addr.is_err() {
+            current.addr = Err(why.into());
+        }
+    }
+
     /// The current address, if one is known.
     pub fn current(&self) -> Option<Arc<str>> {
         self.read().addr.as_ref().ok().cloned()

@@ -138,7 +138,10 @@ impl Follower {
         loop {
             match this.discover().await {
                 Ok(found) => this.apply(found),
-                Err(problem) => this.state.report(problem),
+                Err(problem) => {
+                    this.primary.explain_unknown(&problem);
+                    this.state.report(problem);
+                }
             }
             let wait = if this.primary.current().is_some() {
                 ASK_EVERY

@@ -267,12 +267,21 @@ impl Lane {
 
     /// The error for a request that never got onto a connection in time.
     fn not_sent_error(&self, waited: Duration) -> Error {
-        match &self.outage {
-            Some(o) => o.error(&self.addr()),
-            None => Error::NotSent {
+        if let Some(o) = &self.outage {
+            return o.error(&self.addr());
+        }
+        // A followed primary not known yet: the reason is the news.
+        if let Err(why) = self.node.locate() {
+            return Error::Unavailable {
                 addr: self.addr(),
-                after: waited,
-            },
+                cause: why.to_string().into(),
+                attempts: 0,
+                elapsed: waited,
+            };
+        }
+        Error::NotSent {
+            addr: self.addr(),
+            after: waited,
         }
     }
 
