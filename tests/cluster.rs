@@ -3,8 +3,9 @@
 
 mod support;
 
+use support::client::encode_command;
 use support::cluster::{slot_ranges, Cluster};
-use support::Reply;
+use support::{Reply, TestClient, TestProxy};
 
 /// The harness forms a cluster whose nodes agree on every slot, and its
 /// helpers say where a key lives.
@@ -37,4 +38,207 @@ fn the_harness_forms_a_cluster_of_three_primaries() {
         other.command(&[b"GET", b"somekey"]).error_code(),
         Some("MOVED")
     );
+}
+
+/// A proxy in front of `cluster`, its seeds every node, with `extra` flags.
+async fn proxy(cluster: &Cluster, extra: &[&str]) -> TestProxy {
+    let seeds = cluster.urls()[1..].join(",");
+    let mut flags = vec!["--cluster", "--upstream", &seeds];
+    flags.extend_from_slice(extra);
+    // The first URL is the proxy's `--upstream` too: all of them are seeds.
+    TestProxy::start(&cluster.urls()[0], &flags).await
+}
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(s.as_bytes().to_vec())
+}
+
+/// 10 000 keys written through respool in one pipeline land on the primary
+/// `CLUSTER KEYSLOT` names (asked of the nodes themselves), on no other, and
+/// read back through respool.
+#[tokio::test]
+async fn ten_thousand_keys_land_where_cluster_keyslot_says() {
+    const KEYS: usize = 10_000;
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let key = |i: usize| format!("key:{i}");
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(encode_command(&["SET", &key(i), &format!("value:{i}")]));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    for i in 0..KEYS {
+        assert_eq!(client.read_reply().await.unwrap(), ok(), "SET {}", key(i));
+    }
+    // Where each key should be, as a node computes it.
+    let mut direct = TestClient::connect(cluster.any().addr()).await.unwrap();
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(encode_command(&["CLUSTER", "KEYSLOT", &key(i)]));
+    }
+    direct.send_raw(&pipeline).await.unwrap();
+    let mut slots = Vec::with_capacity(KEYS);
+    for _ in 0..KEYS {
+        slots.push(direct.read_reply().await.unwrap().as_int().expect("a slot") as u16);
+    }
+    let ranges = slot_ranges(cluster.any());
+    let owner = |slot: u16| {
+        ranges
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .map(|(_, _, port)| *port)
+            .expect("an owner")
+    };
+    let primaries = cluster.primaries();
+    let mut total = 0;
+    for primary in &primaries {
+        let mine: Vec<usize> = (0..KEYS)
+            .filter(|&i| owner(slots[i]) == primary.port())
+            .collect();
+        assert!(!mine.is_empty(), "no key on :{}", primary.port());
+        let mut node = TestClient::connect(primary.addr()).await.unwrap();
+        let mut pipeline = Vec::new();
+        for &i in &mine {
+            pipeline.extend(encode_command(&["GET", &key(i)]));
+        }
+        node.send_raw(&pipeline).await.unwrap();
+        for &i in &mine {
+            assert_eq!(
+                node.read_reply().await.unwrap(),
+                bulk(&format!("value:{i}")),
+                "{} on :{}",
+                key(i),
+                primary.port()
+            );
+        }
+        let dbsize = node.cmd(&["DBSIZE"]).await.as_int().unwrap() as usize;
+        assert_eq!(
+            dbsize,
+            mine.len(),
+            "keys on :{} besides its own",
+            primary.port()
+        );
+        total += dbsize;
+    }
+    assert_eq!(total, KEYS);
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(encode_command(&["GET", &key(i)]));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    for i in 0..KEYS {
+        assert_eq!(
+            client.read_reply().await.unwrap(),
+            bulk(&format!("value:{i}"))
+        );
+    }
+    let info = client.respool_counters().await;
+    assert_eq!(info["cluster_slots_known"], "16384");
+    assert_eq!(info["cluster_primaries"], "3");
+    assert_eq!(info["cluster_moved"], "0", "{info:?}");
+}
+
+/// A pipeline mixing single-key commands on every primary, multi-key
+/// commands within one slot, keyless commands and commands whose keys span
+/// slots gets every reply in order: the cross-slot ones Redis's own
+/// `-CROSSSLOT`, exactly as a node gives it.
+#[tokio::test]
+async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let direct = cluster
+        .owner(cluster.keyslot(b"a"))
+        .command(&[b"MGET", b"a", b"b"]);
+    assert_eq!(direct.error_code(), Some("CROSSSLOT"));
+    let script: Vec<(Vec<&str>, Reply)> = vec![
+        (vec!["SET", "a", "1"], ok()),
+        (vec!["SET", "b", "2"], ok()),
+        (vec!["MSET", "{u}x", "3", "{u}y", "4"], ok()),
+        (vec!["PING"], Reply::Simple("PONG".into())),
+        (vec!["SET", "c", "5"], ok()),
+        (
+            vec!["MGET", "{u}x", "{u}y"],
+            Reply::Array(vec![bulk("3"), bulk("4")]),
+        ),
+        (vec!["GET", "a"], bulk("1")),
+        (vec!["MGET", "a", "b"], direct.clone()),
+        (vec!["ECHO", "hi"], bulk("hi")),
+        (vec!["INCR", "b"], Reply::Int(3)),
+        (vec!["DEL", "a", "c"], direct.clone()),
+        (
+            vec!["EVAL", "return redis.call('GET', KEYS[1])", "1", "c"],
+            bulk("5"),
+        ),
+        (vec!["EVAL", "return 1", "2", "a", "b"], direct.clone()),
+        (vec!["GET", "c"], bulk("5")),
+        (vec!["RENAME", "{u}x", "{u}z"], ok()),
+        (vec!["RENAME", "a", "b"], direct.clone()),
+        (vec!["XADD", "{s}1", "*", "f", "v"], Reply::Nil),
+        (vec!["GET", "b"], bulk("3")),
+        (vec!["OBJECT", "ENCODING", "{u}y"], bulk("int")),
+        (vec!["SPUBLISH", "chan", "m"], Reply::Int(0)),
+        (vec!["PUBLISH", "chan", "m"], Reply::Int(0)),
+        (vec!["GET", "{u}z"], bulk("3")),
+    ];
+    let mut pipeline = Vec::new();
+    for (args, _) in &script {
+        pipeline.extend(encode_command(args));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    for (args, want) in &script {
+        let got = client.read_reply().await.unwrap();
+        if args[0] == "XADD" {
+            assert!(got.as_bytes().is_some(), "XADD: {got:?}");
+            continue;
+        }
+        assert_eq!(&got, want, "{args:?}");
+    }
+    // The keys went where their slots say.
+    for key in ["a", "b", "c", "{u}y", "{u}z"] {
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"EXISTS", key.as_bytes()]),
+            Reply::Int(1),
+            "{key}"
+        );
+    }
+}
+
+/// What respool does not route in cluster mode yet is refused with a line
+/// that says so, never sent to one node as if it were the whole cluster;
+/// SELECT of another database is refused as the cluster refuses it.
+#[tokio::test]
+async fn commands_for_every_node_and_sessions_are_refused_clearly() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    for args in [
+        vec!["DBSIZE"],
+        vec!["KEYS", "*"],
+        vec!["FLUSHALL"],
+        vec!["SCRIPT", "LOAD", "return 1"],
+        vec!["MULTI"],
+        vec!["WATCH", "a"],
+        vec!["BLPOP", "a", "1"],
+        vec!["SUBSCRIBE", "chan"],
+    ] {
+        let reply = client.cmd(&args).await;
+        let text = format!("{reply:?}");
+        assert!(
+            reply.error_code() == Some("ERR") && text.contains("not supported in cluster mode yet"),
+            "{args:?}: {reply:?}"
+        );
+    }
+    let select = client.cmd(&["SELECT", "1"]).await;
+    let direct = cluster.any().command(&[b"SELECT", b"1"]);
+    assert_eq!(select, direct);
+    assert_eq!(client.cmd(&["SELECT", "0"]).await, ok());
+    assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("ERR"));
+    assert_eq!(client.cmd(&["SET", "still", "works"]).await, ok());
 }

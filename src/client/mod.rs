@@ -21,6 +21,7 @@
 
 pub(crate) mod auth;
 mod buffers;
+mod cluster;
 mod deadlines;
 pub(crate) mod inbox;
 mod input;
@@ -216,7 +217,9 @@ struct Client {
     /// Reads from replicas (`--read-from` other than `primary`).
     reads: Option<reads::ReplicaReads>,
     /// Where the run of shared requests being collected goes.
-    run_target: reads::Target,
+    run_target: routing::Target,
+    /// Routing by hash slot (`--cluster`).
+    cluster: Option<cluster::ClusterRoutes>,
 }
 
 impl Client {
@@ -275,7 +278,12 @@ impl Client {
                 .replicas()
                 .cloned()
                 .map(reads::ReplicaReads::new),
-            run_target: reads::Target::Primary,
+            run_target: routing::Target::Primary,
+            cluster: shared
+                .router
+                .cluster()
+                .cloned()
+                .map(cluster::ClusterRoutes::new),
             shared,
         }
     }

@@ -3,12 +3,23 @@
 
 use bytes::Bytes;
 
-use super::reads::Target;
 use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
 use crate::error::{error_line, Error};
 use crate::pool::lane::LaneRequest;
+
+/// Where a run of shared requests goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The client's own lane set: the primary (the anchor primary in
+    /// cluster mode).
+    Primary,
+    /// The replica the client reads from (`--read-from`).
+    Replica,
+    /// A cluster primary, by its index in the client's slot map.
+    Node(u16),
+}
 
 /// What becomes of a request, before anything is done with it.
 #[derive(Clone, Copy)]
@@ -116,7 +127,18 @@ impl Client {
                 return;
             }
         };
-        if self.reads.is_some()
+        if self.cluster.is_some() {
+            self.sync_cluster();
+            let placed = match &self.cluster {
+                Some(cluster) => cluster.place(span.view(self.input.after_run())),
+                None => Ok(None),
+            };
+            if !self.target_primary(placed) {
+                self.flush_run();
+                let _ = span.split_off(self.input.buf_mut());
+                return;
+            }
+        } else if self.reads.is_some()
             && !self.target_run(
                 command,
                 command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
@@ -164,6 +186,16 @@ impl Client {
         // Whatever this request does (it may even switch lanes), the shared
         // requests before it are on their way first.
         self.flush_run();
+        if self.cluster.is_some() && matches!(command.route, Route::Dedicated(_) | Route::Urgent) {
+            let answered_without_session = matches!(
+                command.route,
+                Route::Dedicated(Stateful::Exec | Stateful::Discard | Stateful::Unwatch)
+            );
+            if !answered_without_session {
+                let reply = self.refused_in_cluster(&req);
+                return self.output.push_ready(reply);
+            }
+        }
         let req = match command.route {
             Route::Shared | Route::Dedicated(_) => match self.held_by_pause(req, command) {
                 Some(req) => req,
@@ -217,6 +249,16 @@ impl Client {
         // (flushed before this) decided where reads go.
         self.flush_run();
         self.run_target = Target::Primary;
+        if self.cluster.is_some() {
+            self.sync_cluster();
+            let placed = match &self.cluster {
+                Some(cluster) => cluster.place(req.view()),
+                None => Ok(None),
+            };
+            if !self.target_primary(placed) {
+                return;
+            }
+        }
         let seq = self.output.open_shared_slot();
         if let Some(reads) = &mut self.reads {
             reads.routed_to_primary(seq, retry_safe);
@@ -255,11 +297,17 @@ impl Client {
 
     fn hand_to_lane(&mut self, seq: u64, raw: Bytes, count: u32, retry_safe: u64) {
         let lane = match (&self.reads, self.run_target) {
+            (_, Target::Primary) => &self.lane,
             (Some(reads), Target::Replica) => {
                 reads.count(count);
                 reads.lane().unwrap_or(&self.lane)
             }
-            _ => &self.lane,
+            (_, Target::Node(i)) => self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.lane(i))
+                .unwrap_or(&self.lane),
+            (None, Target::Replica) => &self.lane,
         };
         let sent = lane.send(LaneRequest {
             seq,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use flags::{Flags, LogFormat, ReadFrom, Validate};
 pub use secret::Secret;
-pub(crate) use topology::{ReplicaSettings, SentinelSettings, TopologySettings};
+pub(crate) use topology::{ClusterSettings, ReplicaSettings, SentinelSettings, TopologySettings};
 pub use units::{parse_bytes, parse_duration};
 
 use crate::client::auth::ClientAuth;
@@ -60,6 +60,8 @@ pub struct Config {
     pub(crate) identities: IdentitySettings,
     /// Sentinel, and reads from replicas.
     pub(crate) topology: TopologySettings,
+    /// Redis Cluster (`--cluster`): the seeds and how the slot map is kept.
+    pub(crate) cluster: Option<ClusterSettings>,
     pub(crate) log: LogSettings,
 }
 
@@ -261,8 +263,9 @@ fn upstream_endpoint(
     tls: &flags::TlsFlags,
     sentinel_tls: bool,
 ) -> Result<Endpoint, String> {
-    let url = UpstreamUrl::parse(&upstream.upstream)
-        .map_err(|e| format!("invalid value for '--upstream': {e}"))?;
+    let first = upstream.upstreams.first().map_or("", String::as_str);
+    let url =
+        UpstreamUrl::parse(first).map_err(|e| format!("invalid value for '--upstream': {e}"))?;
     let password = match upstream.upstream_password.as_deref() {
         Some(p) => Some(Secret::new(p)),
         None => url.password.clone(),
@@ -274,6 +277,7 @@ fn upstream_endpoint(
             password,
         },
         db: url.db,
+        probe_slot: None,
     })
 }
 
@@ -306,6 +310,7 @@ impl Config {
             auth,
             tls,
             topology,
+            cluster,
             log,
         } = flags;
         if retry.timeout.is_zero()
@@ -316,6 +321,7 @@ impl Config {
         {
             return Err("timeouts must be greater than zero".into());
         }
+        let cluster = ClusterSettings::validate(&cluster, &upstream, &topology)?;
         Ok(Config {
             upstream: upstream_endpoint(&upstream, &tls, topology.sentinel_tls)?,
             require_upstream: upstream.require_upstream,
@@ -331,6 +337,7 @@ impl Config {
             },
             clients: ClientSettings::validate(clients, auth)?,
             topology: TopologySettings::validate(topology, &tls)?,
+            cluster,
             log: LogSettings {
                 format: log.log_format,
                 level: log.log_level,

@@ -57,6 +57,10 @@ pub(crate) struct PoolContext {
     pub refresh: Arc<tokio::sync::Notify>,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
+    /// In front of a Redis Cluster: lanes count the `-MOVED`/`-ASK` replies
+    /// they pass on and ask for a refresh of the slot map on those and
+    /// when they cannot reach their node.
+    pub cluster: Option<Arc<crate::topology::cluster::ClusterStats>>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

@@ -49,6 +49,7 @@ impl Registry {
             expects_primary: ctx.expects_primary,
             refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
+            cluster: ctx.cluster.clone(),
         });
         Registry {
             default: Arc::new(LaneSet::open(upstream, ctx)),

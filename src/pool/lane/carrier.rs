@@ -397,9 +397,13 @@ impl Carrier {
             return broken.map_or(Ok(()), Err);
         };
         let stats = &lane.ctx.stats;
-        let demoted = frame.first() == Some(&b'-')
-            && lane.ctx.expects_primary
-            && frame.starts_with(b"-READONLY");
+        let is_error = frame.first() == Some(&b'-');
+        let demoted = is_error && lane.ctx.expects_primary && frame.starts_with(b"-READONLY");
+        if is_error {
+            if let Some(cluster) = &lane.ctx.cluster {
+                cluster.count_redirect(frame, &lane.ctx.refresh);
+            }
+        }
         if demoted && !self.demoted {
             self.demoted = true;
             tracing::warn!(lane = lane.id, upstream = %lane.node.addr(), "the primary answered READONLY: it was demoted; holding requests and looking for the primary");

@@ -76,31 +76,44 @@ impl Lane {
                     }
                     return Some(conn);
                 }
-                Err(e) => match &mut self.outage {
-                    None if self.ctx.client_identity && e.is_login_refusal() => {
-                        tracing::debug!(lane = self.id, upstream = %self.addr(), error = %e, "a client's login was refused");
-                        self.outage = Some(Outage {
-                            since: Instant::now(),
-                            attempts: 1,
-                            last: e,
-                        });
+                Err(e) => {
+                    if self.ctx.cluster.is_some() {
+                        // A cluster node that cannot be reached may have
+                        // failed over: the slot map is asked for again
+                        // (the refresher rate-limits these).
+                        self.ctx.refresh.notify_one();
                     }
-                    None => {
-                        tracing::warn!(lane = self.id, upstream = %self.addr(), error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
-                        self.outage = Some(Outage {
-                            since: Instant::now(),
-                            attempts: 1,
-                            last: e,
-                        });
-                    }
-                    Some(o) => {
-                        tracing::debug!(lane = self.id, upstream = %self.node.addr(), error = %e, attempts = o.attempts, "upstream still unavailable");
-                        o.attempts += 1;
-                        o.last = e;
-                    }
-                },
+                    self.note_outage(e);
+                }
             }
             delay = Some(backoff.next_delay());
+        }
+    }
+
+    /// Logs and records a failed attempt to get a connection.
+    fn note_outage(&mut self, e: crate::error::ConnectError) {
+        match &mut self.outage {
+            None if self.ctx.client_identity && e.is_login_refusal() => {
+                tracing::debug!(lane = self.id, upstream = %self.addr(), error = %e, "a client's login was refused");
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    attempts: 1,
+                    last: e,
+                });
+            }
+            None => {
+                tracing::warn!(lane = self.id, upstream = %self.addr(), error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    attempts: 1,
+                    last: e,
+                });
+            }
+            Some(o) => {
+                tracing::debug!(lane = self.id, upstream = %self.node.addr(), error = %e, attempts = o.attempts, "upstream still unavailable");
+                o.attempts += 1;
+                o.last = e;
+            }
         }
     }
 
