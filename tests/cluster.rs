@@ -3,6 +3,10 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use support::client::encode_command;
 use support::cluster::{slot_ranges, Cluster};
 use support::{Reply, TestClient, TestProxy};
@@ -241,4 +245,145 @@ async fn commands_for_every_node_and_sessions_are_refused_clearly() {
     assert_eq!(client.cmd(&["SELECT", "0"]).await, ok());
     assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("ERR"));
     assert_eq!(client.cmd(&["SET", "still", "works"]).await, ok());
+}
+
+/// A slot moved to another primary while 50 clients INCR and GET keys in
+/// it (and in another slot) through respool: no client sees an error, every
+/// GET returns the client's own count of acknowledged INCRs (so no INCR ran
+/// twice, none was lost, and none overtook another), and afterwards the keys
+/// are on the new owner with those counts. One more client pipelines INCRs
+/// of one key across the move: its replies count up by one, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
+    const CLIENTS: usize = 50;
+    let cluster = Arc::new(Cluster::start());
+    let proxy = proxy(&cluster, &["--hold-timeout", "20s", "--timeout", "20s"]).await;
+    let hot = cluster.keyslot(b"{hot}");
+    let from = cluster.owner(hot).port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = proxy.client().await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // Half the clients use the slot that moves, half another one.
+            let key = if c % 2 == 0 {
+                format!("{{hot}}:{c}")
+            } else {
+                format!("{{cold}}:{c}")
+            };
+            let mut acked = 0i64;
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) || acked < 20 {
+                match client.cmd(&["INCR", &key]).await {
+                    Reply::Int(n) if n == acked + 1 => acked = n,
+                    other => errors.push(format!("INCR {key} after {acked}: {other:?}")),
+                }
+                match client.cmd(&["GET", &key]).await {
+                    Reply::Bulk(v) if v == acked.to_string().as_bytes() => {}
+                    other => errors.push(format!("GET {key} after {acked}: {other:?}")),
+                }
+                if errors.len() > 5 {
+                    break;
+                }
+            }
+            (key, acked, errors)
+        }));
+    }
+    // The pipelining client.
+    let mut piper = proxy.client().await;
+    let pipe_stop = stop.clone();
+    let piper_task = tokio::spawn(async move {
+        let mut next = 1i64;
+        let mut errors = Vec::new();
+        while !pipe_stop.load(Ordering::Relaxed) || next < 200 {
+            let mut batch = Vec::new();
+            for _ in 0..50 {
+                batch.extend(encode_command(&["INCR", "{hot}:piped"]));
+            }
+            piper.send_raw(&batch).await.unwrap();
+            for _ in 0..50 {
+                match piper.read_reply().await {
+                    Ok(Reply::Int(n)) if n == next => next += 1,
+                    other => errors.push(format!("piped INCR, expecting {next}: {other:?}")),
+                }
+            }
+            if !errors.is_empty() {
+                break;
+            }
+        }
+        (next - 1, errors)
+    });
+    // Let the load run before moving the slot, and after.
+    let mut watcher = proxy.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Polled, not slept on: at least 100 piped INCRs before the move.
+    while !watcher
+        .cmd(&["GET", "{hot}:piped"])
+        .await
+        .as_bytes()
+        .is_some_and(|v| v.len() >= 3)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load before the move"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| p.port())
+        .find(|&p| p != from)
+        .expect("another primary");
+    let moving = cluster.clone();
+    tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(to)))
+        .await
+        .unwrap();
+    let moved_before = support::counter(&watcher.respool_counters().await, "cluster_moved");
+    stop.store(true, Ordering::Relaxed);
+    let mut total_errors = Vec::new();
+    for task in tasks {
+        let (key, acked, errors) = task.await.unwrap();
+        total_errors.extend(errors);
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"GET", key.as_bytes()]),
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "{key} on :{}",
+            owner.port()
+        );
+    }
+    let (piped, errors) = piper_task.await.unwrap();
+    total_errors.extend(errors);
+    assert!(
+        total_errors.is_empty(),
+        "client-visible errors: {total_errors:#?}"
+    );
+    assert_eq!(cluster.owner(hot).port(), to);
+    assert_eq!(
+        cluster.node(to).command(&[b"GET", b"{hot}:piped"]),
+        Reply::Bulk(piped.to_string().into_bytes())
+    );
+    let info = watcher.respool_counters().await;
+    eprintln!(
+        "cluster counters: moved={} ask={} redirected={}",
+        info["cluster_moved"], info["cluster_ask"], info["cluster_redirected"]
+    );
+    assert!(
+        moved_before > 0 || support::counter(&info, "cluster_ask") > 0,
+        "{info:?}"
+    );
+    // respool learned the new owner: new requests go straight there.
+    let moved = support::counter(&info, "cluster_moved");
+    for _ in 0..20 {
+        assert_eq!(
+            watcher.cmd(&["INCR", "{hot}:after"]).await.is_error(),
+            false
+        );
+    }
+    assert_eq!(
+        support::counter(&watcher.respool_counters().await, "cluster_moved"),
+        moved
+    );
 }

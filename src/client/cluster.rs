@@ -10,8 +10,12 @@
 //! anchor primary (the client's own lane set).
 //!
 //! The client keeps the version of the map it routes by, with its lane to
-//! each primary; it takes the new version (ending the run being collected)
-//! when the map moves, so a run never mixes two versions' node numbers.
+//! each primary, and takes a new version only when none of its requests is
+//! on a lane. Until then its requests for a slot that moved go where the
+//! earlier ones went, and that node's `-MOVED` sends each on to the new
+//! owner's lane in the order they came ([`crate::pool::lane`]): a request
+//! routed by the new map can never overtake an earlier one of the same
+//! client still being redirected.
 
 use std::sync::Arc;
 
@@ -51,11 +55,12 @@ impl ClusterRoutes {
         routes
     }
 
-    /// Whether the map moved (or the client switched protocol) since the
-    /// lanes were taken.
+    /// Whether the lanes must be taken again: the client switched
+    /// protocol, or the map moved and none of the client's requests is on
+    /// a lane (`pending`: how many are).
     #[inline]
-    pub fn is_stale(&self, protocol: u8) -> bool {
-        self.map.version() != self.version || protocol != self.protocol
+    pub fn is_stale(&self, protocol: u8, pending: usize) -> bool {
+        protocol != self.protocol || (pending == 0 && self.map.version() != self.version)
     }
 
     /// Takes the current map and each primary's lane for `protocol`.
@@ -136,14 +141,15 @@ impl Client {
         }
     }
 
-    /// Takes the current slot map if it moved, after handing the run
-    /// collected by the old one to its lane.
+    /// Takes the current slot map if it moved and no request of the
+    /// client is on a lane (see the module docs).
     #[inline]
     pub(super) fn sync_cluster(&mut self) {
+        let pending = self.output.shared_pending();
         if self
             .cluster
             .as_ref()
-            .is_some_and(|c| c.is_stale(self.protocol))
+            .is_some_and(|c| c.is_stale(self.protocol, pending))
         {
             self.flush_run();
             self.run_target = Target::Primary;

@@ -315,6 +315,7 @@ impl Client {
             count,
             retry_safe,
             reply_to: self.output.sender(),
+            redirects: 0,
         });
         if sent.is_err() {
             self.output

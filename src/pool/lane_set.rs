@@ -137,6 +137,7 @@ impl LaneSet {
             // Nothing a login check sends writes data.
             retry_safe: 1,
             reply_to: inbox.sender(),
+            redirects: 0,
         });
         async move {
             if sent.is_err() {
@@ -286,6 +287,7 @@ impl SharedLanes {
                     inbox,
                     pool.clone(),
                     failures.clone(),
+                    protocol,
                 );
                 (handle, tokio::spawn(lane.run()))
             })

@@ -60,7 +60,7 @@ pub(crate) struct PoolContext {
     /// In front of a Redis Cluster: lanes count the `-MOVED`/`-ASK` replies
     /// they pass on and ask for a refresh of the slot map on those and
     /// when they cannot reach their node.
-    pub cluster: Option<Arc<crate::topology::cluster::ClusterStats>>,
+    pub cluster: Option<Arc<crate::topology::cluster::ClusterLink>>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

@@ -101,10 +101,69 @@ pub(crate) struct ClusterMap {
     anchor: Arc<FollowedAddr>,
     /// A slot the anchor serves, for its write probe.
     anchor_probe: Arc<AtomicU16>,
-    /// `INFO respool`; the lanes count redirections in it.
-    pub stats: Arc<ClusterStats>,
+    /// The lanes' view of the map, and the counters of `INFO respool`.
+    link: Arc<ClusterLink>,
     /// Why the last refresh failed, while it did.
     last_error: RwLock<Option<Arc<str>>>,
+}
+
+/// What the lanes of a cluster's primaries know of it: the map (to send a
+/// request a node redirected to the new owner's lane) and the counters.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterLink {
+    /// Set once the map exists; weak, as the map owns the lane sets.
+    map: OnceLock<std::sync::Weak<ClusterMap>>,
+    pub stats: ClusterStats,
+}
+
+/// What a lane does with a `-MOVED` or `-ASK` reply.
+pub(crate) enum Redirect {
+    /// Send the request to this lane (the slot's owner now).
+    To(crate::pool::lane::LaneHandle),
+    /// Hold it and send it again here after a pause: an `-ASK` (the slot
+    /// is being migrated; once it is, this node answers `-MOVED`), or a
+    /// `-MOVED` to a node respool has no lanes to yet (the map is being
+    /// refreshed).
+    Hold,
+}
+
+impl ClusterLink {
+    /// Lets the lanes find `map`'s lane sets.
+    pub fn attach(&self, map: &Arc<ClusterMap>) {
+        let _ = self.map.set(Arc::downgrade(map));
+    }
+
+    /// What to do with a reply of a lane to `from` speaking `protocol`, if
+    /// it is a redirection; counts it, and asks for a refresh on `-MOVED`.
+    pub fn redirect(
+        &self,
+        frame: &[u8],
+        from: &str,
+        protocol: u8,
+        refresh: &Notify,
+    ) -> Option<Redirect> {
+        if frame.starts_with(b"-ASK ") {
+            self.stats.ask.fetch_add(1, Ordering::Relaxed);
+            return Some(Redirect::Hold);
+        }
+        let rest = frame.strip_prefix(b"-MOVED ")?;
+        self.stats.moved.fetch_add(1, Ordering::Relaxed);
+        refresh.notify_one();
+        // `-MOVED <slot> <host>:<port>`; an empty host is the node's own.
+        let line = rest.strip_suffix(b"\r\n").unwrap_or(rest);
+        let addr = line.splitn(2, |&b| b == b' ').nth(1)?;
+        let addr = std::str::from_utf8(addr).ok()?;
+        let map = self.map.get().and_then(std::sync::Weak::upgrade)?;
+        let (slots, _) = map.current();
+        let lanes = slots
+            .nodes
+            .iter()
+            .find(|n| *n.addr == *addr || (addr.starts_with(':') && n.addr.ends_with(addr)));
+        Some(match lanes {
+            Some(node) if *node.addr != *from => Redirect::To(node.lanes.lane(protocol)),
+            _ => Redirect::Hold,
+        })
+    }
 }
 
 /// Counters of the cluster's map and redirections, for `INFO respool`.
@@ -114,21 +173,10 @@ pub(crate) struct ClusterStats {
     pub refresh_failures: AtomicU64,
     pub moved: AtomicU64,
     pub ask: AtomicU64,
+    /// Requests a lane sent on to another node's lane after `-MOVED`.
+    pub redirected: AtomicU64,
     /// `cluster_current_epoch` of the node that gave the map.
     pub epoch: AtomicU64,
-}
-
-impl ClusterStats {
-    /// Counts a `-MOVED` or `-ASK` reply a lane passes on; a MOVED means
-    /// the map is out of date, so a refresh is asked for.
-    pub fn count_redirect(&self, frame: &[u8], refresh: &Notify) {
-        if frame.starts_with(b"-MOVED ") {
-            self.moved.fetch_add(1, Ordering::Relaxed);
-            refresh.notify_one();
-        } else if frame.starts_with(b"-ASK ") {
-            self.ask.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 impl ClusterMap {
@@ -137,7 +185,7 @@ impl ClusterMap {
         anchor: Arc<FollowedAddr>,
         anchor_probe: Arc<AtomicU16>,
         refresh: Arc<Notify>,
-        stats: Arc<ClusterStats>,
+        link: Arc<ClusterLink>,
     ) -> ClusterMap {
         ClusterMap {
             current: RwLock::new(Arc::new(SlotMap::empty())),
@@ -147,7 +195,7 @@ impl ClusterMap {
             known: Notify::new(),
             anchor,
             anchor_probe,
-            stats,
+            link,
             last_error: RwLock::new(None),
         }
     }
@@ -197,10 +245,11 @@ impl ClusterMap {
     /// `INFO respool` lines: the map, each primary's lanes, redirections.
     pub fn render(&self, out: &mut String) {
         let (map, version) = self.current();
-        let s = &self.stats;
+        let s = &self.link.stats;
+        let redirected = s.redirected.load(Ordering::Relaxed);
         let _ = write!(
             out,
-            "cluster_map_version:{version}\r\ncluster_epoch:{}\r\ncluster_slots_known:{}\r\ncluster_primaries:{}\r\ncluster_refreshes:{}\r\ncluster_refresh_failures:{}\r\ncluster_moved:{}\r\ncluster_ask:{}\r\n",
+            "cluster_map_version:{version}\r\ncluster_epoch:{}\r\ncluster_slots_known:{}\r\ncluster_primaries:{}\r\ncluster_refreshes:{}\r\ncluster_refresh_failures:{}\r\ncluster_moved:{}\r\ncluster_ask:{}\r\ncluster_redirected:{redirected}\r\n",
             s.epoch.load(Ordering::Relaxed),
             map.covered(),
             map.nodes.len(),
@@ -347,7 +396,11 @@ impl Refresher {
         for addr in candidates {
             match self.ask(&addr).await {
                 Ok(shards) => {
-                    self.map.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+                    self.map
+                        .link
+                        .stats
+                        .refreshes
+                        .fetch_add(1, Ordering::Relaxed);
                     if self.map.install(&shards, &self.template, &self.ctx) {
                         tracing::info!(from = %addr, ranges = shards.ranges.len(), "cluster slot map updated");
                     }
@@ -363,6 +416,7 @@ impl Refresher {
             }
         }
         self.map
+            .link
             .stats
             .refresh_failures
             .fetch_add(1, Ordering::Relaxed);
@@ -430,7 +484,7 @@ impl Refresher {
             .and_then(|r| Value::of_frame(r).ok()?.bytes().map(<[u8]>::to_vec))
         {
             if let Some(epoch) = info_field(&info, b"cluster_current_epoch:") {
-                self.map.stats.epoch.store(epoch, Ordering::Relaxed);
+                self.map.link.stats.epoch.store(epoch, Ordering::Relaxed);
             }
         }
         if let Some(reply) = replies.get(3) {

@@ -80,7 +80,7 @@ impl Topology {
             sentinel = Some((settings.master.clone(), state));
         }
         let mut cluster = None;
-        if let (Some(settings), Some(stats)) = (&config.cluster, &ctx.cluster) {
+        if let (Some(settings), Some(link)) = (&config.cluster, &ctx.cluster) {
             let anchor = Arc::new(FollowedAddr::unknown(
                 "a cluster primary",
                 "no cluster primary known yet (asking the seed nodes)",
@@ -97,8 +97,9 @@ impl Topology {
                 anchor,
                 anchor_probe,
                 ctx.refresh.clone(),
-                stats.clone(),
+                link.clone(),
             ));
+            link.attach(&map);
             let refresher = Refresher {
                 map: map.clone(),
                 settings: settings.clone(),

@@ -69,7 +69,14 @@ pub(crate) struct LaneRequest {
     pub retry_safe: u64,
     /// Where the replies go.
     pub reply_to: ReplySender,
+    /// Times a cluster node redirected it (`-MOVED`) to another node's
+    /// lane; bounded by [`MAX_REDIRECTS`].
+    pub redirects: u8,
 }
+
+/// The most `-MOVED` redirections a request follows before its client
+/// gets an error.
+pub(crate) const MAX_REDIRECTS: u8 = 5;
 
 impl LaneRequest {
     /// Whether request `i` of the run (counted from its first) may be resent
@@ -145,6 +152,9 @@ impl Drop for LaneInbox {
 /// One lane's task state.
 pub(crate) struct Lane {
     id: usize,
+    /// The RESP version its connections speak (a request a cluster node
+    /// redirects goes to a lane of the same protocol on the new node).
+    protocol: u8,
     /// The upstream node: its address for messages, and whether a
     /// connection still goes to it (a followed primary moves).
     node: Node,
@@ -169,9 +179,11 @@ impl Lane {
         inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
         failures: watch::Receiver<Option<ConnectError>>,
+        protocol: u8,
     ) -> Lane {
         Lane {
             id,
+            protocol,
             node,
             ctx,
             inbox,
