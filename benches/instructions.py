@@ -10,10 +10,14 @@ the difference in requests cancels start-up and idle costs.
 
 usage: benches/instructions.py [--proxy PATH] [--clients 50] [--test get]
            [--pipeline 1 --small 10000 --large 30000] [--extra "FLAGS"]
+           [--keyspace N] [--cluster N]
 
 The proxy is started as
   PATH --listen 127.0.0.1:PORT --upstream redis://127.0.0.1:PORT --threads 1 EXTRA
-(any respool build, or examples/baseline_mux).
+(any respool build, or examples/baseline_mux). With --cluster N, the
+upstream is a Redis Cluster of N primaries (no replicas) formed with
+`redis-cli --cluster create`, and the proxy gets `--cluster` and every node
+as a seed: redis-benchmark's random keys spread over all of them.
 """
 import argparse
 import glob
@@ -47,10 +51,11 @@ def wait_pong(port, proc, timeout=60.0):
     sys.exit(f"nothing answered PING on port {port} within {timeout}s")
 
 
-def load(port, clients, pipeline, test, requests):
+def load(port, clients, pipeline, test, requests, keyspace=None):
+    spread = ["-r", str(keyspace)] if keyspace else []
     subprocess.run(
         ["redis-benchmark", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
-         "-n", str(requests), "-t", test, "-q"],
+         "-n", str(requests), "-t", test, "-q", *spread],
         check=True, stdout=subprocess.DEVNULL)
 
 
@@ -71,6 +76,25 @@ def dump(pid, outdir, label):
     sys.exit("callgrind did not write a dump")
 
 
+def form_cluster(ports):
+    """Joins the nodes on `ports` into a cluster of primaries, and waits
+    until every node says cluster_state:ok."""
+    subprocess.run(["redis-cli", "--cluster", "create",
+                    *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    for port in ports:
+        while True:
+            out = subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
+                                 capture_output=True, text=True).stdout
+            if "cluster_state:ok" in out:
+                break
+            if time.time() > deadline:
+                sys.exit(f"the cluster did not form: {out}")
+            time.sleep(0.1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,38 +105,55 @@ def main():
     ap.add_argument("--small", type=int, default=None)
     ap.add_argument("--large", type=int, default=None)
     ap.add_argument("--extra", default="")
+    ap.add_argument("--keyspace", type=int, default=None,
+                    help="random keys out of this many (redis-benchmark -r), else one key")
+    ap.add_argument("--cluster", type=int, default=0,
+                    help="front a Redis Cluster of this many primaries")
     args = ap.parse_args()
     small = args.small or (10_000 if args.pipeline == 1 else 50_000)
     large = args.large or 3 * small
 
     with tempfile.TemporaryDirectory() as tmp:
-        redis_port, proxy_port = free_port(), free_port()
-        redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL)
+        proxy_port = free_port()
+        servers = []
+        ports = [free_port() for _ in range(max(args.cluster, 1))]
+        for i, port in enumerate(ports):
+            node_dir = os.path.join(tmp, f"node{i}")
+            os.mkdir(node_dir)
+            extra = (["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+                     if args.cluster else [])
+            servers.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", node_dir, *extra],
+                stdout=subprocess.DEVNULL))
         proxy = None
         try:
-            wait_pong(redis_port, redis)
+            for port, server in zip(ports, servers):
+                wait_pong(port, server)
+            upstream = [f"redis://127.0.0.1:{ports[0]}"]
+            if args.cluster:
+                form_cluster(ports)
+                upstream = ["--cluster", "--upstream",
+                            ",".join(f"redis://127.0.0.1:{p}" for p in ports)]
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out.%p",
                    args.proxy, "--listen", f"127.0.0.1:{proxy_port}",
-                   "--upstream", f"redis://127.0.0.1:{redis_port}", "--threads", "1",
+                   "--upstream", *upstream, "--threads", "1",
                    *args.extra.split()]
             proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_pong(proxy_port, proxy)
             # Warm up: lanes connected, buffers grown, clients' code paths hot.
-            load(proxy_port, args.clients, args.pipeline, args.test, small)
+            load(proxy_port, args.clients, args.pipeline, args.test, small, args.keyspace)
             dump(proxy.pid, tmp, "warm-up")
-            load(proxy_port, args.clients, args.pipeline, args.test, small)
+            load(proxy_port, args.clients, args.pipeline, args.test, small, args.keyspace)
             a = dump(proxy.pid, tmp, "small")
-            load(proxy_port, args.clients, args.pipeline, args.test, large)
+            load(proxy_port, args.clients, args.pipeline, args.test, large, args.keyspace)
             b = dump(proxy.pid, tmp, "large")
             per = (b - a) / (large - small)
             print(f"{args.test} clients={args.clients} pipeline={args.pipeline}: "
                   f"{per:.0f} instructions per request "
                   f"({small} requests: {a}, {large}: {b})")
         finally:
-            for p in (proxy, redis):
+            for p in (proxy, *servers):
                 if p is not None:
                     p.terminate()
                     try:

@@ -388,3 +388,96 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
         moved
     );
 }
+
+/// redis-py and the `redis` crate, as plain (non-cluster) clients, work
+/// through respool against the cluster: strings, counters, hashes, lists,
+/// one-slot multi-key commands, pipelines across primaries, expiry, and
+/// the cluster's own CROSSSLOT error; redis-py over RESP2 and RESP3.
+#[tokio::test]
+async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let port = proxy.addr().port().to_string();
+    for protocol in ["2", "3"] {
+        let out = std::process::Command::new("python3")
+            .args(["-c", REDIS_PY_SCENARIO, &port, protocol])
+            .output()
+            .expect("python3 (with redis-py: python3 -m pip install redis)");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+            "redis-py over RESP{protocol}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let url = format!("redis://{}", proxy.addr());
+    tokio::task::spawn_blocking(move || {
+        use redis::Commands;
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        for i in 0..300 {
+            let _: () = conn.set(format!("crate:{i}"), i).unwrap();
+        }
+        for i in 0..300 {
+            let v: i64 = conn.get(format!("crate:{i}")).unwrap();
+            assert_eq!(v, i);
+        }
+        let n: i64 = conn.incr("crate:counter", 5).unwrap();
+        assert_eq!(n, 5);
+        let _: () = conn.hset("crate:h", "f", "v").unwrap();
+        let h: String = conn.hget("crate:h", "f").unwrap();
+        assert_eq!(h, "v");
+        let _: () = redis::cmd("MSET")
+            .arg("{c}1")
+            .arg("a")
+            .arg("{c}2")
+            .arg("b")
+            .query(&mut conn)
+            .unwrap();
+        let both: Vec<String> = conn.mget(&["{c}1", "{c}2"]).unwrap();
+        assert_eq!(both, ["a", "b"]);
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("INCR").arg(format!("crate:p{i}"));
+        }
+        let replies: Vec<i64> = pipe.query(&mut conn).unwrap();
+        assert_eq!(replies, vec![1; 100]);
+        let cross: redis::RedisResult<Vec<String>> = conn.mget(&["crate:1", "crate:2"]);
+        let e = cross.expect_err("keys in two slots");
+        assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A web app's use of redis-py as a plain client: `python3 -c SCRIPT port
+/// protocol` prints `ok`.
+const REDIS_PY_SCENARIO: &str = r#"
+import sys, redis
+r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), protocol=int(sys.argv[2]), decode_responses=True)
+p = "py" + sys.argv[2]
+for i in range(300):
+    r.set(f"{p}:{i}", i)
+assert [r.get(f"{p}:{i}") for i in range(300)] == [str(i) for i in range(300)]
+assert r.incr(f"{p}:n") == 1 and r.incrby(f"{p}:n", 4) == 5
+r.hset(f"{p}:h", mapping={"a": "1", "b": "2"})
+assert r.hgetall(f"{p}:h") == {"a": "1", "b": "2"}
+r.rpush(f"{p}:l", "x", "y")
+assert r.lrange(f"{p}:l", 0, -1) == ["x", "y"]
+r.mset({"{" + p + "}a": "1", "{" + p + "}b": "2"})
+assert r.mget("{" + p + "}a", "{" + p + "}b") == ["1", "2"]
+r.set(f"{p}:e", "v", ex=100)
+assert 0 < r.ttl(f"{p}:e") <= 100
+pipe = r.pipeline(transaction=False)
+for i in range(100):
+    pipe.incr(f"{p}:pipe:{i}")
+    pipe.get(f"{p}:{i}")
+assert pipe.execute() == [x for i in range(100) for x in (1, str(i))]
+try:
+    r.mget(f"{p}:1", f"{p}:2")
+    raise SystemExit("no CROSSSLOT")
+except redis.ResponseError as e:
+    assert str(e).startswith("Keys in request don't hash to the same slot"), str(e)
+assert r.ping()
+print("ok")
+"#;
