@@ -149,8 +149,10 @@ async fn ten_thousand_keys_land_where_cluster_keyslot_says() {
 
 /// A pipeline mixing single-key commands on every primary, multi-key
 /// commands within one slot, keyless commands and commands whose keys span
-/// slots gets every reply in order: the cross-slot ones Redis's own
-/// `-CROSSSLOT`, exactly as a node gives it.
+/// slots gets every reply in order: `MGET`, `MSET`, `DEL`, `UNLINK`,
+/// `EXISTS` and `TOUCH` split by primary and merged in the client's key
+/// order, the others (`RENAME`, `SMOVE`, `EVAL` with keys in two slots)
+/// Redis's own `-CROSSSLOT`, exactly as a node gives it.
 #[tokio::test]
 async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
     let cluster = Cluster::start();
@@ -160,6 +162,8 @@ async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
         .owner(cluster.keyslot(b"a"))
         .command(&[b"MGET", b"a", b"b"]);
     assert_eq!(direct.error_code(), Some("CROSSSLOT"));
+    let direct_arity = cluster.any().command(&[b"MSET", b"a", b"1", b"b"]);
+    assert_eq!(direct_arity.error_code(), Some("CROSSSLOT"));
     let script: Vec<(Vec<&str>, Reply)> = vec![
         (vec!["SET", "a", "1"], ok()),
         (vec!["SET", "b", "2"], ok()),
@@ -171,10 +175,13 @@ async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
             Reply::Array(vec![bulk("3"), bulk("4")]),
         ),
         (vec!["GET", "a"], bulk("1")),
-        (vec!["MGET", "a", "b"], direct.clone()),
+        (
+            vec!["MGET", "a", "nokey", "b"],
+            Reply::Array(vec![bulk("1"), Reply::Nil, bulk("2")]),
+        ),
         (vec!["ECHO", "hi"], bulk("hi")),
         (vec!["INCR", "b"], Reply::Int(3)),
-        (vec!["DEL", "a", "c"], direct.clone()),
+        (vec!["DEL", "a", "nokey"], Reply::Int(1)),
         (
             vec!["EVAL", "return redis.call('GET', KEYS[1])", "1", "c"],
             bulk("5"),
@@ -189,6 +196,21 @@ async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
         (vec!["SPUBLISH", "chan", "m"], Reply::Int(0)),
         (vec!["PUBLISH", "chan", "m"], Reply::Int(0)),
         (vec!["GET", "{u}z"], bulk("3")),
+        (vec!["MSET", "a", "7", "b", "8", "c", "9"], ok()),
+        (vec!["GET", "a"], bulk("7")),
+        (
+            vec!["MGET", "c", "b", "a", "nokey", "{u}z"],
+            Reply::Array(vec![bulk("9"), bulk("8"), bulk("7"), Reply::Nil, bulk("3")]),
+        ),
+        (vec!["EXISTS", "a", "b", "c", "nokey", "a"], Reply::Int(4)),
+        (vec!["TOUCH", "a", "b", "c"], Reply::Int(3)),
+        (vec!["MSET", "a", "1", "b"], direct_arity.clone()),
+        (vec!["SMOVE", "a", "b", "m"], direct.clone()),
+        (vec!["UNLINK", "a", "b"], Reply::Int(2)),
+        (
+            vec!["MGET", "a", "b", "c"],
+            Reply::Array(vec![Reply::Nil, Reply::Nil, bulk("9")]),
+        ),
     ];
     let mut pipeline = Vec::new();
     for (args, _) in &script {
@@ -204,7 +226,7 @@ async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
         assert_eq!(&got, want, "{args:?}");
     }
     // The keys went where their slots say.
-    for key in ["a", "b", "c", "{u}y", "{u}z"] {
+    for key in ["c", "{u}y", "{u}z"] {
         let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
         assert_eq!(
             owner.command(&[b"EXISTS", key.as_bytes()]),
@@ -391,8 +413,9 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
 
 /// redis-py and the `redis` crate, as plain (non-cluster) clients, work
 /// through respool against the cluster: strings, counters, hashes, lists,
-/// one-slot multi-key commands, pipelines across primaries, expiry, and
-/// the cluster's own CROSSSLOT error; redis-py over RESP2 and RESP3.
+/// multi-key commands (split across slots), pipelines across primaries,
+/// expiry, and the cluster's own CROSSSLOT error; redis-py over RESP2 and
+/// RESP3.
 #[tokio::test]
 async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
     let cluster = Cluster::start();
@@ -442,7 +465,9 @@ async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
         }
         let replies: Vec<i64> = pipe.query(&mut conn).unwrap();
         assert_eq!(replies, vec![1; 100]);
-        let cross: redis::RedisResult<Vec<String>> = conn.mget(&["crate:1", "crate:2"]);
+        let split: Vec<i64> = conn.mget(&["crate:1", "crate:2", "crate:3"]).unwrap();
+        assert_eq!(split, [1, 2, 3]);
+        let cross: redis::RedisResult<()> = conn.rename("crate:1", "crate:2");
         let e = cross.expect_err("keys in two slots");
         assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
     })
@@ -473,8 +498,10 @@ for i in range(100):
     pipe.incr(f"{p}:pipe:{i}")
     pipe.get(f"{p}:{i}")
 assert pipe.execute() == [x for i in range(100) for x in (1, str(i))]
+assert r.mget(f"{p}:1", f"{p}:2", f"{p}:nokey") == ["1", "2", None]
+assert r.delete(f"{p}:1", f"{p}:2", f"{p}:nokey") == 2
 try:
-    r.mget(f"{p}:1", f"{p}:2")
+    r.rename(f"{p}:3", f"{p}:4")
     raise SystemExit("no CROSSSLOT")
 except redis.ResponseError as e:
     assert str(e).startswith("Keys in request don't hash to the same slot"), str(e)

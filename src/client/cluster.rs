@@ -30,6 +30,18 @@ use crate::router::keys::Placement;
 use crate::router::slot::slot_of;
 use crate::topology::cluster::{ClusterMap, SlotMap};
 
+/// Where a request goes in cluster mode.
+pub(super) enum Routed {
+    /// To this primary (its index in the client's map).
+    Node(u16),
+    /// To any primary: the run's own.
+    AnyNode,
+    /// Split by primary (its keys span slots).
+    Split(Split),
+    /// Nowhere: the client gets this error line.
+    Refused(Bytes),
+}
+
 /// A client's view of the slot map.
 pub(super) struct ClusterRoutes {
     map: Arc<ClusterMap>,
@@ -87,25 +99,27 @@ impl ClusterRoutes {
         self.lanes.get(usize::from(i))
     }
 
-    /// Where `req` goes: a primary (its index), any node (`None`), or
-    /// nowhere, with the error line the client gets.
+    /// Where `req` goes.
     #[inline]
-    pub fn place(&self, req: RequestRef<'_>) -> Result<Option<u16>, Bytes> {
+    pub fn place(&self, req: RequestRef<'_>) -> Routed {
         let Some(keys) = self.map.keys().filter(|_| self.version > 0) else {
-            return Err(Error::NoSlotMap(self.map.why_unknown()).to_resp());
+            return Routed::Refused(Error::NoSlotMap(self.map.why_unknown()).to_resp());
         };
         match keys.place(req, slot_of) {
             Placement::Slot(slot) => match self.slots.owner(slot) {
-                Some(i) => Ok(Some(i as u16)),
+                Some(i) => Routed::Node(i as u16),
                 // Redis's words for a slot no primary serves.
-                None => Err(error_line("CLUSTERDOWN", "Hash slot not served")),
+                None => Routed::Refused(error_line("CLUSTERDOWN", "Hash slot not served")),
             },
-            Placement::AnyNode => Ok(None),
-            Placement::CrossSlot => Err(error_line(
-                "CROSSSLOT",
-                "Keys in request don't hash to the same slot",
-            )),
-            Placement::Fanout => Err(Error::NotInCluster(
+            Placement::AnyNode => Routed::AnyNode,
+            Placement::CrossSlot => match Split::of(req.name()) {
+                Some(split) => Routed::Split(split),
+                None => Routed::Refused(error_line(
+                    "CROSSSLOT",
+                    "Keys in request don't hash to the same slot",
+                )),
+            },
+            Placement::Fanout => Routed::Refused(Error::NotInCluster(
                 upper(req.name()),
                 "it goes to every primary (Redis's request_policy tip), which respool does not do yet; ask each node directly",
             )
@@ -122,9 +136,9 @@ impl Client {
     /// Decides where a shared request in cluster mode goes, ending the run
     /// being collected if it goes to another primary; `false` (with the
     /// client's error answered) if it goes nowhere.
-    pub(super) fn target_primary(&mut self, placed: Result<Option<u16>, Bytes>) -> bool {
-        match placed {
-            Ok(Some(node)) => {
+    pub(super) fn target_primary(&mut self, routed: Routed) -> bool {
+        match routed {
+            Routed::Node(node) => {
                 let target = Target::Node(node);
                 if self.run_target != target {
                     self.flush_run();
@@ -133,11 +147,13 @@ impl Client {
                 true
             }
             // Any node: the run's own.
-            Ok(None) => true,
-            Err(reply) => {
+            Routed::AnyNode => true,
+            Routed::Refused(reply) => {
                 self.output.push_ready(reply);
                 false
             }
+            // The caller splits it.
+            Routed::Split(_) => false,
         }
     }
 
@@ -173,5 +189,177 @@ impl Client {
             "transactions, WATCH, blocking commands, (un)subscribing, MONITOR, connection flags and SCRIPT/FUNCTION KILL need a connection to one node, which respool does not pin in cluster mode yet",
         )
         .to_resp()
+    }
+}
+
+/// How a multi-key command whose keys span slots is split by primary, and
+/// its replies merged back into the one its client expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Split {
+    /// `MGET`: the values, in the client's key order.
+    Mget,
+    /// `MSET`: `+OK` once every primary said it.
+    Mset,
+    /// `DEL`, `UNLINK`, `EXISTS`, `TOUCH`: the sum of the counts.
+    Sum,
+}
+
+impl Split {
+    /// The split for command `name`, if it has one.
+    pub fn of(name: &[u8]) -> Option<Split> {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if is(b"MGET") {
+            Some(Split::Mget)
+        } else if is(b"MSET") {
+            Some(Split::Mset)
+        } else if is(b"DEL") || is(b"UNLINK") || is(b"EXISTS") || is(b"TOUCH") {
+            Some(Split::Sum)
+        } else {
+            None
+        }
+    }
+
+    /// Arguments per key (a key, or a key and its value).
+    fn step(self) -> usize {
+        if self == Split::Mset {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The client's reply out of each primary's (`parts[i]` answers the
+    /// keys at `positions[i]`, `keys` keys in all).
+    fn merge(self, parts: &[Bytes], positions: &[Vec<usize>], keys: usize, protocol: u8) -> Bytes {
+        if let Some(error) = parts.iter().find(|p| p.first() == Some(&b'-')) {
+            return error.clone();
+        }
+        match self {
+            Split::Mset => Bytes::from_static(b"+OK\r\n"),
+            Split::Sum => {
+                let sum: i64 = parts
+                    .iter()
+                    .filter_map(|p| crate::codec::Value::of_frame(p).ok()?.int())
+                    .sum();
+                Bytes::from(format!(":{sum}\r\n"))
+            }
+            Split::Mget => {
+                let mut values: Vec<Option<&[u8]>> = vec![None; keys];
+                for (part, at) in parts.iter().zip(positions) {
+                    let Some(elements) = crate::codec::Value::of_frame(part)
+                        .ok()
+                        .and_then(|v| v.elements())
+                    else {
+                        return error_line(
+                            "ERR",
+                            "a cluster node answered MGET with something other than an array",
+                        );
+                    };
+                    for (value, &i) in elements.zip(at) {
+                        values[i] = value.bytes();
+                    }
+                }
+                let mut out = Vec::with_capacity(16 + keys * 16);
+                out.extend_from_slice(format!("*{keys}\r\n").as_bytes());
+                for value in values {
+                    match value {
+                        Some(v) => {
+                            out.extend_from_slice(format!("${}\r\n", v.len()).as_bytes());
+                            out.extend_from_slice(v);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        None if protocol == 3 => out.extend_from_slice(b"_\r\n"),
+                        None => out.extend_from_slice(b"$-1\r\n"),
+                    }
+                }
+                Bytes::from(out)
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Sends a multi-key command whose keys span slots as one command per
+    /// slot, to their primaries in parallel, and answers its slot with the
+    /// merged reply.
+    /// The parts are queued on the primaries' lanes now, so the client's
+    /// later requests reach each primary after them.
+    pub(super) fn split(&mut self, req: crate::codec::Request, split: Split) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let args: Vec<&[u8]> = req.args().collect();
+        let step = split.step();
+        if args.len() < 1 + step || (args.len() - 1) % step != 0 {
+            // A cluster checks the slots before the pairs (`MSET a 1 b`).
+            return self.output.push_ready(error_line(
+                "CROSSSLOT",
+                "Keys in request don't hash to the same slot",
+            ));
+        }
+        // Keys (with their values) by slot — a node refuses keys of two
+        // slots even if it serves both — in the client's order.
+        let mut groups: Vec<(u16, u16, Vec<usize>)> = Vec::new();
+        for (k, at) in (1..args.len()).step_by(step).enumerate() {
+            let slot = slot_of(args[at]);
+            let Some(node) = cluster.slots.owner(slot) else {
+                return self
+                    .output
+                    .push_ready(error_line("CLUSTERDOWN", "Hash slot not served"));
+            };
+            match groups.iter_mut().find(|(s, _, _)| *s == slot) {
+                Some((_, _, keys)) => keys.push(k),
+                None => groups.push((slot, node as u16, vec![k])),
+            }
+        }
+        let inbox = crate::client::inbox::ReplyInbox::new(
+            None,
+            Arc::new(crate::client::roster::ReplyMemory::detached()),
+        );
+        // Reads may be resent after a lost connection; writes never.
+        let retry_safe = u64::from(
+            args[0].eq_ignore_ascii_case(b"MGET") || args[0].eq_ignore_ascii_case(b"EXISTS"),
+        );
+        let mut sent = 0;
+        for (part, (_, node, keys)) in groups.iter().enumerate() {
+            let mut part_args: Vec<&[u8]> = vec![args[0]];
+            for &k in keys {
+                part_args.extend_from_slice(&args[1 + k * step..1 + (k + 1) * step]);
+            }
+            let raw = crate::codec::Request::from_args(&part_args)
+                .into_raw()
+                .freeze();
+            let lane = cluster.lane(*node).unwrap_or(&self.lane);
+            let queued = lane.send(crate::pool::lane::LaneRequest {
+                seq: part as u64,
+                raw,
+                count: 1,
+                retry_safe,
+                reply_to: inbox.sender(),
+                redirects: 0,
+            });
+            if queued.is_ok() {
+                sent += 1;
+            }
+        }
+        let keys = (args.len() - 1) / step;
+        let positions: Vec<Vec<usize>> = groups.into_iter().map(|(_, _, k)| k).collect();
+        let protocol = self.protocol;
+        let seq = self.output.open_shared_slot();
+        let reply_to = self.output.sender();
+        if sent < positions.len() {
+            return reply_to.send(seq, 1, Error::ShuttingDown.to_resp());
+        }
+        tokio::spawn(async move {
+            let mut arrived = Vec::new();
+            while arrived.len() < positions.len() {
+                let mut more = Vec::new();
+                std::future::poll_fn(|cx| inbox.poll_take(cx, &mut more)).await;
+                arrived.extend(more);
+            }
+            arrived.sort_unstable_by_key(|d| d.seq);
+            let parts: Vec<Bytes> = arrived.into_iter().map(|d| d.reply).collect();
+            reply_to.send(seq, 1, split.merge(&parts, &positions, keys, protocol));
+        });
     }
 }

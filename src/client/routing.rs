@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::cluster::Routed;
 use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
@@ -129,11 +130,16 @@ impl Client {
         };
         if self.cluster.is_some() {
             self.sync_cluster();
-            let placed = match &self.cluster {
+            let routed = match &self.cluster {
                 Some(cluster) => cluster.place(span.view(self.input.after_run())),
-                None => Ok(None),
+                None => Routed::AnyNode,
             };
-            if !self.target_primary(placed) {
+            if let Routed::Split(split) = routed {
+                self.flush_run();
+                let req = span.split_off(self.input.buf_mut());
+                return self.split(req, split);
+            }
+            if !self.target_primary(routed) {
                 self.flush_run();
                 let _ = span.split_off(self.input.buf_mut());
                 return;
@@ -251,11 +257,14 @@ impl Client {
         self.run_target = Target::Primary;
         if self.cluster.is_some() {
             self.sync_cluster();
-            let placed = match &self.cluster {
+            let routed = match &self.cluster {
                 Some(cluster) => cluster.place(req.view()),
-                None => Ok(None),
+                None => Routed::AnyNode,
             };
-            if !self.target_primary(placed) {
+            if let Routed::Split(split) = routed {
+                return self.split(req, split);
+            }
+            if !self.target_primary(routed) {
                 return;
             }
         }
