@@ -415,7 +415,8 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
 /// through respool against the cluster: strings, counters, hashes, lists,
 /// multi-key commands (split across slots), pipelines across primaries,
 /// expiry, and the cluster's own CROSSSLOT error; redis-py over RESP2 and
-/// RESP3.
+/// RESP3. redis-py's `RedisCluster` works too: `CLUSTER SLOTS` and the like
+/// describe respool as one node owning every slot.
 #[tokio::test]
 async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
     let cluster = Cluster::start();
@@ -433,6 +434,39 @@ async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // redis-py's RedisCluster learns one node, respool, owning every slot.
+    let out = std::process::Command::new("python3")
+        .args(["-c", REDIS_PY_CLUSTER_SCENARIO, &port])
+        .output()
+        .expect("python3 with redis-py");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "redis-py RedisCluster:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut client = proxy.client().await;
+    match client.cmd(&["CLUSTER", "SLOTS"]).await {
+        Reply::Array(ranges) => assert_eq!(
+            ranges,
+            vec![Reply::Array(vec![
+                Reply::Int(0),
+                Reply::Int(16383),
+                Reply::Array(vec![
+                    bulk("127.0.0.1"),
+                    Reply::Int(i64::from(proxy.addr().port())),
+                    bulk(&format!("{:040x}", proxy.addr().port())),
+                ]),
+            ])]
+        ),
+        other => panic!("CLUSTER SLOTS: {other:?}"),
+    }
+    let info = client.cmd(&["CLUSTER", "INFO"]).await;
+    assert!(format!("{info:?}").contains("cluster_state:ok"), "{info:?}");
+    assert_eq!(
+        client.cmd(&["CLUSTER", "KEYSLOT", "somekey"]).await,
+        Reply::Int(11058)
+    );
     let url = format!("redis://{}", proxy.addr());
     tokio::task::spawn_blocking(move || {
         use redis::Commands;
@@ -474,6 +508,26 @@ async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
     .await
     .unwrap();
 }
+
+/// redis-py's cluster client through respool: `python3 -c SCRIPT port`
+/// prints `ok`.
+const REDIS_PY_CLUSTER_SCENARIO: &str = r#"
+import sys
+from redis.cluster import RedisCluster
+rc = RedisCluster(host="127.0.0.1", port=int(sys.argv[1]), decode_responses=True)
+nodes = rc.get_nodes()
+assert len(nodes) == 1 and nodes[0].port == int(sys.argv[1]), nodes
+for i in range(200):
+    rc.set(f"rc:{i}", i)
+assert [rc.get(f"rc:{i}") for i in range(200)] == [str(i) for i in range(200)]
+assert rc.incr("rc:n") == 1
+assert rc.mget_nonatomic("rc:1", "rc:2", "rc:3") == ["1", "2", "3"]
+pipe = rc.pipeline()
+for i in range(50):
+    pipe.incr(f"rc:p:{i}")
+assert pipe.execute() == [1] * 50
+print("ok")
+"#;
 
 /// A web app's use of redis-py as a plain client: `python3 -c SCRIPT port
 /// protocol` prints `ok`.

@@ -40,6 +40,87 @@ pub(super) enum Routed {
     Split(Split),
     /// Nowhere: the client gets this error line.
     Refused(Bytes),
+    /// `CLUSTER SLOTS|SHARDS|NODES|INFO|MYID`: answered by respool, as one
+    /// node owning every slot.
+    Myself(Describe),
+}
+
+/// What a cluster-aware client asks to learn the cluster's shape; respool
+/// describes itself, so such a client sends everything to respool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Describe {
+    Slots,
+    Shards,
+    Nodes,
+    Info,
+    MyId,
+}
+
+impl Describe {
+    fn of(req: RequestRef<'_>) -> Option<Describe> {
+        if !req.name().eq_ignore_ascii_case(b"CLUSTER") || req.argc() != 2 {
+            return None;
+        }
+        let sub = req.arg(1)?;
+        let is = |s: &[u8]| sub.eq_ignore_ascii_case(s);
+        Some(if is(b"SLOTS") {
+            Describe::Slots
+        } else if is(b"SHARDS") {
+            Describe::Shards
+        } else if is(b"NODES") {
+            Describe::Nodes
+        } else if is(b"INFO") {
+            Describe::Info
+        } else if is(b"MYID") {
+            Describe::MyId
+        } else {
+            return None;
+        })
+    }
+
+    /// The reply, for a respool reached at `addr`, the map known or not.
+    fn reply(self, addr: std::net::SocketAddr, known: bool) -> Bytes {
+        let ip = addr.ip().to_string();
+        let port = addr.port();
+        // A node id is 40 hex digits; respool's is its port's.
+        let id = format!("{port:040x}");
+        let bulk = |s: &str| format!("${}\r\n{s}\r\n", s.len());
+        let text = match self {
+            Describe::Slots => format!(
+                "*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n{}:{port}\r\n{}",
+                bulk(&ip),
+                bulk(&id)
+            ),
+            Describe::Shards => format!(
+                "*1\r\n*4\r\n{}*2\r\n:0\r\n:16383\r\n{}*1\r\n*14\r\n{}{}{}:{port}\r\n{}{}{}{}{}{}{}:0\r\n{}{}",
+                bulk("slots"),
+                bulk("nodes"),
+                bulk("id"),
+                bulk(&id),
+                bulk("port"),
+                bulk("ip"),
+                bulk(&ip),
+                bulk("endpoint"),
+                bulk(&ip),
+                bulk("role"),
+                bulk("master"),
+                bulk("replication-offset"),
+                bulk("health"),
+                bulk("online"),
+            ),
+            Describe::Nodes => bulk(&format!(
+                "{id} {ip}:{port}@{port} myself,master - 0 0 1 connected 0-16383\n"
+            )),
+            Describe::Info => {
+                let (state, ok) = if known { ("ok", 16384) } else { ("fail", 0) };
+                bulk(&format!(
+                    "cluster_state:{state}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{ok}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\n"
+                ))
+            }
+            Describe::MyId => bulk(&id),
+        };
+        Bytes::from(text)
+    }
 }
 
 /// A client's view of the slot map.
@@ -102,6 +183,9 @@ impl ClusterRoutes {
     /// Where `req` goes.
     #[inline]
     pub fn place(&self, req: RequestRef<'_>) -> Routed {
+        if let Some(describe) = Describe::of(req) {
+            return Routed::Myself(describe);
+        }
         let Some(keys) = self.map.keys().filter(|_| self.version > 0) else {
             return Routed::Refused(Error::NoSlotMap(self.map.why_unknown()).to_resp());
         };
@@ -150,6 +234,15 @@ impl Client {
             Routed::AnyNode => true,
             Routed::Refused(reply) => {
                 self.output.push_ready(reply);
+                false
+            }
+            Routed::Myself(describe) => {
+                let addr = self
+                    .stream
+                    .local_addr()
+                    .unwrap_or_else(|_| self.shared.config.listener.listen);
+                let known = self.cluster.as_ref().is_some_and(|c| c.version > 0);
+                self.output.push_ready(describe.reply(addr, known));
                 false
             }
             // The caller splits it.
