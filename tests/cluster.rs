@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::client::encode_command;
 use support::cluster::{slot_ranges, Cluster};
-use support::{Reply, TestClient, TestProxy};
+use support::{wait, Reply, TestClient, TestProxy};
 
 /// The harness forms a cluster whose nodes agree on every slot, and its
 /// helpers say where a key lives.
@@ -251,8 +251,8 @@ async fn commands_for_every_node_and_sessions_are_refused_clearly() {
         vec!["SCRIPT", "LOAD", "return 1"],
         vec!["MULTI"],
         vec!["WATCH", "a"],
-        vec!["BLPOP", "a", "1"],
-        vec!["SUBSCRIBE", "chan"],
+        vec!["MONITOR"],
+        vec!["CLIENT", "TRACKING", "on"],
     ] {
         let reply = client.cmd(&args).await;
         let text = format!("{reply:?}");
@@ -267,6 +267,66 @@ async fn commands_for_every_node_and_sessions_are_refused_clearly() {
     assert_eq!(client.cmd(&["SELECT", "0"]).await, ok());
     assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("ERR"));
     assert_eq!(client.cmd(&["SET", "still", "works"]).await, ok());
+    let cross = client.cmd(&["BLPOP", "a", "b", "1"]).await;
+    assert_eq!(cross.error_code(), Some("CROSSSLOT"), "{cross:?}");
+}
+
+/// A blocking pop waits on the primary serving its key and is woken by a
+/// push through respool; SUBSCRIBE hears a PUBLISH sent through respool
+/// (the cluster's bus); SSUBSCRIBE hears an SPUBLISH of its shard.
+#[tokio::test]
+async fn blocking_commands_and_subscriptions_reach_the_right_node() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut pusher = proxy.client().await;
+    for key in ["queue:a", "queue:b", "queue:c"] {
+        let mut waiter = proxy.client().await;
+        waiter.send(&["BLPOP", key, "10"]).await.unwrap();
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        wait::until(
+            "the pop to block on its key's primary",
+            Duration::from_secs(10),
+            || owner.blocked_clients() == 1,
+        );
+        assert_eq!(pusher.cmd(&["RPUSH", key, "job"]).await, Reply::Int(1));
+        assert_eq!(
+            waiter.read_reply().await.unwrap(),
+            Reply::Array(vec![bulk(key), bulk("job")])
+        );
+        // The session is over: the client is back on the lanes.
+        assert_eq!(waiter.cmd(&["SET", key, "x"]).await, ok());
+    }
+    let mut subscriber = proxy.client().await;
+    subscriber.send(&["SUBSCRIBE", "news"]).await.unwrap();
+    assert_eq!(
+        subscriber.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("subscribe"), bulk("news"), Reply::Int(1)])
+    );
+    // The count is of the receivers on the node that took it, as in any
+    // cluster; the message reaches every node's subscribers.
+    assert!(pusher
+        .cmd(&["PUBLISH", "news", "hello"])
+        .await
+        .as_int()
+        .is_some());
+    assert_eq!(
+        subscriber.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("message"), bulk("news"), bulk("hello")])
+    );
+    let mut sharded = proxy.client().await;
+    sharded.send(&["SSUBSCRIBE", "orders"]).await.unwrap();
+    assert_eq!(
+        sharded.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("ssubscribe"), bulk("orders"), Reply::Int(1)])
+    );
+    assert_eq!(
+        pusher.cmd(&["SPUBLISH", "orders", "o1"]).await,
+        Reply::Int(1)
+    );
+    assert_eq!(
+        sharded.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("smessage"), bulk("orders"), bulk("o1")])
+    );
 }
 
 /// A slot moved to another primary while 50 clients INCR and GET keys in

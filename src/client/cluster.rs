@@ -269,6 +269,31 @@ impl Client {
         }
     }
 
+    /// The lane set a session for `req` comes from: the client's own, or in
+    /// cluster mode the primary serving its key (a blocking command's, a
+    /// shard channel's), or an error line (keys in several slots).
+    pub(super) fn session_lanes(
+        &self,
+        req: &crate::codec::Request,
+    ) -> Result<Arc<crate::pool::LaneSet>, Bytes> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(self.lanes.clone());
+        };
+        match cluster.place(req.view()) {
+            Routed::Node(i) => Ok(cluster
+                .slots
+                .nodes
+                .get(usize::from(i))
+                .map_or_else(|| self.lanes.clone(), |n| n.lanes.clone())),
+            Routed::Refused(reply) => Err(reply),
+            Routed::Split(_) => Err(error_line(
+                "CROSSSLOT",
+                "Keys in request don't hash to the same slot",
+            )),
+            Routed::AnyNode | Routed::Myself(_) => Ok(self.lanes.clone()),
+        }
+    }
+
     /// In cluster mode, the error for a command that needs a connection of
     /// its own (sessions are not pinned to a node yet), or `None` to go on.
     #[cold]
@@ -279,7 +304,7 @@ impl Client {
         }
         Error::NotInCluster(
             upper(req.name()),
-            "transactions, WATCH, blocking commands, (un)subscribing, MONITOR, connection flags and SCRIPT/FUNCTION KILL need a connection to one node, which respool does not pin in cluster mode yet",
+            "transactions, WATCH, MONITOR, connection flags and SCRIPT/FUNCTION KILL need a connection to one node, which respool does not pin in cluster mode yet",
         )
         .to_resp()
     }

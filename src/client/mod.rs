@@ -220,6 +220,9 @@ struct Client {
     run_target: routing::Target,
     /// Routing by hash slot (`--cluster`).
     cluster: Option<cluster::ClusterRoutes>,
+    /// The lane set a session being checked out comes from (a cluster
+    /// primary's), when it is not `lanes`.
+    session_origin: Option<Arc<LaneSet>>,
 }
 
 impl Client {
@@ -284,6 +287,7 @@ impl Client {
                 .cluster()
                 .cloned()
                 .map(cluster::ClusterRoutes::new),
+            session_origin: None,
             shared,
         }
     }

@@ -193,11 +193,21 @@ impl Client {
         // requests before it are on their way first.
         self.flush_run();
         if self.cluster.is_some() && matches!(command.route, Route::Dedicated(_) | Route::Urgent) {
-            let answered_without_session = matches!(
+            // Blocking commands and subscriptions get a session on the
+            // node of their key (any node for channels and patterns);
+            // EXEC, DISCARD and UNWATCH without one are answered here.
+            let served = matches!(
                 command.route,
-                Route::Dedicated(Stateful::Exec | Stateful::Discard | Stateful::Unwatch)
+                Route::Dedicated(
+                    Stateful::Exec
+                        | Stateful::Discard
+                        | Stateful::Unwatch
+                        | Stateful::Blocking
+                        | Stateful::Subscribe(_)
+                        | Stateful::Unsubscribe(_)
+                )
             );
-            if !answered_without_session {
+            if !served {
                 let reply = self.refused_in_cluster(&req);
                 return self.output.push_ready(reply);
             }
