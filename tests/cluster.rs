@@ -622,3 +622,125 @@ except redis.ResponseError as e:
 assert r.ping()
 print("ok")
 "#;
+
+/// `kill -9` of a primary while 50 clients INCR and GET through respool:
+/// the cluster promotes its replica, respool learns it, the requests that
+/// waited for the dead node go to the new primary, and every client is
+/// served again. No reply is of the wrong kind or out of step: an INCR's
+/// value is the client's last one plus one, plus at most the INCRs whose
+/// connection was lost (reported as such, never resent), unless the
+/// cluster itself lost acknowledged writes in the failover (asynchronous
+/// replication), and a GET returns the value the client's INCR just got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_is_replaced_and_clients_are_served_again() {
+    const CLIENTS: usize = 50;
+    let cluster = Arc::new(Cluster::start());
+    let proxy = proxy(&cluster, &["--hold-timeout", "30s", "--timeout", "30s"]).await;
+    let victim_slot = cluster.keyslot(b"{victim}");
+    let victim = cluster.owner(victim_slot).port();
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0)); // 0 load, 1 killed, 2 after
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = proxy.client().await;
+        client.set_read_timeout(Duration::from_secs(60));
+        let phase = phase.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("{{victim}}:{c}");
+            let (mut last, mut unsure, mut after_ok) = (0i64, 0i64, 0);
+            let mut problems = Vec::new();
+            while after_ok < 20 {
+                let reply = client.cmd(&["INCR", &key]).await;
+                // The phase when the reply came: an error during the
+                // failover may have been caused by it.
+                let now = phase.load(Ordering::Relaxed);
+                match reply {
+                    Reply::Int(n) if n > last && n <= last + 1 + unsure => {
+                        last = n;
+                        unsure = 0;
+                    }
+                    // The cluster lost acknowledged writes in the failover.
+                    Reply::Int(n) if now > 0 && n <= last => {
+                        last = n;
+                        unsure = 0;
+                    }
+                    Reply::Error(e) if now > 0 && e.contains("may or may not have executed") => {
+                        unsure += 1;
+                        continue;
+                    }
+                    Reply::Error(e) if now > 0 => {
+                        // Not sent, so not run (unavailable while held).
+                        if now == 2 {
+                            problems.push(format!("INCR {key} after the failover: {e}"));
+                        }
+                        continue;
+                    }
+                    other => {
+                        problems.push(format!("INCR {key} after {last}: {other:?}"));
+                        break;
+                    }
+                }
+                let reply = client.cmd(&["GET", &key]).await;
+                let now = phase.load(Ordering::Relaxed);
+                match reply {
+                    Reply::Bulk(v) if v == last.to_string().as_bytes() => {}
+                    Reply::Error(_) if now == 1 => continue,
+                    other => {
+                        problems.push(format!("GET {key} after {last}: {other:?}"));
+                        break;
+                    }
+                }
+                if now == 2 {
+                    after_ok += 1;
+                }
+            }
+            problems
+        }));
+    }
+    let mut watcher = proxy.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while watcher
+        .cmd(&["GET", "{victim}:0"])
+        .await
+        .as_bytes()
+        .is_none_or(|v| v.len() < 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    phase.store(1, Ordering::Relaxed);
+    cluster.node(victim).kill();
+    let waiting = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        wait::until(
+            "the replica to be promoted",
+            Duration::from_secs(60),
+            || {
+                waiting.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                    slot_ranges(n)
+                        .iter()
+                        .any(|(a, b, port)| (*a..=*b).contains(&victim_slot) && *port != victim)
+                })
+            },
+        );
+        waiting.wait_agree(3);
+    })
+    .await
+    .unwrap();
+    let promoted = cluster.owner(victim_slot).port();
+    assert_ne!(promoted, victim, "the replica took over");
+    phase.store(2, Ordering::Relaxed);
+    let mut problems = Vec::new();
+    for task in tasks {
+        problems.extend(task.await.unwrap());
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    let info = watcher.respool_counters().await;
+    assert!(
+        info.values()
+            .any(|v| v.contains(&format!("127.0.0.1:{promoted}"))),
+        "respool's map names the promoted replica: {info:?}"
+    );
+}

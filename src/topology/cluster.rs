@@ -127,7 +127,51 @@ pub(crate) enum Redirect {
     Hold,
 }
 
+/// Where the requests of a lane whose node left the map go now.
+pub(crate) struct Reroute {
+    map: Arc<ClusterMap>,
+    slots: Arc<SlotMap>,
+    protocol: u8,
+}
+
+impl Reroute {
+    /// The lane of the primary serving the slot of the request `raw` (a
+    /// keyless one: the first primary's); `None` if no primary serves it.
+    pub fn lane_for(&self, raw: &[u8]) -> Option<crate::pool::lane::LaneHandle> {
+        let mut buf = bytes::BytesMut::from(raw);
+        let mut decoder = crate::codec::RequestDecoder::new(crate::codec::RequestLimits::default());
+        let node = match decoder.decode_at(&mut buf, 0) {
+            Ok(Some(crate::codec::Decoded::Request(span))) => {
+                match self
+                    .map
+                    .keys()?
+                    .place(span.view(&buf), crate::router::slot::slot_of)
+                {
+                    crate::router::keys::Placement::Slot(slot) => self.slots.owner(slot)?,
+                    _ => 0,
+                }
+            }
+            _ => 0,
+        };
+        Some(self.slots.nodes.get(node)?.lanes.lane(self.protocol))
+    }
+}
+
 impl ClusterLink {
+    /// `Some` once the map no longer names `addr` as a primary.
+    pub fn reroute(&self, addr: &str, protocol: u8) -> Option<Reroute> {
+        let map = self.map.get().and_then(std::sync::Weak::upgrade)?;
+        let (slots, version) = map.current();
+        if version == 0 || slots.nodes.iter().any(|n| *n.addr == *addr) {
+            return None;
+        }
+        Some(Reroute {
+            map,
+            slots,
+            protocol,
+        })
+    }
+
     /// Lets the lanes find `map`'s lane sets.
     pub fn attach(&self, map: &Arc<ClusterMap>) {
         let _ = self.map.set(Arc::downgrade(map));

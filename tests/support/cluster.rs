@@ -70,6 +70,18 @@ impl Cluster {
         );
         let cluster = Cluster { nodes };
         cluster.wait_agree(primaries);
+        // A replica that never synced refuses to fail over ("disconnected
+        // from master for longer than allowed").
+        wait::until(
+            "every replica to be in sync with its primary",
+            FORM_TIMEOUT,
+            || {
+                cluster.nodes.iter().all(|n| {
+                    let info = text(&n.command(&[b"INFO", b"replication"]));
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+            },
+        );
         cluster
     }
 
