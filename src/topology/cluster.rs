@@ -566,8 +566,8 @@ fn join(host: &[u8], port: i64) -> Arc<str> {
 }
 
 /// A `CLUSTER SHARDS` reply: each shard's slot ranges and its primary
-/// (the node whose role is `master` and health `online`); `None` if it is
-/// not one (an error on Redis before 7.0).
+/// (the node whose role is `master`, one whose health is `online` if there
+/// is one); `None` if it is not one (an error on Redis before 7.0).
 fn parse_shards(reply: &[u8], tls: bool) -> Option<Shards> {
     let value = Value::of_frame(reply).ok()?;
     if matches!(value, Value::Error(_)) {
@@ -598,7 +598,10 @@ fn parse_shards(reply: &[u8], tls: bool) -> Option<Shards> {
                                 _ => {}
                             }
                         }
-                        if master && online {
+                        // A failed primary stays the owner until a replica
+                        // is promoted: its requests are held on its lanes
+                        // rather than refused meanwhile.
+                        if master && (online || primary.is_none()) {
                             let host = endpoint.filter(|e| !e.is_empty() && *e != b"?").or(ip)?;
                             let port = if tls { tls_port.or(port) } else { port }?;
                             primary = Some(join(host, port));
@@ -684,6 +687,14 @@ mod tests {
             ]
         );
         assert!(parse_shards(b"-ERR unknown subcommand\r\n", false).is_none());
+        // Until a replica takes over, the failed primary keeps its slots.
+        let failed = format!(
+            "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:99\r\n$5\r\nnodes\r\n*2\r\n{}{}",
+            node("master", 7000, "fail"),
+            node("replica", 7003, "online")
+        );
+        let shards = parse_shards(failed.as_bytes(), false).expect("a map");
+        assert_eq!(shards.ranges, vec![(0, 99, "127.0.0.1:7000".into())]);
     }
 
     #[test]
