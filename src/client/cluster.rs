@@ -26,7 +26,7 @@ use super::Client;
 use crate::codec::RequestRef;
 use crate::error::{error_line, Error};
 use crate::pool::lane::LaneHandle;
-use crate::router::keys::Placement;
+use crate::router::keys::{Fanout, Placement};
 use crate::router::slot::slot_of;
 use crate::topology::cluster::{ClusterMap, SlotMap};
 
@@ -203,11 +203,12 @@ impl ClusterRoutes {
                     "Keys in request don't hash to the same slot",
                 )),
             },
-            Placement::Fanout => Routed::Refused(Error::NotInCluster(
+            Placement::Fanout(Fanout::Unsupported) => Routed::Refused(Error::NotInCluster(
                 upper(req.name()),
-                "it goes to every primary (Redis's request_policy tip), which respool does not do yet; ask each node directly",
+                "it goes to every primary (Redis's request_policy tip) and its replies are not merged by respool yet; ask each node directly",
             )
             .to_resp()),
+            Placement::Fanout(fanout) => Routed::Split(Split::Fanout(fanout)),
         }
     }
 }
@@ -320,6 +321,8 @@ pub(super) enum Split {
     Mset,
     /// `DEL`, `UNLINK`, `EXISTS`, `TOUCH`: the sum of the counts.
     Sum,
+    /// A command for every primary, sent to each as it is.
+    Fanout(Fanout),
 }
 
 impl Split {
@@ -353,8 +356,31 @@ impl Split {
             return error.clone();
         }
         match self {
+            Split::Fanout(Fanout::AllSucceeded | Fanout::Unsupported) => parts
+                .first()
+                .cloned()
+                .unwrap_or_else(|| Bytes::from_static(b"+OK\r\n")),
+            Split::Fanout(Fanout::Concat) => {
+                let mut items = Vec::new();
+                let mut count = 0;
+                for part in parts {
+                    let Some(elements) = crate::codec::Value::of_frame(part)
+                        .ok()
+                        .and_then(|v| v.elements())
+                    else {
+                        return part.clone();
+                    };
+                    count += elements.len();
+                    // The elements' bytes: the part after its header.
+                    let header = memchr::memchr(b'\n', part).map_or(0, |i| i + 1);
+                    items.extend_from_slice(&part[header..]);
+                }
+                let mut out = format!("*{count}\r\n").into_bytes();
+                out.extend_from_slice(&items);
+                Bytes::from(out)
+            }
             Split::Mset => Bytes::from_static(b"+OK\r\n"),
-            Split::Sum => {
+            Split::Sum | Split::Fanout(Fanout::Sum) => {
                 let sum: i64 = parts
                     .iter()
                     .filter_map(|p| crate::codec::Value::of_frame(p).ok()?.int())
@@ -407,6 +433,13 @@ impl Client {
             return;
         };
         let args: Vec<&[u8]> = req.args().collect();
+        if let Split::Fanout(_) = split {
+            // The same command for every primary.
+            let parts = (0..cluster.lanes.len() as u16)
+                .map(|node| (node, req.raw().to_vec().into()))
+                .collect();
+            return self.send_parts(parts, Vec::new(), 0, split, 0);
+        }
         let step = split.step();
         if args.len() < 1 + step || (args.len() - 1) % step != 0 {
             // A cluster checks the slots before the pairs (`MSET a 1 b`).
@@ -430,24 +463,50 @@ impl Client {
                 None => groups.push((slot, node as u16, vec![k])),
             }
         }
-        let inbox = crate::client::inbox::ReplyInbox::new(
-            None,
-            Arc::new(crate::client::roster::ReplyMemory::detached()),
-        );
         // Reads may be resent after a lost connection; writes never.
         let retry_safe = u64::from(
             args[0].eq_ignore_ascii_case(b"MGET") || args[0].eq_ignore_ascii_case(b"EXISTS"),
         );
+        let parts = groups
+            .iter()
+            .map(|(_, node, keys)| {
+                let mut part_args: Vec<&[u8]> = vec![args[0]];
+                for &k in keys {
+                    part_args.extend_from_slice(&args[1 + k * step..1 + (k + 1) * step]);
+                }
+                let raw = crate::codec::Request::from_args(&part_args)
+                    .into_raw()
+                    .freeze();
+                (*node, raw)
+            })
+            .collect();
+        let keys = (args.len() - 1) / step;
+        let positions: Vec<Vec<usize>> = groups.into_iter().map(|(_, _, k)| k).collect();
+        self.send_parts(parts, positions, keys, split, retry_safe);
+    }
+
+    /// Queues `parts` (a primary and the request for it) on the
+    /// primaries' lanes, and answers the client's slot with their replies
+    /// merged as `split` says once all have come.
+    fn send_parts(
+        &mut self,
+        parts: Vec<(u16, Bytes)>,
+        positions: Vec<Vec<usize>>,
+        keys: usize,
+        split: Split,
+        retry_safe: u64,
+    ) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let inbox = crate::client::inbox::ReplyInbox::new(
+            None,
+            Arc::new(crate::client::roster::ReplyMemory::detached()),
+        );
+        let expected = parts.len();
         let mut sent = 0;
-        for (part, (_, node, keys)) in groups.iter().enumerate() {
-            let mut part_args: Vec<&[u8]> = vec![args[0]];
-            for &k in keys {
-                part_args.extend_from_slice(&args[1 + k * step..1 + (k + 1) * step]);
-            }
-            let raw = crate::codec::Request::from_args(&part_args)
-                .into_raw()
-                .freeze();
-            let lane = cluster.lane(*node).unwrap_or(&self.lane);
+        for (part, (node, raw)) in parts.into_iter().enumerate() {
+            let lane = cluster.lane(node).unwrap_or(&self.lane);
             let queued = lane.send(crate::pool::lane::LaneRequest {
                 seq: part as u64,
                 raw,
@@ -460,17 +519,15 @@ impl Client {
                 sent += 1;
             }
         }
-        let keys = (args.len() - 1) / step;
-        let positions: Vec<Vec<usize>> = groups.into_iter().map(|(_, _, k)| k).collect();
         let protocol = self.protocol;
         let seq = self.output.open_shared_slot();
         let reply_to = self.output.sender();
-        if sent < positions.len() {
+        if sent < expected || expected == 0 {
             return reply_to.send(seq, 1, Error::ShuttingDown.to_resp());
         }
         tokio::spawn(async move {
             let mut arrived = Vec::new();
-            while arrived.len() < positions.len() {
+            while arrived.len() < expected {
                 let mut more = Vec::new();
                 std::future::poll_fn(|cx| inbox.poll_take(cx, &mut more)).await;
                 arrived.extend(more);

@@ -32,8 +32,23 @@ pub(crate) enum Placement {
     /// Its keys are in different slots (Redis's `-CROSSSLOT`).
     CrossSlot,
     /// Redis's tips say it goes to every shard or node (DBSIZE, KEYS,
-    /// FLUSHALL, SCRIPT LOAD, …): respool does not fan it out yet.
-    Fanout,
+    /// FLUSHALL, SCRIPT LOAD, …), its replies merged as this says.
+    Fanout(Fanout),
+}
+
+/// How the replies of a command sent to every primary are merged, from
+/// its `response_policy` tip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fanout {
+    /// `agg_sum`: the sum of the integers (DBSIZE).
+    Sum,
+    /// `all_succeeded`: the first error, else the first reply (FLUSHALL,
+    /// SCRIPT LOAD, FUNCTION LOAD, CONFIG SET).
+    AllSucceeded,
+    /// No policy: the arrays one after the other (KEYS).
+    Concat,
+    /// A policy respool does not merge yet (SCAN, WAIT, SCRIPT EXISTS, …).
+    Unsupported,
 }
 
 /// What one command's entry says.
@@ -42,7 +57,7 @@ struct Entry {
     /// The only key is at this argument (the common case), or `None`.
     single_key: Option<usize>,
     specs: Box<[KeySpec]>,
-    fanout: bool,
+    fanout: Option<Fanout>,
     /// It has subcommands (`OBJECT ENCODING`, `XINFO STREAM`): the entry
     /// to use is `name|sub`'s.
     container: bool,
@@ -124,17 +139,37 @@ impl KeyTable {
         let Some(name) = fields.first().and_then(Value::bytes) else {
             return;
         };
-        let tips = fields.get(7).and_then(Value::elements);
+        let tips: Vec<&[u8]> = fields
+            .get(7)
+            .and_then(Value::elements)
+            .map(|tips| tips.filter_map(|t| t.bytes()).collect())
+            .unwrap_or_default();
         let any_node = ANY_NODE.iter().any(|n| name.eq_ignore_ascii_case(n));
-        let fanout = !any_node
-            && tips.is_some_and(|mut tips| {
-                tips.any(|t| {
-                    matches!(
-                        t.bytes(),
-                        Some(b"request_policy:all_shards" | b"request_policy:all_nodes")
-                    )
-                })
-            });
+        let to_all = tips.iter().any(|t| {
+            matches!(
+                *t,
+                b"request_policy:all_shards" | b"request_policy:all_nodes"
+            )
+        });
+        // SCAN: a cursor per node, which respool does not encode yet.
+        let special = tips.contains(&b"request_policy:special".as_slice());
+        let fanout = (!any_node && (to_all || special)).then(|| {
+            if special {
+                return Fanout::Unsupported;
+            }
+            let response = tips
+                .iter()
+                .find_map(|t| t.strip_prefix(b"response_policy:".as_slice()));
+            match response {
+                Some(b"agg_sum") => Fanout::Sum,
+                Some(b"all_succeeded" | b"one_succeeded") => Fanout::AllSucceeded,
+                // KEYS: the nodes' arrays, one after the other.
+                None => Fanout::Concat,
+                // SCAN's cursor, RANDOMKEY's pick, INFO's sections, the
+                // logical and/min/max of a few: not merged yet.
+                Some(_) => Fanout::Unsupported,
+            }
+        });
         let specs: Box<[KeySpec]> = fields
             .get(8)
             .and_then(Value::elements)
@@ -181,8 +216,8 @@ impl KeyTable {
                 None => return Placement::AnyNode,
             }
         }
-        if entry.fanout {
-            return Placement::Fanout;
+        if let Some(fanout) = entry.fanout {
+            return Placement::Fanout(fanout);
         }
         if let Some(at) = entry.single_key {
             return match req.arg(at) {
@@ -466,8 +501,11 @@ mod tests {
         assert_eq!(place(&table, &["SPUBLISH", "ch", "m"]), slot("ch"));
         assert_eq!(place(&table, &["PUBLISH", "ch", "m"]), Placement::AnyNode);
         // Redis's tips send these to every shard; these go anywhere.
-        assert_eq!(place(&table, &["DBSIZE"]), Placement::Fanout);
-        assert_eq!(place(&table, &["KEYS", "*"]), Placement::Fanout);
+        assert_eq!(place(&table, &["DBSIZE"]), Placement::Fanout(Fanout::Sum));
+        assert_eq!(
+            place(&table, &["KEYS", "*"]),
+            Placement::Fanout(Fanout::Concat)
+        );
         assert_eq!(place(&table, &["PING"]), Placement::AnyNode);
         assert_eq!(place(&table, &["ECHO", "x"]), Placement::AnyNode);
         assert_eq!(place(&table, &["RANDOMKEY"]), Placement::AnyNode);
