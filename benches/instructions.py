@@ -130,14 +130,14 @@ def main():
         try:
             for port, server in zip(ports, servers):
                 wait_pong(port, server)
-            upstream = [f"redis://127.0.0.1:{ports[0]}"]
+            upstream = ["--upstream", f"redis://127.0.0.1:{ports[0]}"]
             if args.cluster:
                 form_cluster(ports)
                 upstream = ["--cluster", "--upstream",
                             ",".join(f"redis://127.0.0.1:{p}" for p in ports)]
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out.%p",
                    args.proxy, "--listen", f"127.0.0.1:{proxy_port}",
-                   "--upstream", *upstream, "--threads", "1",
+                   *upstream, "--threads", "1",
                    *args.extra.split()]
             proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_pong(proxy_port, proxy)

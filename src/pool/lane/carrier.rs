@@ -45,6 +45,16 @@ pub(crate) fn moved_to(node: &crate::pool::endpoint::Node) -> String {
     }
 }
 
+/// What a cluster node's error reply `frame` means for its request (see
+/// [`crate::topology::cluster::ClusterLink::redirect`]); out of line, so
+/// that a single upstream's reply path stays as short as it was.
+#[cold]
+#[inline(never)]
+fn cluster_redirect(lane: &Lane, frame: &[u8]) -> Option<Redirect> {
+    let cluster = lane.ctx.cluster.as_ref()?;
+    cluster.redirect(frame, &lane.node.addr(), lane.protocol, &lane.ctx.refresh)
+}
+
 /// How long a connection to a primary that moved may still deliver the
 /// replies in flight on it.
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
@@ -401,27 +411,25 @@ impl Carrier {
         let is_error = frame.first() == Some(&b'-');
         let demoted = is_error && lane.ctx.expects_primary && frame.starts_with(b"-READONLY");
         let mut redirect_held = false;
-        if is_error {
-            if let Some(cluster) = &lane.ctx.cluster {
-                match cluster.redirect(frame, &lane.node.addr(), lane.protocol, &lane.ctx.refresh) {
-                    // Behind a request of the same client held here (an
-                    // `-ASK`), it waits its turn: sent on now, it would
-                    // run before that one.
-                    Some(Redirect::To(_))
-                        if self
-                            .retry_later
-                            .iter()
-                            .any(|h| h.req.reply_to.same_client(&job.req.reply_to)) =>
-                    {
-                        redirect_held = true;
-                    }
-                    Some(Redirect::To(target)) => {
-                        self.redirect(len, replies, target, lane);
-                        return Ok(());
-                    }
-                    Some(Redirect::Hold) => redirect_held = true,
-                    None => {}
+        if is_error && lane.ctx.cluster.is_some() {
+            match cluster_redirect(lane, frame) {
+                // Behind a request of the same client held here (an
+                // `-ASK`), it waits its turn: sent on now, it would run
+                // before that one.
+                Some(Redirect::To(_))
+                    if self
+                        .retry_later
+                        .iter()
+                        .any(|h| h.req.reply_to.same_client(&job.req.reply_to)) =>
+                {
+                    redirect_held = true;
                 }
+                Some(Redirect::To(target)) => {
+                    self.redirect(len, replies, target, lane);
+                    return Ok(());
+                }
+                Some(Redirect::Hold) => redirect_held = true,
+                None => {}
             }
         }
         if demoted && !self.demoted {
