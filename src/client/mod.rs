@@ -220,6 +220,8 @@ struct Client {
     run_target: routing::Target,
     /// Routing by hash slot (`--cluster`).
     cluster: Option<cluster::ClusterRoutes>,
+    /// `reads` or `cluster` is set: a run may go elsewhere than `lane`.
+    routes_runs: bool,
     /// The lane set a session being checked out comes from (a cluster
     /// primary's), when it is not `lanes`.
     session_origin: Option<Arc<LaneSet>>,
@@ -287,6 +289,7 @@ impl Client {
                 .cluster()
                 .cloned()
                 .map(cluster::ClusterRoutes::new),
+            routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
             session_origin: None,
             shared,
         }

@@ -128,19 +128,9 @@ impl Client {
                 return;
             }
         };
-        if self.cluster.is_some() {
-            if !self.route_in_cluster(span) {
-                return;
-            }
-        } else if self.reads.is_some()
-            && !self.target_run(
-                command,
-                command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
-            )
-        {
-            // No replica may take it: the client is told so.
-            self.flush_run();
-            let _ = span.split_off(self.input.buf_mut());
+        // One test on the path of a single upstream: whether runs go
+        // anywhere but the client's own lane (replicas, cluster primaries).
+        if self.routes_runs && !self.target_elsewhere(span, command) {
             return;
         }
         let seq = self.output.open_shared_slot();
@@ -151,11 +141,31 @@ impl Client {
         }
     }
 
+    /// Decides where the shared request `span` goes with replicas taking
+    /// reads or in front of a cluster, ending the run if it goes elsewhere;
+    /// `false` if it was answered or split (and taken out of the buffer)
+    /// instead. Out of line, so that the path of one upstream stays as
+    /// short as it was.
+    #[inline(never)]
+    fn target_elsewhere(&mut self, span: RequestSpan, command: Command) -> bool {
+        if self.cluster.is_some() {
+            return self.route_in_cluster(span);
+        }
+        if !self.target_run(
+            command,
+            command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
+        ) {
+            // No replica may take it: the client is told so.
+            self.flush_run();
+            let _ = span.split_off(self.input.buf_mut());
+            return false;
+        }
+        true
+    }
+
     /// Decides which primary the shared request `span` goes to, ending the
     /// run if it goes elsewhere; `false` if it was answered or split (and
-    /// taken out of the buffer) instead. Out of line, so that the path of
-    /// one upstream stays as short as it was.
-    #[inline(never)]
+    /// taken out of the buffer) instead.
     fn route_in_cluster(&mut self, span: RequestSpan) -> bool {
         self.sync_cluster();
         let routed = match &self.cluster {

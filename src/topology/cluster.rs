@@ -138,20 +138,16 @@ impl Reroute {
     /// The lane of the primary serving the slot of the request `raw` (a
     /// keyless one: the first primary's); `None` if no primary serves it.
     pub fn lane_for(&self, raw: &[u8]) -> Option<crate::pool::lane::LaneHandle> {
-        let mut buf = bytes::BytesMut::from(raw);
-        let mut decoder = crate::codec::RequestDecoder::new(crate::codec::RequestLimits::default());
-        let node = match decoder.decode_at(&mut buf, 0) {
-            Ok(Some(crate::codec::Decoded::Request(span))) => {
-                match self
-                    .map
-                    .keys()?
-                    .place(span.view(&buf), crate::router::slot::slot_of)
-                {
-                    crate::router::keys::Placement::Slot(slot) => self.slots.owner(slot)?,
-                    _ => 0,
-                }
-            }
-            _ => 0,
+        let node = match crate::codec::Request::of_whole(raw) {
+            Some(req) => match self
+                .map
+                .keys()?
+                .place(req.view(), crate::router::slot::slot_of)
+            {
+                crate::router::keys::Placement::Slot(slot) => self.slots.owner(slot)?,
+                _ => 0,
+            },
+            None => 0,
         };
         Some(self.slots.nodes.get(node)?.lanes.lane(self.protocol))
     }

@@ -492,6 +492,8 @@ impl Carrier {
     /// place. Requests of one client that this node redirects reach
     /// `target` in the order they were sent; after [`MAX_REDIRECTS`] the
     /// client gets an error instead.
+    #[cold]
+    #[inline(never)]
     fn redirect(&mut self, len: usize, replies: &mut Replies, target: LaneHandle, lane: &Lane) {
         let Some(job) = self.inflight.front_mut().and_then(|s| s.job.as_mut()) else {
             return;
