@@ -28,17 +28,30 @@ enum Command {
     /// Drive load against any RESP endpoint, checking every reply; compare
     /// two targets or sweep a proxy setting.
     Bench(BenchArgs),
+    /// Validate a config file (with the RESPOOL_… environment on top, as the
+    /// proxy would read it) and print the effective configuration, secrets
+    /// masked; exits non-zero when it is invalid.
+    CheckConfig {
+        /// The TOML config file.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = cli.command {
-        return bench(args);
+    match cli.command {
+        Some(Command::Bench(args)) => return bench(args),
+        Some(Command::CheckConfig { file }) => return check_config(&file),
+        None => {}
     }
-    let config = match Config::from_flags(cli.flags) {
-        Ok(c) => c,
+    // Parsed again with the config file, which needs clap's view of which
+    // values the command line and environment gave.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let loaded = match Config::load(&args) {
+        Ok(l) => l,
         Err(e) => e.exit(),
     };
+    let config = loaded.config.clone();
     init_logging(&config);
 
     let threads = config.event_loops();
@@ -74,6 +87,27 @@ fn run_loops(config: Config, threads: usize) -> ExitCode {
     tracing::info!("signal received; shutting down");
     loops.stop();
     ExitCode::SUCCESS
+}
+
+/// `respool check-config FILE`: the full validation of a start, without
+/// starting.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let args = [
+        std::ffi::OsString::from("respool"),
+        "--config".into(),
+        file.into(),
+    ];
+    match Config::load(args) {
+        Ok(loaded) => {
+            print!("{}", loaded.effective.render());
+            println!("# {}: OK", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("respool check-config: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
