@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use respool::bench::BenchArgs;
 use respool::config::{Flags, LogFormat};
+use respool::reload::{LogFilter, Reloader};
 use respool::{current_thread_runtime, Config, EventLoops, Proxy};
 
 /// respool: a Redis pooling proxy. Without a subcommand it runs the proxy.
@@ -52,26 +53,27 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let config = loaded.config.clone();
-    init_logging(&config);
+    let log_filter = init_logging(&config);
+    let reloader = Reloader::new(args, &loaded).with_log_filter(log_filter);
 
     let threads = config.event_loops();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), event_loops = threads, config = ?config, "starting respool");
     if threads == 1 {
         match current_thread_runtime() {
-            Ok(runtime) => runtime.block_on(run(config)),
+            Ok(runtime) => runtime.block_on(run(config, reloader)),
             Err(e) => {
                 eprintln!("respool: cannot start the async runtime: {e}");
                 ExitCode::FAILURE
             }
         }
     } else {
-        run_loops(config, threads)
+        run_loops(config, threads, reloader)
     }
 }
 
 /// Thread per core: `threads` independent single-threaded event loops
 /// ([`EventLoops`]) until a signal comes.
-fn run_loops(config: Config, threads: usize) -> ExitCode {
+fn run_loops(config: Config, threads: usize, reloader: Reloader) -> ExitCode {
     let loops = match EventLoops::start(config, threads) {
         Ok(loops) => loops,
         Err(e) => {
@@ -80,8 +82,9 @@ fn run_loops(config: Config, threads: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let reloader = loops.enable_reload(reloader);
     match current_thread_runtime() {
-        Ok(rt) => rt.block_on(wait_for_signal()),
+        Ok(rt) => rt.block_on(wait_for_signal(&reloader)),
         Err(e) => eprintln!("respool: cannot wait for signals: {e}"),
     }
     tracing::info!("signal received; shutting down");
@@ -134,7 +137,7 @@ fn bench(args: BenchArgs) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, reloader: Reloader) -> ExitCode {
     let proxy = match Proxy::start(config).await {
         Ok(p) => p,
         Err(e) => {
@@ -143,47 +146,72 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    let reloader = proxy.enable_reload(reloader);
+    wait_for_signal(&reloader).await;
     tracing::info!("signal received; shutting down");
     proxy.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM; each SIGHUP meanwhile reloads the
+/// configuration (the reload logs what it changed).
+async fn wait_for_signal(reloader: &Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = reloader.reload();
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = reloader;
         let _ = tokio::signal::ctrl_c().await;
     }
 }
 
-fn init_logging(config: &Config) {
+/// Sets up logging; returns what changes the filter on a reload.
+fn init_logging(config: &Config) -> LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+
     let level = config.log_level();
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| {
         eprintln!("respool: invalid --log-level '{level}', using 'info'");
-        tracing_subscriber::EnvFilter::new("info")
+        EnvFilter::new("info")
     });
+    // The filter sits behind a reload layer so that SIGHUP can change it.
+    let (filter, handle) = reload::Layer::new(filter);
     // Colours only on a terminal: escape codes in a log file or journal are noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match config.log_format() {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = config.log_format() == LogFormat::Json;
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init();
+    } else {
+        registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .init();
     }
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

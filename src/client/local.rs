@@ -106,6 +106,7 @@ impl Client {
     }
 
     fn auth(&mut self, req: &Request) -> Bytes {
+        self.refresh_settings();
         match auth(&self.settings().auth, req) {
             Ok(()) => {
                 self.set_authenticated();
@@ -155,6 +156,9 @@ impl Client {
             Ok(h) => h,
             Err(reply) => return Some(reply),
         };
+        if hello.auth.is_some() && !logged_in {
+            self.refresh_settings();
+        }
         let authenticates = match hello.auth {
             Some(_) if logged_in => true,
             Some((user, password)) => match self.settings().auth.check(Some(user), password) {

@@ -141,6 +141,13 @@ impl Effective {
         out
     }
 
+    /// Puts `setting` in place of the one of the same name.
+    pub(crate) fn replace(&mut self, setting: Setting) {
+        if let Some(s) = self.settings.iter_mut().find(|s| s.name == setting.name) {
+            *s = setting;
+        }
+    }
+
     /// The settings whose values differ between `self` and `new`, by name.
     pub(crate) fn changed<'a>(&'a self, new: &'a Effective) -> Vec<(&'a Setting, &'a Setting)> {
         self.settings

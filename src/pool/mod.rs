@@ -57,6 +57,9 @@ pub(crate) struct PoolContext {
     pub refresh: Arc<tokio::sync::Notify>,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
+    /// The event loop's share of `--max-pinned` now (a reload changes it;
+    /// `pool.max_pinned` is the share at start).
+    pub pinned_limit: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

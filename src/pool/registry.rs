@@ -49,6 +49,7 @@ impl Registry {
             expects_primary: ctx.expects_primary,
             refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
+            pinned_limit: ctx.pinned_limit.clone(),
         });
         Registry {
             default: Arc::new(LaneSet::open(upstream, ctx)),
