@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Drive load against any RESP endpoint, checking every reply; compare
     /// two targets or sweep a proxy setting.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Validate a config file (with the RESPOOL_… environment on top, as the
     /// proxy would read it) and print the effective configuration, secrets
     /// masked; exits non-zero when it is invalid.
@@ -41,7 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Bench(args)) => return bench(args),
+        Some(Command::Bench(args)) => return bench(*args),
         Some(Command::CheckConfig { file }) => return check_config(&file),
         None => {}
     }
