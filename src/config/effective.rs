@@ -141,6 +141,19 @@ impl Effective {
         out
     }
 
+    /// A flag's value as `check-config` shows it (secrets masked), by its
+    /// long name; `None` when unset or unknown.
+    pub fn value(&self, name: &str) -> Option<String> {
+        let s = self.settings.iter().find(|s| s.name == name)?;
+        s.source?;
+        (!s.values.is_empty() || s.many).then(|| s.shown())
+    }
+
+    /// Where a flag's value came from, by its long name.
+    pub fn source(&self, name: &str) -> Option<Source> {
+        self.settings.iter().find(|s| s.name == name)?.source
+    }
+
     /// Puts `setting` in place of the one of the same name.
     pub(crate) fn replace(&mut self, setting: Setting) {
         if let Some(s) = self.settings.iter_mut().find(|s| s.name == setting.name) {
