@@ -5,12 +5,14 @@
 //! connection, and a lane set reads its dedicated-connection limit per
 //! checkout — never per request.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::config::{ClientSettings, Config};
+use crate::config::{ClientSettings, Config, RetrySettings};
+use crate::retry::BackoffPolicy;
 use crate::tls::ListenerTls;
 
 /// See the module docs.
@@ -23,6 +25,8 @@ pub(crate) struct Live {
     /// `--tls-ca`): new handshakes use the current one, connected clients
     /// keep theirs.
     pub listener_tls: ArcSwapOption<ListenerTls>,
+    /// Request deadlines, holds, resends and backoff, shared by every lane.
+    pub retry: Arc<LiveRetry>,
     /// Each event loop's share of `--max-pinned`, in the order the loops
     /// started.
     pinned: Mutex<Vec<Arc<AtomicU32>>>,
@@ -35,6 +39,7 @@ impl Live {
             clients: ArcSwap::from_pointee(config.clients.clone()),
             max_clients: AtomicUsize::new(config.listener.max_clients),
             listener_tls: ArcSwapOption::from(config.listener.tls.clone().map(Arc::new)),
+            retry: Arc::new(LiveRetry::new(config.retry)),
             pinned: Mutex::default(),
         }
     }
@@ -67,5 +72,74 @@ impl std::fmt::Debug for Live {
         f.debug_struct("Live")
             .field("max_clients", &self.max_clients)
             .finish_non_exhaustive()
+    }
+}
+
+/// `--timeout`, `--hold-timeout`, `--retries` and the backoff, as the
+/// lanes read them: relaxed atomic loads (plain loads on x86 and ARM), once
+/// per write batch or reconnect, so a reload reaches running lanes without
+/// a lock or a pointer swap on the request path. A reader may see some of a
+/// reload's values before the others; each value on its own is whole.
+#[derive(Debug)]
+pub(crate) struct LiveRetry {
+    timeout_ns: AtomicU64,
+    hold_timeout_ns: AtomicU64,
+    retries: AtomicU32,
+    backoff_base_ns: AtomicU64,
+    backoff_cap_ns: AtomicU64,
+}
+
+impl LiveRetry {
+    pub fn new(settings: RetrySettings) -> LiveRetry {
+        let live = LiveRetry {
+            timeout_ns: AtomicU64::new(0),
+            hold_timeout_ns: AtomicU64::new(0),
+            retries: AtomicU32::new(0),
+            backoff_base_ns: AtomicU64::new(0),
+            backoff_cap_ns: AtomicU64::new(0),
+        };
+        live.set(settings);
+        live
+    }
+
+    /// Stores a reload's values.
+    pub fn set(&self, s: RetrySettings) {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.timeout_ns.store(ns(s.timeout), Ordering::Relaxed);
+        self.hold_timeout_ns
+            .store(ns(s.hold_timeout), Ordering::Relaxed);
+        self.retries.store(s.retries, Ordering::Relaxed);
+        self.backoff_base_ns
+            .store(ns(s.backoff.base), Ordering::Relaxed);
+        self.backoff_cap_ns
+            .store(ns(s.backoff.cap), Ordering::Relaxed);
+    }
+
+    /// The request deadline (`--timeout`).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout_ns.load(Ordering::Relaxed))
+    }
+
+    /// The hold window (`--hold-timeout`).
+    pub fn hold_timeout(&self) -> Duration {
+        Duration::from_nanos(self.hold_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    /// All of them now.
+    pub fn get(&self) -> RetrySettings {
+        RetrySettings {
+            timeout: self.timeout(),
+            hold_timeout: self.hold_timeout(),
+            retries: self.retries.load(Ordering::Relaxed),
+            backoff: self.backoff(),
+        }
+    }
+
+    /// The reconnect and resend backoff.
+    pub fn backoff(&self) -> BackoffPolicy {
+        BackoffPolicy {
+            base: Duration::from_nanos(self.backoff_base_ns.load(Ordering::Relaxed)),
+            cap: Duration::from_nanos(self.backoff_cap_ns.load(Ordering::Relaxed)),
+        }
     }
 }

@@ -36,6 +36,11 @@ pub const LIVE: &[&str] = &[
     "tls-ca",
     "tls-handshake-timeout",
     "max-pinned",
+    "timeout",
+    "hold-timeout",
+    "retries",
+    "backoff-base",
+    "backoff-cap",
     "log-level",
 ];
 
@@ -187,6 +192,7 @@ impl Reloader {
         let applies = |name: &str| changes.iter().any(|c| c.applied && c.setting == name);
         let users_changed = OWN_USERS.iter().any(|n| applies(n));
         let cert_changed = applies("tls-cert") || applies("tls-key");
+        let hold_changed = applies("hold-timeout");
 
         // The log filter first: the one step that can still fail.
         if applies("log-level") {
@@ -212,6 +218,12 @@ impl Reloader {
         live.max_clients
             .store(new.config.listener.max_clients, Ordering::Relaxed);
         live.set_max_pinned(&new.config);
+        let mut retry = new.config.retry;
+        if !hold_changed {
+            // Unset, it follows --checkout-timeout, which needs a restart.
+            retry.hold_timeout = live.retry.hold_timeout();
+        }
+        live.retry.set(retry);
 
         // The certificate: re-read even when its paths did not change, as
         // rotation usually replaces the files in place.

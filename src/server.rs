@@ -136,7 +136,7 @@ impl Proxy {
         let stats = process.stats.register();
         let ctx = Arc::new(PoolContext {
             pool: config.pool.clone(),
-            retry: config.retry,
+            retry: process.live.retry.clone(),
             client_identity: false,
             expects_primary: config.pool.validate == crate::config::Validate::Write
                 || config.topology.sentinel.is_some(),

@@ -144,14 +144,21 @@ async fn reload_under_load_passwords_pinned_sessions_and_log_level() {
     load.progresses(200).await;
 
     // A password change: new logins need the new password, sessions that
-    // logged in with the old one carry on. --timeout needs a restart.
+    // logged in with the old one carry on. --timeout changes too;
+    // --max-connections needs a restart.
     let (mut early, reply) = login(addr, "app", "pw-one").await;
     reply.expect_ok();
-    write_config(&file, &config("pw-two", 4, "6s", "info"));
+    let with_lanes = format!("{}max-connections = 2\n", config("pw-two", 4, "6s", "info"));
+    write_config(&file, &with_lanes);
     sighup(&proxy, "reload: user changed");
     let log = proxy.log();
     assert!(
-        log.contains("timeout changed (\"5s\" -> \"6s\"): needs a restart, left unchanged"),
+        log.contains("reload: timeout changed (\"5s\" -> \"6s\")\n")
+            || log.contains("reload: timeout changed (\"5s\" -> \"6s\")\r\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("max-connections changed (1 -> 2): needs a restart, left unchanged"),
         "{log}"
     );
     login(addr, "app", "pw-one")

@@ -136,7 +136,7 @@ impl Client {
             None => {
                 // No wait is running: a HELLO is parked while one does, and
                 // nothing is read behind it.
-                let within = self.shared.config.retry.hold_timeout;
+                let within = self.shared.process.live.retry.hold_timeout();
                 let wait = self.lanes.health().wait_validated(within);
                 self.park(req, command, Some(Wait::Version(Box::pin(wait))));
             }
@@ -204,7 +204,7 @@ impl Client {
             }
             let error = Error::NoHealth {
                 addr: self.lanes.addr().clone(),
-                waited: self.shared.config.retry.hold_timeout,
+                waited: self.shared.process.live.retry.hold_timeout(),
             };
             self.output.push_ready(error.to_resp());
         }

@@ -198,7 +198,7 @@ impl LaneSet {
                 Err(e) => return unavailable(e),
             };
             match conn
-                .exchange_raw(&raw, 1, "request", ctx.retry.timeout)
+                .exchange_raw(&raw, 1, "request", ctx.retry.timeout())
                 .await
             {
                 Ok(mut replies) => replies
@@ -228,7 +228,7 @@ impl LaneSet {
 
     /// The request deadline, for resets of pinned connections.
     pub fn timeout(&self) -> Duration {
-        self.ctx.retry.timeout
+        self.ctx.retry.timeout()
     }
 
     /// Closes the lanes: each finishes what is pending (clients must already

@@ -42,7 +42,8 @@ pub(crate) use registry::Registry;
 #[derive(Debug)]
 pub(crate) struct PoolContext {
     pub pool: PoolSettings,
-    pub retry: RetrySettings,
+    /// Deadlines, holds, resends and backoff: a reload changes them.
+    pub retry: Arc<crate::live::LiveRetry>,
     /// The lane sets of identities clients logged in as: a refused login
     /// there is a client's wrong password, not the upstream's outage, and
     /// is logged quietly.

@@ -44,7 +44,7 @@ impl Registry {
         }
         let identity_ctx = Arc::new(PoolContext {
             pool,
-            retry: ctx.retry,
+            retry: ctx.retry.clone(),
             client_identity: true,
             expects_primary: ctx.expects_primary,
             refresh: ctx.refresh.clone(),

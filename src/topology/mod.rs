@@ -140,7 +140,7 @@ fn replica_context(ctx: &Arc<PoolContext>) -> Arc<PoolContext> {
     }
     Arc::new(PoolContext {
         pool,
-        retry: ctx.retry,
+        retry: ctx.retry.clone(),
         client_identity: false,
         expects_primary: false,
         refresh: Arc::new(Notify::new()),
