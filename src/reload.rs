@@ -153,14 +153,7 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<Vec<Change>, ReloadError> {
         let live = self.live.as_ref().ok_or(ReloadError::NotAttached)?;
-        let new = Config::load(&self.args).map_err(|e| {
-            ReloadError::Invalid(
-                e.to_string()
-                    .trim()
-                    .trim_start_matches("error: ")
-                    .to_owned(),
-            )
-        })?;
+        let new = Config::load(&self.args).map_err(|e| ReloadError::Invalid(one_line(&e)))?;
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let old_clients = live.clients.load_full();
         // AUTH passthrough (no users of respool's own) is decided at start.
@@ -242,6 +235,19 @@ impl Reloader {
     }
 }
 
+/// A clap error on one log line: its message lines, without the usage
+/// and help hints that follow them.
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ").trim_start_matches("error: ").to_owned()
+}
+
 /// A fingerprint of certificate and key bytes, to tell a rotated
 /// certificate from the same one read again (not a security measure).
 pub(crate) fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
@@ -250,4 +256,55 @@ pub(crate) fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 
         part.hash(&mut hasher);
     }
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_live_setting_is_a_flag() {
+        let cmd = crate::config::Flags::command();
+        for name in LIVE.iter().chain(OWN_USERS) {
+            assert!(
+                cmd.get_arguments().any(|a| a.get_long() == Some(name)),
+                "{name} is not a flag"
+            );
+        }
+    }
+
+    #[test]
+    fn changes_read_as_log_lines() {
+        let live = Change {
+            setting: "max-pinned".into(),
+            applied: true,
+            detail: "4 -> 2".into(),
+        };
+        assert_eq!(live.to_string(), "max-pinned changed (4 -> 2)");
+        let restart = Change {
+            setting: "listen".into(),
+            applied: false,
+            detail: String::new(),
+        };
+        assert_eq!(
+            restart.to_string(),
+            "listen changed: needs a restart, left unchanged"
+        );
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let e = crate::Config::parse_from_args(["respool", "--tls-cert", "c.pem"]).unwrap_err();
+        let line = one_line(&e);
+        assert!(!line.contains('\n') && line.contains("--tls-key"), "{line}");
+        assert!(!line.contains("Usage"), "{line}");
+    }
+
+    #[test]
+    fn a_reloader_without_a_proxy_changes_nothing() {
+        let loaded = crate::Config::load(["respool"]).unwrap();
+        let reloader = Reloader::new(vec!["respool".into()], &loaded);
+        assert!(matches!(reloader.reload(), Err(ReloadError::NotAttached)));
+    }
 }

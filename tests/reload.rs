@@ -398,3 +398,61 @@ async fn a_rotated_tls_certificate_serves_new_handshakes_and_keeps_clients() {
     assert_eq!(after.server_cert(), second);
     assert_eq!(after.cmd(&["PING"]).await.as_str(), Some("PONG"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_the_deny_list_and_max_clients_change_live() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let users = dir.path().join("users.txt");
+    write_config(&users, "app:one\n");
+    let file = dir.path().join("respool.toml");
+    let settings = |deny: &str, max_clients: u32| {
+        format!(
+            "users-file = {:?}\ndeny-command = [\"{deny}\"]\nmax-clients = {max_clients}\n",
+            users.display().to_string()
+        )
+    };
+    write_config(&file, &settings("KEYS", 100));
+    let file_arg = file.display().to_string();
+    let proxy = ProxyProcess::start(&redis.url(), &["--config", &file_arg]);
+    let addr = proxy.addr();
+    let (mut before, reply) = login(addr, "app", "one").await;
+    reply.expect_ok();
+    assert!(before.cmd(&["KEYS", "*"]).await.is_error());
+
+    // The users file changes in place (same path), the deny list and the
+    // client limit in the config file.
+    write_config(&users, "app:two\n");
+    write_config(&file, &settings("FLUSHALL", 2));
+    sighup(&proxy, "reload: users-file changed (its contents)");
+    assert!(proxy.log().contains("reload: deny-command changed"));
+    login(addr, "app", "one")
+        .await
+        .1
+        .expect_error_code("WRONGPASS");
+    let (mut after, reply) = login(addr, "app", "two").await;
+    reply.expect_ok();
+    // A client that logs in after the reload has the new deny list; one
+    // logged in before keeps the list it started with.
+    assert!(!after.cmd(&["KEYS", "*"]).await.is_error());
+    assert!(after.cmd(&["FLUSHALL"]).await.is_error());
+    assert!(before.cmd(&["KEYS", "*"]).await.is_error());
+    assert_eq!(before.cmd(&["PING"]).await.as_str(), Some("PONG"));
+
+    // Two clients are connected: a third is over the new limit (once the
+    // refused logins above have been counted out).
+    let deadline = std::time::Instant::now() + wait::DEADLINE;
+    loop {
+        let mut third = TestClient::connect(addr).await.expect("connect");
+        match third.try_cmd(&["PING"]).await {
+            Ok(r) if format!("{r}").contains("max number of clients reached") => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "a third client is still served: {other:?}"
+            ),
+        }
+        // Polling granularity only.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(after.cmd(&["PING"]).await.as_str(), Some("PONG"));
+}
