@@ -74,6 +74,17 @@ fn main() -> ExitCode {
 /// Thread per core: `threads` independent single-threaded event loops
 /// ([`EventLoops`]) until a signal comes.
 fn run_loops(config: Config, threads: usize, reloader: Reloader) -> ExitCode {
+    let rt = match current_thread_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("respool: cannot wait for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = {
+        let _context = rt.enter();
+        Signals::install()
+    };
     let loops = match EventLoops::start(config, threads) {
         Ok(loops) => loops,
         Err(e) => {
@@ -83,10 +94,7 @@ fn run_loops(config: Config, threads: usize, reloader: Reloader) -> ExitCode {
         }
     };
     let reloader = loops.enable_reload(reloader);
-    match current_thread_runtime() {
-        Ok(rt) => rt.block_on(wait_for_signal(&reloader)),
-        Err(e) => eprintln!("respool: cannot wait for signals: {e}"),
-    }
+    rt.block_on(signals.wait(&reloader));
     tracing::info!("signal received; shutting down");
     loops.stop();
     ExitCode::SUCCESS
@@ -138,6 +146,7 @@ fn bench(args: BenchArgs) -> ExitCode {
 }
 
 async fn run(config: Config, reloader: Reloader) -> ExitCode {
+    let signals = Signals::install();
     let proxy = match Proxy::start(config).await {
         Ok(p) => p,
         Err(e) => {
@@ -147,40 +156,64 @@ async fn run(config: Config, reloader: Reloader) -> ExitCode {
         }
     };
     let reloader = proxy.enable_reload(reloader);
-    wait_for_signal(&reloader).await;
+    signals.wait(&reloader).await;
     tracing::info!("signal received; shutting down");
     proxy.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGINT or SIGTERM; each SIGHUP meanwhile reloads the
-/// configuration (the reload logs what it changed).
-async fn wait_for_signal(reloader: &Reloader) {
+/// The signals respool acts on, installed before it accepts clients: a
+/// SIGHUP that arrived before would otherwise end the process.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers; needs a runtime context.
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for SIGINT or SIGTERM; each SIGHUP meanwhile reloads the
+    /// configuration (the reload logs what it changed).
+    async fn wait(mut self, reloader: &Reloader) {
+        #[cfg(unix)]
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
-                _ = term.recv() => return,
-                _ = hup.recv() => {
+                Some(()) = recv(&mut self.term) => return,
+                Some(()) = recv(&mut self.hup) => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     let _ = reloader.reload();
                 }
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = (&mut self, reloader);
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = reloader;
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The next delivery of `signal`, or never if it could not be installed.
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -281,6 +281,10 @@ fn env_wins_over_the_file_and_flags_over_env() {
     // The proxy itself, with the file named by RESPOOL_CONFIG: a flag beats
     // the environment, which beats the file.
     let proxy = ProxyProcess::start_with_env("redis://127.0.0.1:1", &["--min-idle", "1"], &env);
+    // The log is read by a thread of its own: wait for the line.
+    support::wait::until("the start-up line", support::wait::DEADLINE, || {
+        proxy.log().contains("starting respool")
+    });
     let log = proxy.log();
     for expected in ["max_connections: 4", "max_pinned: 7", "min_idle: 1"] {
         assert!(log.contains(expected), "{expected} missing from:\n{log}");
