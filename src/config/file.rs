@@ -2,7 +2,7 @@
 //! (`max-connections = 4`, `user = ["alice:pw"]`, `timeout = "5s"`).
 //!
 //! The file has no schema of its own: every key is looked up among the clap
-//! arguments of [`Flags`], its value is checked by that argument's own value
+//! arguments of [`Flags`](super::Flags), its value is checked by that argument's own value
 //! parser, and the accepted values become `--name=value` arguments parsed
 //! together with the command line. Flags and file therefore cannot drift.
 //! Precedence is flag > env > file > default: a key is passed on only when
