@@ -69,6 +69,17 @@ impl Process {
             reloader: std::sync::OnceLock::new(),
         })
     }
+
+    /// Re-reads the configuration and applies it (for an admin command such
+    /// as `RESPOOL RELOAD`): the changes, each logged, or why nothing
+    /// changed. It reads files, so it blocks for as long as that takes.
+    #[allow(dead_code)] // The admin command is its caller.
+    pub fn reload(&self) -> Result<Vec<crate::reload::Change>, crate::reload::ReloadError> {
+        match self.reloader.get() {
+            Some(reloader) => reloader.reload(),
+            None => Err(crate::reload::ReloadError::NotAttached),
+        }
+    }
 }
 
 /// What every client task of one event loop shares.
