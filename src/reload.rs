@@ -83,7 +83,7 @@ pub enum ReloadError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// The reloader is not attached to a running proxy.
-    #[error("no running proxy to reload")]
+    #[error("reloading is not enabled: respool runs without a configuration to re-read")]
     NotAttached,
 }
 
