@@ -16,6 +16,7 @@ use crate::{Config, Proxy};
 /// Running event loops; [`EventLoops::stop`] shuts them down.
 pub struct EventLoops {
     addr: SocketAddr,
+    process: Arc<Process>,
     stop: CancellationToken,
     threads: Vec<JoinHandle<()>>,
 }
@@ -35,6 +36,7 @@ impl EventLoops {
         let (started_tx, started_rx) = mpsc::channel::<Started>();
         let mut loops = EventLoops {
             addr: config.listen_addr(),
+            process: process.clone(),
             stop: CancellationToken::new(),
             threads: Vec::with_capacity(count),
         };
@@ -82,6 +84,12 @@ impl EventLoops {
             return Err(failed);
         }
         Ok(loops)
+    }
+
+    /// Makes the configuration reloadable for every loop (see
+    /// [`Proxy::enable_reload`]).
+    pub fn enable_reload(&self, reloader: crate::reload::Reloader) -> Arc<crate::reload::Reloader> {
+        crate::server::enable_reload(&self.process, reloader)
     }
 
     /// The address the loops share.

@@ -28,6 +28,8 @@
 //! * `retry` — backoff and what may be retried.
 //! * `error` — the error a client is told, rendered as a Redis error line.
 //! * `stats` — the counters behind `INFO respool`.
+//! * `live` — the settings a reload can change, read once per connection
+//!   or checkout; [`reload`] re-reads the configuration and applies it.
 //! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
 //!   reply; it uses only this crate's public API.
 //!
@@ -49,8 +51,10 @@ pub mod command;
 pub mod config;
 mod error;
 mod event_loops;
+mod live;
 mod net;
 mod pool;
+pub mod reload;
 mod retry;
 mod router;
 mod server;

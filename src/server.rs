@@ -15,9 +15,11 @@ use tokio_util::task::TaskTracker;
 use crate::client::roster::Roster;
 use crate::config::Config;
 use crate::error::ConnectError;
+use crate::live::Live;
 use crate::net::Stream;
 use crate::pool::connection::configure_socket;
 use crate::pool::{probe_upstream, PoolContext};
+use crate::reload::Reloader;
 use crate::router::Router;
 use crate::stats::{LoopStats, ProcessStats};
 
@@ -50,6 +52,11 @@ pub(crate) struct Process {
     /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE, and the reply
     /// memory they hold together.
     pub roster: Arc<Roster>,
+    /// The settings a reload can change.
+    pub live: Arc<Live>,
+    /// Re-reads the configuration (SIGHUP, an admin command); set by the
+    /// binary, absent when embedded without a configuration source.
+    pub reloader: std::sync::OnceLock<Arc<Reloader>>,
 }
 
 impl Process {
@@ -58,7 +65,20 @@ impl Process {
         Arc::new(Process {
             stats: ProcessStats::default(),
             roster: Roster::new(config.clients.max_reply_memory),
+            live: Arc::new(Live::new(config)),
+            reloader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Re-reads the configuration and applies it (for an admin command such
+    /// as `RESPOOL RELOAD`): the changes, each logged, or why nothing
+    /// changed. It reads files, so it blocks for as long as that takes.
+    #[allow(dead_code)] // The admin command is its caller.
+    pub fn reload(&self) -> Result<Vec<crate::reload::Change>, crate::reload::ReloadError> {
+        match self.reloader.get() {
+            Some(reloader) => reloader.reload(),
+            None => Err(crate::reload::ReloadError::NotAttached),
+        }
     }
 }
 
@@ -75,6 +95,7 @@ pub(crate) struct Shared {
 /// A running proxy: one event loop's listener, clients and lanes.
 pub struct Proxy {
     local_addr: SocketAddr,
+    process: Arc<Process>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -126,12 +147,13 @@ impl Proxy {
         let stats = process.stats.register();
         let ctx = Arc::new(PoolContext {
             pool: config.pool.clone(),
-            retry: config.retry,
+            retry: process.live.retry.clone(),
             client_identity: false,
             expects_primary: config.pool.validate == crate::config::Validate::Write
                 || config.topology.sentinel.is_some(),
             refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
+            pinned_limit: process.live.register_pinned(config.pool.max_pinned),
         });
         let router = Router::start(&config, ctx);
         let tls = config.listener.tls.is_some();
@@ -139,13 +161,14 @@ impl Proxy {
             config,
             router,
             stats,
-            process,
+            process: process.clone(),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, shared, shutdown.clone()));
         tracing::info!(listen = %local_addr, tls, "respool accepting clients");
         Ok(Proxy {
             local_addr,
+            process,
             shutdown,
             task,
         })
@@ -156,6 +179,13 @@ impl Proxy {
         self.local_addr
     }
 
+    /// Makes the configuration reloadable: `reloader` re-reads it on
+    /// [`Reloader::reload`] and applies it to this proxy. The same reloader
+    /// is what an admin command finds; the first one set stays.
+    pub fn enable_reload(&self, reloader: Reloader) -> Arc<Reloader> {
+        enable_reload(&self.process, reloader)
+    }
+
     /// Shuts down gracefully and waits until it is done: stop accepting,
     /// let in-flight requests finish up to `--shutdown-timeout`, then close
     /// clients and upstream connections.
@@ -163,6 +193,14 @@ impl Proxy {
         self.shutdown.cancel();
         let _ = self.task.await;
     }
+}
+
+/// Attaches `reloader` to `process` (see [`Proxy::enable_reload`]).
+pub(crate) fn enable_reload(process: &Arc<Process>, reloader: Reloader) -> Arc<Reloader> {
+    process
+        .reloader
+        .get_or_init(|| Arc::new(reloader.attach(process.live.clone())))
+        .clone()
 }
 
 /// Binds the client listener. With `reuse_port` (one listener per thread,
@@ -204,7 +242,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         };
         configure_socket(&stream, settings.keepalive);
         let connected = &shared.process.stats.connected_clients;
-        if connected.load(Ordering::Relaxed) >= settings.max_clients {
+        let max_clients = shared.process.live.max_clients.load(Ordering::Relaxed);
+        if connected.load(Ordering::Relaxed) >= max_clients {
             tracing::debug!(%peer, "refusing client: --max-clients reached");
             shared.stats.rejected_clients.add(1);
             if settings.tls.is_none() {
@@ -216,7 +255,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
                 let (shared, abort) = (shared.clone(), abort.clone());
                 clients.spawn(async move {
                     let _guard = guard;
-                    if let Some(stream) = handshake(stream, &shared.config, &abort).await {
+                    if let Some(stream) = handshake(stream, &shared, &abort).await {
                         refuse(stream).await;
                     }
                 });
@@ -230,7 +269,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         let (shared, shutdown, abort) = (shared.clone(), shutdown.clone(), abort.clone());
         clients.spawn(async move {
             let _guard = guard;
-            let Some(stream) = handshake(stream, &shared.config, &abort).await else {
+            let Some(stream) = handshake(stream, &shared, &abort).await else {
                 return;
             };
             crate::client::serve(stream, shared, shutdown, abort).await;
@@ -264,8 +303,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
 
 /// Wraps a client's socket: as is, or after a TLS handshake (with a
 /// deadline, so a client that never finishes it does not hold its slot).
-async fn handshake(tcp: TcpStream, config: &Config, abort: &CancellationToken) -> Option<Stream> {
-    let Some(tls) = &config.listener.tls else {
+/// The TLS configuration is the current one (a reload may have rotated the
+/// certificate): read once per handshake.
+async fn handshake(tcp: TcpStream, shared: &Shared, abort: &CancellationToken) -> Option<Stream> {
+    let Some(tls) = shared.process.live.listener_tls.load_full() else {
         return Some(Stream::Tcp(tcp));
     };
     let peer = tcp.peer_addr().ok();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::config::Secret;
 
 /// Who may connect, and with which password.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ClientAuth {
     /// The `default` user's password (`--requirepass`).
     default: Option<Secret>,

@@ -106,6 +106,7 @@ impl Client {
     }
 
     fn auth(&mut self, req: &Request) -> Bytes {
+        self.refresh_settings();
         match auth(&self.settings().auth, req) {
             Ok(()) => {
                 self.set_authenticated();
@@ -135,7 +136,7 @@ impl Client {
             None => {
                 // No wait is running: a HELLO is parked while one does, and
                 // nothing is read behind it.
-                let within = self.shared.config.retry.hold_timeout;
+                let within = self.shared.process.live.retry.hold_timeout();
                 let wait = self.lanes.health().wait_validated(within);
                 self.park(req, command, Some(Wait::Version(Box::pin(wait))));
             }
@@ -155,6 +156,9 @@ impl Client {
             Ok(h) => h,
             Err(reply) => return Some(reply),
         };
+        if hello.auth.is_some() && !logged_in {
+            self.refresh_settings();
+        }
         let authenticates = match hello.auth {
             Some(_) if logged_in => true,
             Some((user, password)) => match self.settings().auth.check(Some(user), password) {
@@ -200,7 +204,7 @@ impl Client {
             }
             let error = Error::NoHealth {
                 addr: self.lanes.addr().clone(),
-                waited: self.shared.config.retry.hold_timeout,
+                waited: self.shared.process.live.retry.hold_timeout(),
             };
             self.output.push_ready(error.to_resp());
         }

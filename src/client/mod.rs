@@ -215,13 +215,17 @@ struct Client {
     deadlines: Deadlines,
     /// Reads from replicas (`--read-from` other than `primary`).
     reads: Option<reads::ReplicaReads>,
+    /// Authentication, deny list and limits as they were when the client
+    /// connected or last logged in: a reload applies to new connections
+    /// and new logins, and costs the request path nothing.
+    settings: Arc<ClientSettings>,
     /// Where the run of shared requests being collected goes.
     run_target: reads::Target,
 }
 
 impl Client {
     fn new(stream: Stream, shared: Arc<Shared>, kill: CancellationToken) -> Client {
-        let settings = &shared.config.clients;
+        let settings = shared.process.live.clients.load_full();
         let authenticated = !settings.auth.required();
         let limits = if authenticated {
             RequestLimits {
@@ -276,12 +280,18 @@ impl Client {
                 .cloned()
                 .map(reads::ReplicaReads::new),
             run_target: reads::Target::Primary,
+            settings,
             shared,
         }
     }
 
     fn settings(&self) -> &ClientSettings {
-        &self.shared.config.clients
+        &self.settings
+    }
+
+    /// Takes the current settings (a login checks the passwords of now).
+    fn refresh_settings(&mut self) {
+        self.settings = self.shared.process.live.clients.load_full();
     }
 
     /// One poll of the client's task: turns of the loop until nothing is

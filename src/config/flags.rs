@@ -53,6 +53,8 @@ pub enum LogFormat {
 )]
 pub struct Flags {
     #[command(flatten)]
+    pub(crate) file: FileFlags,
+    #[command(flatten)]
     pub(crate) listener: ListenerFlags,
     #[command(flatten)]
     pub(crate) upstream: UpstreamFlags,
@@ -70,6 +72,15 @@ pub struct Flags {
     pub(crate) topology: TopologyFlags,
     #[command(flatten)]
     pub(crate) log: LogFlags,
+}
+
+/// The configuration file.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Configuration file")]
+pub(crate) struct FileFlags {
+    /// A TOML file of settings whose keys are these flags' names without the dashes (`max-connections = 4`, `user = ["alice:pw"]`); flags and env variables override it. SIGHUP re-reads it (docs/configuration.md "Config file").
+    #[arg(long, env = "RESPOOL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Where clients connect, how many, and how the process runs.

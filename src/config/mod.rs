@@ -6,7 +6,11 @@
 //! * `url` — `redis://` / `rediss://` URLs.
 //! * `units` — durations and sizes as operators write them.
 //! * `secret` — passwords that never print themselves.
+//! * `file` — `--config FILE`, read through the flags' own definitions.
+//! * `effective` — every flag's final value and source (check-config, reload).
 
+mod effective;
+mod file;
 mod flags;
 mod secret;
 mod topology;
@@ -17,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use effective::{Effective, Source};
 pub use flags::{Flags, LogFormat, ReadFrom, Validate};
 pub use secret::Secret;
 pub(crate) use topology::{ReplicaSettings, SentinelSettings, TopologySettings};
@@ -277,7 +282,48 @@ fn upstream_endpoint(
     })
 }
 
+/// A validated configuration and every flag's effective value: what
+/// [`Config::load`] returns.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The configuration the proxy runs with.
+    pub config: Config,
+    /// Each flag's value and source, for `check-config` and reloads.
+    pub effective: Effective,
+}
+
 impl Config {
+    /// Parses command-line arguments (the first is the program name), the
+    /// `RESPOOL_…` environment and the `--config` file if one is named, in
+    /// that order of precedence, and validates the result.
+    pub fn load<I, T>(args: I) -> Result<Loaded, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut cmd = Flags::command();
+        cmd.build();
+        let given = cmd.clone().try_get_matches_from(&args)?;
+        let mut from_file = std::collections::BTreeSet::new();
+        if let Some(path) = given.get_one::<PathBuf>("config") {
+            let loaded = file::read(path, &cmd, &given).map_err(|msg| {
+                clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n"))
+            })?;
+            // After the command line: no flag the file sets was given there.
+            args.extend(loaded.args);
+            from_file = loaded.set;
+        }
+        let matches = cmd.clone().try_get_matches_from(&args)?;
+        let effective = Effective::from_matches(&cmd, &matches, &from_file);
+        let flags = Flags::from_arg_matches(&matches)?;
+        Ok(Loaded {
+            config: Config::from_flags(flags)?,
+            effective,
+        })
+    }
+
     /// Parses command-line style arguments (the first is the program name).
     pub fn parse_from_args<I, T>(args: I) -> Result<Config, clap::Error>
     where
@@ -298,6 +344,7 @@ impl Config {
 
     fn validate(flags: Flags) -> Result<Config, String> {
         let Flags {
+            file: _,
             listener,
             upstream,
             pool,

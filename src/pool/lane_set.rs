@@ -37,7 +37,11 @@ pub(crate) struct LaneSet {
     health: Health,
     resp2: SharedLanes,
     resp3: OnceLock<SharedLanes>,
-    pinned: PinnedPool,
+    /// The pool of dedicated connections, replaced by one of the new size
+    /// when a reload changes `--max-pinned` (bb8 pools have a fixed size):
+    /// sessions on the old pool's connections finish there, and the old
+    /// pool closes with its last connection.
+    pinned: std::sync::Mutex<Arc<PinnedPool>>,
     /// Since when no client has used the set (the registry closes sets
     /// idle too long); `None` while one does.
     idle_since: std::sync::Mutex<Option<std::time::Instant>>,
@@ -53,7 +57,12 @@ impl LaneSet {
         LaneSet {
             resp2: SharedLanes::start(&endpoint, 2, &ctx, &health),
             resp3: OnceLock::new(),
-            pinned: PinnedPool::new(&endpoint, &ctx, &health),
+            pinned: std::sync::Mutex::new(Arc::new(PinnedPool::new(
+                &endpoint,
+                &ctx,
+                &health,
+                ctx.pool.max_pinned,
+            ))),
             endpoint,
             ctx,
             health,
@@ -87,13 +96,30 @@ impl LaneSet {
         }
     }
 
+    /// The pool of dedicated connections, sized by `--max-pinned` now.
+    fn pinned_pool(&self) -> Arc<PinnedPool> {
+        let limit = self.ctx.pinned_limit.load(Ordering::Relaxed);
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if pinned.max != limit {
+            tracing::info!(upstream = %self.addr(), from = pinned.max, to = limit, "--max-pinned changed: new sessions use a pool of the new size; sessions now open finish on the old one");
+            *pinned = Arc::new(PinnedPool::new(
+                &self.endpoint,
+                &self.ctx,
+                &self.health,
+                limit,
+            ));
+        }
+        pinned.clone()
+    }
+
     /// Checks out a dedicated connection, waiting up to
     /// `--checkout-timeout`, and says precisely why when none comes.
     pub fn checkout_pinned(
         &self,
     ) -> impl std::future::Future<Output = Result<PinnedConn, Error>> + Send + 'static {
-        let pool = self.pinned.pool.clone();
-        let failures = self.pinned.failures.clone();
+        let pinned = self.pinned_pool();
+        let pool = pinned.pool.clone();
+        let failures = pinned.failures.clone();
         let (ctx, addr) = (self.ctx.clone(), self.addr().clone());
         async move {
             let wait = ctx.pool.checkout_timeout;
@@ -172,7 +198,7 @@ impl LaneSet {
                 Err(e) => return unavailable(e),
             };
             match conn
-                .exchange_raw(&raw, 1, "request", ctx.retry.timeout)
+                .exchange_raw(&raw, 1, "request", ctx.retry.timeout())
                 .await
             {
                 Ok(mut replies) => replies
@@ -202,7 +228,7 @@ impl LaneSet {
 
     /// The request deadline, for resets of pinned connections.
     pub fn timeout(&self) -> Duration {
-        self.ctx.retry.timeout
+        self.ctx.retry.timeout()
     }
 
     /// Closes the lanes: each finishes what is pending (clients must already
@@ -229,6 +255,7 @@ fn build_pool(
     manager: UpstreamManager,
     ctx: &PoolContext,
     kind: PoolKind,
+    max_pinned: u32,
 ) -> Pool<UpstreamManager> {
     let s = &ctx.pool;
     let builder = Pool::builder()
@@ -248,7 +275,7 @@ fn build_pool(
         // `--min-idle` spares are not kept here: pinned connections are the
         // expensive kind.
         PoolKind::Pinned => builder
-            .max_size(s.max_pinned)
+            .max_size(max_pinned.max(1))
             .min_idle(None)
             .retry_connection(true),
     };
@@ -275,7 +302,7 @@ impl SharedLanes {
     ) -> SharedLanes {
         let manager = UpstreamManager::new(endpoint.clone(), protocol, ctx.clone(), health.clone());
         let failures = manager.failures();
-        let pool = build_pool(manager, ctx, PoolKind::Lanes);
+        let pool = build_pool(manager, ctx, PoolKind::Lanes, 0);
         let (lanes, tasks) = (0..ctx.pool.max_connections as usize)
             .map(|id| {
                 let (handle, inbox) = LaneHandle::open();
@@ -315,16 +342,24 @@ impl SharedLanes {
 /// RESP2: a session switches its connection to the client's protocol).
 struct PinnedPool {
     pool: Pool<UpstreamManager>,
+    /// Its size (`--max-pinned`'s share when it was made).
+    max: u32,
     /// Connect failures, to say why a checkout failed.
     failures: watch::Receiver<Option<ConnectError>>,
 }
 
 impl PinnedPool {
-    fn new(endpoint: &Arc<Endpoint>, ctx: &Arc<PoolContext>, health: &Health) -> PinnedPool {
+    fn new(
+        endpoint: &Arc<Endpoint>,
+        ctx: &Arc<PoolContext>,
+        health: &Health,
+        max: u32,
+    ) -> PinnedPool {
         let manager = UpstreamManager::new(endpoint.clone(), 2, ctx.clone(), health.clone());
         let failures = manager.failures();
         PinnedPool {
-            pool: build_pool(manager, ctx, PoolKind::Pinned),
+            pool: build_pool(manager, ctx, PoolKind::Pinned, max),
+            max,
             failures,
         }
     }

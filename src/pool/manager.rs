@@ -102,7 +102,7 @@ impl bb8::ManageConnection for UpstreamManager {
             .exchange(
                 &[Request::from_args(&["PING"])],
                 "health check PING",
-                self.ctx.retry.timeout,
+                self.ctx.retry.timeout(),
             )
             .await?;
         if replies.first().is_some_and(|r| &r[..] == b"+PONG\r\n") {

@@ -42,7 +42,8 @@ pub(crate) use registry::Registry;
 #[derive(Debug)]
 pub(crate) struct PoolContext {
     pub pool: PoolSettings,
-    pub retry: RetrySettings,
+    /// Deadlines, holds, resends and backoff: a reload changes them.
+    pub retry: Arc<crate::live::LiveRetry>,
     /// The lane sets of identities clients logged in as: a refused login
     /// there is a client's wrong password, not the upstream's outage, and
     /// is logged quietly.
@@ -57,6 +58,9 @@ pub(crate) struct PoolContext {
     pub refresh: Arc<tokio::sync::Notify>,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
+    /// The event loop's share of `--max-pinned` now (a reload changes it;
+    /// `pool.max_pinned` is the share at start).
+    pub pinned_limit: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

@@ -44,11 +44,12 @@ impl Registry {
         }
         let identity_ctx = Arc::new(PoolContext {
             pool,
-            retry: ctx.retry,
+            retry: ctx.retry.clone(),
             client_identity: true,
             expects_primary: ctx.expects_primary,
             refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
+            pinned_limit: ctx.pinned_limit.clone(),
         });
         Registry {
             default: Arc::new(LaneSet::open(upstream, ctx)),

@@ -140,10 +140,11 @@ fn replica_context(ctx: &Arc<PoolContext>) -> Arc<PoolContext> {
     }
     Arc::new(PoolContext {
         pool,
-        retry: ctx.retry,
+        retry: ctx.retry.clone(),
         client_identity: false,
         expects_primary: false,
         refresh: Arc::new(Notify::new()),
         stats: ctx.stats.clone(),
+        pinned_limit: ctx.pinned_limit.clone(),
     })
 }

@@ -95,7 +95,7 @@ pub(super) struct Carrier {
 
 impl Carrier {
     pub(super) fn new(conn: PooledConnection<'static, UpstreamManager>, lane: &Lane) -> Carrier {
-        let (pool, retry) = (&lane.ctx.pool, &lane.ctx.retry);
+        let (pool, retry) = (&lane.ctx.pool, lane.ctx.retry.get());
         let mut ticker = tokio::time::interval(
             (retry.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100)),
         );
@@ -194,6 +194,8 @@ impl Carrier {
         let stats = &lane.ctx.stats;
         // Read when the requests were taken in, just before.
         let now = *self.turn_clock.get_or_insert_with(Instant::now);
+        // Read once per batch: a reload may change it.
+        let timeout = lane.ctx.retry.timeout();
         let batch_start = self.enqueued;
         let mut batch_requests = 0u64;
         while self.wbuf.len() < WRITE_HIGH_WATER {
@@ -218,7 +220,7 @@ impl Carrier {
                 job: Some(job),
                 end: self.enqueued,
                 // The reply deadline runs from the write.
-                deadline: now + lane.ctx.retry.timeout,
+                deadline: now + timeout,
             });
         }
         // Unless every job had expired unsent.
@@ -315,7 +317,7 @@ impl Carrier {
             self.inflight.push_back(Sent {
                 job: None,
                 end: self.enqueued,
-                deadline: now + lane.ctx.retry.timeout,
+                deadline: now + lane.ctx.retry.timeout(),
             });
         }
         None
@@ -430,7 +432,7 @@ impl Carrier {
             if self.transient_backoff.used() {
                 // Only a sequence that was drawn from needs replacing:
                 // building one per reply would cost more than the reply.
-                self.transient_backoff = lane.ctx.retry.backoff.delays();
+                self.transient_backoff = lane.ctx.retry.backoff().delays();
             }
             if !self.retry_later.is_empty() {
                 // The request this answers comes after the run's answered
@@ -460,7 +462,7 @@ impl Carrier {
     pub(super) fn settle(mut self, broken: Broken, lane: &mut Lane) {
         self.conn.broken = true;
         let addr = lane.addr();
-        let (addr, retry, stats) = (&addr, lane.ctx.retry, &lane.ctx.stats);
+        let (addr, retry, stats) = (&addr, lane.ctx.retry.get(), &lane.ctx.stats);
         let (reason, error) = match &broken {
             Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
             Broken::Moved(to) => (

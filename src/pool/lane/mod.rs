@@ -194,7 +194,7 @@ impl Lane {
     /// that burns every request's retries: the backoff keeps growing until a
     /// connection serves again.
     pub(crate) async fn run(mut self) {
-        let mut reconnect = self.ctx.retry.backoff.delays();
+        let mut reconnect = self.ctx.retry.backoff().delays();
         let mut delay_first = None;
         let mut generation = None;
         loop {
@@ -217,7 +217,7 @@ impl Lane {
                     let served = carrier.served();
                     carrier.settle(broken, &mut self);
                     if served {
-                        reconnect = self.ctx.retry.backoff.delays();
+                        reconnect = self.ctx.retry.backoff().delays();
                     } else {
                         delay_first = Some(reconnect.next_delay());
                     }
@@ -231,7 +231,7 @@ impl Lane {
             req,
             answered: 0,
             accepted: now,
-            hold_deadline: now + self.ctx.retry.hold_timeout,
+            hold_deadline: now + self.ctx.retry.hold_timeout(),
             attempts: 0,
             written: false,
             transient: None,
