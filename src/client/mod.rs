@@ -37,7 +37,6 @@ mod stop;
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -50,7 +49,7 @@ use crate::codec::{Request, RequestLimits};
 use crate::command::Command;
 use crate::config::ClientSettings;
 use crate::error::Error;
-use crate::net::Stream;
+use crate::net::{PeerAddr, Stream};
 use crate::pool::lane::LaneHandle;
 use crate::pool::{LaneSet, PinnedConn};
 use crate::server::Shared;
@@ -186,7 +185,7 @@ struct Registered {
 struct Client {
     stream: Stream,
     /// The client's address, for log lines about it.
-    peer: Option<SocketAddr>,
+    peer: Option<PeerAddr>,
     shared: Arc<Shared>,
     /// This client's id (CLIENT ID, HELLO).
     id: u64,
@@ -238,7 +237,7 @@ impl Client {
         let output = Output::new(settings.output_limit, roster.memory.clone());
         let joining = Joining {
             id,
-            addr: peer,
+            addr: peer.clone(),
             laddr: stream.local_addr().ok(),
             fd: stream.fd(),
             kill,
