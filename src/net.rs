@@ -174,6 +174,19 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// After [`close`](Self::close): reads and discards what the peer still
+    /// sends until it closes its end too, for at most `limit` (a "lingering
+    /// close"). Closing a socket with bytes unread makes the kernel reset
+    /// the connection, and a reset can overtake replies not yet delivered.
+    pub async fn linger(&mut self, limit: std::time::Duration) {
+        use tokio::io::AsyncReadExt;
+        let mut scratch = [0u8; 4096];
+        let drain = async { while let Ok(1..) = self.read(&mut scratch).await {} };
+        let _ = tokio::time::timeout(limit, drain).await;
+    }
+}
+
 impl AsyncRead for Stream {
     #[inline]
     fn poll_read(

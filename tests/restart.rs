@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::client::ReadError;
+use support::client::{encode_command, ReadError};
 use support::process::ProxyProcess;
 use support::{wait, RedisServer, Reply, TestClient};
 
@@ -80,19 +80,30 @@ impl Tally {
     }
 }
 
-/// INCRs `key` until `stop`, one at a time, on a connection kept open (or
-/// a new connection per request with `churn`); a request whose connection
-/// closes before its reply is resent on a new connection.
+/// How a load client sends.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// A new connection for each batch.
+    churn: bool,
+    /// INCRs sent in one write before reading their replies.
+    depth: usize,
+}
+
+/// INCRs `key` until `stop`, `mode.depth` at a time, on a connection kept
+/// open (or a new one per batch with `mode.churn`). The requests of a batch
+/// whose connection closes before their replies came are resent on a new
+/// connection: they did not run.
 async fn incr_loop(
     target: Target,
     key: &'static str,
-    churn: bool,
+    mode: Mode,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
     let mut conn: Option<TestClient> = None;
     while !stop.load(Ordering::Relaxed) {
-        loop {
+        let mut owed = mode.depth;
+        while owed > 0 {
             let client = match conn.as_mut() {
                 Some(client) => client,
                 None => match target.connect().await {
@@ -110,41 +121,49 @@ async fn incr_loop(
                     }
                 },
             };
-            match client.try_cmd(&["INCR", key]).await {
-                Ok(Reply::Int(_)) => {
-                    tally.acked.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Ok(other) => {
-                    tally.fail(format!("reply: {other}"));
-                    return;
-                }
-                // Closed or reset before any of the reply came: not
-                // executed (respool answers what it has read); resend. A
-                // write into a connection the peer closed fails the same way.
-                Err(ReadError::Closed { buffered: 0 } | ReadError::Reset(_)) => {
-                    tally.resent.fetch_add(1, Ordering::Relaxed);
-                    conn = None;
-                }
-                Err(ReadError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::BrokenPipe
-                            | std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    tally.resent.fetch_add(1, Ordering::Relaxed);
-                    conn = None;
-                }
-                // A timeout or a reply cut short: the request may have run.
-                Err(e) => {
-                    tally.fail(format!("INCR: {e}"));
-                    return;
+            let batch = encode_command(&["INCR", key]).repeat(owed);
+            // A write into a connection the peer closed fails; what it
+            // answered before closing is still there to read.
+            let _ = client.send_raw(&batch).await;
+            while owed > 0 {
+                match client.read_reply().await {
+                    Ok(Reply::Int(_)) => {
+                        tally.acked.fetch_add(1, Ordering::Relaxed);
+                        owed -= 1;
+                    }
+                    Ok(other) => {
+                        tally.fail(format!("reply: {other}"));
+                        return;
+                    }
+                    // Closed or reset before any of the next reply came:
+                    // the rest did not run (respool answers what it has
+                    // read); resend them.
+                    Err(ReadError::Closed { buffered: 0 } | ReadError::Reset(_)) => {
+                        tally.resent.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                        break;
+                    }
+                    Err(ReadError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::BrokenPipe
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionAborted
+                        ) =>
+                    {
+                        tally.resent.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                        break;
+                    }
+                    // A timeout or a reply cut short: the request may have run.
+                    Err(e) => {
+                        tally.fail(format!("INCR: {e}"));
+                        return;
+                    }
                 }
             }
         }
-        if churn {
+        if mode.churn {
             conn = None;
         }
     }
@@ -217,14 +236,30 @@ async fn restart_under_load(addr: SocketAddr, target: Target, extra: &[&str]) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tallies = Vec::new();
     let mut tasks = Vec::new();
-    // Six clients on long-lived connections, two opening one per request.
-    for churn in [false, false, false, false, false, false, true, true] {
+    // Four clients on long-lived connections, two of them pipelining 16
+    // requests at a time; two opening a connection per request.
+    let one = |churn| Mode { churn, depth: 1 };
+    let modes = [
+        one(false),
+        one(false),
+        Mode {
+            churn: false,
+            depth: 16,
+        },
+        Mode {
+            churn: false,
+            depth: 16,
+        },
+        one(true),
+        one(true),
+    ];
+    for mode in modes {
         let tally = Arc::new(Tally::default());
-        tallies.push((churn, tally.clone()));
+        tallies.push((mode.churn, tally.clone()));
         tasks.push(tokio::spawn(incr_loop(
             target.clone(),
             "restart:n",
-            churn,
+            mode,
             stop.clone(),
             tally,
         )));
