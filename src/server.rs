@@ -173,7 +173,9 @@ impl Proxy {
                 tracing::info!(listen = %tcp, unix = %path, tls, "respool accepting clients")
             }
             (Some(tcp), None) => tracing::info!(listen = %tcp, tls, "respool accepting clients"),
-            (None, path) => tracing::info!(unix = ?path, "respool accepting clients"),
+            (None, Some(path)) => tracing::info!(unix = %path, "respool accepting clients"),
+            // Configuration asks for at least one listener.
+            (None, None) => tracing::warn!("respool has no listener"),
         }
         Ok(Proxy {
             local_addr,
