@@ -10,10 +10,13 @@ the difference in requests cancels start-up and idle costs.
 
 usage: benches/instructions.py [--proxy PATH] [--clients 50] [--test get]
            [--pipeline 1 --small 10000 --large 30000] [--extra "FLAGS"]
+           [--unix-clients] [--unix-upstream]
 
 The proxy is started as
   PATH --listen 127.0.0.1:PORT --upstream redis://127.0.0.1:PORT --threads 1 EXTRA
-(any respool build, or examples/baseline_mux).
+(any respool build, or examples/baseline_mux). `--unix-clients` also has it
+listen on a Unix socket (`--listen unix:…`), which the load then uses;
+`--unix-upstream` connects it to Redis's Unix socket (`unix://…`).
 """
 import argparse
 import glob
@@ -47,9 +50,10 @@ def wait_pong(port, proc, timeout=60.0):
     sys.exit(f"nothing answered PING on port {port} within {timeout}s")
 
 
-def load(port, clients, pipeline, test, requests):
+def load(port, clients, pipeline, test, requests, socket_path=None):
+    target = ["-s", socket_path] if socket_path else ["-p", str(port)]
     subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
+        ["redis-benchmark", *target, "-c", str(clients), "-P", str(pipeline),
          "-n", str(requests), "-t", test, "-q"],
         check=True, stdout=subprocess.DEVNULL)
 
@@ -81,6 +85,8 @@ def main():
     ap.add_argument("--small", type=int, default=None)
     ap.add_argument("--large", type=int, default=None)
     ap.add_argument("--extra", default="")
+    ap.add_argument("--unix-clients", action="store_true")
+    ap.add_argument("--unix-upstream", action="store_true")
     args = ap.parse_args()
     small = args.small or (10_000 if args.pipeline == 1 else 50_000)
     large = args.large or 3 * small
@@ -89,23 +95,28 @@ def main():
         redis_port, proxy_port = free_port(), free_port()
         redis = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+             "--unixsocket", f"{tmp}/redis.sock",
              "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL)
         proxy = None
         try:
             wait_pong(redis_port, redis)
+            upstream = (f"unix://{tmp}/redis.sock" if args.unix_upstream
+                        else f"redis://127.0.0.1:{redis_port}")
+            sock = f"{tmp}/respool.sock" if args.unix_clients else None
+            unix_listen = ["--listen", f"unix:{sock}"] if sock else []
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out.%p",
-                   args.proxy, "--listen", f"127.0.0.1:{proxy_port}",
-                   "--upstream", f"redis://127.0.0.1:{redis_port}", "--threads", "1",
+                   args.proxy, "--listen", f"127.0.0.1:{proxy_port}", *unix_listen,
+                   "--upstream", upstream, "--threads", "1",
                    *args.extra.split()]
             proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_pong(proxy_port, proxy)
             # Warm up: lanes connected, buffers grown, clients' code paths hot.
-            load(proxy_port, args.clients, args.pipeline, args.test, small)
+            load(proxy_port, args.clients, args.pipeline, args.test, small, sock)
             dump(proxy.pid, tmp, "warm-up")
-            load(proxy_port, args.clients, args.pipeline, args.test, small)
+            load(proxy_port, args.clients, args.pipeline, args.test, small, sock)
             a = dump(proxy.pid, tmp, "small")
-            load(proxy_port, args.clients, args.pipeline, args.test, large)
+            load(proxy_port, args.clients, args.pipeline, args.test, large, sock)
             b = dump(proxy.pid, tmp, "large")
             per = (b - a) / (large - small)
             print(f"{args.test} clients={args.clients} pipeline={args.pipeline}: "

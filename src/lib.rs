@@ -23,7 +23,8 @@
 //! * `pool` — endpoints and their lane sets: shared lanes that multiplex many
 //!   clients over few connections, pinned connections, the bb8 pools and
 //!   the validation gate behind them.
-//! * `net` — the byte stream of a connection: plain TCP or TLS (tokio-rustls).
+//! * `net` — the byte stream of a connection: plain TCP, TLS (tokio-rustls)
+//!   or a Unix socket; `unix_socket` — a Unix listener's socket file.
 //! * `tls` — certificates and keys for the listener and `rediss://` upstreams.
 //! * `retry` — backoff and what may be retried.
 //! * `error` — the error a client is told, rendered as a Redis error line.
@@ -61,6 +62,7 @@ mod server;
 mod stats;
 pub mod tls;
 mod topology;
+mod unix_socket;
 
 pub use config::Config;
 pub use event_loops::{current_thread_runtime, EventLoops};

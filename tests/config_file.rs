@@ -64,6 +64,14 @@ fn sample(name: &str, files: &Files) -> Option<Vec<(&'static str, String)>> {
     ];
     match name {
         "listen" => one("listen", "127.0.0.1:7000"),
+        "unix-permissions" => Some(vec![
+            ("listen", "unix:/tmp/respool-sample.sock".to_owned()),
+            ("unix-permissions", "0600".to_owned()),
+        ]),
+        "unix-takeover" => Some(vec![
+            ("listen", "unix:/tmp/respool-sample.sock".to_owned()),
+            ("unix-takeover", "true".to_owned()),
+        ]),
         "max-clients" => one("max-clients", "7"),
         "threads" => one("threads", "1"),
         "shutdown-timeout" => one("shutdown-timeout", "7s"),
@@ -193,7 +201,7 @@ fn every_flag_is_a_file_key_that_means_the_same() {
         let switch = |k: &str| {
             matches!(
                 k,
-                "require-upstream" | "upstream-tls-insecure" | "sentinel-tls"
+                "require-upstream" | "upstream-tls-insecure" | "sentinel-tls" | "unix-takeover"
             )
         };
         let mut argv = vec!["respool".to_owned()];
@@ -206,7 +214,8 @@ fn every_flag_is_a_file_key_that_means_the_same() {
                 argv.push(format!("--{k}={v}"));
                 let v = if *k == "user" || *k == "deny-command" || *k == "sentinel" {
                     format!("[{}]", quoted(v))
-                } else if v.bytes().all(|b| b.is_ascii_digit()) {
+                } else if v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0') {
+                    // (TOML numbers have no leading zero: a mode is a string.)
                     v.clone()
                 } else {
                     quoted(v)

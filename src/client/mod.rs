@@ -37,7 +37,6 @@ mod stop;
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -50,7 +49,7 @@ use crate::codec::{Request, RequestLimits};
 use crate::command::Command;
 use crate::config::ClientSettings;
 use crate::error::Error;
-use crate::net::Stream;
+use crate::net::{PeerAddr, Stream};
 use crate::pool::lane::LaneHandle;
 use crate::pool::{LaneSet, PinnedConn};
 use crate::server::Shared;
@@ -60,6 +59,10 @@ use output::Output;
 use roster::{Joining, Member, Published};
 use session::{Session, SessionEvent};
 use stop::{Stop, StopSignals};
+
+/// At shutdown, how long a client's input is drained after respool ended
+/// its stream (see [`Stream::linger`]).
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol, or the
 /// proxy shuts down.
@@ -73,11 +76,22 @@ pub(crate) async fn serve(
     // CLIENT KILL closes this client alone; the shutdown deadline, all.
     let kill = abort.child_token();
     let mut client = Client::new(stream, shared, kill.clone());
-    let mut stop = StopSignals::new(shutdown, kill);
+    let mut stop = StopSignals::new(shutdown, kill.clone());
     let result = poll_fn(|cx| client.poll_run(cx, &mut stop)).await;
     client.end_session();
     client.stream.close();
     client.shared.process.roster.leave(client.id);
+    if stop.shutdown_seen() {
+        // The client may have sent more than respool read. Closing a socket
+        // with bytes unread resets the connection, and a reset can destroy
+        // replies still on their way, which the client would then resend
+        // though they ran: drain its input until it closes too (it has our
+        // end of stream), briefly, unless the shutdown deadline comes first.
+        tokio::select! {
+            _ = kill.cancelled() => {}
+            _ = client.stream.linger(SHUTDOWN_LINGER) => {}
+        }
+    }
     match result {
         Ok(()) => tracing::trace!(?peer, "client closed"),
         Err(e) => tracing::debug!(?peer, error = %e, "client connection ended with an error"),
@@ -186,7 +200,7 @@ struct Registered {
 struct Client {
     stream: Stream,
     /// The client's address, for log lines about it.
-    peer: Option<SocketAddr>,
+    peer: Option<PeerAddr>,
     shared: Arc<Shared>,
     /// This client's id (CLIENT ID, HELLO).
     id: u64,
@@ -242,7 +256,7 @@ impl Client {
         let output = Output::new(settings.output_limit, roster.memory.clone());
         let joining = Joining {
             id,
-            addr: peer,
+            addr: peer.clone(),
             laddr: stream.local_addr().ok(),
             fd: stream.fd(),
             kill,

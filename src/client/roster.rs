@@ -8,9 +8,9 @@
 //! per request; nothing here is on the request path but one atomic load for
 //! the pause.
 
+use crate::net::PeerAddr;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -146,8 +146,8 @@ pub(crate) struct Pause {
 #[derive(Debug)]
 pub(crate) struct Member {
     pub id: u64,
-    addr: Option<SocketAddr>,
-    laddr: Option<SocketAddr>,
+    addr: Option<PeerAddr>,
+    laddr: Option<PeerAddr>,
     fd: i32,
     created: Instant,
     /// Cancelled by `CLIENT KILL`: the client closes at once.
@@ -202,8 +202,8 @@ pub(crate) enum ClientKind {
 /// Where a client is, and how it is reached: what [`Roster::join`] needs.
 pub(crate) struct Joining {
     pub id: u64,
-    pub addr: Option<SocketAddr>,
-    pub laddr: Option<SocketAddr>,
+    pub addr: Option<PeerAddr>,
+    pub laddr: Option<PeerAddr>,
     pub fd: i32,
     pub kill: CancellationToken,
     pub replies: ReplySender,
@@ -382,10 +382,10 @@ impl Member {
         f.id.is_none_or(|id| id == self.id)
             && f.addr
                 .as_deref()
-                .is_none_or(|a| self.addr.is_some_and(|s| s.to_string() == a))
+                .is_none_or(|a| self.addr.as_ref().is_some_and(|s| s.to_string() == a))
             && f.laddr
                 .as_deref()
-                .is_none_or(|a| self.laddr.is_some_and(|s| s.to_string() == a))
+                .is_none_or(|a| self.laddr.as_ref().is_some_and(|s| s.to_string() == a))
             && f.user.as_deref().is_none_or(|u| *state.user == *u)
             && f.kind.is_none_or(|k| k == kind)
             && f.max_age
@@ -408,10 +408,17 @@ impl Member {
         if s.blocked {
             flags.push('b');
         }
+        // Redis marks its `unixsocket` clients so.
+        if matches!(self.addr, Some(PeerAddr::Unix(_))) {
+            flags.push('U');
+        }
         if flags.is_empty() {
             flags.push('N');
         }
-        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?:0".to_string(), |a| a.to_string());
+        let addr = |a: &Option<PeerAddr>| {
+            a.as_ref()
+                .map_or_else(|| "?:0".to_string(), |a| a.to_string())
+        };
         let name = s
             .name
             .as_ref()
@@ -422,8 +429,8 @@ impl Member {
             line,
             "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
             self.id,
-            addr(self.addr),
-            addr(self.laddr),
+            addr(&self.addr),
+            addr(&self.laddr),
             self.fd,
             name,
             self.created.elapsed().as_secs(),

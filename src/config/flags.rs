@@ -87,9 +87,17 @@ pub(crate) struct FileFlags {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Listener")]
 pub(crate) struct ListenerFlags {
-    /// Address to accept client connections on.
-    #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380")]
-    pub listen: SocketAddr,
+    /// Where to accept clients: a TCP `host:port`, or `unix:/path/respool.sock` for a Unix socket; give it twice (or comma-separated in the env variable) for both at once.
+    #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380", value_delimiter = ',', value_parser = parse_listen)]
+    pub listen: Vec<ListenAddr>,
+
+    /// Mode of the Unix socket file, in octal (`0660`: owner and group may connect); unset, the umask decides.
+    #[arg(long, env = "RESPOOL_UNIX_PERMISSIONS", value_parser = parse_mode)]
+    pub unix_permissions: Option<u32>,
+
+    /// Replace the Unix socket of a respool that is still running (zero-downtime restart): bind a temporary name and rename it over the path. Without it a live socket at the path is refused.
+    #[arg(long, env = "RESPOOL_UNIX_TAKEOVER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub unix_takeover: bool,
 
     /// Most client connections at once; more are answered with an error and closed.
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
@@ -104,11 +112,43 @@ pub(crate) struct ListenerFlags {
     pub shutdown_timeout: Duration,
 }
 
+/// A `--listen` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// The path of a Unix socket file.
+    Unix(PathBuf),
+}
+
+/// `host:port`, or `unix:PATH` (also `unix://PATH`).
+fn parse_listen(value: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = value.strip_prefix("unix:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err("'unix:' needs a path: unix:/run/respool/respool.sock".into());
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    value.parse().map(ListenAddr::Tcp).map_err(|_| {
+        format!("'{value}' is neither an IP:PORT address nor unix:/path/to/respool.sock")
+    })
+}
+
+/// An octal file mode: `0660`, `660`, `0o660`.
+fn parse_mode(value: &str) -> Result<u32, String> {
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("'{value}' is not an octal file mode like 0660")),
+    }
+}
+
 /// The upstream Redis and what its connections must prove.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Upstream")]
 pub(crate) struct UpstreamFlags {
-    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`.
+    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`, `rediss://…` for TLS, or a Unix socket: `unix:///path/redis.sock[?db=N]`.
     #[arg(
         long,
         env = "RESPOOL_UPSTREAM",

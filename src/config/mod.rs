@@ -15,7 +15,7 @@ mod flags;
 mod secret;
 mod topology;
 mod units;
-mod url;
+pub(crate) mod url;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,7 +83,10 @@ pub(crate) struct IdentitySettings {
 /// Where and how clients are accepted.
 #[derive(Debug, Clone)]
 pub(crate) struct ListenerSettings {
-    pub listen: SocketAddr,
+    /// The TCP address clients connect to, if any.
+    pub tcp: Option<SocketAddr>,
+    /// The Unix socket clients connect to, if any.
+    pub unix: Option<UnixListen>,
     pub max_clients: usize,
     /// `--threads`: 0 for one loop per two cores ([`Config::event_loops`]).
     pub threads: usize,
@@ -92,6 +95,16 @@ pub(crate) struct ListenerSettings {
     pub tls: Option<ListenerTls>,
     /// TCP keepalive on client sockets.
     pub keepalive: Option<Duration>,
+}
+
+/// A Unix socket listener (`--listen unix:PATH`).
+#[derive(Debug, Clone)]
+pub(crate) struct UnixListen {
+    pub path: std::path::PathBuf,
+    /// `--unix-permissions`: the socket file's mode, or the umask's.
+    pub permissions: Option<u32>,
+    /// `--unix-takeover`: replace a live socket instead of refusing it.
+    pub takeover: bool,
 }
 
 /// How upstream connections are made, validated and kept: the same for
@@ -169,6 +182,16 @@ impl ListenerSettings {
         tls: &flags::TlsFlags,
         pool: &flags::PoolFlags,
     ) -> Result<ListenerSettings, String> {
+        let unix_listen = listener
+            .listen
+            .iter()
+            .any(|l| matches!(l, flags::ListenAddr::Unix(_)));
+        if unix_listen && tls.tls_cert.is_some() {
+            // A sidecar's socket never leaves the host; TLS there would only
+            // cost CPU, and TLS on one listener but not the other is not
+            // supported.
+            return Err("'--tls-cert' secures TCP clients: it cannot be combined with a '--listen unix:' socket; serve the Unix socket (it never leaves the host) from a respool without TLS".into());
+        }
         let tls = match (&tls.tls_cert, &tls.tls_key) {
             (Some(cert), Some(key)) => Some(ListenerTls::load(
                 cert,
@@ -178,8 +201,31 @@ impl ListenerSettings {
             )?),
             _ => None,
         };
+        let mut tcp = None;
+        let mut unix = None;
+        for addr in listener.listen {
+            let one_more = match addr {
+                flags::ListenAddr::Tcp(addr) => tcp.replace(addr).is_some(),
+                flags::ListenAddr::Unix(path) => unix
+                    .replace(UnixListen {
+                        path,
+                        permissions: listener.unix_permissions,
+                        takeover: listener.unix_takeover,
+                    })
+                    .is_some(),
+            };
+            if one_more {
+                return Err("'--listen' takes at most one TCP address and one unix: path".into());
+            }
+        }
+        if unix.is_none() && (listener.unix_permissions.is_some() || listener.unix_takeover) {
+            return Err(
+                "'--unix-permissions' and '--unix-takeover' need '--listen unix:PATH'".into(),
+            );
+        }
         Ok(ListenerSettings {
-            listen: listener.listen,
+            tcp,
+            unix,
             max_clients: listener.max_clients as usize,
             threads: listener.threads as usize,
             shutdown_timeout: listener.shutdown_timeout,
@@ -385,9 +431,9 @@ impl Config {
         })
     }
 
-    /// The address clients connect to.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listener.listen
+    /// The TCP address clients connect to, if respool listens on one.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listener.tcp
     }
 
     /// The log line format.
@@ -547,6 +593,55 @@ mod tests {
     }
 
     #[test]
+    fn listeners_tcp_unix_or_both() {
+        let parse = |args: &[&str]| Config::parse_from_args([&["respool"], args].concat());
+        let c = parse(&["--listen", "unix:/tmp/r.sock", "--unix-permissions", "0660"]).unwrap();
+        assert!(c.listen_addr().is_none());
+        let unix = c.listener.unix.unwrap();
+        assert_eq!(unix.path, std::path::Path::new("/tmp/r.sock"));
+        assert_eq!(unix.permissions, Some(0o660));
+        assert!(!unix.takeover);
+
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:7000",
+            "--listen",
+            "unix:///tmp/r.sock",
+        ])
+        .unwrap();
+        assert_eq!(c.listen_addr().unwrap().port(), 7000);
+        assert!(c.listener.unix.is_some());
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:7000,unix:/tmp/r.sock",
+            "--unix-takeover",
+        ])
+        .unwrap();
+        assert!(c.listener.unix.unwrap().takeover);
+
+        for bad in [
+            &["--listen", "unix:"][..],
+            &["--listen", "localhost:6380"],
+            &["--listen", "unix:/a", "--listen", "unix:/b"],
+            &["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2"],
+            &["--listen", "unix:/a", "--unix-permissions", "0999"],
+            &["--listen", "unix:/a", "--unix-permissions", "01777"],
+            &["--unix-permissions", "0660"],
+            &["--unix-takeover"],
+            &[
+                "--listen",
+                "unix:/a",
+                "--tls-cert",
+                "/c.pem",
+                "--tls-key",
+                "/k.pem",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_password_flag_overrides_the_url() {
         let c = Config::parse_from_args([
             "respool",
@@ -609,7 +704,8 @@ mod tests {
     #[test]
     fn defaults_are_the_quick_start() {
         let c = Config::parse_from_args(["respool"]).unwrap();
-        assert_eq!(c.listener.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!(c.listener.tcp.unwrap().to_string(), "127.0.0.1:6380");
+        assert!(c.listener.unix.is_none());
         assert_eq!(&*c.upstream.node.addr(), "127.0.0.1:6379");
         assert_eq!(c.pool.validate, Validate::Write);
         assert_eq!(c.clients.output_limit, Some(256 << 20));
