@@ -28,6 +28,9 @@
 //! * `retry` — backoff and what may be retried.
 //! * `error` — the error a client is told, rendered as a Redis error line.
 //! * `stats` — the counters behind `INFO respool`.
+//! * `slowlog` — runs slower than `--slowlog-threshold`, for `RESPOOL
+//!   SLOWLOG` and the log; `client/admin` answers the `RESPOOL` admin
+//!   commands (`--admin-user`).
 //! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
 //!   reply; it uses only this crate's public API.
 //!
@@ -54,6 +57,7 @@ mod pool;
 mod retry;
 mod router;
 mod server;
+mod slowlog;
 mod stats;
 pub mod tls;
 mod topology;

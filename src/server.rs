@@ -19,6 +19,7 @@ use crate::net::Stream;
 use crate::pool::connection::configure_socket;
 use crate::pool::{probe_upstream, PoolContext};
 use crate::router::Router;
+use crate::slowlog::Slowlog;
 use crate::stats::{LoopStats, ProcessStats};
 
 /// Why the proxy could not start.
@@ -50,15 +51,50 @@ pub(crate) struct Process {
     /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE, and the reply
     /// memory they hold together.
     pub roster: Arc<Roster>,
+    /// Runs slower than `--slowlog-threshold` (`RESPOOL SLOWLOG`).
+    pub slowlog: Arc<Slowlog>,
+    /// `RESPOOL DRAIN` (or shutdown) began: no new clients, idle ones
+    /// closed. See [`Process::paused_or_draining`].
+    pub draining: CancellationToken,
+    /// Every event loop's shared state, for `RESPOOL POOLS`.
+    loops: std::sync::Mutex<Vec<std::sync::Weak<Shared>>>,
 }
 
 impl Process {
     /// What the loops of a process running `config` share.
     pub fn new(config: &Config) -> Arc<Process> {
+        let roster = Roster::new(config.clients.max_reply_memory);
         Arc::new(Process {
             stats: ProcessStats::default(),
-            roster: Roster::new(config.clients.max_reply_memory),
+            slowlog: Arc::new(Slowlog::new(&config.admin, Arc::downgrade(&roster))),
+            roster,
+            draining: CancellationToken::new(),
+            loops: std::sync::Mutex::default(),
         })
+    }
+
+    /// The event loops still running.
+    pub fn loops(&self) -> Vec<Arc<Shared>> {
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loops.iter().filter_map(std::sync::Weak::upgrade).collect()
+    }
+
+    /// `RESPOOL RELOAD`'s hook: re-reads the configuration file and applies
+    /// what may change live, answering what changed (or why nothing did).
+    /// Config-file reload is not part of this build yet; wire it here.
+    pub fn reload_config(&self) -> Result<String, String> {
+        Err("RESPOOL RELOAD needs --config (not set)".into())
+    }
+
+    /// Whether the process should be taken out of a load balancer's
+    /// rotation (what a `/readyz` endpoint reads): an admin `RESPOOL PAUSE`
+    /// (or a client's `CLIENT PAUSE`) holds requests, or `RESPOOL DRAIN`
+    /// has begun.
+    pub fn paused_or_draining(&self) -> bool {
+        self.draining.is_cancelled() || self.roster.is_paused()
     }
 }
 
@@ -132,6 +168,11 @@ impl Proxy {
                 || config.topology.sentinel.is_some(),
             refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
+            slowlog: process
+                .slowlog
+                .threshold()
+                .is_some()
+                .then(|| process.slowlog.clone()),
         });
         let router = Router::start(&config, ctx);
         let tls = config.listener.tls.is_some();
@@ -141,6 +182,15 @@ impl Proxy {
             stats,
             process,
         });
+        tokio::spawn(crate::client::roster::keep_time(Arc::downgrade(
+            &shared.process.roster,
+        )));
+        shared
+            .process
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(&shared));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, shared, shutdown.clone()));
         tracing::info!(listen = %local_addr, tls, "respool accepting clients");
@@ -189,9 +239,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
     let abort = CancellationToken::new();
     let settings = &shared.config.listener;
     let refusing = Arc::new(AtomicUsize::new(0));
+    let draining = shared.process.draining.clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = draining.cancelled() => {
+                // RESPOOL DRAIN: what a shutdown does, short of exiting.
+                tracing::info!("RESPOOL DRAIN: no new clients; closing clients once their requests are answered");
+                shutdown.cancel();
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {

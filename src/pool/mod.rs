@@ -35,7 +35,7 @@ use crate::stats::LoopStats;
 use connection::UpstreamConn;
 use endpoint::Endpoint;
 
-pub(crate) use lane_set::{LaneSet, PinnedConn};
+pub(crate) use lane_set::{LaneSet, PinnedConn, PoolView};
 pub(crate) use registry::Registry;
 
 /// What every lane set of an event loop is built with.
@@ -57,6 +57,9 @@ pub(crate) struct PoolContext {
     pub refresh: Arc<tokio::sync::Notify>,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
+    /// Where the lanes record runs slower than `--slowlog-threshold`;
+    /// `None` when the slowlog is off (the lanes then read no clock for it).
+    pub slowlog: Option<Arc<crate::slowlog::Slowlog>>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

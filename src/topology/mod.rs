@@ -145,5 +145,6 @@ fn replica_context(ctx: &Arc<PoolContext>) -> Arc<PoolContext> {
         expects_primary: false,
         refresh: Arc::new(Notify::new()),
         stats: ctx.stats.clone(),
+        slowlog: ctx.slowlog.clone(),
     })
 }
