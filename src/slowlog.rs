@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -40,9 +40,24 @@ pub(crate) struct Slowlog {
     max_len: usize,
     keep_args: bool,
     next_id: AtomicU64,
-    entries: Mutex<VecDeque<SlowEntry>>,
+    entries: Mutex<Entries>,
     /// Where a client's address, name and identity are looked up.
     roster: Weak<Roster>,
+}
+
+/// Log lines a second at most: when everything is slow (an overloaded
+/// Redis), a line per request would add to the overload.
+const LOG_LINES_PER_SECOND: u32 = 10;
+
+/// The entries, newest first, and the log lines' budget.
+#[derive(Debug, Default)]
+struct Entries {
+    newest_first: VecDeque<SlowEntry>,
+    /// The second the log budget counts in, and lines logged in it.
+    log_window: Option<Instant>,
+    logged: u32,
+    /// Slow runs not logged since the last line.
+    not_logged: u64,
 }
 
 /// One slow run, as `RESPOOL SLOWLOG GET` shows it.
@@ -103,7 +118,7 @@ impl Slowlog {
         self.threshold
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<SlowEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // Nothing panics while holding it; a poisoned log is intact.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -149,41 +164,61 @@ impl Slowlog {
             identity,
             upstream: run.upstream.to_string(),
         };
-        // Never the arguments in the log line: logs travel further than
-        // the slowlog.
-        tracing::info!(
-            command = %command,
-            requests = entry.requests,
-            client = entry.client_id,
-            addr = %entry.client_addr,
-            identity = %entry.identity,
-            upstream = %entry.upstream,
-            total_us = micros(total),
-            queued_us = micros(entry.queued),
-            at_redis_us = micros(entry.at_redis),
-            "slow request (--slowlog-threshold)"
-        );
         let mut entries = self.lock();
-        if entries.len() >= self.max_len {
-            entries.pop_back();
+        let now = Instant::now();
+        if entries
+            .log_window
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+        {
+            entries.log_window = Some(now);
+            entries.logged = 0;
         }
-        entries.push_front(entry);
+        if entries.logged < LOG_LINES_PER_SECOND {
+            entries.logged += 1;
+            let not_logged = std::mem::take(&mut entries.not_logged);
+            // Never the arguments in the log line: logs travel further than
+            // the slowlog.
+            tracing::info!(
+                command = %command,
+                requests = entry.requests,
+                client = entry.client_id,
+                addr = %entry.client_addr,
+                identity = %entry.identity,
+                upstream = %entry.upstream,
+                total_us = micros(total),
+                queued_us = micros(entry.queued),
+                at_redis_us = micros(entry.at_redis),
+                not_logged,
+                "slow request (--slowlog-threshold)"
+            );
+        } else {
+            entries.not_logged += 1;
+        }
+        if entries.newest_first.len() >= self.max_len {
+            entries.newest_first.pop_back();
+        }
+        entries.newest_first.push_front(entry);
     }
 
     /// The newest `n` entries, newest first (`SLOWLOG GET [n]`; `None`:
     /// Redis's default of 10).
     pub fn newest(&self, n: Option<usize>) -> Vec<SlowEntry> {
-        self.lock().iter().take(n.unwrap_or(10)).cloned().collect()
+        self.lock()
+            .newest_first
+            .iter()
+            .take(n.unwrap_or(10))
+            .cloned()
+            .collect()
     }
 
     /// Entries kept (`SLOWLOG LEN`).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().newest_first.len()
     }
 
     /// Forgets every entry (`SLOWLOG RESET`).
     pub fn reset(&self) {
-        self.lock().clear();
+        self.lock().newest_first.clear();
     }
 }
 
