@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -73,19 +73,43 @@ pub(crate) struct SlowEntry {
     pub queued: Duration,
     /// Written → last reply.
     pub at_redis: Duration,
-    /// The run's first command: its name, then its arguments (with
-    /// `--slowlog-args`) or a note of how many were left out.
+    /// The run's first command: its name, then (with `--slowlog-args`)
+    /// its arguments, truncated.
     pub argv: Vec<Bytes>,
+    /// Arguments left out (without `--slowlog-args`).
+    pub hidden_args: usize,
     /// Requests in the run (a pipeline's requests are answered together).
     pub requests: u32,
     pub client_id: u64,
-    /// `ip:port`, or `?:0` for a client that has gone.
-    pub client_addr: String,
-    pub client_name: String,
+    /// `None` for a client that had gone.
+    pub client_addr: Option<SocketAddr>,
+    pub client_name: Option<Bytes>,
     /// The user the client's commands run as upstream.
-    pub identity: String,
+    pub identity: Arc<str>,
     /// The upstream node's address.
-    pub upstream: String,
+    pub upstream: Arc<str>,
+}
+
+impl SlowEntry {
+    /// The command as `SLOWLOG GET` shows it: `argv`, then a note of the
+    /// arguments left out, if any.
+    pub fn shown_argv(&self) -> Vec<Bytes> {
+        let mut shown = self.argv.clone();
+        if self.hidden_args > 0 {
+            shown.push(Bytes::from(format!(
+                "({} argument{} hidden: --slowlog-args is off)",
+                self.hidden_args,
+                if self.hidden_args == 1 { "" } else { "s" }
+            )));
+        }
+        shown
+    }
+
+    /// The client's address as Redis writes it (`?:0` when unknown).
+    pub fn addr_text(&self) -> String {
+        self.client_addr
+            .map_or_else(|| "?:0".to_string(), |a| a.to_string())
+    }
 }
 
 /// What a lane knows of a slow run when its last reply arrives.
@@ -94,7 +118,7 @@ pub(crate) struct SlowRun<'a> {
     pub raw: &'a [u8],
     pub requests: u32,
     pub client_id: u64,
-    pub upstream: &'a str,
+    pub upstream: Arc<str>,
     pub queued: Duration,
     pub at_redis: Duration,
 }
@@ -131,23 +155,11 @@ impl Slowlog {
         let (client_addr, client_name, identity) = match &member {
             Some(m) => {
                 let published = m.published();
-                (
-                    m.addr()
-                        .map_or_else(|| "?:0".to_string(), |a: SocketAddr| a.to_string()),
-                    published
-                        .name
-                        .as_ref()
-                        .map_or_else(String::new, |n| String::from_utf8_lossy(n).into_owned()),
-                    published.user.to_string(),
-                )
+                (m.addr(), published.name, published.user)
             }
-            None => ("?:0".to_string(), String::new(), String::new()),
+            None => (None, None, Arc::from("")),
         };
-        let argv = argv(run.raw, self.keep_args);
-        let command = argv
-            .first()
-            .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
-            .unwrap_or_default();
+        let (argv, hidden_args) = argv(run.raw, self.keep_args);
         let entry = SlowEntry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             unix_time: SystemTime::now()
@@ -157,12 +169,13 @@ impl Slowlog {
             queued: run.queued,
             at_redis: run.at_redis,
             argv,
+            hidden_args,
             requests: run.requests,
             client_id: run.client_id,
             client_addr,
             client_name,
             identity,
-            upstream: run.upstream.to_string(),
+            upstream: run.upstream,
         };
         let mut entries = self.lock();
         let now = Instant::now();
@@ -176,13 +189,18 @@ impl Slowlog {
         if entries.logged < LOG_LINES_PER_SECOND {
             entries.logged += 1;
             let not_logged = std::mem::take(&mut entries.not_logged);
+            let command = entry
+                .argv
+                .first()
+                .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
+                .unwrap_or_default();
             // Never the arguments in the log line: logs travel further than
             // the slowlog.
             tracing::info!(
                 command = %command,
                 requests = entry.requests,
                 client = entry.client_id,
-                addr = %entry.client_addr,
+                addr = %entry.addr_text(),
                 identity = %entry.identity,
                 upstream = %entry.upstream,
                 total_us = micros(total),
@@ -227,26 +245,20 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The first request of `raw` as a slowlog shows it: its name, and either
+/// The first request of `raw` as a slowlog keeps it: its name, and either
 /// its arguments (truncated as Redis truncates them) or how many there were.
-fn argv(raw: &[u8], keep_args: bool) -> Vec<Bytes> {
+fn argv(raw: &[u8], keep_args: bool) -> (Vec<Bytes>, usize) {
     let Some(req) = RequestRef::first_of(raw) else {
-        return vec![Bytes::from_static(b"?")];
+        return (vec![Bytes::from_static(b"?")], 0);
     };
     let argc = req.argc();
-    let mut argv = vec![Bytes::copy_from_slice(req.name())];
-    let more = argc.saturating_sub(1);
-    if more == 0 {
-        return argv;
-    }
+    let name = Bytes::copy_from_slice(req.name());
     if !keep_args {
-        argv.push(Bytes::from(format!(
-            "({more} argument{} hidden: --slowlog-args is off)",
-            if more == 1 { "" } else { "s" }
-        )));
-        return argv;
+        return (vec![name], argc.saturating_sub(1));
     }
     let kept = if argc > MAX_ARGS { MAX_ARGS - 1 } else { argc };
+    let mut argv = Vec::with_capacity(kept + 1);
+    argv.push(name);
     for arg in req.args().take(kept).skip(1) {
         if arg.len() > MAX_ARG_LEN {
             let mut shown = arg[..MAX_ARG_LEN].to_vec();
@@ -261,7 +273,7 @@ fn argv(raw: &[u8], keep_args: bool) -> Vec<Bytes> {
     if argc > kept {
         argv.push(Bytes::from(format!("... ({} more arguments)", argc - kept)));
     }
-    argv
+    (argv, 0)
 }
 
 #[cfg(test)]
@@ -283,7 +295,7 @@ mod tests {
             raw,
             requests: 1,
             client_id: 9,
-            upstream: "127.0.0.1:6379",
+            upstream: Arc::from("127.0.0.1:6379"),
             queued: Duration::from_micros(5),
             at_redis: Duration::from_millis(50),
         }
@@ -296,8 +308,9 @@ mod tests {
         let log = Slowlog::new(&settings(10, false), Weak::new());
         log.record(run(SET));
         let entry = &log.newest(None)[0];
-        assert_eq!(entry.argv[0], "SET");
-        assert_eq!(entry.argv[1], "(2 arguments hidden: --slowlog-args is off)");
+        let argv = entry.shown_argv();
+        assert_eq!(argv[0], "SET");
+        assert_eq!(argv[1], "(2 arguments hidden: --slowlog-args is off)");
         assert_eq!(entry.total, Duration::from_micros(50_005));
         assert!(!format!("{entry:?}").contains("secret"));
         let shown = Slowlog::new(&settings(10, true), Weak::new());

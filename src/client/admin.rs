@@ -446,12 +446,13 @@ impl Client {
             reply.int(i64::try_from(e.id).unwrap_or(i64::MAX));
             reply.int(i64::try_from(e.unix_time).unwrap_or(i64::MAX));
             reply.field(&Field::from(micros(e.total)));
-            reply.array(e.argv.len());
-            for arg in &e.argv {
+            let argv = e.shown_argv();
+            reply.array(argv.len());
+            for arg in &argv {
                 reply.bulk(arg);
             }
-            reply.bulk(e.client_addr.as_bytes());
-            reply.bulk(e.client_name.as_bytes());
+            reply.bulk(e.addr_text().as_bytes());
+            reply.bulk(e.client_name.as_deref().unwrap_or_default());
             reply.field(&Field::from(micros(e.queued)));
             reply.field(&Field::from(micros(e.at_redis)));
             reply.field(&Field::from(e.client_id));

@@ -70,7 +70,7 @@ fn check_slow(slowlog: &Slowlog, sent: &Sent, now: Instant, lane: &Lane) {
         raw: &job.req.raw,
         requests: job.req.count,
         client_id: job.req.reply_to.client_id(),
-        upstream: &lane.addr(),
+        upstream: lane.addr(),
         queued,
         at_redis: total.saturating_sub(queued),
     });
