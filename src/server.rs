@@ -53,8 +53,8 @@ pub(crate) struct Process {
     pub roster: Arc<Roster>,
     /// Runs slower than `--slowlog-threshold` (`RESPOOL SLOWLOG`).
     pub slowlog: Arc<Slowlog>,
-    /// `RESPOOL DRAIN` (or shutdown) began: no new clients, idle ones
-    /// closed. See [`Process::paused_or_draining`].
+    /// `RESPOOL DRAIN` or a shutdown began: no new clients, each client
+    /// closed once answered. See [`Process::paused_or_draining`].
     pub draining: CancellationToken,
     /// Every event loop's shared state, for `RESPOOL POOLS`.
     loops: std::sync::Mutex<Vec<std::sync::Weak<Shared>>>,
@@ -294,6 +294,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         });
     }
     drop(listener);
+    // Not ready for new clients from here on, however the loop ended.
+    shared.process.draining.cancel();
     tracing::info!(
         clients = shared
             .process
