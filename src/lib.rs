@@ -31,6 +31,9 @@
 //! * `stats` — the counters behind `INFO respool`.
 //! * `live` — the settings a reload can change, read once per connection
 //!   or checkout; [`reload`] re-reads the configuration and applies it.
+//! * `slowlog` — runs slower than `--slowlog-threshold`, for `RESPOOL
+//!   SLOWLOG` and the log; `client/admin` answers the `RESPOOL` admin
+//!   commands (`--admin-user`).
 //! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
 //!   reply; it uses only this crate's public API.
 //!
@@ -59,6 +62,7 @@ pub mod reload;
 mod retry;
 mod router;
 mod server;
+mod slowlog;
 mod stats;
 pub mod tls;
 mod topology;

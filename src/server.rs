@@ -27,6 +27,7 @@ use crate::pool::connection::configure_socket;
 use crate::pool::{probe_upstream, PoolContext};
 use crate::reload::Reloader;
 use crate::router::Router;
+use crate::slowlog::Slowlog;
 use crate::stats::{LoopStats, ProcessStats};
 use crate::unix_socket::UnixBinding;
 
@@ -68,28 +69,70 @@ pub(crate) struct Process {
     /// Re-reads the configuration (SIGHUP, an admin command); set by the
     /// binary, absent when embedded without a configuration source.
     pub reloader: std::sync::OnceLock<Arc<Reloader>>,
+    /// Runs slower than `--slowlog-threshold` (`RESPOOL SLOWLOG`).
+    pub slowlog: Arc<Slowlog>,
+    /// `RESPOOL DRAIN` or a shutdown began: no new clients, each client
+    /// closed once answered. See [`Process::paused_or_draining`].
+    pub draining: CancellationToken,
+    /// Every event loop's shared state, for `RESPOOL POOLS`.
+    loops: std::sync::Mutex<Vec<std::sync::Weak<Shared>>>,
 }
 
 impl Process {
     /// What the loops of a process running `config` share.
     pub fn new(config: &Config) -> Arc<Process> {
+        let roster = Roster::new(config.clients.max_reply_memory);
         Arc::new(Process {
             stats: ProcessStats::default(),
-            roster: Roster::new(config.clients.max_reply_memory),
+            slowlog: Arc::new(Slowlog::new(&config.admin, Arc::downgrade(&roster))),
+            roster,
             live: Arc::new(Live::new(config)),
             reloader: std::sync::OnceLock::new(),
+            draining: CancellationToken::new(),
+            loops: std::sync::Mutex::default(),
         })
     }
 
-    /// Re-reads the configuration and applies it (for an admin command such
-    /// as `RESPOOL RELOAD`): the changes, each logged, or why nothing
-    /// changed. It reads files, so it blocks for as long as that takes.
-    #[allow(dead_code)] // The admin command is its caller.
+    /// The event loops still running.
+    pub fn loops(&self) -> Vec<Arc<Shared>> {
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loops.iter().filter_map(std::sync::Weak::upgrade).collect()
+    }
+
+    /// Re-reads the configuration and applies it (SIGHUP's work, for
+    /// `RESPOOL RELOAD`): the changes, each logged, or why nothing
+    /// changed. It reads files (the config file, users file, certificates:
+    /// small, local), so it blocks this event loop for that long.
     pub fn reload(&self) -> Result<Vec<crate::reload::Change>, crate::reload::ReloadError> {
         match self.reloader.get() {
             Some(reloader) => reloader.reload(),
             None => Err(crate::reload::ReloadError::NotAttached),
         }
+    }
+
+    /// `RESPOOL RELOAD`'s answer: one line per change, or why nothing
+    /// changed.
+    pub fn reload_config(&self) -> Result<String, String> {
+        match self.reload() {
+            Ok(changes) if changes.is_empty() => Ok("nothing changed".into()),
+            Ok(changes) => Ok(changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+            Err(e) => Err(format!("reload refused, nothing changed: {e}")),
+        }
+    }
+
+    /// Whether the process should be taken out of a load balancer's
+    /// rotation (what a `/readyz` endpoint reads): an admin `RESPOOL PAUSE`
+    /// (or a client's `CLIENT PAUSE`) holds requests, or `RESPOOL DRAIN`
+    /// has begun.
+    pub fn paused_or_draining(&self) -> bool {
+        self.draining.is_cancelled() || self.roster.is_paused()
     }
 }
 
@@ -179,6 +222,11 @@ impl Proxy {
             refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
             pinned_limit: process.live.register_pinned(config.pool.max_pinned),
+            slowlog: process
+                .slowlog
+                .threshold()
+                .is_some()
+                .then(|| process.slowlog.clone()),
         });
         let router = Router::start(&config, ctx);
         let tls = config.listener.tls.is_some();
@@ -188,6 +236,15 @@ impl Proxy {
             stats,
             process: process.clone(),
         });
+        tokio::spawn(crate::client::roster::keep_time(Arc::downgrade(
+            &shared.process.roster,
+        )));
+        shared
+            .process
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(&shared));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listeners, unix, shared, shutdown.clone()));
         match (&local_addr, &unix_path) {
@@ -333,9 +390,16 @@ async fn accept_loop(
     shutdown: &CancellationToken,
 ) {
     let settings = &shared.config.listener;
+    let draining = shared.process.draining.clone();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = draining.cancelled() => {
+                // RESPOOL DRAIN: what a shutdown does, short of exiting.
+                tracing::info!("RESPOOL DRAIN: no new clients; closing clients once their requests are answered");
+                shutdown.cancel();
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -402,6 +466,8 @@ async fn accept_loop(
 /// (idle ones close at once) up to `--shutdown-timeout`, closes the rest,
 /// then the upstream connections.
 async fn drain(clients: TaskTracker, abort: CancellationToken, shared: Arc<Shared>) {
+    // Not ready for new clients from here on, however the loop ended.
+    shared.process.draining.cancel();
     tracing::info!(
         clients = shared
             .process

@@ -64,6 +64,13 @@ fn sample(name: &str, files: &Files) -> Option<Vec<(&'static str, String)>> {
     ];
     match name {
         "listen" => one("listen", "127.0.0.1:7000"),
+        "admin-user" => Some(vec![
+            ("user", "ops:pw".to_owned()),
+            ("admin-user", "ops".to_owned()),
+        ]),
+        "slowlog-threshold" => one("slowlog-threshold", "5ms"),
+        "slowlog-max-len" => one("slowlog-max-len", "7"),
+        "slowlog-args" => one("slowlog-args", "true"),
         "unix-permissions" => Some(vec![
             ("listen", "unix:/tmp/respool-sample.sock".to_owned()),
             ("unix-permissions", "0600".to_owned()),
@@ -201,7 +208,11 @@ fn every_flag_is_a_file_key_that_means_the_same() {
         let switch = |k: &str| {
             matches!(
                 k,
-                "require-upstream" | "upstream-tls-insecure" | "sentinel-tls" | "unix-takeover"
+                "require-upstream"
+                    | "upstream-tls-insecure"
+                    | "sentinel-tls"
+                    | "unix-takeover"
+                    | "slowlog-args"
             )
         };
         let mut argv = vec!["respool".to_owned()];

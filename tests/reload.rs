@@ -456,3 +456,58 @@ async fn a_users_file_the_deny_list_and_max_clients_change_live() {
     }
     assert_eq!(after.cmd(&["PING"]).await.as_str(), Some("PONG"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respool_reload_from_the_admin_console_applies_the_file() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("respool.toml");
+    let settings = |app_password: &str, max_clients: u32, bad: &str| {
+        format!(
+            "user = [\"ops:ops-pw\", \"app:{app_password}\"]\nadmin-user = \"ops\"\n\
+             max-clients = {max_clients}\n{bad}"
+        )
+    };
+    write_config(&file, &settings("one", 100, ""));
+    let file_arg = file.display().to_string();
+    let proxy = ProxyProcess::start(&redis.url(), &["--config", &file_arg]);
+    let addr = proxy.addr();
+    let (mut ops, reply) = login(addr, "ops", "ops-pw").await;
+    reply.expect_ok();
+    let (mut app, reply) = login(addr, "app", "one").await;
+    reply.expect_ok();
+    // Only the admin may reload.
+    app.cmd(&["RESPOOL", "RELOAD"])
+        .await
+        .expect_error_code("NOPERM");
+
+    write_config(&file, &settings("two", 50, ""));
+    let report = ops.cmd(&["RESPOOL", "RELOAD"]).await;
+    let text = report.as_str().expect("a report of the changes").to_owned();
+    assert!(text.contains("user changed"), "{text}");
+    assert!(text.contains("max-clients changed"), "{text}");
+    assert!(
+        !text.contains("one") && !text.contains("two"),
+        "a password shown: {text}"
+    );
+    login(addr, "app", "one")
+        .await
+        .1
+        .expect_error_code("WRONGPASS");
+    login(addr, "app", "two").await.1.expect_ok();
+    assert_eq!(app.cmd(&["PING"]).await.as_str(), Some("PONG"));
+
+    // Nothing changed: said so. An invalid file: refused, nothing applied.
+    let same = ops.cmd(&["RESPOOL", "RELOAD"]).await;
+    assert_eq!(same.as_str(), Some("nothing changed"), "{same}");
+    write_config(&file, &settings("three", 40, "max-conections = 2\n"));
+    let refused = ops.cmd(&["RESPOOL", "RELOAD"]).await;
+    let Reply::Error(why) = &refused else {
+        panic!("expected a refusal, got {refused}");
+    };
+    assert!(
+        why.contains("nothing changed") && why.contains("max-conections"),
+        "{why}"
+    );
+    login(addr, "app", "two").await.1.expect_ok();
+}

@@ -54,6 +54,23 @@ impl ClientAuth {
         self.default.is_some() || !self.users.is_empty()
     }
 
+    /// Whether `name` is one of the named users (`--user`).
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
+    /// The named users' names, sorted (never their passwords).
+    pub fn user_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether the `default` user has a password (`--requirepass`).
+    pub fn has_default_password(&self) -> bool {
+        self.default.is_some()
+    }
+
     /// Checks `AUTH [user] password`.
     pub fn check(&self, user: Option<&[u8]>, password: &[u8]) -> AuthOutcome {
         let expected = match user {

@@ -33,6 +33,9 @@ pub(crate) struct Delivery {
 struct ReplyBox {
     mailbox: Mailbox<Delivery>,
     budget: OutputBudget,
+    /// The client's id (0 for replies respool asks for on its own
+    /// account), for the slowlog to name it.
+    client: u64,
 }
 
 /// A client's end of its `ReplyBox`: it takes the deliveries, and closes
@@ -45,9 +48,15 @@ impl ReplyInbox {
     /// An inbox whose replies count against a budget of `limit` bytes
     /// (`None`: unlimited) and against the process's `memory`.
     pub fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> ReplyInbox {
+        ReplyInbox::for_client(0, limit, memory)
+    }
+
+    /// The inbox of client `client`, as [`ReplyInbox::new`].
+    pub fn for_client(client: u64, limit: Option<usize>, memory: Arc<ReplyMemory>) -> ReplyInbox {
         ReplyInbox(Arc::new(ReplyBox {
             mailbox: Mailbox::default(),
             budget: OutputBudget::new(limit, memory),
+            client,
         }))
     }
 
@@ -89,6 +98,11 @@ impl Drop for ReplyInbox {
 pub(crate) struct ReplySender(Arc<ReplyBox>);
 
 impl ReplySender {
+    /// The id of the client the replies go to (0: respool itself).
+    pub fn client_id(&self) -> u64 {
+        self.0.client
+    }
+
     /// Counts the reply against the client's budget, then delivers it — or,
     /// past the limit, an empty reply instead: the client is about to be
     /// disconnected, and the lane may run ahead of it by many replies, so

@@ -19,6 +19,7 @@
 //! client's commands until the state ends; then the client returns to its
 //! lane.
 
+mod admin;
 pub(crate) mod auth;
 mod buffers;
 mod deadlines;
@@ -214,6 +215,8 @@ struct Client {
     protocol: u8,
     /// Authenticated (always true when no client auth is configured).
     authenticated: bool,
+    /// Authenticated as `--admin-user`: may run `RESPOOL …`.
+    admin: bool,
     /// CLIENT SETNAME, kept here so that naming a client does not pin it.
     name: Option<Bytes>,
     input: Input,
@@ -253,7 +256,7 @@ impl Client {
         let id = next_client_id();
         let peer = stream.peer_addr().ok();
         let roster = &shared.process.roster;
-        let output = Output::new(settings.output_limit, roster.memory.clone());
+        let output = Output::new(id, settings.output_limit, roster.memory.clone());
         let joining = Joining {
             id,
             addr: peer.clone(),
@@ -280,6 +283,7 @@ impl Client {
             lanes,
             protocol: 2,
             authenticated,
+            admin: false,
             name: None,
             input: Input::new(limits, shared.config.pool.read_buffer_size),
             output,
@@ -404,6 +408,7 @@ impl Client {
             Poll::Ready(Ok(0)) => Err(End::Done),
             Poll::Ready(Ok(_)) => {
                 self.touch();
+                self.member.active();
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(End::Failed(e)),
@@ -504,7 +509,9 @@ impl Client {
         self.output.collect_ready();
         self.advance();
         self.output.collect_ready();
-        self.input.release_idle_buffer(self.output.in_flight() == 0);
+        let in_flight = self.output.in_flight();
+        self.member.set_pending(in_flight);
+        self.input.release_idle_buffer(in_flight == 0);
         self.flush_session(cx);
         if self.output.wants_write() {
             match self.output.poll_write(&mut self.stream, cx) {

@@ -46,9 +46,9 @@ pub(super) struct Output {
 }
 
 impl Output {
-    pub fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> Output {
+    pub fn new(client: u64, limit: Option<usize>, memory: Arc<ReplyMemory>) -> Output {
         Output {
-            inbox: ReplyInbox::new(limit, memory),
+            inbox: ReplyInbox::for_client(client, limit, memory),
             arrived: Vec::new(),
             pending: VecDeque::new(),
             base_seq: 0,

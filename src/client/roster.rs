@@ -32,6 +32,27 @@ pub(crate) struct Roster {
     pause: Mutex<Option<Pause>>,
     /// Woken by `CLIENT UNPAUSE`.
     unpaused: Notify,
+    /// Seconds since `clock_base`, kept by [`keep_time`]: what a client
+    /// stamps its activity with, for `RESPOOL CLIENTS` (a load and a store
+    /// per read, where a clock read would show at pipeline 1).
+    clock: Arc<AtomicU64>,
+    clock_base: Instant,
+}
+
+/// Keeps `roster`'s coarse clock (one tick a second) until the roster is
+/// gone.
+pub(crate) async fn keep_time(roster: Weak<Roster>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(roster) = roster.upgrade() else {
+            return;
+        };
+        roster
+            .clock
+            .store(roster.clock_base.elapsed().as_secs(), Ordering::Relaxed);
+    }
 }
 
 /// Reply bytes held for every client of the process — received from the
@@ -155,6 +176,12 @@ pub(crate) struct Member {
     /// Its replies' budget: what it holds (`omem`, `--max-reply-memory`).
     replies: ReplySender,
     state: Mutex<Published>,
+    /// Requests in flight (not answered or not written yet), as of the
+    /// client's last turn.
+    pending: AtomicUsize,
+    /// The roster's coarse clock when the client last sent something.
+    last_active: AtomicU64,
+    clock: Arc<AtomicU64>,
 }
 
 /// What a client publishes about itself.
@@ -219,6 +246,8 @@ impl Roster {
             paused: AtomicBool::new(false),
             pause: Mutex::default(),
             unpaused: Notify::new(),
+            clock: Arc::default(),
+            clock_base: Instant::now(),
         })
     }
 
@@ -241,6 +270,9 @@ impl Roster {
             kill,
             replies,
             state: Mutex::new(state),
+            pending: AtomicUsize::new(0),
+            last_active: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
+            clock: self.clock.clone(),
         });
         self.lock().insert(id, member.clone());
         member
@@ -318,6 +350,20 @@ impl Roster {
         self.unpaused.notify_waiters();
     }
 
+    /// Whether a pause is in force.
+    pub fn is_paused(&self) -> bool {
+        self.current_pause().is_some()
+    }
+
+    /// The pause in force, if any.
+    pub fn current_pause(&self) -> Option<Pause> {
+        if !self.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        let _ = self.pause_ending(true);
+        *self.pause.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether a request must wait (`write`: it is not read-only); until
     /// when, if so.
     #[inline]
@@ -359,6 +405,41 @@ impl Roster {
 }
 
 impl Member {
+    /// The client's address.
+    pub fn addr(&self) -> Option<PeerAddr> {
+        self.addr.clone()
+    }
+
+    /// How long the client has been connected.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// The client sent something.
+    #[inline]
+    pub fn active(&self) {
+        let now = self.clock.load(Ordering::Relaxed);
+        self.last_active.store(now, Ordering::Relaxed);
+    }
+
+    /// Seconds since the client last sent something (to the second).
+    pub fn idle_secs(&self) -> u64 {
+        self.clock
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.last_active.load(Ordering::Relaxed))
+    }
+
+    /// Notes the client's requests in flight.
+    #[inline]
+    pub fn set_pending(&self, n: usize) {
+        self.pending.store(n, Ordering::Relaxed);
+    }
+
+    /// The client's requests in flight, as of its last turn.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// What the client published last.
     pub fn published(&self) -> Published {
         self.state
@@ -427,13 +508,14 @@ impl Member {
         let mut line = String::with_capacity(256);
         let _ = write!(
             line,
-            "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
             self.id,
             addr(&self.addr),
             addr(&self.laddr),
             self.fd,
             name,
             self.created.elapsed().as_secs(),
+            if current.is_some() { 0 } else { self.idle_secs() },
             flags,
             s.db,
             s.subscriptions[0],

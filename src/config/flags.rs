@@ -72,6 +72,8 @@ pub struct Flags {
     pub(crate) topology: TopologyFlags,
     #[command(flatten)]
     pub(crate) log: LogFlags,
+    #[command(flatten)]
+    pub(crate) admin: AdminFlags,
 }
 
 /// The configuration file.
@@ -409,4 +411,36 @@ pub(crate) struct LogFlags {
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "RESPOOL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// `--slowlog-threshold`: a duration, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlowlogThreshold(pub Option<Duration>);
+
+fn parse_slowlog_threshold(s: &str) -> Result<SlowlogThreshold, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(SlowlogThreshold(None));
+    }
+    parse_duration(s).map(|d| SlowlogThreshold(Some(d)))
+}
+
+/// The admin console (`RESPOOL …` on the client port) and the slowlog.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Admin console and slowlog")]
+pub(crate) struct AdminFlags {
+    /// One of respool's own client users (--user) whose connections may run RESPOOL POOLS | CLIENTS | STATS | CONFIG | PAUSE | RESUME | DRAIN | RELOAD | SLOWLOG on the client port; without it nobody may. See docs/operations.md "Admin console".
+    #[arg(long, env = "RESPOOL_ADMIN_USER")]
+    pub admin_user: Option<String>,
+
+    /// Requests on shared lanes slower than this through respool (from the lane taking them to their last reply) go to the slowlog and a log line; 0s = every request; off = none.
+    #[arg(long, env = "RESPOOL_SLOWLOG_THRESHOLD", default_value = "10ms", value_parser = parse_slowlog_threshold)]
+    pub slowlog_threshold: SlowlogThreshold,
+
+    /// Entries the slowlog keeps (the oldest go first), like Redis's slowlog-max-len.
+    #[arg(long, env = "RESPOOL_SLOWLOG_MAX_LEN", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub slowlog_max_len: u32,
+
+    /// Keep the arguments of slow requests in the slowlog (truncated as Redis truncates them); off by default, since values may be secrets.
+    #[arg(long, env = "RESPOOL_SLOWLOG_ARGS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub slowlog_args: bool,
 }

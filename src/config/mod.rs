@@ -9,6 +9,8 @@
 //! * `file` — `--config FILE`, read through the flags' own definitions.
 //! * `effective` — every flag's final value and source (check-config, reload).
 
+mod admin;
+mod describe;
 mod effective;
 mod file;
 mod flags;
@@ -21,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(crate) use admin::AdminSettings;
 pub use effective::{Effective, Source};
 pub use flags::{Flags, LogFormat, ReadFrom, Validate};
 pub use secret::Secret;
@@ -66,6 +69,8 @@ pub struct Config {
     /// Sentinel, and reads from replicas.
     pub(crate) topology: TopologySettings,
     pub(crate) log: LogSettings,
+    /// The admin console and the slowlog.
+    pub(crate) admin: AdminSettings,
 }
 
 /// AUTH passthrough: on when respool has no client users of its own.
@@ -400,6 +405,7 @@ impl Config {
             tls,
             topology,
             log,
+            admin,
         } = flags;
         if retry.timeout.is_zero()
             || pool.connect_timeout.is_zero()
@@ -409,20 +415,23 @@ impl Config {
         {
             return Err("timeouts must be greater than zero".into());
         }
+        let identities = IdentitySettings {
+            passthrough: auth.requirepass.is_none()
+                && auth.users.is_empty()
+                && auth.users_file.is_none(),
+            max: auth.max_identities as usize,
+            idle_timeout: auth.identity_idle_timeout,
+        };
+        let clients = ClientSettings::validate(clients, auth)?;
         Ok(Config {
+            admin: AdminSettings::validate(admin, &clients.auth)?,
             upstream: upstream_endpoint(&upstream, &tls, topology.sentinel_tls)?,
             require_upstream: upstream.require_upstream,
             retry: RetrySettings::validate(&retry, &pool)?,
             listener: ListenerSettings::validate(listener, &tls, &pool)?,
             pool: PoolSettings::validate(pool, upstream)?,
-            identities: IdentitySettings {
-                passthrough: auth.requirepass.is_none()
-                    && auth.users.is_empty()
-                    && auth.users_file.is_none(),
-                max: auth.max_identities as usize,
-                idle_timeout: auth.identity_idle_timeout,
-            },
-            clients: ClientSettings::validate(clients, auth)?,
+            identities,
+            clients,
             topology: TopologySettings::validate(topology, &tls)?,
             log: LogSettings {
                 format: log.log_format,

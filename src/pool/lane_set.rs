@@ -30,6 +30,32 @@ use bytes::Bytes;
 /// A dedicated connection, checked out for a pinned session.
 pub(crate) type PinnedConn = PooledConnection<'static, UpstreamManager>;
 
+/// What `RESPOOL POOLS` shows of a lane set: read from its pools when
+/// asked, never counted on the request path.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolView {
+    /// The upstream node's address.
+    pub upstream: Arc<str>,
+    /// The user its connections log in as.
+    pub identity: String,
+    /// `primary` (or `--upstream`) or `replica`.
+    pub role: &'static str,
+    /// Shared lanes started (RESP2, plus RESP3 once a client said HELLO 3).
+    pub lanes: usize,
+    /// Upstream connections the lanes' pools hold (lanes and spares).
+    pub lane_connections: u32,
+    /// Validated connections idle in the lanes' pools: the spares.
+    pub idle_spares: u32,
+    /// Dedicated connections checked out for pinned sessions.
+    pub pinned_in_use: u32,
+    /// `--max-pinned` (this event loop's share).
+    pub pinned_max: u32,
+    /// Clients waiting for a dedicated connection.
+    pub waiters: usize,
+    /// `validated`, `connecting` or `login refused`.
+    pub state: &'static str,
+}
+
 /// See the module docs.
 pub(crate) struct LaneSet {
     endpoint: Arc<Endpoint>,
@@ -85,6 +111,44 @@ impl LaneSet {
         &self.health
     }
 
+    /// What `RESPOOL POOLS` shows of the set.
+    pub fn view(&self, role: &'static str) -> PoolView {
+        let mut lanes = self.resp2.lanes.len();
+        let mut pooled = self.resp2.pool.state();
+        if let Some(resp3) = self.resp3.get() {
+            lanes += resp3.lanes.len();
+            let more = resp3.pool.state();
+            pooled.connections += more.connections;
+            pooled.idle_connections += more.idle_connections;
+        }
+        let pinned_pool = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let pinned = pinned_pool.pool.state();
+        let state = if self.health.is_refused() {
+            "login refused"
+        } else if self.health.is_validated() {
+            "validated"
+        } else {
+            "connecting"
+        };
+        PoolView {
+            upstream: self.addr(),
+            identity: self.endpoint.identity.user().to_string(),
+            role,
+            lanes,
+            // Each lane holds its connection checked out of the pool.
+            lane_connections: pooled.connections,
+            idle_spares: pooled.idle_connections,
+            pinned_in_use: pinned.connections - pinned.idle_connections,
+            pinned_max: pinned_pool.max,
+            waiters: pinned_pool.waiting.load(Ordering::Relaxed),
+            state,
+        }
+    }
+
     /// A shared lane for a client speaking `protocol` (round robin).
     pub fn lane(&self, protocol: u8) -> LaneHandle {
         if protocol == 3 {
@@ -121,7 +185,9 @@ impl LaneSet {
         let pool = pinned.pool.clone();
         let failures = pinned.failures.clone();
         let (ctx, addr) = (self.ctx.clone(), self.addr().clone());
+        let waiting = Waiting::enter(&pinned.waiting);
         async move {
+            let _waiting = waiting;
             let wait = ctx.pool.checkout_timeout;
             match checkout(pool.clone(), failures, wait, Wait::Deadline).await {
                 Ok(conn) => {
@@ -285,6 +351,8 @@ fn build_pool(
 /// The shared lanes of one protocol (each holds a handle to the pool).
 struct SharedLanes {
     lanes: Vec<LaneHandle>,
+    /// The pool behind the lanes (for `RESPOOL POOLS`).
+    pool: Pool<UpstreamManager>,
     tasks: Vec<JoinHandle<()>>,
     next: AtomicUsize,
 }
@@ -319,6 +387,7 @@ impl SharedLanes {
             .unzip();
         SharedLanes {
             lanes,
+            pool,
             tasks,
             next: AtomicUsize::new(0),
         }
@@ -346,6 +415,24 @@ struct PinnedPool {
     max: u32,
     /// Connect failures, to say why a checkout failed.
     failures: watch::Receiver<Option<ConnectError>>,
+    /// Clients waiting for a connection (`RESPOOL POOLS`).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A client counted as waiting for a dedicated connection while this lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn enter(count: &Arc<AtomicUsize>) -> Waiting {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PinnedPool {
@@ -361,6 +448,7 @@ impl PinnedPool {
             pool: build_pool(manager, ctx, PoolKind::Pinned, max),
             max,
             failures,
+            waiting: Arc::default(),
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::stats::LoopStats;
 use connection::UpstreamConn;
 use endpoint::Endpoint;
 
-pub(crate) use lane_set::{LaneSet, PinnedConn};
+pub(crate) use lane_set::{LaneSet, PinnedConn, PoolView};
 pub(crate) use registry::Registry;
 
 /// What every lane set of an event loop is built with.
@@ -61,6 +61,9 @@ pub(crate) struct PoolContext {
     /// The event loop's share of `--max-pinned` now (a reload changes it;
     /// `pool.max_pinned` is the share at start).
     pub pinned_limit: Arc<std::sync::atomic::AtomicU32>,
+    /// Where the lanes record runs slower than `--slowlog-threshold`;
+    /// `None` when the slowlog is off (the lanes then read no clock for it).
+    pub slowlog: Option<Arc<crate::slowlog::Slowlog>>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

@@ -50,6 +50,7 @@ impl Registry {
             refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
             pinned_limit: ctx.pinned_limit.clone(),
+            slowlog: ctx.slowlog.clone(),
         });
         Registry {
             default: Arc::new(LaneSet::open(upstream, ctx)),
@@ -62,6 +63,14 @@ impl Registry {
     /// The lane set of `--upstream` as respool's own identity.
     pub fn default_set(&self) -> &Arc<LaneSet> {
         &self.default
+    }
+
+    /// Every lane set open: respool's own identity's first, then those of
+    /// the identities clients logged in as.
+    pub fn all_sets(&self) -> Vec<Arc<LaneSet>> {
+        let mut all = vec![self.default.clone()];
+        all.extend(self.lock().values().cloned());
+        all
     }
 
     /// The lane set of `identity` (respool's own when it is the same),

@@ -57,6 +57,20 @@ impl Router {
         self.topology.render(out);
     }
 
+    /// What `RESPOOL POOLS` shows: every lane set of this event loop.
+    pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let mut views: Vec<_> = self
+            .registry
+            .all_sets()
+            .iter()
+            .map(|set| set.view("primary"))
+            .collect();
+        if let Some(replicas) = self.replicas() {
+            views.extend(replicas.pool_views());
+        }
+        views
+    }
+
     /// The lane set a new client starts on, and a client that logs out
     /// (RESET) returns to: respool's own identity's.
     pub fn initial(&self) -> Arc<LaneSet> {

@@ -146,5 +146,6 @@ fn replica_context(ctx: &Arc<PoolContext>) -> Arc<PoolContext> {
         refresh: Arc::new(Notify::new()),
         stats: ctx.stats.clone(),
         pinned_limit: ctx.pinned_limit.clone(),
+        slowlog: ctx.slowlog.clone(),
     })
 }

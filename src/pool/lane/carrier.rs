@@ -31,6 +31,7 @@ use crate::pool::manager::UpstreamManager;
 use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff};
+use crate::slowlog::{SlowRun, Slowlog};
 
 /// Stop taking new requests into the write buffer above this many bytes, so
 /// that a slow upstream pushes back on clients instead of growing memory.
@@ -49,6 +50,31 @@ pub(crate) fn moved_to(node: &crate::pool::endpoint::Node) -> String {
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// The health-check request, sent on an idle lane.
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// Records the run `sent` just finished in the slowlog if it took longer
+/// than the threshold from the lane taking it to `now`.
+#[inline]
+fn check_slow(slowlog: &Slowlog, sent: &Sent, now: Instant, lane: &Lane) {
+    let Some(job) = &sent.job else { return };
+    let (Some(threshold), Some(total)) = (
+        slowlog.threshold(),
+        now.checked_duration_since(job.accepted),
+    ) else {
+        return;
+    };
+    if total < threshold {
+        return;
+    }
+    let queued = sent.written_at.saturating_duration_since(job.accepted);
+    slowlog.record(SlowRun {
+        raw: &job.req.raw,
+        requests: job.req.count,
+        client_id: job.req.reply_to.client_id(),
+        upstream: lane.addr(),
+        queued,
+        at_redis: total.saturating_sub(queued),
+    });
+}
 
 /// One connection's state while a lane serves over it.
 pub(super) struct Carrier {
@@ -194,8 +220,6 @@ impl Carrier {
         let stats = &lane.ctx.stats;
         // Read when the requests were taken in, just before.
         let now = *self.turn_clock.get_or_insert_with(Instant::now);
-        // Read once per batch: a reload may change it.
-        let timeout = lane.ctx.retry.timeout();
         let batch_start = self.enqueued;
         let mut batch_requests = 0u64;
         while self.wbuf.len() < WRITE_HIGH_WATER {
@@ -219,8 +243,7 @@ impl Carrier {
             self.inflight.push_back(Sent {
                 job: Some(job),
                 end: self.enqueued,
-                // The reply deadline runs from the write.
-                deadline: now + timeout,
+                written_at: now,
             });
         }
         // Unless every job had expired unsent.
@@ -288,7 +311,13 @@ impl Carrier {
         if std::mem::take(&mut self.io_since_tick) {
             self.last_io = now;
         }
-        if self.inflight.front().is_some_and(|f| f.deadline <= now) {
+        // Read once per tick: a reload may change it.
+        let timeout = lane.ctx.retry.timeout();
+        if self
+            .inflight
+            .front()
+            .is_some_and(|f| f.deadline(timeout) <= now)
+        {
             return Some(Broken::Timeout);
         }
         if let Some(moved) = self.moved(lane, now) {
@@ -317,7 +346,7 @@ impl Carrier {
             self.inflight.push_back(Sent {
                 job: None,
                 end: self.enqueued,
-                deadline: now + lane.ctx.retry.timeout(),
+                written_at: now,
             });
         }
         None
@@ -451,6 +480,12 @@ impl Carrier {
         replies.push(len);
         if replies.count == job.remaining() {
             replies.deliver_to(rbuf, job);
+            if let Some(slowlog) = &lane.ctx.slowlog {
+                // One clock read per batch of replies, shared by every run
+                // they finish.
+                let now = *self.turn_clock.get_or_insert_with(Instant::now);
+                check_slow(slowlog, sent, now, lane);
+            }
             self.inflight.pop_front();
         }
         Ok(())
@@ -494,6 +529,7 @@ impl Carrier {
         // every request still in flight; the queue holds the newest.
         let mut again: VecDeque<Job> = std::mem::take(&mut self.retry_later);
         for sent in std::mem::take(&mut self.inflight) {
+            let deadline = sent.deadline(retry.timeout);
             let Some(mut run) = sent.job else { continue };
             // Each request of a run is settled on its own: a write may have
             // stopped in the middle of the run. The run's bytes end at
@@ -508,7 +544,7 @@ impl Carrier {
                 if !fully_written {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
-                } else if sent.deadline <= now {
+                } else if deadline <= now {
                     job.fail(&timeout_error, stats);
                 } else if retry_safe && job.attempts < retry.retries {
                     job.attempts += 1;

@@ -164,8 +164,17 @@ pub(super) struct Sent {
     /// Offset in the connection's byte stream just past this request: it has
     /// been fully written once that many bytes were.
     pub(super) end: u64,
-    /// Reply deadline.
-    pub(super) deadline: Instant,
+    /// When it was put in the write buffer (the write follows in the same
+    /// turn): its reply deadline runs from here, and the slowlog's time at
+    /// Redis.
+    pub(super) written_at: Instant,
+}
+
+impl Sent {
+    /// When its reply is due (`--timeout` after the write).
+    pub(super) fn deadline(&self, timeout: std::time::Duration) -> Instant {
+        self.written_at + timeout
+    }
 }
 
 /// Replies to the front run of requests that arrived and are not delivered
