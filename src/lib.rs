@@ -27,7 +27,9 @@
 //! * `tls` — certificates and keys for the listener and `rediss://` upstreams.
 //! * `retry` — backoff and what may be retried.
 //! * `error` — the error a client is told, rendered as a Redis error line.
-//! * `stats` — the counters behind `INFO respool`.
+//! * `stats` — the counters behind `INFO respool` and `/metrics`.
+//! * `ops` — `--metrics-listen`: the Prometheus exposition, `/healthz` and
+//!   `/readyz`.
 //! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
 //!   reply; it uses only this crate's public API.
 //!
@@ -50,6 +52,7 @@ pub mod config;
 mod error;
 mod event_loops;
 mod net;
+mod ops;
 mod pool;
 mod retry;
 mod router;

@@ -3,7 +3,7 @@
 //! drain up to a deadline, then close upstream connections).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -16,6 +16,7 @@ use crate::client::roster::Roster;
 use crate::config::Config;
 use crate::error::ConnectError;
 use crate::net::Stream;
+use crate::ops::health::Readiness;
 use crate::pool::connection::configure_socket;
 use crate::pool::{probe_upstream, PoolContext};
 use crate::router::Router;
@@ -50,6 +51,10 @@ pub(crate) struct Process {
     /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE, and the reply
     /// memory they hold together.
     pub roster: Arc<Roster>,
+    /// What takes respool out of rotation (`/readyz`) besides its upstream.
+    pub readiness: Readiness,
+    /// An event loop serves `--metrics-listen` already (one per process).
+    metrics_claimed: AtomicBool,
 }
 
 impl Process {
@@ -58,7 +63,14 @@ impl Process {
         Arc::new(Process {
             stats: ProcessStats::default(),
             roster: Roster::new(config.clients.max_reply_memory),
+            readiness: Readiness::default(),
+            metrics_claimed: AtomicBool::new(false),
         })
+    }
+
+    /// True for the first loop to ask: the one that serves the metrics.
+    fn claim_metrics(&self) -> bool {
+        !self.metrics_claimed.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -75,6 +87,8 @@ pub(crate) struct Shared {
 /// A running proxy: one event loop's listener, clients and lanes.
 pub struct Proxy {
     local_addr: SocketAddr,
+    /// Where `/metrics` is served, by this loop.
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -118,6 +132,15 @@ impl Proxy {
         };
         let listener = bind(listen, shared_addr.is_some()).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let metrics = match config.metrics_listen {
+            Some(addr) if process.claim_metrics() => {
+                let bind_error = |source| StartError::Bind { addr, source };
+                let listener = crate::ops::http::bind(addr).await.map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+            _ => None,
+        };
         if let Some(tls) = &config.upstream.node.tls {
             if tls.insecure {
                 tracing::warn!(upstream = %config.upstream.node.addr(), "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
@@ -142,10 +165,17 @@ impl Proxy {
             process,
         });
         let shutdown = CancellationToken::new();
+        let metrics_addr = metrics.map(|(listener, bound)| {
+            let process = shared.process.clone();
+            tokio::spawn(crate::ops::http::serve(listener, process, shutdown.clone()));
+            tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz");
+            bound
+        });
         let task = tokio::spawn(accept_loop(listener, shared, shutdown.clone()));
         tracing::info!(listen = %local_addr, tls, "respool accepting clients");
         Ok(Proxy {
             local_addr,
+            metrics_addr,
             shutdown,
             task,
         })
@@ -154,6 +184,12 @@ impl Proxy {
     /// The address clients connect to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served
+    /// (`--metrics-listen`, with port 0 resolved), if this proxy serves them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Shuts down gracefully and waits until it is done: stop accepting,
@@ -237,6 +273,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         });
     }
     drop(listener);
+    shared.process.readiness.set_draining(true);
     tracing::info!(
         clients = shared
             .process

@@ -322,7 +322,10 @@ impl Client {
         progress |= self.poll_wait(cx)?;
         progress |= self.poll_deadlines(cx)?;
         if self.output.wants_write() {
-            match self.output.poll_write(&mut self.stream, cx) {
+            match self
+                .output
+                .poll_write(&mut self.stream, cx, &self.shared.stats.client_bytes_out)
+            {
                 Poll::Ready(Ok(())) => progress = true,
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}
@@ -378,7 +381,8 @@ impl Client {
             // EOF: the client is gone; replies still pending would reach
             // nobody. (Its commands still run, as with Redis.)
             Poll::Ready(Ok(0)) => Err(End::Done),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
+                self.shared.stats.client_bytes_in.add(n as u64);
                 self.touch();
                 Ok(true)
             }
@@ -406,7 +410,10 @@ impl Client {
                     tracing::debug!(peer = ?self.peer, waiting_for = wait.what(), "client hung up while its request waited");
                     return Err(End::Done);
                 }
-                Poll::Ready(Ok(_)) => parked.sent_while_waiting = true,
+                Poll::Ready(Ok(n)) => {
+                    self.shared.stats.client_bytes_in.add(n as u64);
+                    parked.sent_while_waiting = true;
+                }
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}
             }
@@ -483,7 +490,10 @@ impl Client {
         self.input.release_idle_buffer(self.output.in_flight() == 0);
         self.flush_session(cx);
         if self.output.wants_write() {
-            match self.output.poll_write(&mut self.stream, cx) {
+            match self
+                .output
+                .poll_write(&mut self.stream, cx, &self.shared.stats.client_bytes_out)
+            {
                 Poll::Ready(Ok(())) => self.touch(),
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}

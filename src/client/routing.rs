@@ -8,6 +8,7 @@ use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
 use crate::error::{error_line, Error};
+use crate::ops::commands::command_id;
 use crate::pool::lane::LaneRequest;
 
 /// What becomes of a request, before anything is done with it.
@@ -78,11 +79,16 @@ impl Client {
 
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
-        self.shared.stats.requests.add(1);
+        let stats = &self.shared.stats;
+        stats.requests.add(1);
+        let command = command_id(req.name());
+        stats.commands.add(command);
         let settings = self.settings();
         if !self.authenticated && !local::allowed_before_auth(req) {
+            stats.command_errors.add(command);
             Admission::NoAuth
         } else if settings.deny.denies(req) {
+            stats.command_errors.add(command);
             Admission::Denied
         } else {
             Admission::Command(classify(req, self.lanes.endpoint().db))

@@ -61,6 +61,9 @@ pub struct Config {
     /// Sentinel, and reads from replicas.
     pub(crate) topology: TopologySettings,
     pub(crate) log: LogSettings,
+    /// `--metrics-listen`: where `/metrics`, `/healthz` and `/readyz` are
+    /// served, if anywhere.
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// AUTH passthrough: on when respool has no client users of its own.
@@ -307,7 +310,14 @@ impl Config {
             tls,
             topology,
             log,
+            ops,
         } = flags;
+        if ops.metrics_listen.is_some_and(|m| m == listener.listen) {
+            return Err(format!(
+                "--metrics-listen {} is the --listen address; give the metrics their own port",
+                listener.listen
+            ));
+        }
         if retry.timeout.is_zero()
             || pool.connect_timeout.is_zero()
             || pool.checkout_timeout.is_zero()
@@ -335,6 +345,7 @@ impl Config {
                 format: log.log_format,
                 level: log.log_level,
             },
+            metrics_listen: ops.metrics_listen,
         })
     }
 

@@ -9,7 +9,7 @@
 //! identity, so one identity's connections never serve another's commands.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bb8::{Pool, PooledConnection};
@@ -25,6 +25,7 @@ use super::{Health, PoolContext};
 use crate::client::inbox::ReplyInbox;
 use crate::client::roster::ReplyMemory;
 use crate::error::{ConnectError, Error};
+use crate::stats::{PoolProbe, PoolSnapshot};
 use bytes::Bytes;
 
 /// A dedicated connection, checked out for a pinned session.
@@ -38,6 +39,9 @@ pub(crate) struct LaneSet {
     resp2: SharedLanes,
     resp3: OnceLock<SharedLanes>,
     pinned: PinnedPool,
+    /// What `/metrics` reads of the set's pools (listed in the loop's
+    /// stats for as long as the set lives).
+    probe: Arc<LaneSetProbe>,
     /// Since when no client has used the set (the registry closes sets
     /// idle too long); `None` while one does.
     idle_since: std::sync::Mutex<Option<std::time::Instant>>,
@@ -50,10 +54,23 @@ impl LaneSet {
     pub fn open(endpoint: Endpoint, ctx: Arc<PoolContext>) -> LaneSet {
         let endpoint = Arc::new(endpoint);
         let health = Health::default();
+        let pinned = PinnedPool::new(&endpoint, &ctx, &health);
+        let probe = Arc::new(LaneSetProbe {
+            endpoint: endpoint.clone(),
+            lane_pools: Mutex::default(),
+            pinned_pool: pinned.pool.clone(),
+            pinned_max: u64::from(ctx.pool.max_pinned),
+            lanes: AtomicUsize::new(0),
+            lanes_connected: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+        });
+        let listed: Arc<dyn PoolProbe> = probe.clone();
+        ctx.stats.add_pool(&listed);
         LaneSet {
-            resp2: SharedLanes::start(&endpoint, 2, &ctx, &health),
+            resp2: SharedLanes::start(&endpoint, 2, &ctx, &health, &probe),
             resp3: OnceLock::new(),
-            pinned: PinnedPool::new(&endpoint, &ctx, &health),
+            pinned,
+            probe,
             endpoint,
             ctx,
             health,
@@ -80,7 +97,9 @@ impl LaneSet {
     pub fn lane(&self, protocol: u8) -> LaneHandle {
         if protocol == 3 {
             self.resp3
-                .get_or_init(|| SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.health))
+                .get_or_init(|| {
+                    SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.health, &self.probe)
+                })
                 .pick()
         } else {
             self.resp2.pick()
@@ -94,10 +113,13 @@ impl LaneSet {
     ) -> impl std::future::Future<Output = Result<PinnedConn, Error>> + Send + 'static {
         let pool = self.pinned.pool.clone();
         let failures = self.pinned.failures.clone();
-        let (ctx, addr) = (self.ctx.clone(), self.addr().clone());
+        let (ctx, addr, probe) = (self.ctx.clone(), self.addr().clone(), self.probe.clone());
         async move {
             let wait = ctx.pool.checkout_timeout;
-            match checkout(pool.clone(), failures, wait, Wait::Deadline).await {
+            let waiting = probe.waiting(&ctx.stats.checkout_wait[1]);
+            let checked_out = checkout(pool.clone(), failures, wait, Wait::Deadline).await;
+            drop(waiting);
+            match checked_out {
                 Ok(conn) => {
                     ctx.stats.pinned_checkouts.add(1);
                     Ok(conn)
@@ -272,10 +294,19 @@ impl SharedLanes {
         protocol: u8,
         ctx: &Arc<PoolContext>,
         health: &Health,
+        probe: &Arc<LaneSetProbe>,
     ) -> SharedLanes {
         let manager = UpstreamManager::new(endpoint.clone(), protocol, ctx.clone(), health.clone());
         let failures = manager.failures();
         let pool = build_pool(manager, ctx, PoolKind::Lanes);
+        probe
+            .lane_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pool.clone());
+        probe
+            .lanes
+            .fetch_add(ctx.pool.max_connections as usize, Ordering::Relaxed);
         let (lanes, tasks) = (0..ctx.pool.max_connections as usize)
             .map(|id| {
                 let (handle, inbox) = LaneHandle::open();
@@ -286,6 +317,7 @@ impl SharedLanes {
                     inbox,
                     pool.clone(),
                     failures.clone(),
+                    probe.clone(),
                 );
                 (handle, tokio::spawn(lane.run()))
             })
@@ -326,6 +358,92 @@ impl PinnedPool {
         PinnedPool {
             pool: build_pool(manager, ctx, PoolKind::Pinned),
             failures,
+        }
+    }
+}
+
+/// What `/metrics` reads of a lane set's pools: the pools themselves (bb8
+/// knows its idle and checked-out connections) and the gauges the lanes
+/// and checkouts keep. Updated only when a connection is taken or lost,
+/// never per request.
+pub(crate) struct LaneSetProbe {
+    endpoint: Arc<Endpoint>,
+    /// The pools behind the shared lanes, one per protocol started.
+    lane_pools: Mutex<Vec<Pool<UpstreamManager>>>,
+    pinned_pool: Pool<UpstreamManager>,
+    pinned_max: u64,
+    /// Shared lanes started (every protocol).
+    lanes: AtomicUsize,
+    /// Lanes serving over a validated connection now.
+    lanes_connected: AtomicUsize,
+    /// Checkouts waiting for a connection now.
+    waiters: AtomicUsize,
+}
+
+impl std::fmt::Debug for LaneSetProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneSetProbe")
+            .field("upstream", &self.endpoint.node.addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LaneSetProbe {
+    /// A lane got a validated connection (`true`) or lost it.
+    pub fn lane_connected(&self, up: bool) {
+        if up {
+            self.lanes_connected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.lanes_connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a checkout as waiting until the guard is dropped, when its
+    /// wait is recorded in `waited`.
+    pub fn waiting<'a>(&'a self, waited: &'a crate::stats::Histogram) -> Waiting<'a> {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            probe: self,
+            waited,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+/// A checkout in progress (see [`LaneSetProbe::waiting`]); also when its
+/// future is dropped midway.
+pub(crate) struct Waiting<'a> {
+    probe: &'a LaneSetProbe,
+    waited: &'a crate::stats::Histogram,
+    since: std::time::Instant,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.probe.waiters.fetch_sub(1, Ordering::Relaxed);
+        self.waited.record_n(self.since.elapsed(), 1);
+    }
+}
+
+impl PoolProbe for LaneSetProbe {
+    fn snapshot(&self) -> PoolSnapshot {
+        let idle_spares = self
+            .lane_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|p| u64::from(p.state().idle_connections))
+            .sum();
+        let pinned = self.pinned_pool.state();
+        PoolSnapshot {
+            upstream: self.endpoint.node.addr(),
+            identity: self.endpoint.identity.user().into(),
+            lanes: self.lanes.load(Ordering::Relaxed) as u64,
+            lanes_connected: self.lanes_connected.load(Ordering::Relaxed) as u64,
+            idle_spares,
+            pinned_in_use: u64::from(pinned.connections - pinned.idle_connections),
+            pinned_max: self.pinned_max,
+            waiters: self.waiters.load(Ordering::Relaxed) as u64,
         }
     }
 }

@@ -26,11 +26,13 @@ use super::job::{release_overtaken, Job, Replies, Sent};
 use super::Lane;
 use crate::codec::{ReplyDecoder, ReplyKind};
 use crate::error::Error;
+use crate::ops::commands::{command_id, nth_request_name};
 use crate::pool::connection::Broken;
 use crate::pool::manager::UpstreamManager;
 use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff};
+use crate::stats::FailCause;
 
 /// Stop taking new requests into the write buffer above this many bytes, so
 /// that a slow upstream pushes back on clients instead of growing memory.
@@ -202,7 +204,7 @@ impl Carrier {
             };
             if job.hold_deadline <= now {
                 let error = lane.expired_error(&job, now, &mut None);
-                job.fail(&error, stats);
+                job.fail(&error, stats, FailCause::Unavailable);
                 continue;
             }
             if job.req.reply_to.abandoned() {
@@ -226,6 +228,7 @@ impl Carrier {
             self.gate.wrote(self.enqueued);
             stats.lane_writes.add(1);
             stats.lane_requests_written.add(batch_requests);
+            stats.upstream_bytes_out.add(self.enqueued - batch_start);
         }
     }
 
@@ -242,8 +245,9 @@ impl Carrier {
                 Poll::Ready(Err(Broken::Lost("connection closed by upstream".into())))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(Broken::Lost(e.to_string()))),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
                 self.io_since_tick = true;
+                lane.ctx.stats.upstream_bytes_in.add(n as u64);
                 Poll::Ready(self.on_replies(lane))
             }
             Poll::Pending => Poll::Pending,
@@ -384,6 +388,7 @@ impl Carrier {
                 "a reply arrived with no request pending".into(),
             ));
         };
+        let written_at = sent.deadline;
         let Some(job) = sent.job.as_mut() else {
             // A health check's PING: the runs before it were answered in
             // full, so nothing is gathered ahead of its reply.
@@ -427,6 +432,13 @@ impl Carrier {
                 return Ok(());
             }
         } else {
+            if frame.first() == Some(&b'-') {
+                // Rare: worth finding which command it answers.
+                let name = nth_request_name(&job.req.raw, job.answered + replies.count);
+                stats
+                    .command_errors
+                    .add(name.map_or(crate::ops::commands::OTHER, command_id));
+            }
             if self.transient_backoff.used() {
                 // Only a sequence that was drawn from needs replacing:
                 // building one per reply would cost more than the reply.
@@ -448,6 +460,16 @@ impl Carrier {
         self.served = true;
         replies.push(len);
         if replies.count == job.remaining() {
+            // The run is answered: one clock read for its latencies (and
+            // for the next fill of this turn).
+            let now = *self.turn_clock.get_or_insert_with(Instant::now);
+            let family = usize::from(job.req.retry_safe.count_ones() < job.req.count);
+            let n = u64::from(job.req.count);
+            stats.lane_latency[family].record_n(now.saturating_duration_since(job.accepted), n);
+            let written = written_at.checked_sub(lane.ctx.retry.timeout);
+            if let Some(written) = written {
+                stats.upstream_latency[family].record_n(now.saturating_duration_since(written), n);
+            }
             replies.deliver_to(rbuf, job);
             self.inflight.pop_front();
         }
@@ -461,6 +483,10 @@ impl Carrier {
         self.conn.broken = true;
         let addr = lane.addr();
         let (addr, retry, stats) = (&addr, lane.ctx.retry, &lane.ctx.stats);
+        let cause = match broken {
+            Broken::BadReply(_) => FailCause::BadReply,
+            _ => FailCause::LostAfterWrite,
+        };
         let (reason, error) = match &broken {
             Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
             Broken::Moved(to) => (
@@ -507,7 +533,7 @@ impl Carrier {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
                 } else if sent.deadline <= now {
-                    job.fail(&timeout_error, stats);
+                    job.fail(&timeout_error, stats, FailCause::Timeout);
                 } else if retry_safe && job.attempts < retry.retries {
                     job.attempts += 1;
                     job.written = true;
@@ -520,9 +546,9 @@ impl Carrier {
                         attempts,
                     }
                     .to_resp();
-                    job.fail(&line, stats);
+                    job.fail(&line, stats, FailCause::RetriesExhausted);
                 } else {
-                    job.fail(&error, stats);
+                    job.fail(&error, stats, cause);
                 }
             }
         }
