@@ -71,7 +71,11 @@ impl Histogram {
     /// together took `d` each).
     #[inline]
     pub fn record_n(&self, d: Duration, n: u64) {
-        let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        // Not `as_micros`: its u128 arithmetic costs more than the rest.
+        let micros = d
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()));
         let i = (64 - (micros.saturating_sub(1) >> 4).leading_zeros()) as usize;
         self.buckets[i.min(BUCKETS - 1)].add(n);
         self.sum_micros.add(micros.wrapping_mul(n));
@@ -499,6 +503,55 @@ mod tests {
         assert_eq!(t.lane_writes, 2);
         assert_eq!(t.lane_requests_written, 7);
         assert_eq!(t.rejected_clients, 0);
+    }
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two_from_16_micros() {
+        let h = Histogram::default();
+        let micros = |n| Duration::from_micros(n);
+        // Upper bounds are inclusive, as Prometheus' `le`.
+        for (d, bucket) in [
+            (micros(0), 0),
+            (micros(16), 0),
+            (micros(17), 1),
+            (micros(32), 1),
+            (micros(33), 2),
+            (micros(16 << 19), 19),
+            (micros((16 << 19) + 1), 20),
+            (Duration::from_secs(3600), 20),
+            (Duration::MAX, 20),
+        ] {
+            let mut before = HistogramTotals::default();
+            h.add_to(&mut before);
+            h.record_n(d, 2);
+            let mut after = HistogramTotals::default();
+            h.add_to(&mut after);
+            assert_eq!(after.buckets[bucket] - before.buckets[bucket], 2, "{d:?}");
+        }
+        assert_eq!(bucket_bound(0), Some(16e-6));
+        assert_eq!(bucket_bound(19), Some(8.388608));
+        assert_eq!(bucket_bound(20), None);
+    }
+
+    #[test]
+    fn connect_failures_name_their_step() {
+        let rejected = |step| ConnectError::Rejected {
+            step,
+            reply: "ERR".into(),
+        };
+        assert_eq!(
+            CONNECT_STEPS[connect_step(&ConnectError::Refused)],
+            "connect"
+        );
+        assert_eq!(
+            CONNECT_STEPS[connect_step(&ConnectError::Tls("x".into()))],
+            "tls"
+        );
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("AUTH"))], "auth");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("HELLO 3"))], "auth");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("probe SET"))], "probe");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("PING"))], "ping");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("what"))], "other");
     }
 
     #[test]

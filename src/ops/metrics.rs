@@ -475,7 +475,7 @@ fn clients_by_identity(process: &Process) -> Vec<(String, i64)> {
         .map(|(user, n)| (user.to_string(), n))
         .collect();
     if counts.len() > MAX_IDENTITY_LABELS {
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let other: i64 = counts.drain(MAX_IDENTITY_LABELS..).map(|(_, n)| n).sum();
         counts.push(("other".into(), other));
     }

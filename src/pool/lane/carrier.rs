@@ -220,7 +220,7 @@ impl Carrier {
                 job: Some(job),
                 end: self.enqueued,
                 // The reply deadline runs from the write.
-                deadline: now + lane.ctx.retry.timeout,
+                written: now,
             });
         }
         // Unless every job had expired unsent.
@@ -290,7 +290,12 @@ impl Carrier {
         if std::mem::take(&mut self.io_since_tick) {
             self.last_io = now;
         }
-        if self.inflight.front().is_some_and(|f| f.deadline <= now) {
+        let timeout = lane.ctx.retry.timeout;
+        if self
+            .inflight
+            .front()
+            .is_some_and(|f| f.written + timeout <= now)
+        {
             return Some(Broken::Timeout);
         }
         if let Some(moved) = self.moved(lane, now) {
@@ -319,7 +324,7 @@ impl Carrier {
             self.inflight.push_back(Sent {
                 job: None,
                 end: self.enqueued,
-                deadline: now + lane.ctx.retry.timeout,
+                written: now,
             });
         }
         None
@@ -388,7 +393,7 @@ impl Carrier {
                 "a reply arrived with no request pending".into(),
             ));
         };
-        let written_at = sent.deadline;
+        let written = sent.written;
         let Some(job) = sent.job.as_mut() else {
             // A health check's PING: the runs before it were answered in
             // full, so nothing is gathered ahead of its reply.
@@ -465,11 +470,15 @@ impl Carrier {
             let now = *self.turn_clock.get_or_insert_with(Instant::now);
             let family = usize::from(job.req.retry_safe.count_ones() < job.req.count);
             let n = u64::from(job.req.count);
-            stats.lane_latency[family].record_n(now.saturating_duration_since(job.accepted), n);
-            let written = written_at.checked_sub(lane.ctx.retry.timeout);
-            if let Some(written) = written {
-                stats.upstream_latency[family].record_n(now.saturating_duration_since(written), n);
-            }
+            let upstream = now.saturating_duration_since(written);
+            // Usually taken and written in the same turn: one subtraction.
+            let in_lane = if job.accepted == written {
+                upstream
+            } else {
+                now.saturating_duration_since(job.accepted)
+            };
+            stats.lane_latency[family].record_n(in_lane, n);
+            stats.upstream_latency[family].record_n(upstream, n);
             replies.deliver_to(rbuf, job);
             self.inflight.pop_front();
         }
@@ -532,7 +541,7 @@ impl Carrier {
                 if !fully_written {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
-                } else if sent.deadline <= now {
+                } else if sent.written + retry.timeout <= now {
                     job.fail(&timeout_error, stats, FailCause::Timeout);
                 } else if retry_safe && job.attempts < retry.retries {
                     job.attempts += 1;

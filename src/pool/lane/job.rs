@@ -165,8 +165,9 @@ pub(super) struct Sent {
     /// Offset in the connection's byte stream just past this request: it has
     /// been fully written once that many bytes were.
     pub(super) end: u64,
-    /// Reply deadline.
-    pub(super) deadline: Instant,
+    /// When it was written: its reply is due `--timeout` later, and the
+    /// upstream round trip is measured from here.
+    pub(super) written: Instant,
 }
 
 /// Replies to the front run of requests that arrived and are not delivered
