@@ -72,10 +72,11 @@ impl Histogram {
     #[inline]
     pub fn record_n(&self, d: Duration, n: u64) {
         // Not `as_micros`: its u128 arithmetic costs more than the rest.
+        // Wrapping is safe: a latency would have to exceed 500 000 years.
         let micros = d
             .as_secs()
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::from(d.subsec_micros()));
+            .wrapping_mul(1_000_000)
+            .wrapping_add(u64::from(d.subsec_micros()));
         let i = (64 - (micros.saturating_sub(1) >> 4).leading_zeros()) as usize;
         self.buckets[i.min(BUCKETS - 1)].add(n);
         self.sum_micros.add(micros.wrapping_mul(n));
@@ -116,6 +117,11 @@ impl PerCommand {
         if let Some(c) = self.0.get(usize::from(id)) {
             c.add(1);
         }
+    }
+
+    /// The sum over every command.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
     }
 
     /// Adds the counts to `into` (one entry per id).
@@ -232,8 +238,6 @@ pub(crate) struct PoolSnapshot {
 /// The counters of one event loop.
 #[derive(Debug, Default)]
 pub(crate) struct LoopStats {
-    /// Requests read from clients (every command, whatever its route).
-    pub requests: Counter,
     /// Clients turned away by `--max-clients`.
     pub rejected_clients: Counter,
     /// Writes to Redis on the shared lanes.
@@ -268,7 +272,8 @@ pub(crate) struct LoopStats {
     pub identities: Counter,
     /// Client logins refused (by the upstream, or unchecked in time).
     pub login_refusals: Counter,
-    /// Requests by command id ([`crate::ops::commands`]).
+    /// Requests read from clients (every command, whatever its route), by
+    /// command id ([`crate::ops::commands`]).
     pub commands: PerCommand,
     /// Error replies by command id: Redis's on shared lanes, and respool's
     /// refusals (NOAUTH, a denied command).
@@ -342,7 +347,7 @@ impl Default for ProcessStats {
 /// The process-wide figures, summed over the event loops.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Totals {
-    /// See [`LoopStats::requests`].
+    /// Requests read from clients: the sum of [`LoopStats::commands`].
     pub requests: u64,
     /// See [`LoopStats::rejected_clients`].
     pub rejected_clients: u64,
@@ -403,7 +408,7 @@ impl ProcessStats {
         let loops = self.loops.lock().unwrap_or_else(PoisonError::into_inner);
         let mut t = Totals::default();
         for s in loops.iter() {
-            t.requests += s.requests.get();
+            t.requests += s.commands.total();
             t.rejected_clients += s.rejected_clients.get();
             t.lane_writes += s.lane_writes.get();
             t.lane_requests_written += s.lane_requests_written.get();
@@ -494,8 +499,12 @@ mod tests {
         let registry = ProcessStats::default();
         let a = registry.register();
         let b = registry.register();
-        a.requests.add(3);
-        b.requests.add(4);
+        a.commands.add(crate::ops::commands::command_id(b"GET"));
+        a.commands.add(crate::ops::commands::command_id(b"SET"));
+        a.commands.add(crate::ops::commands::OTHER);
+        for _ in 0..4 {
+            b.commands.add(crate::ops::commands::command_id(b"get"));
+        }
         b.lane_writes.add(2);
         b.lane_requests_written.add(7);
         let t = registry.totals();
@@ -519,7 +528,7 @@ mod tests {
             (micros(16 << 19), 19),
             (micros((16 << 19) + 1), 20),
             (Duration::from_secs(3600), 20),
-            (Duration::MAX, 20),
+            (Duration::from_secs(1_000_000), 20),
         ] {
             let mut before = HistogramTotals::default();
             h.add_to(&mut before);

@@ -79,16 +79,19 @@ impl Client {
 
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
-        let stats = &self.shared.stats;
-        stats.requests.add(1);
-        let command = command_id(req.name());
-        stats.commands.add(command);
+        // Counted by command; the total is their sum.
+        self.shared.stats.commands.add(command_id(req.name()));
         let settings = self.settings();
+        let refused = || {
+            // Rare: the id is looked up again rather than kept live.
+            let command = command_id(req.name());
+            self.shared.stats.command_errors.add(command);
+        };
         if !self.authenticated && !local::allowed_before_auth(req) {
-            stats.command_errors.add(command);
+            refused();
             Admission::NoAuth
         } else if settings.deny.denies(req) {
-            stats.command_errors.add(command);
+            refused();
             Admission::Denied
         } else {
             Admission::Command(classify(req, self.lanes.endpoint().db))
