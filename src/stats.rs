@@ -100,13 +100,16 @@ pub(crate) struct HistogramTotals {
     pub sum_micros: u64,
 }
 
-/// Counters per command id ([`crate::ops::commands`]).
+/// Counters per command id ([`crate::ops::commands`]): 256 of them, so
+/// that an id taken as a byte needs no bounds check.
 #[derive(Debug)]
-pub(crate) struct PerCommand(Box<[Counter]>);
+pub(crate) struct PerCommand([Counter; 256]);
+
+const _: () = assert!(COMMAND_IDS <= 256);
 
 impl Default for PerCommand {
     fn default() -> PerCommand {
-        PerCommand((0..COMMAND_IDS).map(|_| Counter::default()).collect())
+        PerCommand(std::array::from_fn(|_| Counter::default()))
     }
 }
 
@@ -114,14 +117,21 @@ impl PerCommand {
     /// Adds one for command `id`.
     #[inline]
     pub fn add(&self, id: u16) {
-        if let Some(c) = self.0.get(usize::from(id)) {
-            c.add(1);
-        }
+        // Ids are below 256 (asserted above).
+        self.0[usize::from(id as u8)].add(1);
+    }
+
+    /// Adds one for the command `name` (any case). Not inlined: in the
+    /// caller's body the lookup's registers cost a longer prologue than
+    /// the call does.
+    #[inline(never)]
+    pub fn count(&self, name: &[u8]) {
+        self.add(crate::ops::commands::command_id(name));
     }
 
     /// The sum over every command.
     pub fn total(&self) -> u64 {
-        self.0.iter().map(Counter::get).sum()
+        self.0[..COMMAND_IDS].iter().map(Counter::get).sum()
     }
 
     /// Adds the counts to `into` (one entry per id).

@@ -80,7 +80,7 @@ impl Client {
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
         // Counted by command; the total is their sum.
-        self.shared.stats.commands.add(command_id(req.name()));
+        self.shared.stats.commands.count(req.name());
         let settings = self.settings();
         let refused = || {
             // Rare: the id is looked up again rather than kept live.
