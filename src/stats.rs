@@ -121,9 +121,9 @@ impl PerCommand {
         self.0[usize::from(id as u8)].add(1);
     }
 
-    /// Adds one for the command `name` (any case). Not inlined: in the
-    /// caller's body the lookup's registers cost a longer prologue than
-    /// the call does.
+    /// Adds one for the command `name` (any case); for names longer than
+    /// 8 bytes on the request path (the rest go by word, see
+    /// `Client::count_command`).
     #[inline(never)]
     pub fn count(&self, name: &[u8]) {
         self.add(crate::ops::commands::command_id(name));

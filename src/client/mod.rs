@@ -200,6 +200,9 @@ struct Client {
     protocol: u8,
     /// Authenticated (always true when no client auth is configured).
     authenticated: bool,
+    /// The last short command name counted (as a word), its length and id
+    /// (`id | len << 16`): the next request usually has the same.
+    last_command: std::cell::Cell<(u64, u32)>,
     /// CLIENT SETNAME, kept here so that naming a client does not pin it.
     name: Option<Bytes>,
     input: Input,
@@ -262,6 +265,7 @@ impl Client {
             lanes,
             protocol: 2,
             authenticated,
+            last_command: std::cell::Cell::new((u64::MAX, 0)),
             name: None,
             input: Input::new(limits, shared.config.pool.read_buffer_size),
             output,

@@ -399,30 +399,54 @@ const fn build_long() -> [u16; SLOTS] {
     table
 }
 
+/// A name of up to 8 bytes as one little-endian word, zero-padded, read
+/// from `from_name` (the name and what follows it in the request) with one
+/// load when 8 bytes are there; `None` for a longer name.
+#[inline]
+pub(crate) fn short_word(from_name: &[u8], len: usize) -> Option<u64> {
+    if len > SHORT {
+        return None;
+    }
+    Some(match from_name.first_chunk::<8>() {
+        Some(bytes) => {
+            u64::from_le_bytes(*bytes) & u64::MAX.checked_shr(64 - 8 * len as u32).unwrap_or(0)
+        }
+        None => load_short(from_name.get(..len)?),
+    })
+}
+
 /// The id of the command `name` (any case): its index in the table, or
 /// [`OTHER`].
 #[inline]
 pub(crate) fn command_id(name: &[u8]) -> u16 {
     if name.len() <= SHORT {
-        let key = lower_word(load_short(name));
-        let mut slot = short_slot(key);
-        loop {
-            let entry = SHORT_TABLE[slot];
-            if entry.id == EMPTY {
-                return OTHER;
-            }
-            if entry.key == key && usize::from(entry.len) == name.len() {
-                return entry.id;
-            }
-            slot = (slot + 1) % SLOTS;
-        }
+        short_id(load_short(name), name.len())
+    } else {
+        long_command_id(name)
     }
-    long_command_id(name)
+}
+
+/// The id of the name of `len` bytes (at most 8) whose word is `word`
+/// ([`short_word`]).
+#[inline]
+pub(crate) fn short_id(word: u64, len: usize) -> u16 {
+    let key = lower_word(word);
+    let mut slot = short_slot(key);
+    loop {
+        let entry = SHORT_TABLE[slot];
+        if entry.id == EMPTY {
+            return OTHER;
+        }
+        if entry.key == key && usize::from(entry.len) == len {
+            return entry.id;
+        }
+        slot = (slot + 1) % SLOTS;
+    }
 }
 
 /// [`command_id`] of a name longer than [`SHORT`] bytes.
 #[cold]
-fn long_command_id(name: &[u8]) -> u16 {
+pub(crate) fn long_command_id(name: &[u8]) -> u16 {
     if name.len() > MAX_NAME {
         return OTHER;
     }
@@ -526,7 +550,14 @@ mod tests {
         for n in 0..=8 {
             let name: Vec<u8> = (1..=n as u8).collect();
             assert_eq!(load_short(&name), load_short_const(&name), "{n}");
+            // Read from a request: with enough bytes after it, and without.
+            let mut request = name.clone();
+            request.extend_from_slice(b"\r\n$1\r\nk\r\n");
+            assert_eq!(short_word(&request, n), Some(load_short(&name)), "{n}");
+            assert_eq!(short_word(&name, n), Some(load_short(&name)), "{n}");
         }
+        assert_eq!(short_word(b"GEORADIUS\r\n", 9), None);
+        assert_eq!(short_word(b"GE", 3), None, "shorter than it says");
     }
 
     #[test]
