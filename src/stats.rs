@@ -1,6 +1,7 @@
-//! What the proxy has done, for `INFO respool`: counters kept per event
-//! loop and summed when asked, so that counting never makes two loops'
-//! threads share a cache line.
+//! What the proxy has done, for `INFO respool` and `/metrics`: counters
+//! (and latency histograms, per-command counts) kept per event loop and
+//! summed when asked, so that counting never makes two loops' threads
+//! share a cache line.
 //!
 //! The counters are the ones the Tuning advice rests on: how many requests
 //! each write to Redis carries (write batching, `--max-connections`), how
