@@ -28,12 +28,14 @@
 //! * `tls` — certificates and keys for the listener and `rediss://` upstreams.
 //! * `retry` — backoff and what may be retried.
 //! * `error` — the error a client is told, rendered as a Redis error line.
-//! * `stats` — the counters behind `INFO respool`.
+//! * `stats` — the counters behind `INFO respool` and `/metrics`.
 //! * `live` — the settings a reload can change, read once per connection
 //!   or checkout; [`reload`] re-reads the configuration and applies it.
 //! * `slowlog` — runs slower than `--slowlog-threshold`, for `RESPOOL
 //!   SLOWLOG` and the log; `client/admin` answers the `RESPOOL` admin
 //!   commands (`--admin-user`).
+//! * `ops` — `--metrics-listen`: the Prometheus exposition, `/healthz` and
+//!   `/readyz`.
 //! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
 //!   reply; it uses only this crate's public API.
 //!
@@ -57,6 +59,7 @@ mod error;
 mod event_loops;
 mod live;
 mod net;
+mod ops;
 mod pool;
 pub mod reload;
 mod retry;

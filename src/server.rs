@@ -9,7 +9,7 @@
 //! docs/operations.md, "Zero-downtime restart").
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -76,6 +76,8 @@ pub(crate) struct Process {
     pub draining: CancellationToken,
     /// Every event loop's shared state, for `RESPOOL POOLS`.
     loops: std::sync::Mutex<Vec<std::sync::Weak<Shared>>>,
+    /// An event loop serves `--metrics-listen` already (one per process).
+    metrics_claimed: AtomicBool,
 }
 
 impl Process {
@@ -90,7 +92,13 @@ impl Process {
             reloader: std::sync::OnceLock::new(),
             draining: CancellationToken::new(),
             loops: std::sync::Mutex::default(),
+            metrics_claimed: AtomicBool::new(false),
         })
+    }
+
+    /// True for the first loop to ask: the one that serves the metrics.
+    fn claim_metrics(&self) -> bool {
+        !self.metrics_claimed.swap(true, Ordering::AcqRel)
     }
 
     /// The event loops still running.
@@ -151,6 +159,8 @@ pub struct Proxy {
     local_addr: Option<SocketAddr>,
     unix_path: Option<Arc<str>>,
     process: Arc<Process>,
+    /// Where `/metrics` is served, by this loop.
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -207,6 +217,15 @@ impl Proxy {
             listeners.push(Listener::Unix(listener, binding.path().clone()));
         }
         let unix_path = unix.as_ref().map(|b| b.path().clone());
+        let metrics = match config.metrics_listen {
+            Some(addr) if process.claim_metrics() => {
+                let bind_error = |source| StartError::Bind { addr, source };
+                let listener = crate::ops::http::bind(addr).await.map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+            _ => None,
+        };
         if let Some(tls) = &config.upstream.node.tls {
             if tls.insecure {
                 tracing::warn!(upstream = %config.upstream.node.addr(), "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
@@ -246,6 +265,12 @@ impl Proxy {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Arc::downgrade(&shared));
         let shutdown = CancellationToken::new();
+        let metrics_addr = metrics.map(|(listener, bound)| {
+            let process = shared.process.clone();
+            tokio::spawn(crate::ops::http::serve(listener, process, shutdown.clone()));
+            tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz");
+            bound
+        });
         let task = tokio::spawn(serve(listeners, unix, shared, shutdown.clone()));
         match (&local_addr, &unix_path) {
             (Some(tcp), Some(path)) => {
@@ -260,6 +285,7 @@ impl Proxy {
             local_addr,
             process,
             unix_path,
+            metrics_addr,
             shutdown,
             task,
         })
@@ -287,6 +313,12 @@ impl Proxy {
     /// is what an admin command finds; the first one set stays.
     pub fn enable_reload(&self, reloader: Reloader) -> Arc<Reloader> {
         enable_reload(&self.process, reloader)
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served
+    /// (`--metrics-listen`, with port 0 resolved), if this proxy serves them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Shuts down gracefully and waits until it is done: stop accepting,

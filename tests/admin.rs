@@ -146,7 +146,21 @@ async fn the_admin_sees_pools_clients_stats_and_config_without_secrets() {
             .await
             .is_error());
 
-        let pools = records(&ops.cmd(&["RESPOOL", "POOLS"]).await);
+        // HELLO 3 starts the RESP3 lanes: their checkouts count as waiters
+        // until they hold their connections.
+        let deadline = std::time::Instant::now() + support::wait::DEADLINE;
+        let pools = loop {
+            let pools = records(&ops.cmd(&["RESPOOL", "POOLS"]).await);
+            if pools.iter().all(|p| int(p, "waiters") == 0) {
+                break pools;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "checkouts still waiting: {pools:?}"
+            );
+            // Polling granularity only.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
         assert_eq!(pools.len(), 1, "{pools:?}");
         let pool = &pools[0];
         assert_eq!(text(pool, "upstream"), redis.addr().to_string());

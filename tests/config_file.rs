@@ -69,6 +69,7 @@ fn sample(name: &str, files: &Files) -> Option<Vec<(&'static str, String)>> {
             ("admin-user", "ops".to_owned()),
         ]),
         "slowlog-threshold" => one("slowlog-threshold", "5ms"),
+        "metrics-listen" => one("metrics-listen", "127.0.0.1:9121"),
         "slowlog-max-len" => one("slowlog-max-len", "7"),
         "slowlog-args" => one("slowlog-args", "true"),
         "unix-permissions" => Some(vec![

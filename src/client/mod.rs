@@ -217,6 +217,9 @@ struct Client {
     authenticated: bool,
     /// Authenticated as `--admin-user`: may run `RESPOOL …`.
     admin: bool,
+    /// The last short command name counted (as a word), its length and id
+    /// (`id | len << 16`): the next request usually has the same.
+    last_command: std::cell::Cell<(u64, u32)>,
     /// CLIENT SETNAME, kept here so that naming a client does not pin it.
     name: Option<Bytes>,
     input: Input,
@@ -284,6 +287,7 @@ impl Client {
             protocol: 2,
             authenticated,
             admin: false,
+            last_command: std::cell::Cell::new((u64::MAX, 0)),
             name: None,
             input: Input::new(limits, shared.config.pool.read_buffer_size),
             output,
@@ -350,7 +354,10 @@ impl Client {
         progress |= self.poll_wait(cx)?;
         progress |= self.poll_deadlines(cx)?;
         if self.output.wants_write() {
-            match self.output.poll_write(&mut self.stream, cx) {
+            match self
+                .output
+                .poll_write(&mut self.stream, cx, &self.shared.stats.client_bytes_out)
+            {
                 Poll::Ready(Ok(())) => progress = true,
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}
@@ -406,7 +413,8 @@ impl Client {
             // EOF: the client is gone; replies still pending would reach
             // nobody. (Its commands still run, as with Redis.)
             Poll::Ready(Ok(0)) => Err(End::Done),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
+                self.shared.stats.client_bytes_in.add(n as u64);
                 self.touch();
                 self.member.active();
                 Ok(true)
@@ -435,7 +443,10 @@ impl Client {
                     tracing::debug!(peer = ?self.peer, waiting_for = wait.what(), "client hung up while its request waited");
                     return Err(End::Done);
                 }
-                Poll::Ready(Ok(_)) => parked.sent_while_waiting = true,
+                Poll::Ready(Ok(n)) => {
+                    self.shared.stats.client_bytes_in.add(n as u64);
+                    parked.sent_while_waiting = true;
+                }
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}
             }
@@ -514,7 +525,10 @@ impl Client {
         self.input.release_idle_buffer(in_flight == 0);
         self.flush_session(cx);
         if self.output.wants_write() {
-            match self.output.poll_write(&mut self.stream, cx) {
+            match self
+                .output
+                .poll_write(&mut self.stream, cx, &self.shared.stats.client_bytes_out)
+            {
                 Poll::Ready(Ok(())) => self.touch(),
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}

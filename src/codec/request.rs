@@ -144,6 +144,12 @@ impl<'a> RequestRef<'a> {
         &self.raw[self.name.0..self.name.0 + self.name.1]
     }
 
+    /// The request's bytes from the command name on (the name, then what
+    /// follows it): lets a short name be read as one word.
+    pub(crate) fn name_onwards(&self) -> &'a [u8] {
+        &self.raw[self.name.0..]
+    }
+
     /// All arguments, command name first.
     pub fn args(&self) -> ArgIter<'a> {
         let mut it = ArgIter {

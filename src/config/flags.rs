@@ -74,6 +74,8 @@ pub struct Flags {
     pub(crate) log: LogFlags,
     #[command(flatten)]
     pub(crate) admin: AdminFlags,
+    #[command(flatten)]
+    pub(crate) ops: OpsFlags,
 }
 
 /// The configuration file.
@@ -398,6 +400,15 @@ pub(crate) struct TopologyFlags {
     /// A client that wrote reads from the primary until a replica has caught up with its writes; off = reads go to replicas at once.
     #[arg(long, env = "RESPOOL_READ_YOUR_WRITES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub read_your_writes: bool,
+}
+
+/// What respool shows operators besides its log.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Metrics and health")]
+pub(crate) struct OpsFlags {
+    /// Serve HTTP on this address: /metrics (Prometheus text format), /healthz (200 while serving) and /readyz (200 while a validated upstream connection exists, else 503). Off unless given.
+    #[arg(long, env = "RESPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Logging.

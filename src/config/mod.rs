@@ -71,6 +71,9 @@ pub struct Config {
     pub(crate) log: LogSettings,
     /// The admin console and the slowlog.
     pub(crate) admin: AdminSettings,
+    /// `--metrics-listen`: where `/metrics`, `/healthz` and `/readyz` are
+    /// served, if anywhere.
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// AUTH passthrough: on when respool has no client users of its own.
@@ -406,7 +409,15 @@ impl Config {
             topology,
             log,
             admin,
+            ops,
         } = flags;
+        if let Some(metrics) = ops.metrics_listen {
+            if listener.listen.contains(&flags::ListenAddr::Tcp(metrics)) {
+                return Err(format!(
+                    "--metrics-listen {metrics} is the --listen address; give the metrics their own port"
+                ));
+            }
+        }
         if retry.timeout.is_zero()
             || pool.connect_timeout.is_zero()
             || pool.checkout_timeout.is_zero()
@@ -437,6 +448,7 @@ impl Config {
                 format: log.log_format,
                 level: log.log_level,
             },
+            metrics_listen: ops.metrics_listen,
         })
     }
 

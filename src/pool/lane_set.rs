@@ -9,7 +9,7 @@
 //! identity, so one identity's connections never serve another's commands.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bb8::{Pool, PooledConnection};
@@ -25,6 +25,7 @@ use super::{Health, PoolContext};
 use crate::client::inbox::ReplyInbox;
 use crate::client::roster::ReplyMemory;
 use crate::error::{ConnectError, Error};
+use crate::stats::{PoolProbe, PoolSnapshot};
 use bytes::Bytes;
 
 /// A dedicated connection, checked out for a pinned session.
@@ -50,7 +51,8 @@ pub(crate) struct PoolView {
     pub pinned_in_use: u32,
     /// `--max-pinned` (this event loop's share).
     pub pinned_max: u32,
-    /// Clients waiting for a dedicated connection.
+    /// Checkouts waiting for a connection: clients waiting for a dedicated
+    /// one, lanes waiting for theirs.
     pub waiters: usize,
     /// `validated`, `connecting` or `login refused`.
     pub state: &'static str,
@@ -66,8 +68,11 @@ pub(crate) struct LaneSet {
     /// The pool of dedicated connections, replaced by one of the new size
     /// when a reload changes `--max-pinned` (bb8 pools have a fixed size):
     /// sessions on the old pool's connections finish there, and the old
-    /// pool closes with its last connection.
-    pinned: std::sync::Mutex<Arc<PinnedPool>>,
+    /// pool closes with its last connection. Shared with the probe.
+    pinned: Arc<Mutex<Arc<PinnedPool>>>,
+    /// What `/metrics` reads of the set's pools (listed in the loop's
+    /// stats for as long as the set lives).
+    probe: Arc<LaneSetProbe>,
     /// Since when no client has used the set (the registry closes sets
     /// idle too long); `None` while one does.
     idle_since: std::sync::Mutex<Option<std::time::Instant>>,
@@ -80,15 +85,27 @@ impl LaneSet {
     pub fn open(endpoint: Endpoint, ctx: Arc<PoolContext>) -> LaneSet {
         let endpoint = Arc::new(endpoint);
         let health = Health::default();
+        let pinned = Arc::new(Mutex::new(Arc::new(PinnedPool::new(
+            &endpoint,
+            &ctx,
+            &health,
+            ctx.pool.max_pinned,
+        ))));
+        let probe = Arc::new(LaneSetProbe {
+            endpoint: endpoint.clone(),
+            lane_pools: Mutex::default(),
+            pinned: pinned.clone(),
+            lanes: AtomicUsize::new(0),
+            lanes_connected: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+        });
+        let listed: Arc<dyn PoolProbe> = probe.clone();
+        ctx.stats.add_pool(&listed);
         LaneSet {
-            resp2: SharedLanes::start(&endpoint, 2, &ctx, &health),
+            resp2: SharedLanes::start(&endpoint, 2, &ctx, &health, &probe),
             resp3: OnceLock::new(),
-            pinned: std::sync::Mutex::new(Arc::new(PinnedPool::new(
-                &endpoint,
-                &ctx,
-                &health,
-                ctx.pool.max_pinned,
-            ))),
+            pinned,
+            probe,
             endpoint,
             ctx,
             health,
@@ -113,20 +130,15 @@ impl LaneSet {
 
     /// What `RESPOOL POOLS` shows of the set.
     pub fn view(&self, role: &'static str) -> PoolView {
-        let mut lanes = self.resp2.lanes.len();
-        let mut pooled = self.resp2.pool.state();
-        if let Some(resp3) = self.resp3.get() {
-            lanes += resp3.lanes.len();
-            let more = resp3.pool.state();
-            pooled.connections += more.connections;
-            pooled.idle_connections += more.idle_connections;
-        }
-        let pinned_pool = self
-            .pinned
+        let snapshot = self.probe.snapshot();
+        let lane_connections = self
+            .probe
+            .lane_pools
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let pinned = pinned_pool.pool.state();
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|p| p.state().connections)
+            .sum();
         let state = if self.health.is_refused() {
             "login refused"
         } else if self.health.is_validated() {
@@ -135,16 +147,15 @@ impl LaneSet {
             "connecting"
         };
         PoolView {
-            upstream: self.addr(),
-            identity: self.endpoint.identity.user().to_string(),
+            upstream: snapshot.upstream,
+            identity: snapshot.identity.to_string(),
             role,
-            lanes,
-            // Each lane holds its connection checked out of the pool.
-            lane_connections: pooled.connections,
-            idle_spares: pooled.idle_connections,
-            pinned_in_use: pinned.connections - pinned.idle_connections,
-            pinned_max: pinned_pool.max,
-            waiters: pinned_pool.waiting.load(Ordering::Relaxed),
+            lanes: snapshot.lanes as usize,
+            lane_connections,
+            idle_spares: snapshot.idle_spares as u32,
+            pinned_in_use: snapshot.pinned_in_use as u32,
+            pinned_max: snapshot.pinned_max as u32,
+            waiters: snapshot.waiters as usize,
             state,
         }
     }
@@ -153,7 +164,9 @@ impl LaneSet {
     pub fn lane(&self, protocol: u8) -> LaneHandle {
         if protocol == 3 {
             self.resp3
-                .get_or_init(|| SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.health))
+                .get_or_init(|| {
+                    SharedLanes::start(&self.endpoint, 3, &self.ctx, &self.health, &self.probe)
+                })
                 .pick()
         } else {
             self.resp2.pick()
@@ -163,7 +176,7 @@ impl LaneSet {
     /// The pool of dedicated connections, sized by `--max-pinned` now.
     fn pinned_pool(&self) -> Arc<PinnedPool> {
         let limit = self.ctx.pinned_limit.load(Ordering::Relaxed);
-        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pinned = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
         if pinned.max != limit {
             tracing::info!(upstream = %self.addr(), from = pinned.max, to = limit, "--max-pinned changed: new sessions use a pool of the new size; sessions now open finish on the old one");
             *pinned = Arc::new(PinnedPool::new(
@@ -184,12 +197,13 @@ impl LaneSet {
         let pinned = self.pinned_pool();
         let pool = pinned.pool.clone();
         let failures = pinned.failures.clone();
-        let (ctx, addr) = (self.ctx.clone(), self.addr().clone());
-        let waiting = Waiting::enter(&pinned.waiting);
+        let (ctx, addr, probe) = (self.ctx.clone(), self.addr().clone(), self.probe.clone());
         async move {
-            let _waiting = waiting;
             let wait = ctx.pool.checkout_timeout;
-            match checkout(pool.clone(), failures, wait, Wait::Deadline).await {
+            let waiting = probe.waiting(&ctx.stats.checkout_wait[1]);
+            let checked_out = checkout(pool.clone(), failures, wait, Wait::Deadline).await;
+            drop(waiting);
+            match checked_out {
                 Ok(conn) => {
                     ctx.stats.pinned_checkouts.add(1);
                     Ok(conn)
@@ -351,8 +365,6 @@ fn build_pool(
 /// The shared lanes of one protocol (each holds a handle to the pool).
 struct SharedLanes {
     lanes: Vec<LaneHandle>,
-    /// The pool behind the lanes (for `RESPOOL POOLS`).
-    pool: Pool<UpstreamManager>,
     tasks: Vec<JoinHandle<()>>,
     next: AtomicUsize,
 }
@@ -367,10 +379,19 @@ impl SharedLanes {
         protocol: u8,
         ctx: &Arc<PoolContext>,
         health: &Health,
+        probe: &Arc<LaneSetProbe>,
     ) -> SharedLanes {
         let manager = UpstreamManager::new(endpoint.clone(), protocol, ctx.clone(), health.clone());
         let failures = manager.failures();
         let pool = build_pool(manager, ctx, PoolKind::Lanes, 0);
+        probe
+            .lane_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pool.clone());
+        probe
+            .lanes
+            .fetch_add(ctx.pool.max_connections as usize, Ordering::Relaxed);
         let (lanes, tasks) = (0..ctx.pool.max_connections as usize)
             .map(|id| {
                 let (handle, inbox) = LaneHandle::open();
@@ -381,13 +402,13 @@ impl SharedLanes {
                     inbox,
                     pool.clone(),
                     failures.clone(),
+                    probe.clone(),
                 );
                 (handle, tokio::spawn(lane.run()))
             })
             .unzip();
         SharedLanes {
             lanes,
-            pool,
             tasks,
             next: AtomicUsize::new(0),
         }
@@ -415,24 +436,6 @@ struct PinnedPool {
     max: u32,
     /// Connect failures, to say why a checkout failed.
     failures: watch::Receiver<Option<ConnectError>>,
-    /// Clients waiting for a connection (`RESPOOL POOLS`).
-    waiting: Arc<AtomicUsize>,
-}
-
-/// A client counted as waiting for a dedicated connection while this lives.
-struct Waiting(Arc<AtomicUsize>);
-
-impl Waiting {
-    fn enter(count: &Arc<AtomicUsize>) -> Waiting {
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count.clone())
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl PinnedPool {
@@ -448,7 +451,97 @@ impl PinnedPool {
             pool: build_pool(manager, ctx, PoolKind::Pinned, max),
             max,
             failures,
-            waiting: Arc::default(),
+        }
+    }
+}
+
+/// What `/metrics` reads of a lane set's pools: the pools themselves (bb8
+/// knows its idle and checked-out connections) and the gauges the lanes
+/// and checkouts keep. Updated only when a connection is taken or lost,
+/// never per request.
+pub(crate) struct LaneSetProbe {
+    endpoint: Arc<Endpoint>,
+    /// The pools behind the shared lanes, one per protocol started.
+    lane_pools: Mutex<Vec<Pool<UpstreamManager>>>,
+    /// The set's pool of dedicated connections (a reload may replace it).
+    pinned: Arc<Mutex<Arc<PinnedPool>>>,
+    /// Shared lanes started (every protocol).
+    lanes: AtomicUsize,
+    /// Lanes serving over a validated connection now.
+    lanes_connected: AtomicUsize,
+    /// Checkouts waiting for a connection now.
+    waiters: AtomicUsize,
+}
+
+impl std::fmt::Debug for LaneSetProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneSetProbe")
+            .field("upstream", &self.endpoint.node.addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LaneSetProbe {
+    /// A lane got a validated connection (`true`) or lost it.
+    pub fn lane_connected(&self, up: bool) {
+        if up {
+            self.lanes_connected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.lanes_connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a checkout as waiting until the guard is dropped, when its
+    /// wait is recorded in `waited`.
+    pub fn waiting<'a>(&'a self, waited: &'a crate::stats::Histogram) -> Waiting<'a> {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            probe: self,
+            waited,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+/// A checkout in progress (see [`LaneSetProbe::waiting`]); also when its
+/// future is dropped midway.
+pub(crate) struct Waiting<'a> {
+    probe: &'a LaneSetProbe,
+    waited: &'a crate::stats::Histogram,
+    since: std::time::Instant,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.probe.waiters.fetch_sub(1, Ordering::Relaxed);
+        self.waited.record_n(self.since.elapsed(), 1);
+    }
+}
+
+impl PoolProbe for LaneSetProbe {
+    fn snapshot(&self) -> PoolSnapshot {
+        let idle_spares = self
+            .lane_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|p| u64::from(p.state().idle_connections))
+            .sum();
+        let pinned_pool = self
+            .pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let pinned = pinned_pool.pool.state();
+        PoolSnapshot {
+            upstream: self.endpoint.node.addr(),
+            identity: self.endpoint.identity.user().into(),
+            lanes: self.lanes.load(Ordering::Relaxed) as u64,
+            lanes_connected: self.lanes_connected.load(Ordering::Relaxed) as u64,
+            idle_spares,
+            pinned_in_use: u64::from(pinned.connections - pinned.idle_connections),
+            pinned_max: u64::from(pinned_pool.max),
+            waiters: self.waiters.load(Ordering::Relaxed) as u64,
         }
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod client;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod redis;
 pub mod relay;

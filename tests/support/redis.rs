@@ -147,7 +147,10 @@ impl RedisServerBuilder {
                 dir,
             };
             server.spawn(&[]);
-            match server.poll_ready(Ready::Pong, READY_TIMEOUT) {
+            match server
+                .poll_ready(Ready::Pong, READY_TIMEOUT)
+                .and_then(|()| server.answers_itself())
+            {
                 Ok(()) => {
                     if let Some((keys, delay)) = self.loading {
                         server.reload_slowly(keys, delay);
@@ -677,6 +680,34 @@ impl RedisServer {
 
     /// One command on a fresh blocking connection. AUTH, when needed, is
     /// pipelined in front; an error reply to it is returned instead.
+    /// The server answering on the port is this one, not another test's
+    /// (another process may have bound the port first, while this one is
+    /// still on its way to exiting with "Address already in use").
+    fn answers_itself(&self) -> Result<(), StartFailure> {
+        let pid = self.child().as_ref().map(Child::id);
+        let info = self.probe(&[b"INFO", b"server"]);
+        let answering = match &info {
+            Ok(Reply::Bulk(text)) => String::from_utf8_lossy(text)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("process_id:")
+                        .map(|p| p.trim().parse::<u32>().ok())
+                })
+                .flatten(),
+            _ => None,
+        };
+        if pid.is_some() && answering == pid {
+            return Ok(());
+        }
+        Err(StartFailure {
+            port_in_use: true,
+            message: format!(
+                "another redis-server (pid {answering:?}) answers on port {}, not this one (pid {pid:?})",
+                self.port
+            ),
+        })
+    }
+
     fn probe(&self, args: &[&[u8]]) -> io::Result<Reply> {
         command_at(self.addr(), self.password.as_deref(), args)
     }

@@ -26,12 +26,14 @@ use super::job::{release_overtaken, Job, Replies, Sent};
 use super::Lane;
 use crate::codec::{ReplyDecoder, ReplyKind};
 use crate::error::Error;
+use crate::ops::commands::{command_id, nth_request_name};
 use crate::pool::connection::Broken;
 use crate::pool::manager::UpstreamManager;
 use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff};
 use crate::slowlog::{SlowRun, Slowlog};
+use crate::stats::FailCause;
 
 /// Stop taking new requests into the write buffer above this many bytes, so
 /// that a slow upstream pushes back on clients instead of growing memory.
@@ -52,14 +54,11 @@ const RETIRE_GRACE: Duration = Duration::from_secs(1);
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
 /// Records the run `sent` just finished in the slowlog if it took longer
-/// than the threshold from the lane taking it to `now`.
+/// than the threshold (`total`: from the lane taking it to its last reply).
 #[inline]
-fn check_slow(slowlog: &Slowlog, sent: &Sent, now: Instant, lane: &Lane) {
+fn check_slow(slowlog: &Slowlog, sent: &Sent, total: std::time::Duration, lane: &Lane) {
     let Some(job) = &sent.job else { return };
-    let (Some(threshold), Some(total)) = (
-        slowlog.threshold(),
-        now.checked_duration_since(job.accepted),
-    ) else {
+    let Some(threshold) = slowlog.threshold() else {
         return;
     };
     if total < threshold {
@@ -228,7 +227,7 @@ impl Carrier {
             };
             if job.hold_deadline <= now {
                 let error = lane.expired_error(&job, now, &mut None);
-                job.fail(&error, stats);
+                job.fail(&error, stats, FailCause::Unavailable);
                 continue;
             }
             if job.req.reply_to.abandoned() {
@@ -251,6 +250,7 @@ impl Carrier {
             self.gate.wrote(self.enqueued);
             stats.lane_writes.add(1);
             stats.lane_requests_written.add(batch_requests);
+            stats.upstream_bytes_out.add(self.enqueued - batch_start);
         }
     }
 
@@ -267,8 +267,9 @@ impl Carrier {
                 Poll::Ready(Err(Broken::Lost("connection closed by upstream".into())))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(Broken::Lost(e.to_string()))),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
                 self.io_since_tick = true;
+                lane.ctx.stats.upstream_bytes_in.add(n as u64);
                 Poll::Ready(self.on_replies(lane))
             }
             Poll::Pending => Poll::Pending,
@@ -415,6 +416,7 @@ impl Carrier {
                 "a reply arrived with no request pending".into(),
             ));
         };
+        let written = sent.written_at;
         let Some(job) = sent.job.as_mut() else {
             // A health check's PING: the runs before it were answered in
             // full, so nothing is gathered ahead of its reply.
@@ -458,6 +460,13 @@ impl Carrier {
                 return Ok(());
             }
         } else {
+            if frame.first() == Some(&b'-') {
+                // Rare: worth finding which command it answers.
+                let name = nth_request_name(&job.req.raw, job.answered + replies.count);
+                stats
+                    .command_errors
+                    .add(name.map_or(crate::ops::commands::OTHER, command_id));
+            }
             if self.transient_backoff.used() {
                 // Only a sequence that was drawn from needs replacing:
                 // building one per reply would cost more than the reply.
@@ -479,12 +488,26 @@ impl Carrier {
         self.served = true;
         replies.push(len);
         if replies.count == job.remaining() {
+            // The run is answered: one clock read for its latencies (and
+            // for the next fill of this turn).
+            let now = *self.turn_clock.get_or_insert_with(Instant::now);
+            // Read family when every request of the run is read-only (no
+            // popcount: it is a library call on baseline x86-64).
+            let all = u64::MAX >> (64 - job.req.count.clamp(1, 64));
+            let family = usize::from(job.req.retry_safe & all != all);
+            let n = u64::from(job.req.count);
+            let upstream = now.saturating_duration_since(written);
+            // Usually taken and written in the same turn: one subtraction.
+            let in_lane = if job.accepted == written {
+                upstream
+            } else {
+                now.saturating_duration_since(job.accepted)
+            };
+            stats.lane_latency[family].record_n(in_lane, n);
+            stats.upstream_latency[family].record_n(upstream, n);
             replies.deliver_to(rbuf, job);
             if let Some(slowlog) = &lane.ctx.slowlog {
-                // One clock read per batch of replies, shared by every run
-                // they finish.
-                let now = *self.turn_clock.get_or_insert_with(Instant::now);
-                check_slow(slowlog, sent, now, lane);
+                check_slow(slowlog, sent, in_lane, lane);
             }
             self.inflight.pop_front();
         }
@@ -498,6 +521,10 @@ impl Carrier {
         self.conn.broken = true;
         let addr = lane.addr();
         let (addr, retry, stats) = (&addr, lane.ctx.retry.get(), &lane.ctx.stats);
+        let cause = match broken {
+            Broken::BadReply(_) => FailCause::BadReply,
+            _ => FailCause::LostAfterWrite,
+        };
         let (reason, error) = match &broken {
             Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
             Broken::Moved(to) => (
@@ -545,7 +572,7 @@ impl Carrier {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
                 } else if deadline <= now {
-                    job.fail(&timeout_error, stats);
+                    job.fail(&timeout_error, stats, FailCause::Timeout);
                 } else if retry_safe && job.attempts < retry.retries {
                     job.attempts += 1;
                     job.written = true;
@@ -558,9 +585,9 @@ impl Carrier {
                         attempts,
                     }
                     .to_resp();
-                    job.fail(&line, stats);
+                    job.fail(&line, stats, FailCause::RetriesExhausted);
                 } else {
-                    job.fail(&error, stats);
+                    job.fail(&error, stats, cause);
                 }
             }
         }

@@ -45,6 +45,8 @@ use super::manager::UpstreamManager;
 use super::PoolContext;
 use crate::client::inbox::ReplySender;
 use crate::error::{ConnectError, Error};
+use crate::pool::lane_set::LaneSetProbe;
+use crate::stats::FailCause;
 pub(crate) use carrier::moved_to;
 use carrier::Carrier;
 use job::Job;
@@ -159,6 +161,8 @@ pub(crate) struct Lane {
     outage: Option<Outage>,
     /// All senders are gone: finish what is pending, then stop.
     closing: bool,
+    /// The lane set's gauges: whether this lane is connected.
+    probe: Arc<LaneSetProbe>,
 }
 
 impl Lane {
@@ -169,6 +173,7 @@ impl Lane {
         inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
         failures: watch::Receiver<Option<ConnectError>>,
+        probe: Arc<LaneSetProbe>,
     ) -> Lane {
         Lane {
             id,
@@ -181,6 +186,7 @@ impl Lane {
             queue: VecDeque::new(),
             outage: None,
             closing: false,
+            probe,
         }
     }
 
@@ -208,7 +214,10 @@ impl Lane {
                 generation = Some(conn.generation);
             }
             let mut carrier = Carrier::new(conn, &self);
-            match poll_fn(|cx| carrier.poll_serve(cx, &mut self)).await {
+            self.probe.lane_connected(true);
+            let served = poll_fn(|cx| carrier.poll_serve(cx, &mut self)).await;
+            self.probe.lane_connected(false);
+            match served {
                 None => {
                     carrier.finish();
                     return;
@@ -316,7 +325,7 @@ impl Lane {
                 break;
             };
             let line = self.expired_error(&job, now, &mut not_sent);
-            job.fail(&line, &self.ctx.stats);
+            job.fail(&line, &self.ctx.stats, FailCause::Unavailable);
         }
     }
 }
