@@ -163,6 +163,10 @@ pub struct Proxy {
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    /// Stops `/metrics`, `/healthz` and `/readyz` once the proxy has
+    /// stopped: during a drain (SIGTERM, `RESPOOL DRAIN`) they keep
+    /// answering, so a load balancer sees `/readyz` turn 503.
+    metrics_stop: CancellationToken,
 }
 
 impl Proxy {
@@ -265,9 +269,14 @@ impl Proxy {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Arc::downgrade(&shared));
         let shutdown = CancellationToken::new();
+        let metrics_stop = CancellationToken::new();
         let metrics_addr = metrics.map(|(listener, bound)| {
             let process = shared.process.clone();
-            tokio::spawn(crate::ops::http::serve(listener, process, shutdown.clone()));
+            tokio::spawn(crate::ops::http::serve(
+                listener,
+                process,
+                metrics_stop.clone(),
+            ));
             tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz");
             bound
         });
@@ -288,6 +297,7 @@ impl Proxy {
             metrics_addr,
             shutdown,
             task,
+            metrics_stop,
         })
     }
 
@@ -327,6 +337,7 @@ impl Proxy {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        self.metrics_stop.cancel();
     }
 }
 

@@ -186,6 +186,35 @@ async fn readyz_follows_the_upstream_down_and_back() {
 }
 
 #[tokio::test]
+async fn readyz_is_not_ready_while_paused_or_draining() {
+    let redis = RedisServer::start();
+    let (proxy, metrics) =
+        proxy_with_metrics(&redis, &["--user", "ops:ops-pw", "--admin-user", "ops"]).await;
+    let readyz = || http_get(metrics, "/readyz").expect("/readyz answers");
+    let generous = Duration::from_secs(30);
+    wait::until("/readyz 200", generous, || readyz().status == 200);
+    let mut ops = proxy.client().await;
+    ops.cmd(&["AUTH", "ops", "ops-pw"]).await.expect_ok();
+
+    ops.cmd(&["RESPOOL", "PAUSE", "WRITE", "60s"])
+        .await
+        .expect_ok();
+    let paused = readyz();
+    assert_eq!(paused.status, 503, "{paused:?}");
+    assert!(paused.body.contains("paused"), "{paused:?}");
+    ops.cmd(&["RESPOOL", "RESUME"]).await.expect_ok();
+    assert_eq!(readyz().status, 200);
+
+    ops.cmd(&["RESPOOL", "DRAIN"]).await.expect_ok();
+    let draining = readyz();
+    assert_eq!(draining.status, 503, "{draining:?}");
+    assert!(draining.body.contains("draining"), "{draining:?}");
+    // Liveness: the process still serves.
+    assert_eq!(http_get(metrics, "/healthz").map(|r| r.status), Some(200));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_hostile_http_peer_costs_nothing() {
     let redis = RedisServer::start();
     let (proxy, metrics) = proxy_with_metrics(&redis, &[]).await;
