@@ -12,6 +12,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::{ClientSettings, Config, RetrySettings};
+use crate::pool::endpoint::FollowedAddr;
 use crate::retry::BackoffPolicy;
 use crate::tls::ListenerTls;
 
@@ -30,6 +31,11 @@ pub(crate) struct Live {
     /// Each event loop's share of `--max-pinned`, in the order the loops
     /// started.
     pinned: Mutex<Vec<Arc<AtomicU32>>>,
+    /// The `--upstream` address every loop's lanes connect to, which a
+    /// reload may move (lanes then drain their connections and validate
+    /// new ones there, as after a failover). `None` under Sentinel, which
+    /// decides the address itself.
+    pub upstream: Option<Arc<FollowedAddr>>,
 }
 
 impl Live {
@@ -41,6 +47,12 @@ impl Live {
             listener_tls: ArcSwapOption::from(config.listener.tls.clone().map(Arc::new)),
             retry: Arc::new(LiveRetry::new(config.retry)),
             pinned: Mutex::default(),
+            upstream: config.topology.sentinel.is_none().then(|| {
+                let addr = config.upstream.node.addr();
+                let followed = FollowedAddr::unknown(&addr, "no upstream address");
+                followed.set(&addr);
+                Arc::new(followed)
+            }),
         }
     }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, Effective, Loaded};
 use crate::live::Live;
+use crate::pool::endpoint::Endpoint;
 
 /// The settings a reload applies while respool runs; any other is reported
 /// as needing a restart.
@@ -93,6 +94,9 @@ pub struct Reloader {
     args: Vec<OsString>,
     /// What the last start or reload read and applied.
     applied: Mutex<Effective>,
+    /// The `--upstream` endpoint applied last, to tell a move (the same
+    /// Redis login elsewhere: applied live) from another upstream.
+    upstream: Mutex<Endpoint>,
     live: Option<Arc<Live>>,
     log_filter: Option<LogFilter>,
 }
@@ -112,6 +116,7 @@ impl Reloader {
         Reloader {
             args,
             applied: Mutex::new(started.effective.clone()),
+            upstream: Mutex::new(started.config.upstream.clone()),
             live: None,
             log_filter: None,
         }
@@ -161,11 +166,15 @@ impl Reloader {
         let old_tls = live.listener_tls.load_full();
         let tls_flips = old_tls.is_some() != new.config.listener.tls.is_some();
 
+        let mut upstream = self.upstream.lock().unwrap_or_else(|e| e.into_inner());
+        let moves_upstream =
+            live.upstream.is_some() && only_the_address_differs(&upstream, &new.config.upstream);
+
         let mut changes = Vec::new();
         let mut next = applied.clone();
         for (old, now) in applied.changed(&new.effective) {
             let name = old.name.as_str();
-            let live_setting = LIVE.contains(&name)
+            let live_setting = (LIVE.contains(&name) || (name == "upstream" && moves_upstream))
                 && !(passthrough_flips && OWN_USERS.contains(&name))
                 && !(tls_flips && name.starts_with("tls-"));
             let detail = if old.secret {
@@ -183,6 +192,7 @@ impl Reloader {
             }
         }
         let applies = |name: &str| changes.iter().any(|c| c.applied && c.setting == name);
+        let upstream_moved = applies("upstream");
         let users_changed = OWN_USERS.iter().any(|n| applies(n));
         let cert_changed = applies("tls-cert") || applies("tls-key");
         let hold_changed = applies("hold-timeout");
@@ -230,9 +240,28 @@ impl Reloader {
             }
             live.listener_tls.store(Some(Arc::new(tls.clone())));
         }
+        // The upstream's new address: lanes drain their connections to the
+        // old one and validate new ones, as after a failover.
+        if let (true, Some(followed)) = (upstream_moved, &live.upstream) {
+            followed.set(&new.config.upstream.node.addr());
+            *upstream = new.config.upstream.clone();
+        }
         *applied = next;
         Ok(changes)
     }
+}
+
+/// Whether `new` is `old` at another address: the same login, database
+/// and TLS (with the same certificate name), so the lanes may move to it
+/// as they follow a failover. Anything else is another upstream, which
+/// needs a restart.
+fn only_the_address_differs(old: &Endpoint, new: &Endpoint) -> bool {
+    let same_tls = match (&old.node.tls, &new.node.tls) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.server_name == b.server_name && a.insecure == b.insecure,
+        _ => false,
+    };
+    same_tls && old.identity == new.identity && old.db == new.db
 }
 
 /// A clap error on one log line: its message lines, without the usage

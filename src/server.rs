@@ -251,7 +251,7 @@ impl Proxy {
                 .is_some()
                 .then(|| process.slowlog.clone()),
         });
-        let router = Router::start(&config, ctx);
+        let router = Router::start(&config, ctx, process.live.upstream.clone());
         let tls = config.listener.tls.is_some();
         let shared = Arc::new(Shared {
             config,

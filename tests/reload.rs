@@ -511,3 +511,80 @@ async fn respool_reload_from_the_admin_console_applies_the_file() {
     );
     login(addr, "app", "two").await.1.expect_ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_upstream_to_a_new_address() {
+    let old = RedisServer::start();
+    let new = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("respool.toml");
+    write_config(&file, &format!("upstream = \"{}\"\n", old.url()));
+    let file_arg = file.display().to_string();
+    let proxy = ProxyProcess::start("", &["--config", &file_arg]);
+    let addr = proxy.addr();
+
+    // Writers that must see no error across the move.
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for id in 0..3 {
+        let mut client = TestClient::connect(addr).await.expect("connect");
+        let (stop, errors) = (stop.clone(), errors.clone());
+        writers.push(tokio::spawn(async move {
+            let key = format!("writer:{id}");
+            while !stop.load(Ordering::Relaxed) {
+                let reply = client.cmd(&["SET", key.as_str(), "v"]).await;
+                if !matches!(&reply, Reply::Simple(s) if s == "OK") {
+                    errors.lock().unwrap().push(format!("{key}: {reply}"));
+                    return;
+                }
+            }
+        }));
+    }
+    let mut session = TestClient::connect(addr).await.expect("connect");
+    session.cmd(&["MULTI"]).await.expect_ok();
+    wait::until("the writers to reach the old Redis", wait::DEADLINE, || {
+        old.command(&[b"EXISTS", b"writer:2"]) == Reply::Int(1)
+    });
+
+    // Another address, the same login: applied live.
+    write_config(&file, &format!("upstream = \"{}\"\n", new.url()));
+    sighup(&proxy, "reload: upstream changed");
+    wait::until("the writers to reach the new Redis", wait::DEADLINE, || {
+        new.command(&[b"EXISTS", b"writer:2"]) == Reply::Int(1)
+    });
+    // The old Redis is left: no connection of respool's stays on it.
+    wait::until("respool to leave the old Redis", wait::DEADLINE, || {
+        let clients = old.command(&[b"CLIENT", b"LIST"]);
+        let listed = clients.as_str().map_or(0, |l| l.lines().count());
+        // Only the CLIENT LIST's own connection.
+        listed == 1
+    });
+    // The transaction was on the old Redis: it is gone, and said so.
+    let exec = session.cmd(&["EXEC"]).await;
+    let Reply::Error(why) = &exec else {
+        panic!("EXEC after the move answered {exec}");
+    };
+    assert!(why.contains("moved to"), "{why}");
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let errors = errors.lock().unwrap();
+    assert!(
+        errors.is_empty(),
+        "writers failed across the move: {errors:?}"
+    );
+
+    // Another login is another upstream: a restart, not a move.
+    let elsewhere = new.url().replace("redis://", "redis://someone:pw@");
+    write_config(&file, &format!("upstream = \"{elsewhere}\"\n"));
+    sighup(&proxy, "upstream changed");
+    assert!(
+        proxy.log().contains("needs a restart, left unchanged"),
+        "{}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains("someone:pw"), "a password in the log");
+}

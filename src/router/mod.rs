@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::pool::endpoint::Identity;
+use crate::pool::endpoint::{FollowedAddr, Identity};
 use crate::pool::{LaneSet, PoolContext, Registry};
 use crate::topology::replicas::ReplicaSet;
 use crate::topology::Topology;
@@ -28,8 +28,14 @@ pub(crate) struct Router {
 
 impl Router {
     /// Opens the lane sets the configuration names.
-    pub fn start(config: &Config, ctx: Arc<PoolContext>) -> Router {
-        let topology = Topology::start(config, &ctx);
+    /// `upstream`: the process's movable `--upstream` address (see
+    /// [`crate::live::Live::upstream`]).
+    pub fn start(
+        config: &Config,
+        ctx: Arc<PoolContext>,
+        upstream: Option<Arc<FollowedAddr>>,
+    ) -> Router {
+        let topology = Topology::start(config, &ctx, upstream);
         let registry = Arc::new(Registry::start(
             topology.primary.clone(),
             ctx,

@@ -42,7 +42,13 @@ pub(crate) struct Topology {
 impl Topology {
     /// Starts following the primary and checking the replicas, as the
     /// configuration asks.
-    pub fn start(config: &Config, ctx: &Arc<PoolContext>) -> Topology {
+    /// `upstream`: where `--upstream` is now, which a reload may move
+    /// (without Sentinel).
+    pub fn start(
+        config: &Config,
+        ctx: &Arc<PoolContext>,
+        upstream: Option<Arc<FollowedAddr>>,
+    ) -> Topology {
         let mut tasks = Vec::new();
         let mut primary = config.upstream.clone();
         let mut sentinel = None;
@@ -72,6 +78,8 @@ impl Topology {
             };
             tasks.push(tokio::spawn(follower.run()));
             sentinel = Some((settings.master.clone(), state));
+        } else if let Some(upstream) = upstream {
+            primary.node = Node::followed(upstream, config.upstream.node.tls.clone(), false);
         }
         let replicas = (config.topology.replicas.read_from != ReadFrom::Primary).then(|| {
             let set = Arc::new(ReplicaSet::new(config.topology.replicas));

@@ -67,11 +67,13 @@ impl ProxyProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> ProxyProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_respool"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--upstream")
-            .arg(upstream_url)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_respool"));
+        command.arg("--listen").arg(addr.to_string());
+        // An empty URL: the upstream comes from elsewhere (a --config file).
+        if !upstream_url.is_empty() {
+            command.arg("--upstream").arg(upstream_url);
+        }
+        let mut child = command
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

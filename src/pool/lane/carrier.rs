@@ -527,10 +527,7 @@ impl Carrier {
         };
         let (reason, error) = match &broken {
             Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
-            Broken::Moved(to) => (
-                format!("the primary failed over to {to}"),
-                Error::LostAfterWrite,
-            ),
+            Broken::Moved(to) => (format!("the primary moved to {to}"), Error::LostAfterWrite),
             Broken::Timeout => (
                 format!("no reply within {:?}", retry.timeout),
                 Error::LostAfterWrite,
