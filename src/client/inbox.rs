@@ -137,8 +137,13 @@ impl ReplySender {
     /// Marks the client as the one `--max-reply-memory` disconnects: what
     /// arrives for it is dropped from now on. False if it was already, or
     /// has gone.
-    pub fn doom(&self) -> bool {
-        self.0.budget.doom()
+    pub fn doom(&self, bytes: usize) -> bool {
+        self.0.budget.doom(bytes)
+    }
+
+    /// Whether `--max-reply-memory` has chosen the client already.
+    pub fn is_doomed(&self) -> bool {
+        self.0.budget.held.load(Ordering::Relaxed) & DOOMED != 0
     }
 
     /// Whether both send to the same client.
@@ -165,6 +170,9 @@ pub(crate) struct OutputBudget {
     /// back down — replies may have been dropped for it.
     exceeded: AtomicBool,
     memory: Arc<ReplyMemory>,
+    /// What the client held when `--max-reply-memory` chose it (counted in
+    /// the process's bytes of clients on their way out until it goes).
+    doomed_bytes: AtomicUsize,
 }
 
 /// The bit of [`OutputBudget::held`] that says the client has gone.
@@ -183,6 +191,7 @@ impl OutputBudget {
             limit,
             exceeded: AtomicBool::new(false),
             memory,
+            doomed_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -224,13 +233,17 @@ impl OutputBudget {
         if before & CLOSED == 0 {
             self.memory.released(before & BYTES);
             if before & DOOMED != 0 {
-                self.memory.victim_gone();
+                self.memory
+                    .victim_gone(self.doomed_bytes.load(Ordering::Acquire));
             }
         }
     }
 
     /// See [`ReplySender::doom`].
-    fn doom(&self) -> bool {
+    fn doom(&self, bytes: usize) -> bool {
+        // Set before the mark that makes `close` read it; only one thread
+        // chooses at a time (`ReplyMemory::choosing`).
+        self.doomed_bytes.store(bytes, Ordering::Release);
         let doomed = self
             .held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {

@@ -58,14 +58,19 @@ pub(crate) async fn keep_time(roster: Weak<Roster>) {
 /// Reply bytes held for every client of the process — received from the
 /// upstream, not yet written to the client — against `--max-reply-memory`.
 /// Past it, the client holding the most is disconnected, as Redis's
-/// `maxmemory-clients` evicts the biggest client: one at a time, the next
-/// only once the last one's memory is freed.
+/// `maxmemory-clients` evicts the biggest client; the next one only if the
+/// total stays over the budget even without what the clients already
+/// chosen hold (their memory is freed when their tasks end, which on a
+/// busy machine may take a while, while the others keep receiving).
 #[derive(Debug)]
 pub(crate) struct ReplyMemory {
     held: AtomicUsize,
     limit: Option<usize>,
-    /// Clients chosen and not gone yet.
+    /// Reply bytes of the clients chosen and not gone yet (as they held
+    /// when chosen).
     dying: AtomicUsize,
+    /// Held while a victim is chosen: one at a time.
+    choosing: std::sync::Mutex<()>,
     evictions: AtomicU64,
     /// Where the biggest client is found.
     roster: Weak<Roster>,
@@ -83,6 +88,7 @@ impl ReplyMemory {
             held: AtomicUsize::new(0),
             limit,
             dying: AtomicUsize::new(0),
+            choosing: std::sync::Mutex::new(()),
             evictions: AtomicU64::new(0),
             roster,
         }
@@ -113,44 +119,50 @@ impl ReplyMemory {
         self.held.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// A client chosen to free memory has gone.
-    pub fn victim_gone(&self) {
-        self.dying.fetch_sub(1, Ordering::Relaxed);
+    /// A client chosen to free memory has gone; it held `bytes` when
+    /// chosen.
+    pub fn victim_gone(&self, bytes: usize) {
+        self.dying.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Over budget: disconnects the client holding the most, unless one
-    /// chosen earlier is still on its way out.
+    /// Over budget: disconnects the client holding the most, unless the
+    /// clients already on their way out will bring the total back within
+    /// it.
     #[cold]
     fn evict_biggest(&self, total: usize) {
-        if self
-            .dying
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        let Some(limit) = self.limit else { return };
+        if total.saturating_sub(self.dying.load(Ordering::Acquire)) <= limit {
             return;
         }
+        let Ok(_choosing) = self.choosing.try_lock() else {
+            // Another thread is choosing one now.
+            return;
+        };
         let victim = self.roster.upgrade().and_then(|roster| {
             roster
                 .all()
                 .into_iter()
+                .filter(|m| !m.replies.is_doomed())
                 .max_by_key(|m| m.replies.held())
                 .filter(|m| m.replies.held() > 0)
         });
-        match victim {
-            Some(victim) if victim.replies.doom() => {
-                self.evictions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    client = victim.id,
-                    addr = ?victim.addr,
-                    held_bytes = victim.replies.held(),
-                    total_bytes = total,
-                    "reply memory (--max-reply-memory) exceeded; disconnecting the client holding the most"
-                );
-                victim.kill.cancel();
-            }
-            _ => {
-                self.dying.store(0, Ordering::Release);
-            }
+        let Some(victim) = victim else { return };
+        let bytes = victim.replies.held();
+        // Counted before the client is marked, so that its leaving (which
+        // takes `bytes` off again) can never come first.
+        self.dying.fetch_add(bytes, Ordering::AcqRel);
+        if victim.replies.doom(bytes) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                client = victim.id,
+                addr = ?victim.addr,
+                held_bytes = bytes,
+                total_bytes = total,
+                "reply memory (--max-reply-memory) exceeded; disconnecting the client holding the most"
+            );
+            victim.kill.cancel();
+        } else {
+            self.dying.fetch_sub(bytes, Ordering::AcqRel);
         }
     }
 }
