@@ -44,7 +44,7 @@ pub enum Error {
     /// A pinned session's upstream moved (a failover, or a reload that
     /// changed `--upstream`'s address): its transaction, WATCH,
     /// subscription or blocking command stayed on the old one.
-    #[error("the primary moved to {to} (a failover, or a reload of --upstream); this connection's transaction, WATCH, subscription or blocking command was on the old one and is gone, and a command in flight may or may not have executed: reconnect and start it again")]
+    #[error("the primary moved (a failover, or a reload of --upstream; now: {to}); this connection's transaction, WATCH, subscription or blocking command was on the old one and is gone, and a command in flight may or may not have executed: reconnect and start it again")]
     PrimaryMoved {
         /// The new primary's address.
         to: Arc<str>,

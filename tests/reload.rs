@@ -565,7 +565,7 @@ async fn a_reload_moves_the_upstream_to_a_new_address() {
     let Reply::Error(why) = &exec else {
         panic!("EXEC after the move answered {exec}");
     };
-    assert!(why.contains("moved to"), "{why}");
+    assert!(why.contains("primary moved"), "{why}");
 
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
