@@ -10,14 +10,17 @@ the difference in requests cancels start-up and idle costs.
 
 usage: benches/instructions.py [--proxy PATH] [--clients 50] [--test get]
            [--pipeline 1 --small 10000 --large 30000] [--extra "FLAGS"]
-           [--keyspace N] [--cluster N]
+           [--unix-clients] [--unix-upstream] [--keyspace N] [--cluster N]
 
 The proxy is started as
   PATH --listen 127.0.0.1:PORT --upstream redis://127.0.0.1:PORT --threads 1 EXTRA
-(any respool build, or examples/baseline_mux). With --cluster N, the
-upstream is a Redis Cluster of N primaries (no replicas) formed with
-`redis-cli --cluster create`, and the proxy gets `--cluster` and every node
-as a seed: redis-benchmark's random keys spread over all of them.
+(any respool build, or examples/baseline_mux). `--unix-clients` also has it
+listen on a Unix socket (`--listen unix:…`), which the load then uses;
+`--unix-upstream` connects it to Redis's Unix socket (`unix://…`). With
+`--cluster N`, the upstream is a Redis Cluster of N primaries (no replicas)
+formed with `redis-cli --cluster create`, and the proxy gets `--cluster`
+and every node as a seed; `--keyspace N` has redis-benchmark use random
+keys out of N (`-r`), so that they spread over the primaries.
 """
 import argparse
 import glob
@@ -51,10 +54,11 @@ def wait_pong(port, proc, timeout=60.0):
     sys.exit(f"nothing answered PING on port {port} within {timeout}s")
 
 
-def load(port, clients, pipeline, test, requests, keyspace=None):
+def load(port, clients, pipeline, test, requests, socket_path=None, keyspace=None):
+    target = ["-s", socket_path] if socket_path else ["-p", str(port)]
     spread = ["-r", str(keyspace)] if keyspace else []
     subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
+        ["redis-benchmark", *target, "-c", str(clients), "-P", str(pipeline),
          "-n", str(requests), "-t", test, "-q", *spread],
         check=True, stdout=subprocess.DEVNULL)
 
@@ -105,6 +109,8 @@ def main():
     ap.add_argument("--small", type=int, default=None)
     ap.add_argument("--large", type=int, default=None)
     ap.add_argument("--extra", default="")
+    ap.add_argument("--unix-clients", action="store_true")
+    ap.add_argument("--unix-upstream", action="store_true")
     ap.add_argument("--keyspace", type=int, default=None,
                     help="random keys out of this many (redis-benchmark -r), else one key")
     ap.add_argument("--cluster", type=int, default=0,
@@ -115,13 +121,13 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         proxy_port = free_port()
-        servers = []
         ports = [free_port() for _ in range(max(args.cluster, 1))]
+        servers = []
         for i, port in enumerate(ports):
             node_dir = os.path.join(tmp, f"node{i}")
             os.mkdir(node_dir)
             extra = (["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
-                     if args.cluster else [])
+                     if args.cluster else ["--unixsocket", f"{tmp}/redis.sock"])
             servers.append(subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                  "--save", "", "--appendonly", "no", "--dir", node_dir, *extra],
@@ -130,23 +136,26 @@ def main():
         try:
             for port, server in zip(ports, servers):
                 wait_pong(port, server)
-            upstream = ["--upstream", f"redis://127.0.0.1:{ports[0]}"]
+            upstream = ["--upstream", f"unix://{tmp}/redis.sock" if args.unix_upstream
+                        else f"redis://127.0.0.1:{ports[0]}"]
             if args.cluster:
                 form_cluster(ports)
                 upstream = ["--cluster", "--upstream",
                             ",".join(f"redis://127.0.0.1:{p}" for p in ports)]
+            sock = f"{tmp}/respool.sock" if args.unix_clients else None
+            unix_listen = ["--listen", f"unix:{sock}"] if sock else []
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out.%p",
-                   args.proxy, "--listen", f"127.0.0.1:{proxy_port}",
+                   args.proxy, "--listen", f"127.0.0.1:{proxy_port}", *unix_listen,
                    *upstream, "--threads", "1",
                    *args.extra.split()]
             proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_pong(proxy_port, proxy)
             # Warm up: lanes connected, buffers grown, clients' code paths hot.
-            load(proxy_port, args.clients, args.pipeline, args.test, small, args.keyspace)
+            load(proxy_port, args.clients, args.pipeline, args.test, small, sock, args.keyspace)
             dump(proxy.pid, tmp, "warm-up")
-            load(proxy_port, args.clients, args.pipeline, args.test, small, args.keyspace)
+            load(proxy_port, args.clients, args.pipeline, args.test, small, sock, args.keyspace)
             a = dump(proxy.pid, tmp, "small")
-            load(proxy_port, args.clients, args.pipeline, args.test, large, args.keyspace)
+            load(proxy_port, args.clients, args.pipeline, args.test, large, sock, args.keyspace)
             b = dump(proxy.pid, tmp, "large")
             per = (b - a) / (large - small)
             print(f"{args.test} clients={args.clients} pipeline={args.pipeline}: "

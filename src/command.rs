@@ -101,6 +101,9 @@ pub enum Local {
     /// `INFO` with its `clients` section: Redis's reply, with
     /// `connected_clients` counting respool's clients.
     Info,
+    /// `RESPOOL …`: the admin console (`--admin-user`), respool's own
+    /// command (Redis has none by that name).
+    Admin,
 }
 
 /// The CLIENT subcommands that act on clients: respool's clients are not
@@ -184,6 +187,7 @@ pub fn classify(req: RequestRef<'_>, db: u32) -> Command {
             _ => Command::dedicated(Stateful::Select),
         },
         b"CLIENT" => classify_client(req),
+        b"RESPOOL" => Command::local(Local::Admin),
         b"INFO"
             if req.argc() == 2
                 && req
@@ -316,6 +320,17 @@ impl DenyList {
                 .map(|n| n.as_ref().to_ascii_uppercase().into_bytes())
                 .collect(),
         }
+    }
+
+    /// The refused names, sorted (`RESPOOL CONFIG`).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .names
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// True when the request's command (or command|subcommand) is denied.
@@ -591,6 +606,10 @@ mod tests {
         assert_eq!(
             class(&["info", "Respool"]).route,
             Route::Local(Local::Stats)
+        );
+        assert_eq!(
+            class(&["respool", "pools"]).route,
+            Route::Local(Local::Admin)
         );
         // Every other INFO is Redis's; with its clients section, counted
         // in respool's terms.

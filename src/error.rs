@@ -41,9 +41,10 @@ pub enum Error {
     /// safe to run again, so its outcome is unknown.
     #[error("upstream connection lost; the command may or may not have executed")]
     LostAfterWrite,
-    /// A pinned session's primary failed over: its transaction, WATCH,
-    /// subscription or blocking command stayed on the old primary.
-    #[error("the primary failed over to {to}; this connection's transaction, WATCH, subscription or blocking command was on the old primary and is gone, and a command in flight may or may not have executed: reconnect and start it again")]
+    /// A pinned session's upstream moved (a failover, or a reload that
+    /// changed `--upstream`'s address): its transaction, WATCH,
+    /// subscription or blocking command stayed on the old one.
+    #[error("the primary moved (a failover, or a reload of --upstream; now: {to}); this connection's transaction, WATCH, subscription or blocking command was on the old one and is gone, and a command in flight may or may not have executed: reconnect and start it again")]
     PrimaryMoved {
         /// The new primary's address.
         to: Arc<str>,

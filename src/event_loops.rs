@@ -1,6 +1,7 @@
 //! `--threads N`: N independent event loops, each a single-threaded runtime
 //! on a thread of its own, with its own listener on the shared address
 //! (SO_REUSEPORT: the kernel spreads connections), its own lanes and pools.
+//! A Unix socket is bound once, and every loop accepts on it.
 //! Nothing is shared on the request path, so no wake-up ever crosses threads.
 //! The binary runs them this way, and so does `respool bench --sweep`.
 
@@ -10,18 +11,20 @@ use std::thread::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Process;
+use crate::server::{bind_unix, Process};
+use crate::unix_socket::UnixBinding;
 use crate::{Config, Proxy};
 
 /// Running event loops; [`EventLoops::stop`] shuts them down.
 pub struct EventLoops {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
+    process: Arc<Process>,
     stop: CancellationToken,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// What a loop reports once it listens: its address, or why it could not.
-type Started = Result<SocketAddr, String>;
+type Started = Result<Option<SocketAddr>, String>;
 
 impl EventLoops {
     /// Starts `count` loops, each with its share of the pool sizes
@@ -32,9 +35,11 @@ impl EventLoops {
     pub fn start(config: Config, count: usize) -> Result<EventLoops, String> {
         let count = count.max(1);
         let process = Process::new(&config);
+        let unix = bind_unix(&config).map_err(|e| e.to_string())?;
         let (started_tx, started_rx) = mpsc::channel::<Started>();
         let mut loops = EventLoops {
             addr: config.listen_addr(),
+            process: process.clone(),
             stop: CancellationToken::new(),
             threads: Vec::with_capacity(count),
         };
@@ -45,6 +50,7 @@ impl EventLoops {
                 share,
                 process.clone(),
                 loops.addr,
+                unix.clone(),
                 loops.stop.clone(),
                 started_tx.clone(),
             );
@@ -84,9 +90,17 @@ impl EventLoops {
         Ok(loops)
     }
 
-    /// The address the loops share.
+    /// Makes the configuration reloadable for every loop (see
+    /// [`Proxy::enable_reload`]).
+    pub fn enable_reload(&self, reloader: crate::reload::Reloader) -> Arc<crate::reload::Reloader> {
+        crate::server::enable_reload(&self.process, reloader)
+    }
+
+    /// The TCP address the loops share; `0.0.0.0:0` when they listen on a
+    /// Unix socket only.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Shuts every loop down gracefully (each as [`Proxy::shutdown`] does)
@@ -112,7 +126,8 @@ fn spawn_loop(
     index: usize,
     config: Config,
     process: Arc<Process>,
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
+    unix: Option<Arc<UnixBinding>>,
     stop: CancellationToken,
     started: mpsc::Sender<Started>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -127,14 +142,14 @@ fn spawn_loop(
                 }
             };
             runtime.block_on(async move {
-                let proxy = match Proxy::start_loop(config, process, Some(addr)).await {
+                let proxy = match Proxy::start_loop(config, process, addr, unix).await {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = started.send(Err(e.to_string()));
                         return;
                     }
                 };
-                let _ = started.send(Ok(proxy.local_addr()));
+                let _ = started.send(Ok(proxy.tcp_addr()));
                 stop.cancelled().await;
                 proxy.shutdown().await;
             });

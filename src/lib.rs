@@ -23,11 +23,19 @@
 //! * `pool` — endpoints and their lane sets: shared lanes that multiplex many
 //!   clients over few connections, pinned connections, the bb8 pools and
 //!   the validation gate behind them.
-//! * `net` — the byte stream of a connection: plain TCP or TLS (tokio-rustls).
+//! * `net` — the byte stream of a connection: plain TCP, TLS (tokio-rustls)
+//!   or a Unix socket; `unix_socket` — a Unix listener's socket file.
 //! * `tls` — certificates and keys for the listener and `rediss://` upstreams.
 //! * `retry` — backoff and what may be retried.
 //! * `error` — the error a client is told, rendered as a Redis error line.
-//! * `stats` — the counters behind `INFO respool`.
+//! * `stats` — the counters behind `INFO respool` and `/metrics`.
+//! * `live` — the settings a reload can change, read once per connection
+//!   or checkout; [`reload`] re-reads the configuration and applies it.
+//! * `slowlog` — runs slower than `--slowlog-threshold`, for `RESPOOL
+//!   SLOWLOG` and the log; `client/admin` answers the `RESPOOL` admin
+//!   commands (`--admin-user`).
+//! * `ops` — `--metrics-listen`: the Prometheus exposition, `/healthz` and
+//!   `/readyz`.
 //! * [`bench`](mod@bench) — `respool bench`, a load generator that checks every
 //!   reply; it uses only this crate's public API.
 //!
@@ -49,14 +57,19 @@ pub mod command;
 pub mod config;
 mod error;
 mod event_loops;
+mod live;
 mod net;
+mod ops;
 mod pool;
+pub mod reload;
 mod retry;
 mod router;
 mod server;
+mod slowlog;
 mod stats;
 pub mod tls;
 mod topology;
+mod unix_socket;
 
 pub use config::Config;
 pub use event_loops::{current_thread_runtime, EventLoops};

@@ -1,5 +1,6 @@
-//! The byte stream of a client or upstream connection: plain TCP, or TLS on
-//! top of TCP through tokio-rustls.
+//! The byte stream of a client or upstream connection: plain TCP, TLS on
+//! top of TCP through tokio-rustls, or a Unix domain socket (a sidecar's
+//! clients, a local Redis's `unixsocket`).
 //!
 //! [`Stream`] implements `AsyncRead` and `AsyncWrite` by delegating to
 //! tokio and tokio-rustls, so every transport wakes its task the same way:
@@ -19,14 +20,17 @@
 //! records when the socket is full; `poll_flush` sends them. Callers flush
 //! after each batch of writes (a no-op on TCP).
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsStream;
 
 /// A connection's byte stream; see the module docs.
@@ -36,6 +40,30 @@ pub enum Stream {
     Tcp(TcpStream),
     /// TLS over TCP, after a completed handshake (either side).
     Tls(Box<TlsStream<TcpStream>>),
+    /// A Unix domain socket, and the path of the socket file it was
+    /// accepted on or connected to (the kernel names neither end of an
+    /// accepted connection; Redis shows the listening path for both).
+    Unix(UnixStream, Arc<str>),
+}
+
+/// Where a connection's end is, as `CLIENT LIST` shows it: `ip:port`, or
+/// for a Unix socket the socket file's path followed by `:0`, as Redis
+/// prints its `unixsocket` clients (`addr=/run/redis.sock:0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// The path of a Unix socket file.
+    Unix(Arc<str>),
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(addr) => addr.fmt(f),
+            PeerAddr::Unix(path) => write!(f, "{path}:0"),
+        }
+    }
 }
 
 impl From<tokio_rustls::server::TlsStream<TcpStream>> for Stream {
@@ -51,28 +79,36 @@ impl From<tokio_rustls::client::TlsStream<TcpStream>> for Stream {
 }
 
 impl Stream {
-    /// The TCP socket under the stream.
-    fn tcp(&self) -> &TcpStream {
+    /// The socket under the stream.
+    fn socket(&self) -> BorrowedFd<'_> {
         match self {
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_fd(),
+            Stream::Unix(s, _) => s.as_fd(),
         }
     }
 
-    /// The peer's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
+    /// The peer's address (for a Unix socket, the socket file's path).
+    pub(crate) fn peer_addr(&self) -> io::Result<PeerAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(PeerAddr::Tcp),
+            Stream::Tls(s) => s.get_ref().0.peer_addr().map(PeerAddr::Tcp),
+            Stream::Unix(_, path) => Ok(PeerAddr::Unix(path.clone())),
+        }
     }
 
-    /// Our end's address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
+    /// Our end's address (for a Unix socket, the socket file's path).
+    pub(crate) fn local_addr(&self) -> io::Result<PeerAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().map(PeerAddr::Tcp),
+            Stream::Tls(s) => s.get_ref().0.local_addr().map(PeerAddr::Tcp),
+            Stream::Unix(_, path) => Ok(PeerAddr::Unix(path.clone())),
+        }
     }
 
     /// The socket's file descriptor, for `CLIENT LIST`.
     pub fn fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.tcp().as_raw_fd()
+        self.socket().as_raw_fd()
     }
 
     /// Writes what the socket takes now, like `poll_write`. On TCP it goes
@@ -93,11 +129,20 @@ impl Stream {
                 }
             },
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            // The same reasoning as TCP's.
+            Stream::Unix(s, _) => loop {
+                match s.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::task::ready!(s.poll_write_ready(cx))?;
+                    }
+                    result => return Poll::Ready(result),
+                }
+            },
         }
     }
 
     /// Whether written bytes may wait in the stream until a flush (TLS
-    /// records); never on TCP.
+    /// records); never on TCP or a Unix socket.
     #[inline]
     pub fn buffers_writes(&self) -> bool {
         matches!(self, Stream::Tls(_))
@@ -108,7 +153,8 @@ impl Stream {
     /// yet, so it can watch a client that is not being read. Costs a system
     /// call: for a periodic check, not a hot path.
     pub fn peer_closed(&self) -> bool {
-        let mut fds = [PollFd::new(self.tcp(), PollFlags::RDHUP)];
+        let socket = self.socket();
+        let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
         // A zero timeout: the call reports and returns.
         match poll(&mut fds, Some(&Timespec::default())) {
             Ok(1) => fds[0]
@@ -120,10 +166,24 @@ impl Stream {
 
     /// Ends the stream as far as the socket takes it without waiting: a TLS
     /// peer gets its close_notify alert (without one it cannot tell the end
-    /// of the stream from a connection cut short), a TCP peer a FIN.
+    /// of the stream from a connection cut short), a TCP or Unix peer the
+    /// end of the stream.
     pub fn close(&mut self) {
         use futures_util::FutureExt;
         let _ = self.shutdown().now_or_never();
+    }
+}
+
+impl Stream {
+    /// After [`close`](Self::close): reads and discards what the peer still
+    /// sends until it closes its end too, for at most `limit` (a "lingering
+    /// close"). Closing a socket with bytes unread makes the kernel reset
+    /// the connection, and a reset can overtake replies not yet delivered.
+    pub async fn linger(&mut self, limit: std::time::Duration) {
+        use tokio::io::AsyncReadExt;
+        let mut scratch = [0u8; 4096];
+        let drain = async { while let Ok(1..) = self.read(&mut scratch).await {} };
+        let _ = tokio::time::timeout(limit, drain).await;
     }
 }
 
@@ -143,6 +203,7 @@ impl AsyncRead for Stream {
                 }
                 other => other,
             },
+            Stream::Unix(s, _) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -157,6 +218,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s, _) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -169,6 +231,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Unix(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -176,14 +239,15 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Unix(s, _) => s.is_write_vectored(),
         }
     }
 
     #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            // Nothing is buffered on TCP.
-            Stream::Tcp(_) => Poll::Ready(Ok(())),
+            // Nothing is buffered on TCP or a Unix socket.
+            Stream::Tcp(_) | Stream::Unix(..) => Poll::Ready(Ok(())),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -191,6 +255,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s, _) => Pin::new(s).poll_shutdown(cx),
             // tokio-rustls queues the close_notify alert first.
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }

@@ -1,13 +1,19 @@
-//! The listener: accepts clients up to `--max-clients`, gives each a task and
-//! a lane, and shuts down gracefully (stop accepting, let in-flight replies
-//! drain up to a deadline, then close upstream connections).
+//! The listeners (TCP, TLS, a Unix socket): accept clients up to
+//! `--max-clients`, give each a task and a lane, and shut down gracefully
+//! (stop accepting, let in-flight replies drain up to a deadline, then close
+//! upstream connections).
+//!
+//! A TCP listener always sets SO_REUSEPORT: the event loops of one process
+//! share the address that way, and so can a new respool started while the
+//! old one still runs, which is how a restart loses no client (see
+//! docs/operations.md, "Zero-downtime restart").
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,11 +21,15 @@ use tokio_util::task::TaskTracker;
 use crate::client::roster::Roster;
 use crate::config::Config;
 use crate::error::ConnectError;
+use crate::live::Live;
 use crate::net::Stream;
 use crate::pool::connection::configure_socket;
 use crate::pool::{probe_upstream, PoolContext};
+use crate::reload::Reloader;
 use crate::router::Router;
+use crate::slowlog::Slowlog;
 use crate::stats::{LoopStats, ProcessStats};
+use crate::unix_socket::UnixBinding;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +42,10 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The Unix socket could not be bound (the message says why and what
+    /// to do).
+    #[error("{0}")]
+    UnixSocket(String),
     /// `--require-upstream` was given and the upstream did not validate.
     #[error("upstream {addr} unavailable at start: {source}")]
     UpstreamUnavailable {
@@ -50,15 +64,83 @@ pub(crate) struct Process {
     /// Every client, for CLIENT LIST, KILL, UNBLOCK and PAUSE, and the reply
     /// memory they hold together.
     pub roster: Arc<Roster>,
+    /// The settings a reload can change.
+    pub live: Arc<Live>,
+    /// Re-reads the configuration (SIGHUP, an admin command); set by the
+    /// binary, absent when embedded without a configuration source.
+    pub reloader: std::sync::OnceLock<Arc<Reloader>>,
+    /// Runs slower than `--slowlog-threshold` (`RESPOOL SLOWLOG`).
+    pub slowlog: Arc<Slowlog>,
+    /// `RESPOOL DRAIN` or a shutdown began: no new clients, each client
+    /// closed once answered. See [`Process::paused_or_draining`].
+    pub draining: CancellationToken,
+    /// Every event loop's shared state, for `RESPOOL POOLS`.
+    loops: std::sync::Mutex<Vec<std::sync::Weak<Shared>>>,
+    /// An event loop serves `--metrics-listen` already (one per process).
+    metrics_claimed: AtomicBool,
 }
 
 impl Process {
     /// What the loops of a process running `config` share.
     pub fn new(config: &Config) -> Arc<Process> {
+        let roster = Roster::new(config.clients.max_reply_memory);
         Arc::new(Process {
             stats: ProcessStats::default(),
-            roster: Roster::new(config.clients.max_reply_memory),
+            slowlog: Arc::new(Slowlog::new(&config.admin, Arc::downgrade(&roster))),
+            roster,
+            live: Arc::new(Live::new(config)),
+            reloader: std::sync::OnceLock::new(),
+            draining: CancellationToken::new(),
+            loops: std::sync::Mutex::default(),
+            metrics_claimed: AtomicBool::new(false),
         })
+    }
+
+    /// True for the first loop to ask: the one that serves the metrics.
+    fn claim_metrics(&self) -> bool {
+        !self.metrics_claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// The event loops still running.
+    pub fn loops(&self) -> Vec<Arc<Shared>> {
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loops.iter().filter_map(std::sync::Weak::upgrade).collect()
+    }
+
+    /// Re-reads the configuration and applies it (SIGHUP's work, for
+    /// `RESPOOL RELOAD`): the changes, each logged, or why nothing
+    /// changed. It reads files (the config file, users file, certificates:
+    /// small, local), so it blocks this event loop for that long.
+    pub fn reload(&self) -> Result<Vec<crate::reload::Change>, crate::reload::ReloadError> {
+        match self.reloader.get() {
+            Some(reloader) => reloader.reload(),
+            None => Err(crate::reload::ReloadError::NotAttached),
+        }
+    }
+
+    /// `RESPOOL RELOAD`'s answer: one line per change, or why nothing
+    /// changed.
+    pub fn reload_config(&self) -> Result<String, String> {
+        match self.reload() {
+            Ok(changes) if changes.is_empty() => Ok("nothing changed".into()),
+            Ok(changes) => Ok(changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+            Err(e) => Err(format!("reload refused, nothing changed: {e}")),
+        }
+    }
+
+    /// Whether the process should be taken out of a load balancer's
+    /// rotation (what a `/readyz` endpoint reads): an admin `RESPOOL PAUSE`
+    /// (or a client's `CLIENT PAUSE`) holds requests, or `RESPOOL DRAIN`
+    /// has begun.
+    pub fn paused_or_draining(&self) -> bool {
+        self.draining.is_cancelled() || self.roster.is_paused()
     }
 }
 
@@ -72,11 +154,19 @@ pub(crate) struct Shared {
     pub process: Arc<Process>,
 }
 
-/// A running proxy: one event loop's listener, clients and lanes.
+/// A running proxy: one event loop's listeners, clients and lanes.
 pub struct Proxy {
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
+    unix_path: Option<Arc<str>>,
+    process: Arc<Process>,
+    /// Where `/metrics` is served, by this loop.
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    /// Stops `/metrics`, `/healthz` and `/readyz` once the proxy has
+    /// stopped: during a drain (SIGTERM, `RESPOOL DRAIN`) they keep
+    /// answering, so a load balancer sees `/readyz` turn 503.
+    metrics_stop: CancellationToken,
 }
 
 impl Proxy {
@@ -85,17 +175,19 @@ impl Proxy {
     /// unless `--require-upstream` asks for a validated connection first.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let process = Process::new(&config);
-        Proxy::start_loop(config, process, None).await
+        let unix = bind_unix(&config)?;
+        Proxy::start_loop(config, process, None, unix).await
     }
 
     /// Starts one event loop of several ([`crate::EventLoops`]): they share
-    /// the process's counters, and each binds `shared_addr` with
-    /// SO_REUSEPORT (the first one `--listen`), so the kernel spreads new
-    /// connections across them.
+    /// the process's counters, each binds `shared_addr` with SO_REUSEPORT
+    /// (the first one the `--listen` address), so the kernel spreads new
+    /// connections across them, and all accept on the one Unix socket.
     pub(crate) async fn start_loop(
         config: Config,
         process: Arc<Process>,
         shared_addr: Option<SocketAddr>,
+        unix: Option<Arc<UnixBinding>>,
     ) -> Result<Proxy, StartError> {
         // In cluster mode the first slot map is the proof (below).
         if config.require_upstream && config.cluster.is_none() {
@@ -112,13 +204,33 @@ impl Proxy {
                     source,
                 })?;
         }
-        let listen = shared_addr.unwrap_or(config.listener.listen);
-        let bind_error = |source| StartError::Bind {
-            addr: listen,
-            source,
+        let mut listeners = Vec::with_capacity(2);
+        let mut local_addr = None;
+        if let Some(listen) = shared_addr.or(config.listener.tcp) {
+            let bind_error = |source| StartError::Bind {
+                addr: listen,
+                source,
+            };
+            let listener = bind(listen).map_err(bind_error)?;
+            local_addr = Some(listener.local_addr().map_err(bind_error)?);
+            listeners.push(Listener::Tcp(listener));
+        }
+        if let Some(binding) = &unix {
+            let listener = binding.listener().map_err(|e| {
+                StartError::UnixSocket(format!("cannot listen on unix:{}: {e}", binding.path()))
+            })?;
+            listeners.push(Listener::Unix(listener, binding.path().clone()));
+        }
+        let unix_path = unix.as_ref().map(|b| b.path().clone());
+        let metrics = match config.metrics_listen {
+            Some(addr) if process.claim_metrics() => {
+                let bind_error = |source| StartError::Bind { addr, source };
+                let listener = crate::ops::http::bind(addr).await.map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+            _ => None,
         };
-        let listener = bind(listen, shared_addr.is_some()).map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
         if let Some(tls) = &config.upstream.node.tls {
             if tls.insecure {
                 tracing::warn!(upstream = %config.upstream.node.addr(), "--upstream-tls-insecure: the upstream's TLS certificate is NOT verified; use this for tests only");
@@ -127,15 +239,21 @@ impl Proxy {
         let stats = process.stats.register();
         let ctx = Arc::new(PoolContext {
             pool: config.pool.clone(),
-            retry: config.retry,
+            retry: process.live.retry.clone(),
             client_identity: false,
             expects_primary: config.pool.validate == crate::config::Validate::Write
                 || config.topology.sentinel.is_some(),
             refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
             cluster: config.cluster.as_ref().map(|_| Arc::default()),
+            pinned_limit: process.live.register_pinned(config.pool.max_pinned),
+            slowlog: process
+                .slowlog
+                .threshold()
+                .is_some()
+                .then(|| process.slowlog.clone()),
         });
-        let router = Router::start(&config, ctx);
+        let router = Router::start(&config, ctx, process.live.upstream.clone());
         if let Some(map) = router.cluster() {
             // Clients that come before the first slot map could only be
             // told to retry: wait for it (within --hold-timeout).
@@ -155,21 +273,78 @@ impl Proxy {
             config,
             router,
             stats,
-            process,
+            process: process.clone(),
         });
+        tokio::spawn(crate::client::roster::keep_time(Arc::downgrade(
+            &shared.process.roster,
+        )));
+        shared
+            .process
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(&shared));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, shared, shutdown.clone()));
-        tracing::info!(listen = %local_addr, tls, "respool accepting clients");
+        let metrics_stop = CancellationToken::new();
+        let metrics_addr = metrics.map(|(listener, bound)| {
+            let process = shared.process.clone();
+            tokio::spawn(crate::ops::http::serve(
+                listener,
+                process,
+                metrics_stop.clone(),
+            ));
+            tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz");
+            bound
+        });
+        let task = tokio::spawn(serve(listeners, unix, shared, shutdown.clone()));
+        match (&local_addr, &unix_path) {
+            (Some(tcp), Some(path)) => {
+                tracing::info!(listen = %tcp, unix = %path, tls, "respool accepting clients")
+            }
+            (Some(tcp), None) => tracing::info!(listen = %tcp, tls, "respool accepting clients"),
+            (None, Some(path)) => tracing::info!(unix = %path, "respool accepting clients"),
+            // Configuration asks for at least one listener.
+            (None, None) => tracing::warn!("respool has no listener"),
+        }
         Ok(Proxy {
             local_addr,
+            process,
+            unix_path,
+            metrics_addr,
             shutdown,
             task,
+            metrics_stop,
         })
     }
 
-    /// The address clients connect to (useful with port 0).
+    /// The TCP address clients connect to (useful with port 0); `0.0.0.0:0`
+    /// when respool listens on a Unix socket only.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The TCP address clients connect to, if respool listens on one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The Unix socket clients connect to, if respool listens on one.
+    pub fn unix_path(&self) -> Option<&str> {
+        self.unix_path.as_deref()
+    }
+
+    /// Makes the configuration reloadable: `reloader` re-reads it on
+    /// [`Reloader::reload`] and applies it to this proxy. The same reloader
+    /// is what an admin command finds; the first one set stays.
+    pub fn enable_reload(&self, reloader: Reloader) -> Arc<Reloader> {
+        enable_reload(&self.process, reloader)
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served
+    /// (`--metrics-listen`, with port 0 resolved), if this proxy serves them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Shuts down gracefully and waits until it is done: stop accepting,
@@ -178,38 +353,114 @@ impl Proxy {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        self.metrics_stop.cancel();
     }
 }
 
-/// Binds the client listener. With `reuse_port` (one listener per thread,
-/// `--threads` > 1) every thread binds the same address with SO_REUSEPORT and
-/// the kernel spreads new connections across them.
-fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+/// Attaches `reloader` to `process` (see [`Proxy::enable_reload`]).
+pub(crate) fn enable_reload(process: &Arc<Process>, reloader: Reloader) -> Arc<Reloader> {
+    process
+        .reloader
+        .get_or_init(|| Arc::new(reloader.attach(process.live.clone())))
+        .clone()
+}
+
+/// The Unix socket `--listen unix:PATH` asks for, bound once per process.
+pub(crate) fn bind_unix(config: &Config) -> Result<Option<Arc<UnixBinding>>, StartError> {
+    config
+        .listener
+        .unix
+        .as_ref()
+        .map(|settings| {
+            UnixBinding::bind(settings).map_err(|e| StartError::UnixSocket(e.to_string()))
+        })
+        .transpose()
+}
+
+/// Binds the client listener with SO_REUSEPORT: every event loop of the
+/// process binds the same address and the kernel spreads new connections
+/// across them; a new respool can bind it before the old one stops.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
+    socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// A socket clients connect to.
+enum Listener {
+    Tcp(TcpListener),
+    /// A Unix socket, and its path (`CLIENT LIST` shows it as the address).
+    Unix(UnixListener, Arc<str>),
+}
+
+/// A connection just accepted, before any TLS handshake.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream, Arc<str>),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+            Listener::Unix(l, path) => l
+                .accept()
+                .await
+                .map(|(s, _)| Accepted::Unix(s, path.clone())),
+        }
+    }
+}
+
+/// Runs the listeners until shutdown, then drains the clients and closes the
+/// upstream connections. The Unix socket file is removed as soon as nothing
+/// accepts on it any more.
+async fn serve(
+    listeners: Vec<Listener>,
+    unix: Option<Arc<UnixBinding>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let clients = TaskTracker::new();
     let abort = CancellationToken::new();
-    let settings = &shared.config.listener;
     let refusing = Arc::new(AtomicUsize::new(0));
+    let accepting = listeners
+        .into_iter()
+        .map(|listener| accept_loop(listener, &shared, &clients, &abort, &refusing, &shutdown));
+    futures_util::future::join_all(accepting).await;
+    drop(unix);
+    drain(clients, abort, shared).await;
+}
+
+/// Accepts clients on one listener until shutdown.
+async fn accept_loop(
+    listener: Listener,
+    shared: &Arc<Shared>,
+    clients: &TaskTracker,
+    abort: &CancellationToken,
+    refusing: &Arc<AtomicUsize>,
+    shutdown: &CancellationToken,
+) {
+    let settings = &shared.config.listener;
+    let draining = shared.process.draining.clone();
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = draining.cancelled() => {
+                // RESPOOL DRAIN: what a shutdown does, short of exiting.
+                tracing::info!("RESPOOL DRAIN: no new clients; closing clients once their requests are answered");
+                shutdown.cancel();
+                break;
+            }
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -218,27 +469,43 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
                 }
             },
         };
-        configure_socket(&stream, settings.keepalive);
+        if let Accepted::Tcp(stream, _) = &accepted {
+            configure_socket(stream, settings.keepalive);
+        }
         let connected = &shared.process.stats.connected_clients;
-        if connected.load(Ordering::Relaxed) >= settings.max_clients {
-            tracing::debug!(%peer, "refusing client: --max-clients reached");
+        let max_clients = shared.process.live.max_clients.load(Ordering::Relaxed);
+        if connected.load(Ordering::Relaxed) >= max_clients {
+            let peer = match &accepted {
+                Accepted::Tcp(_, peer) => Some(*peer),
+                Accepted::Unix(..) => None,
+            };
+            tracing::debug!(?peer, "refusing client: --max-clients reached");
             shared.stats.rejected_clients.add(1);
-            if settings.tls.is_none() {
-                clients.spawn(refuse(Stream::Tcp(stream)));
-            } else if refusing.load(Ordering::Relaxed) < MAX_TLS_REFUSALS {
-                // A TLS client can only read the refusal after a handshake.
-                refusing.fetch_add(1, Ordering::Relaxed);
-                let guard = CountGuard(refusing.clone());
-                let (shared, abort) = (shared.clone(), abort.clone());
-                clients.spawn(async move {
-                    let _guard = guard;
-                    if let Some(stream) = handshake(stream, &shared.config, &abort).await {
-                        refuse(stream).await;
-                    }
-                });
+            let accepted = match accepted {
+                Accepted::Unix(stream, path) => Err(Stream::Unix(stream, path)),
+                Accepted::Tcp(stream, _) if settings.tls.is_none() => Err(Stream::Tcp(stream)),
+                tls => Ok(tls),
+            };
+            match accepted {
+                Err(plain) => {
+                    clients.spawn(refuse(plain));
+                }
+                Ok(accepted) if refusing.load(Ordering::Relaxed) < MAX_TLS_REFUSALS => {
+                    // A TLS client can only read the refusal after a handshake.
+                    refusing.fetch_add(1, Ordering::Relaxed);
+                    let guard = CountGuard(refusing.clone());
+                    let (shared, abort) = (shared.clone(), abort.clone());
+                    clients.spawn(async move {
+                        let _guard = guard;
+                        if let Some(stream) = handshake(accepted, &shared, &abort).await {
+                            refuse(stream).await;
+                        }
+                    });
+                }
+                // The handshakes of refused clients are already using their
+                // share: this one is closed without a word.
+                Ok(_) => {}
             }
-            // Else the handshakes of refused clients are already using
-            // their share: this one is closed without a word.
             continue;
         }
         connected.fetch_add(1, Ordering::Relaxed);
@@ -246,13 +513,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         let (shared, shutdown, abort) = (shared.clone(), shutdown.clone(), abort.clone());
         clients.spawn(async move {
             let _guard = guard;
-            let Some(stream) = handshake(stream, &shared.config, &abort).await else {
+            let Some(stream) = handshake(accepted, &shared, &abort).await else {
                 return;
             };
             crate::client::serve(stream, shared, shutdown, abort).await;
         });
     }
-    drop(listener);
+}
+
+/// After the listeners stopped: lets the clients finish what is in flight
+/// (idle ones close at once) up to `--shutdown-timeout`, closes the rest,
+/// then the upstream connections.
+async fn drain(clients: TaskTracker, abort: CancellationToken, shared: Arc<Shared>) {
+    // Not ready for new clients from here on, however the loop ended.
+    shared.process.draining.cancel();
     tracing::info!(
         clients = shared
             .process
@@ -280,8 +554,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
 
 /// Wraps a client's socket: as is, or after a TLS handshake (with a
 /// deadline, so a client that never finishes it does not hold its slot).
-async fn handshake(tcp: TcpStream, config: &Config, abort: &CancellationToken) -> Option<Stream> {
-    let Some(tls) = &config.listener.tls else {
+/// A Unix socket is never TLS (configuration refuses the combination).
+/// The TLS configuration is the current one (a reload may have rotated the
+/// certificate): read once per handshake.
+async fn handshake(
+    accepted: Accepted,
+    shared: &Shared,
+    abort: &CancellationToken,
+) -> Option<Stream> {
+    let tcp = match accepted {
+        Accepted::Unix(stream, path) => return Some(Stream::Unix(stream, path)),
+        Accepted::Tcp(tcp, _) => tcp,
+    };
+    let Some(tls) = shared.process.live.listener_tls.load_full() else {
         return Some(Stream::Tcp(tcp));
     };
     let peer = tcp.peer_addr().ok();

@@ -1,6 +1,7 @@
-//! What the proxy has done, for `INFO respool`: counters kept per event
-//! loop and summed when asked, so that counting never makes two loops'
-//! threads share a cache line.
+//! What the proxy has done, for `INFO respool` and `/metrics`: counters
+//! (and latency histograms, per-command counts) kept per event loop and
+//! summed when asked, so that counting never makes two loops' threads
+//! share a cache line.
 //!
 //! The counters are the ones the Tuning advice rests on: how many requests
 //! each write to Redis carries (write batching, `--max-connections`), how
@@ -10,8 +11,11 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use crate::error::ConnectError;
+use crate::ops::commands::COMMAND_IDS;
 
 /// A count that one event loop's thread adds to and any thread reads.
 ///
@@ -43,11 +47,208 @@ impl Counter {
     }
 }
 
+/// Buckets of a [`Histogram`]: upper bounds of 16 µs × 2^i for i in
+/// 0..=19 (16 µs … 8.4 s), and one for anything longer.
+pub(crate) const BUCKETS: usize = 21;
+
+/// The upper bound of bucket `i` in seconds (`None`: the last, unbounded).
+pub(crate) fn bucket_bound(i: usize) -> Option<f64> {
+    (i + 1 < BUCKETS).then(|| (16u64 << i) as f64 / 1e6)
+}
+
+/// A latency histogram that one event loop's thread records into, like a
+/// [`Counter`]: fixed power-of-two buckets, so that recording is a shift
+/// and two adds, with no lock and no search.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Observations per bucket (not cumulative).
+    buckets: [Counter; BUCKETS],
+    /// Their sum, in microseconds.
+    sum_micros: Counter,
+}
+
+impl Histogram {
+    /// Records `n` observations of `d` (a run of `n` requests answered
+    /// together took `d` each).
+    #[inline]
+    pub fn record_n(&self, d: Duration, n: u64) {
+        // Not `as_micros`: its u128 arithmetic costs more than the rest.
+        // Wrapping is safe: a latency would have to exceed 500 000 years.
+        let micros = d
+            .as_secs()
+            .wrapping_mul(1_000_000)
+            .wrapping_add(u64::from(d.subsec_micros()));
+        let i = (64 - (micros.saturating_sub(1) >> 4).leading_zeros()) as usize;
+        self.buckets[i.min(BUCKETS - 1)].add(n);
+        self.sum_micros.add(micros.wrapping_mul(n));
+    }
+
+    /// Adds this histogram's counts to `into`.
+    pub fn add_to(&self, into: &mut HistogramTotals) {
+        for (total, b) in into.buckets.iter_mut().zip(&self.buckets) {
+            *total += b.get();
+        }
+        into.sum_micros += self.sum_micros.get();
+    }
+}
+
+/// A histogram summed over event loops.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistogramTotals {
+    /// Observations per bucket (not cumulative).
+    pub buckets: [u64; BUCKETS],
+    /// Their sum, in microseconds.
+    pub sum_micros: u64,
+}
+
+/// Counters per command id ([`crate::ops::commands`]): 256 of them, so
+/// that an id taken as a byte needs no bounds check.
+#[derive(Debug)]
+pub(crate) struct PerCommand([Counter; 256]);
+
+const _: () = assert!(COMMAND_IDS <= 256);
+
+impl Default for PerCommand {
+    fn default() -> PerCommand {
+        PerCommand(std::array::from_fn(|_| Counter::default()))
+    }
+}
+
+impl PerCommand {
+    /// Adds one for command `id`.
+    #[inline]
+    pub fn add(&self, id: u16) {
+        // Ids are below 256 (asserted above).
+        self.0[usize::from(id as u8)].add(1);
+    }
+
+    /// Adds one for the command `name` (any case); for names longer than
+    /// 8 bytes on the request path (the rest go by word, see
+    /// `Client::count_command`).
+    #[inline(never)]
+    pub fn count(&self, name: &[u8]) {
+        self.add(crate::ops::commands::command_id(name));
+    }
+
+    /// The sum over every command.
+    pub fn total(&self) -> u64 {
+        self.0[..COMMAND_IDS].iter().map(Counter::get).sum()
+    }
+
+    /// Adds the counts to `into` (one entry per id).
+    pub fn add_to(&self, into: &mut [u64]) {
+        for (total, c) in into.iter_mut().zip(self.0.iter()) {
+            *total += c.get();
+        }
+    }
+}
+
+/// Request families for latency: a run of read-only requests, or one with
+/// a write in it.
+pub(crate) const FAMILIES: [&str; 2] = ["read", "write"];
+
+/// Why requests were answered with an error by respool (see
+/// [`LoopStats::requests_failed`]), as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailCause {
+    /// The upstream was unavailable (or kept answering `-LOADING`, …) for
+    /// the whole hold window.
+    Unavailable,
+    /// No reply within `--timeout`.
+    Timeout,
+    /// The connection was lost after the request was written, and the
+    /// request may not be resent.
+    LostAfterWrite,
+    /// A read-only request lost its connection more than `--retries` times.
+    RetriesExhausted,
+    /// The upstream's reply stream was malformed.
+    BadReply,
+    /// A request held after `-LOADING` (…) was overtaken by a later request
+    /// of its client that ran, and got its transient error as Redis gave it.
+    Overtaken,
+    /// respool was shutting down.
+    ShuttingDown,
+}
+
+impl FailCause {
+    /// Label values, by `FailCause as usize`.
+    pub const LABELS: [&'static str; 7] = [
+        "unavailable",
+        "timeout",
+        "lost_after_write",
+        "retries_exhausted",
+        "bad_reply",
+        "overtaken",
+        "shutting_down",
+    ];
+}
+
+/// Steps of connecting and validating an upstream connection, as metric
+/// labels ([`connect_step`]).
+pub(crate) const CONNECT_STEPS: [&str; 9] = [
+    "connect",
+    "tls",
+    "auth",
+    "select",
+    "ping",
+    "probe",
+    "info",
+    "client_id",
+    "other",
+];
+
+/// The step of [`CONNECT_STEPS`] at which a connection attempt failed.
+pub(crate) fn connect_step(e: &ConnectError) -> usize {
+    let step = match e {
+        ConnectError::Refused | ConnectError::ConnectTimeout(_) | ConnectError::Io(_) => return 0,
+        ConnectError::Tls(_) => return 1,
+        ConnectError::CheckoutTimeout(_) => return 8,
+        ConnectError::Rejected { step, .. }
+        | ConnectError::Unexpected { step, .. }
+        | ConnectError::StepTimeout { step, .. } => *step,
+    };
+    match step {
+        "AUTH" | "HELLO 3" => 2,
+        "SELECT" => 3,
+        "PING" => 4,
+        s if s.starts_with("probe") => 5,
+        "INFO server" => 6,
+        "CLIENT ID" => 7,
+        _ => 8,
+    }
+}
+
+/// What a scrape reads of one lane set's pools: kept by the lane set and
+/// shared with its lanes, listed weakly in [`LoopStats::pools`].
+pub(crate) trait PoolProbe: Send + Sync + std::fmt::Debug {
+    /// The pool's figures now.
+    fn snapshot(&self) -> PoolSnapshot;
+}
+
+/// One lane set's pools, at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolSnapshot {
+    /// The upstream node's `host:port`.
+    pub upstream: Arc<str>,
+    /// The identity its connections log in as.
+    pub identity: Arc<str>,
+    /// Shared lanes (`--max-connections`) of every protocol.
+    pub lanes: u64,
+    /// Lanes with a validated connection now.
+    pub lanes_connected: u64,
+    /// Validated connections idle in the lanes' pool (`--min-idle` spares).
+    pub idle_spares: u64,
+    /// Dedicated connections checked out by pinned sessions now.
+    pub pinned_in_use: u64,
+    /// Dedicated connections at most (`--max-pinned`, this loop's share).
+    pub pinned_max: u64,
+    /// Checkouts waiting for a connection now.
+    pub waiters: u64,
+}
+
 /// The counters of one event loop.
 #[derive(Debug, Default)]
 pub(crate) struct LoopStats {
-    /// Requests read from clients (every command, whatever its route).
-    pub requests: Counter,
     /// Clients turned away by `--max-clients`.
     pub rejected_clients: Counter,
     /// Writes to Redis on the shared lanes.
@@ -82,6 +283,55 @@ pub(crate) struct LoopStats {
     pub identities: Counter,
     /// Client logins refused (by the upstream, or unchecked in time).
     pub login_refusals: Counter,
+    /// Requests read from clients (every command, whatever its route), by
+    /// command id ([`crate::ops::commands`]).
+    pub commands: PerCommand,
+    /// Error replies by command id: Redis's on shared lanes, and respool's
+    /// refusals (NOAUTH, a denied command).
+    pub command_errors: PerCommand,
+    /// [`LoopStats::requests_failed`] by [`FailCause`].
+    pub failed_by_cause: [Counter; 7],
+    /// Time on a shared lane by family ([`FAMILIES`]): from the lane taking
+    /// a run of requests to handing its replies back.
+    pub lane_latency: [Histogram; 2],
+    /// The upstream round trip by family: from the write of a run to its
+    /// last reply.
+    pub upstream_latency: [Histogram; 2],
+    /// How long checkouts waited: `[lanes, pinned]`.
+    pub checkout_wait: [Histogram; 2],
+    /// [`LoopStats::upstream_connect_failures`] by step ([`CONNECT_STEPS`]).
+    pub connect_failures_by_step: [Counter; 9],
+    /// Backoff delays a lane waited before connecting again.
+    pub backoff_waits: Counter,
+    /// Bytes read from clients.
+    pub client_bytes_in: Counter,
+    /// Bytes written to clients.
+    pub client_bytes_out: Counter,
+    /// Bytes read from Redis on shared lanes.
+    pub upstream_bytes_in: Counter,
+    /// Bytes written to Redis on shared lanes.
+    pub upstream_bytes_out: Counter,
+    /// The lane sets of the loop, for their pool gauges.
+    pub pools: Mutex<Vec<Weak<dyn PoolProbe>>>,
+}
+
+impl LoopStats {
+    /// Lists a lane set's pools for the scrapes, until it is dropped.
+    pub fn add_pool(&self, probe: &Arc<dyn PoolProbe>) {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(probe));
+    }
+
+    /// Snapshots of the loop's lane sets' pools.
+    pub fn pool_snapshots(&self) -> Vec<PoolSnapshot> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|p| p.snapshot())
+            .collect()
+    }
 }
 
 /// What the whole process counts: every event loop's counters, for the
@@ -108,7 +358,7 @@ impl Default for ProcessStats {
 /// The process-wide figures, summed over the event loops.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Totals {
-    /// See [`LoopStats::requests`].
+    /// Requests read from clients: the sum of [`LoopStats::commands`].
     pub requests: u64,
     /// See [`LoopStats::rejected_clients`].
     pub rejected_clients: u64,
@@ -151,6 +401,14 @@ impl ProcessStats {
         stats
     }
 
+    /// Every loop's counters, for `/metrics` to read.
+    pub fn loops(&self) -> Vec<Arc<LoopStats>> {
+        self.loops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Seconds since the registry was made (the proxy's start).
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -161,7 +419,7 @@ impl ProcessStats {
         let loops = self.loops.lock().unwrap_or_else(PoisonError::into_inner);
         let mut t = Totals::default();
         for s in loops.iter() {
-            t.requests += s.requests.get();
+            t.requests += s.commands.total();
             t.rejected_clients += s.rejected_clients.get();
             t.lane_writes += s.lane_writes.get();
             t.lane_requests_written += s.lane_requests_written.get();
@@ -252,8 +510,12 @@ mod tests {
         let registry = ProcessStats::default();
         let a = registry.register();
         let b = registry.register();
-        a.requests.add(3);
-        b.requests.add(4);
+        a.commands.add(crate::ops::commands::command_id(b"GET"));
+        a.commands.add(crate::ops::commands::command_id(b"SET"));
+        a.commands.add(crate::ops::commands::OTHER);
+        for _ in 0..4 {
+            b.commands.add(crate::ops::commands::command_id(b"get"));
+        }
         b.lane_writes.add(2);
         b.lane_requests_written.add(7);
         let t = registry.totals();
@@ -261,6 +523,55 @@ mod tests {
         assert_eq!(t.lane_writes, 2);
         assert_eq!(t.lane_requests_written, 7);
         assert_eq!(t.rejected_clients, 0);
+    }
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two_from_16_micros() {
+        let h = Histogram::default();
+        let micros = |n| Duration::from_micros(n);
+        // Upper bounds are inclusive, as Prometheus' `le`.
+        for (d, bucket) in [
+            (micros(0), 0),
+            (micros(16), 0),
+            (micros(17), 1),
+            (micros(32), 1),
+            (micros(33), 2),
+            (micros(16 << 19), 19),
+            (micros((16 << 19) + 1), 20),
+            (Duration::from_secs(3600), 20),
+            (Duration::from_secs(1_000_000), 20),
+        ] {
+            let mut before = HistogramTotals::default();
+            h.add_to(&mut before);
+            h.record_n(d, 2);
+            let mut after = HistogramTotals::default();
+            h.add_to(&mut after);
+            assert_eq!(after.buckets[bucket] - before.buckets[bucket], 2, "{d:?}");
+        }
+        assert_eq!(bucket_bound(0), Some(16e-6));
+        assert_eq!(bucket_bound(19), Some(8.388608));
+        assert_eq!(bucket_bound(20), None);
+    }
+
+    #[test]
+    fn connect_failures_name_their_step() {
+        let rejected = |step| ConnectError::Rejected {
+            step,
+            reply: "ERR".into(),
+        };
+        assert_eq!(
+            CONNECT_STEPS[connect_step(&ConnectError::Refused)],
+            "connect"
+        );
+        assert_eq!(
+            CONNECT_STEPS[connect_step(&ConnectError::Tls("x".into()))],
+            "tls"
+        );
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("AUTH"))], "auth");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("HELLO 3"))], "auth");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("probe SET"))], "probe");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("PING"))], "ping");
+        assert_eq!(CONNECT_STEPS[connect_step(&rejected("what"))], "other");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct ListenerTls {
     pub handshake_timeout: Duration,
     /// Clients must present a certificate signed by `--tls-ca`.
     pub client_certs_required: bool,
+    /// Tells a rotated certificate or key from the same one read again.
+    pub(crate) fingerprint: u64,
 }
 
 impl fmt::Debug for ListenerTls {
@@ -54,6 +56,8 @@ impl ListenerTls {
     ) -> Result<ListenerTls, String> {
         let chain = load_certs(cert, "--tls-cert")?;
         let key = load_key(key, "--tls-key")?;
+        let fingerprint =
+            crate::reload::fingerprint(chain.iter().map(|c| c.as_ref()).chain([key.secret_der()]));
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup failed: {e}"))?;
@@ -77,6 +81,7 @@ impl ListenerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             handshake_timeout,
             client_certs_required: client_ca.is_some(),
+            fingerprint,
         })
     }
 }

@@ -246,7 +246,7 @@ async fn a_session_on_the_old_primary_ends_with_a_clear_error() {
         panic!("expected an error, got {reply}");
     };
     assert!(
-        text.contains("failed over") && text.contains("reconnect"),
+        text.contains("primary moved") && text.contains("failover") && text.contains("reconnect"),
         "{text}"
     );
     // Everyone else carries on.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::config::Secret;
 
 /// Who may connect, and with which password.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ClientAuth {
     /// The `default` user's password (`--requirepass`).
     default: Option<Secret>,
@@ -52,6 +52,23 @@ impl ClientAuth {
     /// password is set, or named users exist (the default user is then off).
     pub fn required(&self) -> bool {
         self.default.is_some() || !self.users.is_empty()
+    }
+
+    /// Whether `name` is one of the named users (`--user`).
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
+    /// The named users' names, sorted (never their passwords).
+    pub fn user_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether the `default` user has a password (`--requirepass`).
+    pub fn has_default_password(&self) -> bool {
+        self.default.is_some()
     }
 
     /// Checks `AUTH [user] password`.

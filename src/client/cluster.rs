@@ -238,10 +238,17 @@ impl Client {
                 false
             }
             Routed::Myself(describe) => {
-                let addr = self
-                    .stream
-                    .local_addr()
-                    .unwrap_or_else(|_| self.shared.config.listener.listen);
+                // The address the client reached respool at (a client on
+                // a Unix socket is told the TCP listener, if any).
+                let addr = match self.stream.local_addr() {
+                    Ok(crate::net::PeerAddr::Tcp(addr)) => addr,
+                    _ => self
+                        .shared
+                        .config
+                        .listener
+                        .tcp
+                        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                };
                 let known = self.cluster.as_ref().is_some_and(|c| c.version > 0);
                 self.output.push_ready(describe.reply(addr, known));
                 false

@@ -33,6 +33,9 @@ pub(crate) struct Delivery {
 struct ReplyBox {
     mailbox: Mailbox<Delivery>,
     budget: OutputBudget,
+    /// The client's id (0 for replies respool asks for on its own
+    /// account), for the slowlog to name it.
+    client: u64,
 }
 
 /// A client's end of its `ReplyBox`: it takes the deliveries, and closes
@@ -45,9 +48,15 @@ impl ReplyInbox {
     /// An inbox whose replies count against a budget of `limit` bytes
     /// (`None`: unlimited) and against the process's `memory`.
     pub fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> ReplyInbox {
+        ReplyInbox::for_client(0, limit, memory)
+    }
+
+    /// The inbox of client `client`, as [`ReplyInbox::new`].
+    pub fn for_client(client: u64, limit: Option<usize>, memory: Arc<ReplyMemory>) -> ReplyInbox {
         ReplyInbox(Arc::new(ReplyBox {
             mailbox: Mailbox::default(),
             budget: OutputBudget::new(limit, memory),
+            client,
         }))
     }
 
@@ -89,6 +98,11 @@ impl Drop for ReplyInbox {
 pub(crate) struct ReplySender(Arc<ReplyBox>);
 
 impl ReplySender {
+    /// The id of the client the replies go to (0: respool itself).
+    pub fn client_id(&self) -> u64 {
+        self.0.client
+    }
+
     /// Counts the reply against the client's budget, then delivers it — or,
     /// past the limit, an empty reply instead: the client is about to be
     /// disconnected, and the lane may run ahead of it by many replies, so
@@ -123,8 +137,13 @@ impl ReplySender {
     /// Marks the client as the one `--max-reply-memory` disconnects: what
     /// arrives for it is dropped from now on. False if it was already, or
     /// has gone.
-    pub fn doom(&self) -> bool {
-        self.0.budget.doom()
+    pub fn doom(&self, bytes: usize) -> bool {
+        self.0.budget.doom(bytes)
+    }
+
+    /// Whether `--max-reply-memory` has chosen the client already.
+    pub fn is_doomed(&self) -> bool {
+        self.0.budget.held.load(Ordering::Relaxed) & DOOMED != 0
     }
 
     /// Whether both send to the same client.
@@ -151,6 +170,9 @@ pub(crate) struct OutputBudget {
     /// back down — replies may have been dropped for it.
     exceeded: AtomicBool,
     memory: Arc<ReplyMemory>,
+    /// What the client held when `--max-reply-memory` chose it (counted in
+    /// the process's bytes of clients on their way out until it goes).
+    doomed_bytes: AtomicUsize,
 }
 
 /// The bit of [`OutputBudget::held`] that says the client has gone.
@@ -169,6 +191,7 @@ impl OutputBudget {
             limit,
             exceeded: AtomicBool::new(false),
             memory,
+            doomed_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -210,13 +233,17 @@ impl OutputBudget {
         if before & CLOSED == 0 {
             self.memory.released(before & BYTES);
             if before & DOOMED != 0 {
-                self.memory.victim_gone();
+                self.memory
+                    .victim_gone(self.doomed_bytes.load(Ordering::Acquire));
             }
         }
     }
 
     /// See [`ReplySender::doom`].
-    fn doom(&self) -> bool {
+    fn doom(&self, bytes: usize) -> bool {
+        // Set before the mark that makes `close` read it; only one thread
+        // chooses at a time (`ReplyMemory::choosing`).
+        self.doomed_bytes.store(bytes, Ordering::Release);
         let doomed = self
             .held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {

@@ -74,6 +74,7 @@ impl Client {
             }
             Local::Client(which) => self.client_command(which, req),
             Local::Info => self.info(req),
+            Local::Admin => self.admin_command(&req),
             other => {
                 let reply = self.simple_local(other, &req);
                 self.output.push_ready(reply);
@@ -99,23 +100,34 @@ impl Client {
                 Err(reply) => reply,
             },
             // Handled by `local` itself.
-            Local::Quit | Local::Reset | Local::Hello | Local::Client(_) | Local::Info => {
-                Bytes::from_static(b"+OK\r\n")
-            }
+            Local::Quit
+            | Local::Reset
+            | Local::Hello
+            | Local::Client(_)
+            | Local::Info
+            | Local::Admin => Bytes::from_static(b"+OK\r\n"),
         }
     }
 
     fn auth(&mut self, req: &Request) -> Bytes {
+        self.refresh_settings();
         match auth(&self.settings().auth, req) {
             Ok(()) => {
-                self.set_authenticated();
+                let user = auth_args(req).ok().and_then(|(user, _)| user);
+                self.set_authenticated(user);
                 Bytes::from_static(b"+OK\r\n")
             }
             Err(reply) => reply,
         }
     }
 
-    fn set_authenticated(&mut self) {
+    /// The client logged in to respool itself as `user` (`None`: the
+    /// `default` user).
+    fn set_authenticated(&mut self, user: Option<&[u8]>) {
+        self.admin = match (&self.shared.config.admin.admin_user, user) {
+            (Some(admin), Some(user)) => admin.as_bytes() == user,
+            _ => false,
+        };
         if !self.authenticated {
             self.authenticated = true;
             let limits = RequestLimits {
@@ -135,7 +147,7 @@ impl Client {
             None => {
                 // No wait is running: a HELLO is parked while one does, and
                 // nothing is read behind it.
-                let within = self.shared.config.retry.hold_timeout;
+                let within = self.shared.process.live.retry.hold_timeout();
                 let wait = self.lanes.health().wait_validated(within);
                 self.park(req, command, Some(Wait::Version(Box::pin(wait))));
             }
@@ -155,10 +167,18 @@ impl Client {
             Ok(h) => h,
             Err(reply) => return Some(reply),
         };
+        if hello.auth.is_some() && !logged_in {
+            self.refresh_settings();
+        }
+        // The user respool itself checked, if it did.
+        let mut own_user = None;
         let authenticates = match hello.auth {
             Some(_) if logged_in => true,
             Some((user, password)) => match self.settings().auth.check(Some(user), password) {
-                AuthOutcome::Ok => true,
+                AuthOutcome::Ok => {
+                    own_user = Some(user);
+                    true
+                }
                 _ => return Some(wrongpass()),
             },
             None if !self.authenticated => return Some(error_line("NOAUTH", "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")),
@@ -168,7 +188,7 @@ impl Client {
             return None;
         }
         if authenticates {
-            self.set_authenticated();
+            self.set_authenticated(own_user);
         }
         if let Some(name) = hello.setname {
             self.set_name(name);
@@ -200,7 +220,7 @@ impl Client {
             }
             let error = Error::NoHealth {
                 addr: self.lanes.addr().clone(),
-                waited: self.shared.config.retry.hold_timeout,
+                waited: self.shared.process.live.retry.hold_timeout(),
             };
             self.output.push_ready(error.to_resp());
         }
@@ -208,6 +228,11 @@ impl Client {
 
     /// `INFO respool`: the process's counters, summed over its event loops.
     fn stats_reply(&self) -> Bytes {
+        bulk(self.stats_text().as_bytes())
+    }
+
+    /// `INFO respool`'s text (also `RESPOOL STATS`'s, as fields).
+    pub(super) fn stats_text(&self) -> String {
         let version = self.lanes.health().version();
         let upstream = self.lanes.addr();
         let process = &self.shared.process.stats;
@@ -224,7 +249,7 @@ impl Client {
         };
         let mut text = crate::stats::render(ctx, process.totals());
         self.shared.router.render_topology(&mut text);
-        bulk(text.as_bytes())
+        text
     }
 
     /// Names the client (CLIENT SETNAME, HELLO SETNAME, RESET).
@@ -252,6 +277,7 @@ impl Client {
             self.member.publish(|p| p.resp = 2);
             self.lane = self.lanes.lane(2);
         }
+        self.admin = false;
         if self.settings().auth.required() && self.authenticated {
             self.authenticated = false;
             self.input.set_limits(RequestLimits::unauthenticated());

@@ -76,7 +76,7 @@ impl Client {
             }
             _ => self.protocol,
         };
-        let within = self.shared.config.retry.hold_timeout;
+        let within = self.shared.process.live.retry.hold_timeout();
         let check = check_login(lanes, protocol, ask, within);
         self.park(req, command, Some(Wait::Login(Box::pin(check))));
     }

@@ -19,6 +19,7 @@
 //! client's commands until the state ends; then the client returns to its
 //! lane.
 
+mod admin;
 pub(crate) mod auth;
 mod buffers;
 mod cluster;
@@ -38,7 +39,6 @@ mod stop;
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -51,7 +51,7 @@ use crate::codec::{Request, RequestLimits};
 use crate::command::Command;
 use crate::config::ClientSettings;
 use crate::error::Error;
-use crate::net::Stream;
+use crate::net::{PeerAddr, Stream};
 use crate::pool::lane::LaneHandle;
 use crate::pool::{LaneSet, PinnedConn};
 use crate::server::Shared;
@@ -61,6 +61,10 @@ use output::Output;
 use roster::{Joining, Member, Published};
 use session::{Session, SessionEvent};
 use stop::{Stop, StopSignals};
+
+/// At shutdown, how long a client's input is drained after respool ended
+/// its stream (see [`Stream::linger`]).
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol, or the
 /// proxy shuts down.
@@ -74,11 +78,22 @@ pub(crate) async fn serve(
     // CLIENT KILL closes this client alone; the shutdown deadline, all.
     let kill = abort.child_token();
     let mut client = Client::new(stream, shared, kill.clone());
-    let mut stop = StopSignals::new(shutdown, kill);
+    let mut stop = StopSignals::new(shutdown, kill.clone());
     let result = poll_fn(|cx| client.poll_run(cx, &mut stop)).await;
     client.end_session();
     client.stream.close();
     client.shared.process.roster.leave(client.id);
+    if stop.shutdown_seen() {
+        // The client may have sent more than respool read. Closing a socket
+        // with bytes unread resets the connection, and a reset can destroy
+        // replies still on their way, which the client would then resend
+        // though they ran: drain its input until it closes too (it has our
+        // end of stream), briefly, unless the shutdown deadline comes first.
+        tokio::select! {
+            _ = kill.cancelled() => {}
+            _ = client.stream.linger(SHUTDOWN_LINGER) => {}
+        }
+    }
     match result {
         Ok(()) => tracing::trace!(?peer, "client closed"),
         Err(e) => tracing::debug!(?peer, error = %e, "client connection ended with an error"),
@@ -187,7 +202,7 @@ struct Registered {
 struct Client {
     stream: Stream,
     /// The client's address, for log lines about it.
-    peer: Option<SocketAddr>,
+    peer: Option<PeerAddr>,
     shared: Arc<Shared>,
     /// This client's id (CLIENT ID, HELLO).
     id: u64,
@@ -201,6 +216,11 @@ struct Client {
     protocol: u8,
     /// Authenticated (always true when no client auth is configured).
     authenticated: bool,
+    /// Authenticated as `--admin-user`: may run `RESPOOL …`.
+    admin: bool,
+    /// The last short command name counted (as a word), its length and id
+    /// (`id | len << 16`): the next request usually has the same.
+    last_command: std::cell::Cell<(u64, u32)>,
     /// CLIENT SETNAME, kept here so that naming a client does not pin it.
     name: Option<Bytes>,
     input: Input,
@@ -216,6 +236,10 @@ struct Client {
     deadlines: Deadlines,
     /// Reads from replicas (`--read-from` other than `primary`).
     reads: Option<reads::ReplicaReads>,
+    /// Authentication, deny list and limits as they were when the client
+    /// connected or last logged in: a reload applies to new connections
+    /// and new logins, and costs the request path nothing.
+    settings: Arc<ClientSettings>,
     /// Where the run of shared requests being collected goes.
     run_target: routing::Target,
     /// Routing by hash slot (`--cluster`).
@@ -229,7 +253,7 @@ struct Client {
 
 impl Client {
     fn new(stream: Stream, shared: Arc<Shared>, kill: CancellationToken) -> Client {
-        let settings = &shared.config.clients;
+        let settings = shared.process.live.clients.load_full();
         let authenticated = !settings.auth.required();
         let limits = if authenticated {
             RequestLimits {
@@ -243,10 +267,10 @@ impl Client {
         let id = next_client_id();
         let peer = stream.peer_addr().ok();
         let roster = &shared.process.roster;
-        let output = Output::new(settings.output_limit, roster.memory.clone());
+        let output = Output::new(id, settings.output_limit, roster.memory.clone());
         let joining = Joining {
             id,
-            addr: peer,
+            addr: peer.clone(),
             laddr: stream.local_addr().ok(),
             fd: stream.fd(),
             kill,
@@ -270,6 +294,8 @@ impl Client {
             lanes,
             protocol: 2,
             authenticated,
+            admin: false,
+            last_command: std::cell::Cell::new((u64::MAX, 0)),
             name: None,
             input: Input::new(limits, shared.config.pool.read_buffer_size),
             output,
@@ -291,12 +317,18 @@ impl Client {
                 .map(cluster::ClusterRoutes::new),
             routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
             session_origin: None,
+            settings,
             shared,
         }
     }
 
     fn settings(&self) -> &ClientSettings {
-        &self.shared.config.clients
+        &self.settings
+    }
+
+    /// Takes the current settings (a login checks the passwords of now).
+    fn refresh_settings(&mut self) {
+        self.settings = self.shared.process.live.clients.load_full();
     }
 
     /// One poll of the client's task: turns of the loop until nothing is
@@ -337,7 +369,10 @@ impl Client {
         progress |= self.poll_wait(cx)?;
         progress |= self.poll_deadlines(cx)?;
         if self.output.wants_write() {
-            match self.output.poll_write(&mut self.stream, cx) {
+            match self
+                .output
+                .poll_write(&mut self.stream, cx, &self.shared.stats.client_bytes_out)
+            {
                 Poll::Ready(Ok(())) => progress = true,
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}
@@ -393,8 +428,10 @@ impl Client {
             // EOF: the client is gone; replies still pending would reach
             // nobody. (Its commands still run, as with Redis.)
             Poll::Ready(Ok(0)) => Err(End::Done),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
+                self.shared.stats.client_bytes_in.add(n as u64);
                 self.touch();
+                self.member.active();
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(End::Failed(e)),
@@ -421,7 +458,10 @@ impl Client {
                     tracing::debug!(peer = ?self.peer, waiting_for = wait.what(), "client hung up while its request waited");
                     return Err(End::Done);
                 }
-                Poll::Ready(Ok(_)) => parked.sent_while_waiting = true,
+                Poll::Ready(Ok(n)) => {
+                    self.shared.stats.client_bytes_in.add(n as u64);
+                    parked.sent_while_waiting = true;
+                }
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}
             }
@@ -495,10 +535,15 @@ impl Client {
         self.output.collect_ready();
         self.advance();
         self.output.collect_ready();
-        self.input.release_idle_buffer(self.output.in_flight() == 0);
+        let in_flight = self.output.in_flight();
+        self.member.set_pending(in_flight);
+        self.input.release_idle_buffer(in_flight == 0);
         self.flush_session(cx);
         if self.output.wants_write() {
-            match self.output.poll_write(&mut self.stream, cx) {
+            match self
+                .output
+                .poll_write(&mut self.stream, cx, &self.shared.stats.client_bytes_out)
+            {
                 Poll::Ready(Ok(())) => self.touch(),
                 Poll::Ready(Err(e)) => return Err(End::Failed(e)),
                 Poll::Pending => {}

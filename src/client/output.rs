@@ -46,9 +46,9 @@ pub(super) struct Output {
 }
 
 impl Output {
-    pub fn new(limit: Option<usize>, memory: Arc<ReplyMemory>) -> Output {
+    pub fn new(client: u64, limit: Option<usize>, memory: Arc<ReplyMemory>) -> Output {
         Output {
-            inbox: ReplyInbox::new(limit, memory),
+            inbox: ReplyInbox::for_client(client, limit, memory),
             arrived: Vec::new(),
             pending: VecDeque::new(),
             base_seq: 0,
@@ -226,11 +226,13 @@ impl Output {
 
     /// Writes as much as the socket takes now, then flushes; ready when the
     /// socket took something (or a flush finished), pending (with the
-    /// waker registered) when it takes nothing more.
+    /// waker registered) when it takes nothing more. What the socket takes
+    /// is counted in `sent`.
     pub fn poll_write(
         &mut self,
         stream: &mut Stream,
         cx: &mut Context<'_>,
+        sent: &crate::stats::Counter,
     ) -> Poll<io::Result<()>> {
         let mut wrote = false;
         loop {
@@ -241,6 +243,7 @@ impl Output {
             };
             match stream.poll_send(cx, chunk) {
                 Poll::Ready(Ok(n)) => {
+                    sent.add(n as u64);
                     self.budget().release(n);
                     wrote = true;
                     self.unflushed = stream.buffers_writes();

@@ -8,9 +8,9 @@
 //! per request; nothing here is on the request path but one atomic load for
 //! the pause.
 
+use crate::net::PeerAddr;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -32,19 +32,45 @@ pub(crate) struct Roster {
     pause: Mutex<Option<Pause>>,
     /// Woken by `CLIENT UNPAUSE`.
     unpaused: Notify,
+    /// Seconds since `clock_base`, kept by [`keep_time`]: what a client
+    /// stamps its activity with, for `RESPOOL CLIENTS` (a load and a store
+    /// per read, where a clock read would show at pipeline 1).
+    clock: Arc<AtomicU64>,
+    clock_base: Instant,
+}
+
+/// Keeps `roster`'s coarse clock (one tick a second) until the roster is
+/// gone.
+pub(crate) async fn keep_time(roster: Weak<Roster>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(roster) = roster.upgrade() else {
+            return;
+        };
+        roster
+            .clock
+            .store(roster.clock_base.elapsed().as_secs(), Ordering::Relaxed);
+    }
 }
 
 /// Reply bytes held for every client of the process — received from the
 /// upstream, not yet written to the client — against `--max-reply-memory`.
 /// Past it, the client holding the most is disconnected, as Redis's
-/// `maxmemory-clients` evicts the biggest client: one at a time, the next
-/// only once the last one's memory is freed.
+/// `maxmemory-clients` evicts the biggest client; the next one only if the
+/// total stays over the budget even without what the clients already
+/// chosen hold (their memory is freed when their tasks end, which on a
+/// busy machine may take a while, while the others keep receiving).
 #[derive(Debug)]
 pub(crate) struct ReplyMemory {
     held: AtomicUsize,
     limit: Option<usize>,
-    /// Clients chosen and not gone yet.
+    /// Reply bytes of the clients chosen and not gone yet (as they held
+    /// when chosen).
     dying: AtomicUsize,
+    /// Held while a victim is chosen: one at a time.
+    choosing: std::sync::Mutex<()>,
     evictions: AtomicU64,
     /// Where the biggest client is found.
     roster: Weak<Roster>,
@@ -62,6 +88,7 @@ impl ReplyMemory {
             held: AtomicUsize::new(0),
             limit,
             dying: AtomicUsize::new(0),
+            choosing: std::sync::Mutex::new(()),
             evictions: AtomicU64::new(0),
             roster,
         }
@@ -92,44 +119,50 @@ impl ReplyMemory {
         self.held.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// A client chosen to free memory has gone.
-    pub fn victim_gone(&self) {
-        self.dying.fetch_sub(1, Ordering::Relaxed);
+    /// A client chosen to free memory has gone; it held `bytes` when
+    /// chosen.
+    pub fn victim_gone(&self, bytes: usize) {
+        self.dying.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Over budget: disconnects the client holding the most, unless one
-    /// chosen earlier is still on its way out.
+    /// Over budget: disconnects the client holding the most, unless the
+    /// clients already on their way out will bring the total back within
+    /// it.
     #[cold]
     fn evict_biggest(&self, total: usize) {
-        if self
-            .dying
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        let Some(limit) = self.limit else { return };
+        if total.saturating_sub(self.dying.load(Ordering::Acquire)) <= limit {
             return;
         }
+        let Ok(_choosing) = self.choosing.try_lock() else {
+            // Another thread is choosing one now.
+            return;
+        };
         let victim = self.roster.upgrade().and_then(|roster| {
             roster
                 .all()
                 .into_iter()
+                .filter(|m| !m.replies.is_doomed())
                 .max_by_key(|m| m.replies.held())
                 .filter(|m| m.replies.held() > 0)
         });
-        match victim {
-            Some(victim) if victim.replies.doom() => {
-                self.evictions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    client = victim.id,
-                    addr = ?victim.addr,
-                    held_bytes = victim.replies.held(),
-                    total_bytes = total,
-                    "reply memory (--max-reply-memory) exceeded; disconnecting the client holding the most"
-                );
-                victim.kill.cancel();
-            }
-            _ => {
-                self.dying.store(0, Ordering::Release);
-            }
+        let Some(victim) = victim else { return };
+        let bytes = victim.replies.held();
+        // Counted before the client is marked, so that its leaving (which
+        // takes `bytes` off again) can never come first.
+        self.dying.fetch_add(bytes, Ordering::AcqRel);
+        if victim.replies.doom(bytes) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                client = victim.id,
+                addr = ?victim.addr,
+                held_bytes = bytes,
+                total_bytes = total,
+                "reply memory (--max-reply-memory) exceeded; disconnecting the client holding the most"
+            );
+            victim.kill.cancel();
+        } else {
+            self.dying.fetch_sub(bytes, Ordering::AcqRel);
         }
     }
 }
@@ -146,8 +179,8 @@ pub(crate) struct Pause {
 #[derive(Debug)]
 pub(crate) struct Member {
     pub id: u64,
-    addr: Option<SocketAddr>,
-    laddr: Option<SocketAddr>,
+    addr: Option<PeerAddr>,
+    laddr: Option<PeerAddr>,
     fd: i32,
     created: Instant,
     /// Cancelled by `CLIENT KILL`: the client closes at once.
@@ -155,6 +188,12 @@ pub(crate) struct Member {
     /// Its replies' budget: what it holds (`omem`, `--max-reply-memory`).
     replies: ReplySender,
     state: Mutex<Published>,
+    /// Requests in flight (not answered or not written yet), as of the
+    /// client's last turn.
+    pending: AtomicUsize,
+    /// The roster's coarse clock when the client last sent something.
+    last_active: AtomicU64,
+    clock: Arc<AtomicU64>,
 }
 
 /// What a client publishes about itself.
@@ -202,8 +241,8 @@ pub(crate) enum ClientKind {
 /// Where a client is, and how it is reached: what [`Roster::join`] needs.
 pub(crate) struct Joining {
     pub id: u64,
-    pub addr: Option<SocketAddr>,
-    pub laddr: Option<SocketAddr>,
+    pub addr: Option<PeerAddr>,
+    pub laddr: Option<PeerAddr>,
     pub fd: i32,
     pub kill: CancellationToken,
     pub replies: ReplySender,
@@ -219,6 +258,8 @@ impl Roster {
             paused: AtomicBool::new(false),
             pause: Mutex::default(),
             unpaused: Notify::new(),
+            clock: Arc::default(),
+            clock_base: Instant::now(),
         })
     }
 
@@ -241,6 +282,9 @@ impl Roster {
             kill,
             replies,
             state: Mutex::new(state),
+            pending: AtomicUsize::new(0),
+            last_active: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
+            clock: self.clock.clone(),
         });
         self.lock().insert(id, member.clone());
         member
@@ -318,6 +362,20 @@ impl Roster {
         self.unpaused.notify_waiters();
     }
 
+    /// Whether a pause is in force.
+    pub fn is_paused(&self) -> bool {
+        self.current_pause().is_some()
+    }
+
+    /// The pause in force, if any.
+    pub fn current_pause(&self) -> Option<Pause> {
+        if !self.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        let _ = self.pause_ending(true);
+        *self.pause.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether a request must wait (`write`: it is not read-only); until
     /// when, if so.
     #[inline]
@@ -359,6 +417,41 @@ impl Roster {
 }
 
 impl Member {
+    /// The client's address.
+    pub fn addr(&self) -> Option<PeerAddr> {
+        self.addr.clone()
+    }
+
+    /// How long the client has been connected.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// The client sent something.
+    #[inline]
+    pub fn active(&self) {
+        let now = self.clock.load(Ordering::Relaxed);
+        self.last_active.store(now, Ordering::Relaxed);
+    }
+
+    /// Seconds since the client last sent something (to the second).
+    pub fn idle_secs(&self) -> u64 {
+        self.clock
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.last_active.load(Ordering::Relaxed))
+    }
+
+    /// Notes the client's requests in flight.
+    #[inline]
+    pub fn set_pending(&self, n: usize) {
+        self.pending.store(n, Ordering::Relaxed);
+    }
+
+    /// The client's requests in flight, as of its last turn.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// What the client published last.
     pub fn published(&self) -> Published {
         self.state
@@ -382,10 +475,10 @@ impl Member {
         f.id.is_none_or(|id| id == self.id)
             && f.addr
                 .as_deref()
-                .is_none_or(|a| self.addr.is_some_and(|s| s.to_string() == a))
+                .is_none_or(|a| self.addr.as_ref().is_some_and(|s| s.to_string() == a))
             && f.laddr
                 .as_deref()
-                .is_none_or(|a| self.laddr.is_some_and(|s| s.to_string() == a))
+                .is_none_or(|a| self.laddr.as_ref().is_some_and(|s| s.to_string() == a))
             && f.user.as_deref().is_none_or(|u| *state.user == *u)
             && f.kind.is_none_or(|k| k == kind)
             && f.max_age
@@ -408,10 +501,17 @@ impl Member {
         if s.blocked {
             flags.push('b');
         }
+        // Redis marks its `unixsocket` clients so.
+        if matches!(self.addr, Some(PeerAddr::Unix(_))) {
+            flags.push('U');
+        }
         if flags.is_empty() {
             flags.push('N');
         }
-        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?:0".to_string(), |a| a.to_string());
+        let addr = |a: &Option<PeerAddr>| {
+            a.as_ref()
+                .map_or_else(|| "?:0".to_string(), |a| a.to_string())
+        };
         let name = s
             .name
             .as_ref()
@@ -420,13 +520,14 @@ impl Member {
         let mut line = String::with_capacity(256);
         let _ = write!(
             line,
-            "id={} addr={} laddr={} fd={} name={} age={} idle=0 flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
             self.id,
-            addr(self.addr),
-            addr(self.laddr),
+            addr(&self.addr),
+            addr(&self.laddr),
             self.fd,
             name,
             self.created.elapsed().as_secs(),
+            if current.is_some() { 0 } else { self.idle_secs() },
             flags,
             s.db,
             s.subscriptions[0],

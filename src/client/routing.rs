@@ -8,6 +8,7 @@ use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
 use crate::error::{error_line, Error};
+use crate::ops::commands::{command_id, short_id, short_word};
 use crate::pool::lane::LaneRequest;
 
 /// Where a run of shared requests goes.
@@ -88,13 +89,43 @@ impl Client {
         self.output.push_ready(Error::ClientProtocol(e).to_resp());
     }
 
+    /// Counts the request by its command. A client usually sends the same
+    /// few commands: the last name's id is kept, so that most requests
+    /// cost one word compared, not a lookup.
+    #[inline]
+    fn count_command(&self, req: RequestRef<'_>) {
+        let stats = &self.shared.stats;
+        let len = req.name().len();
+        let Some(word) = short_word(req.name_onwards(), len) else {
+            return stats.commands.count(req.name());
+        };
+        let (last_word, last) = self.last_command.get();
+        let id = if last_word == word && last >> 16 == len as u32 {
+            last as u16
+        } else {
+            let id = short_id(word, len);
+            self.last_command
+                .set((word, u32::from(id) | (len as u32) << 16));
+            id
+        };
+        stats.commands.add(id);
+    }
+
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
-        self.shared.stats.requests.add(1);
+        // Counted by command; the total is their sum.
+        self.count_command(req);
         let settings = self.settings();
+        let refused = || {
+            // Rare: the id is looked up again rather than kept live.
+            let command = command_id(req.name());
+            self.shared.stats.command_errors.add(command);
+        };
         if !self.authenticated && !local::allowed_before_auth(req) {
+            refused();
             Admission::NoAuth
         } else if settings.deny.denies(req) {
+            refused();
             Admission::Denied
         } else {
             Admission::Command(classify(req, self.lanes.endpoint().db))

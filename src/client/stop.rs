@@ -65,6 +65,11 @@ impl StopSignals {
         }
     }
 
+    /// Whether the shutdown signal has been seen.
+    pub(super) fn shutdown_seen(&self) -> bool {
+        self.shutdown_seen
+    }
+
     /// Ready with the signal that fired; each fires at most once.
     pub(super) fn poll_stop(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
         // Until a token fires, the task's waker registered last time is still

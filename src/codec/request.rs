@@ -153,6 +153,12 @@ impl<'a> RequestRef<'a> {
         &self.raw[self.name.0..self.name.0 + self.name.1]
     }
 
+    /// The request's bytes from the command name on (the name, then what
+    /// follows it): lets a short name be read as one word.
+    pub(crate) fn name_onwards(&self) -> &'a [u8] {
+        &self.raw[self.name.0..]
+    }
+
     /// All arguments, command name first.
     pub fn args(&self) -> ArgIter<'a> {
         let mut it = ArgIter {
@@ -167,6 +173,28 @@ impl<'a> RequestRef<'a> {
     /// Argument `i` (0 is the command name).
     pub fn arg(&self, i: usize) -> Option<&'a [u8]> {
         self.args().nth(i)
+    }
+
+    /// The first request of `run`, a concatenation of requests decoded
+    /// earlier (see [`first_request_len`]), seen in place; `None` if `run`
+    /// does not start with a whole request that has a name.
+    pub fn first_of(run: &'a [u8]) -> Option<RequestRef<'a>> {
+        let raw = &run[..first_request_len(run)?];
+        let cr = find_crlf(raw, 1)?;
+        let argc = usize::try_from(parse_int(&raw[1..cr])?).ok()?;
+        let mut args = ArgIter {
+            raw,
+            pos: cr + 2,
+            left: argc,
+        };
+        let name_len = args.next()?.len();
+        // The name ends just before its CRLF.
+        let name_start = args.pos - 2 - name_len;
+        Some(RequestRef {
+            raw,
+            argc,
+            name: (name_start, name_len),
+        })
     }
 }
 

@@ -53,6 +53,8 @@ pub enum LogFormat {
 )]
 pub struct Flags {
     #[command(flatten)]
+    pub(crate) file: FileFlags,
+    #[command(flatten)]
     pub(crate) listener: ListenerFlags,
     #[command(flatten)]
     pub(crate) upstream: UpstreamFlags,
@@ -72,15 +74,36 @@ pub struct Flags {
     pub(crate) cluster: ClusterFlags,
     #[command(flatten)]
     pub(crate) log: LogFlags,
+    #[command(flatten)]
+    pub(crate) admin: AdminFlags,
+    #[command(flatten)]
+    pub(crate) ops: OpsFlags,
+}
+
+/// The configuration file.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Configuration file")]
+pub(crate) struct FileFlags {
+    /// A TOML file of settings whose keys are these flags' names without the dashes (`max-connections = 4`, `user = ["alice:pw"]`); flags and env variables override it. SIGHUP re-reads it (docs/configuration.md "Config file").
+    #[arg(long, env = "RESPOOL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Where clients connect, how many, and how the process runs.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Listener")]
 pub(crate) struct ListenerFlags {
-    /// Address to accept client connections on.
-    #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380")]
-    pub listen: SocketAddr,
+    /// Where to accept clients: a TCP `host:port`, or `unix:/path/respool.sock` for a Unix socket; give it twice (or comma-separated in the env variable) for both at once.
+    #[arg(long, env = "RESPOOL_LISTEN", default_value = "127.0.0.1:6380", value_delimiter = ',', value_parser = parse_listen)]
+    pub listen: Vec<ListenAddr>,
+
+    /// Mode of the Unix socket file, in octal (`0660`: owner and group may connect); unset, the umask decides.
+    #[arg(long, env = "RESPOOL_UNIX_PERMISSIONS", value_parser = parse_mode)]
+    pub unix_permissions: Option<u32>,
+
+    /// Replace the Unix socket of a respool that is still running (zero-downtime restart): bind a temporary name and rename it over the path. Without it a live socket at the path is refused.
+    #[arg(long, env = "RESPOOL_UNIX_TAKEOVER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub unix_takeover: bool,
 
     /// Most client connections at once; more are answered with an error and closed.
     #[arg(long, env = "RESPOOL_MAX_CLIENTS", default_value_t = 10_000)]
@@ -95,11 +118,43 @@ pub(crate) struct ListenerFlags {
     pub shutdown_timeout: Duration,
 }
 
+/// A `--listen` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// The path of a Unix socket file.
+    Unix(PathBuf),
+}
+
+/// `host:port`, or `unix:PATH` (also `unix://PATH`).
+fn parse_listen(value: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = value.strip_prefix("unix:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err("'unix:' needs a path: unix:/run/respool/respool.sock".into());
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    value.parse().map(ListenAddr::Tcp).map_err(|_| {
+        format!("'{value}' is neither an IP:PORT address nor unix:/path/to/respool.sock")
+    })
+}
+
+/// An octal file mode: `0660`, `660`, `0o660`.
+fn parse_mode(value: &str) -> Result<u32, String> {
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("'{value}' is not an octal file mode like 0660")),
+    }
+}
+
 /// The upstream Redis and what its connections must prove.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Upstream")]
 pub(crate) struct UpstreamFlags {
-    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`. With --cluster, a seed node where discovery starts: repeat it for each (the env variable takes a comma-separated list); the first URL's user, password and scheme apply to every node.
+    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`, `rediss://…` for TLS, or a Unix socket: `unix:///path/redis.sock[?db=N]`. With --cluster, a seed node where discovery starts: repeat it for each (the env variable takes a comma-separated list); the first URL's user, password and scheme apply to every node.
     #[arg(
         long = "upstream",
         env = "RESPOOL_UPSTREAM",
@@ -368,6 +423,15 @@ pub(crate) struct ClusterFlags {
     pub cluster_refresh_min_interval: Duration,
 }
 
+/// What respool shows operators besides its log.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Metrics and health")]
+pub(crate) struct OpsFlags {
+    /// Serve HTTP on this address: /metrics (Prometheus text format), /healthz (200 while serving) and /readyz (200 while a validated upstream connection exists, else 503). Off unless given.
+    #[arg(long, env = "RESPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
 /// Logging.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Logging")]
@@ -379,4 +443,36 @@ pub(crate) struct LogFlags {
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "RESPOOL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// `--slowlog-threshold`: a duration, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlowlogThreshold(pub Option<Duration>);
+
+fn parse_slowlog_threshold(s: &str) -> Result<SlowlogThreshold, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(SlowlogThreshold(None));
+    }
+    parse_duration(s).map(|d| SlowlogThreshold(Some(d)))
+}
+
+/// The admin console (`RESPOOL …` on the client port) and the slowlog.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Admin console and slowlog")]
+pub(crate) struct AdminFlags {
+    /// One of respool's own client users (--user) whose connections may run RESPOOL POOLS | CLIENTS | STATS | CONFIG | PAUSE | RESUME | DRAIN | RELOAD | SLOWLOG on the client port; without it nobody may. See docs/operations.md "Admin console".
+    #[arg(long, env = "RESPOOL_ADMIN_USER")]
+    pub admin_user: Option<String>,
+
+    /// Requests on shared lanes slower than this through respool (from the lane taking them to their last reply) go to the slowlog and a log line; 0s = every request; off = none.
+    #[arg(long, env = "RESPOOL_SLOWLOG_THRESHOLD", default_value = "10ms", value_parser = parse_slowlog_threshold)]
+    pub slowlog_threshold: SlowlogThreshold,
+
+    /// Entries the slowlog keeps (the oldest go first), like Redis's slowlog-max-len.
+    #[arg(long, env = "RESPOOL_SLOWLOG_MAX_LEN", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub slowlog_max_len: u32,
+
+    /// Keep the arguments of slow requests in the slowlog (truncated as Redis truncates them); off by default, since values may be secrets.
+    #[arg(long, env = "RESPOOL_SLOWLOG_ARGS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub slowlog_args: bool,
 }

@@ -6,17 +6,25 @@
 //! * `url` — `redis://` / `rediss://` URLs.
 //! * `units` — durations and sizes as operators write them.
 //! * `secret` — passwords that never print themselves.
+//! * `file` — `--config FILE`, read through the flags' own definitions.
+//! * `effective` — every flag's final value and source (check-config, reload).
 
+mod admin;
+mod describe;
+mod effective;
+mod file;
 mod flags;
 mod secret;
 mod topology;
 mod units;
-mod url;
+pub(crate) mod url;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(crate) use admin::AdminSettings;
+pub use effective::{Effective, Source};
 pub use flags::{Flags, LogFormat, ReadFrom, Validate};
 pub use secret::Secret;
 pub(crate) use topology::{ClusterSettings, ReplicaSettings, SentinelSettings, TopologySettings};
@@ -63,6 +71,11 @@ pub struct Config {
     /// Redis Cluster (`--cluster`): the seeds and how the slot map is kept.
     pub(crate) cluster: Option<ClusterSettings>,
     pub(crate) log: LogSettings,
+    /// The admin console and the slowlog.
+    pub(crate) admin: AdminSettings,
+    /// `--metrics-listen`: where `/metrics`, `/healthz` and `/readyz` are
+    /// served, if anywhere.
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// AUTH passthrough: on when respool has no client users of its own.
@@ -80,7 +93,10 @@ pub(crate) struct IdentitySettings {
 /// Where and how clients are accepted.
 #[derive(Debug, Clone)]
 pub(crate) struct ListenerSettings {
-    pub listen: SocketAddr,
+    /// The TCP address clients connect to, if any.
+    pub tcp: Option<SocketAddr>,
+    /// The Unix socket clients connect to, if any.
+    pub unix: Option<UnixListen>,
     pub max_clients: usize,
     /// `--threads`: 0 for one loop per two cores ([`Config::event_loops`]).
     pub threads: usize,
@@ -89,6 +105,16 @@ pub(crate) struct ListenerSettings {
     pub tls: Option<ListenerTls>,
     /// TCP keepalive on client sockets.
     pub keepalive: Option<Duration>,
+}
+
+/// A Unix socket listener (`--listen unix:PATH`).
+#[derive(Debug, Clone)]
+pub(crate) struct UnixListen {
+    pub path: std::path::PathBuf,
+    /// `--unix-permissions`: the socket file's mode, or the umask's.
+    pub permissions: Option<u32>,
+    /// `--unix-takeover`: replace a live socket instead of refusing it.
+    pub takeover: bool,
 }
 
 /// How upstream connections are made, validated and kept: the same for
@@ -166,6 +192,16 @@ impl ListenerSettings {
         tls: &flags::TlsFlags,
         pool: &flags::PoolFlags,
     ) -> Result<ListenerSettings, String> {
+        let unix_listen = listener
+            .listen
+            .iter()
+            .any(|l| matches!(l, flags::ListenAddr::Unix(_)));
+        if unix_listen && tls.tls_cert.is_some() {
+            // A sidecar's socket never leaves the host; TLS there would only
+            // cost CPU, and TLS on one listener but not the other is not
+            // supported.
+            return Err("'--tls-cert' secures TCP clients: it cannot be combined with a '--listen unix:' socket; serve the Unix socket (it never leaves the host) from a respool without TLS".into());
+        }
         let tls = match (&tls.tls_cert, &tls.tls_key) {
             (Some(cert), Some(key)) => Some(ListenerTls::load(
                 cert,
@@ -175,8 +211,31 @@ impl ListenerSettings {
             )?),
             _ => None,
         };
+        let mut tcp = None;
+        let mut unix = None;
+        for addr in listener.listen {
+            let one_more = match addr {
+                flags::ListenAddr::Tcp(addr) => tcp.replace(addr).is_some(),
+                flags::ListenAddr::Unix(path) => unix
+                    .replace(UnixListen {
+                        path,
+                        permissions: listener.unix_permissions,
+                        takeover: listener.unix_takeover,
+                    })
+                    .is_some(),
+            };
+            if one_more {
+                return Err("'--listen' takes at most one TCP address and one unix: path".into());
+            }
+        }
+        if unix.is_none() && (listener.unix_permissions.is_some() || listener.unix_takeover) {
+            return Err(
+                "'--unix-permissions' and '--unix-takeover' need '--listen unix:PATH'".into(),
+            );
+        }
         Ok(ListenerSettings {
-            listen: listener.listen,
+            tcp,
+            unix,
             max_clients: listener.max_clients as usize,
             threads: listener.threads as usize,
             shutdown_timeout: listener.shutdown_timeout,
@@ -281,7 +340,48 @@ fn upstream_endpoint(
     })
 }
 
+/// A validated configuration and every flag's effective value: what
+/// [`Config::load`] returns.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The configuration the proxy runs with.
+    pub config: Config,
+    /// Each flag's value and source, for `check-config` and reloads.
+    pub effective: Effective,
+}
+
 impl Config {
+    /// Parses command-line arguments (the first is the program name), the
+    /// `RESPOOL_…` environment and the `--config` file if one is named, in
+    /// that order of precedence, and validates the result.
+    pub fn load<I, T>(args: I) -> Result<Loaded, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut cmd = Flags::command();
+        cmd.build();
+        let given = cmd.clone().try_get_matches_from(&args)?;
+        let mut from_file = std::collections::BTreeSet::new();
+        if let Some(path) = given.get_one::<PathBuf>("config") {
+            let loaded = file::read(path, &cmd, &given).map_err(|msg| {
+                clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n"))
+            })?;
+            // After the command line: no flag the file sets was given there.
+            args.extend(loaded.args);
+            from_file = loaded.set;
+        }
+        let matches = cmd.clone().try_get_matches_from(&args)?;
+        let effective = Effective::from_matches(&cmd, &matches, &from_file);
+        let flags = Flags::from_arg_matches(&matches)?;
+        Ok(Loaded {
+            config: Config::from_flags(flags)?,
+            effective,
+        })
+    }
+
     /// Parses command-line style arguments (the first is the program name).
     pub fn parse_from_args<I, T>(args: I) -> Result<Config, clap::Error>
     where
@@ -302,6 +402,7 @@ impl Config {
 
     fn validate(flags: Flags) -> Result<Config, String> {
         let Flags {
+            file: _,
             listener,
             upstream,
             pool,
@@ -312,7 +413,16 @@ impl Config {
             topology,
             cluster,
             log,
+            admin,
+            ops,
         } = flags;
+        if let Some(metrics) = ops.metrics_listen {
+            if listener.listen.contains(&flags::ListenAddr::Tcp(metrics)) {
+                return Err(format!(
+                    "--metrics-listen {metrics} is the --listen address; give the metrics their own port"
+                ));
+            }
+        }
         if retry.timeout.is_zero()
             || pool.connect_timeout.is_zero()
             || pool.checkout_timeout.is_zero()
@@ -322,32 +432,36 @@ impl Config {
             return Err("timeouts must be greater than zero".into());
         }
         let cluster = ClusterSettings::validate(&cluster, &upstream, &topology)?;
+        let identities = IdentitySettings {
+            passthrough: auth.requirepass.is_none()
+                && auth.users.is_empty()
+                && auth.users_file.is_none(),
+            max: auth.max_identities as usize,
+            idle_timeout: auth.identity_idle_timeout,
+        };
+        let clients = ClientSettings::validate(clients, auth)?;
         Ok(Config {
+            admin: AdminSettings::validate(admin, &clients.auth)?,
             upstream: upstream_endpoint(&upstream, &tls, topology.sentinel_tls)?,
             require_upstream: upstream.require_upstream,
             retry: RetrySettings::validate(&retry, &pool)?,
             listener: ListenerSettings::validate(listener, &tls, &pool)?,
             pool: PoolSettings::validate(pool, upstream)?,
-            identities: IdentitySettings {
-                passthrough: auth.requirepass.is_none()
-                    && auth.users.is_empty()
-                    && auth.users_file.is_none(),
-                max: auth.max_identities as usize,
-                idle_timeout: auth.identity_idle_timeout,
-            },
-            clients: ClientSettings::validate(clients, auth)?,
+            identities,
+            clients,
             topology: TopologySettings::validate(topology, &tls)?,
             cluster,
             log: LogSettings {
                 format: log.log_format,
                 level: log.log_level,
             },
+            metrics_listen: ops.metrics_listen,
         })
     }
 
-    /// The address clients connect to.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listener.listen
+    /// The TCP address clients connect to, if respool listens on one.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listener.tcp
     }
 
     /// The log line format.
@@ -507,6 +621,55 @@ mod tests {
     }
 
     #[test]
+    fn listeners_tcp_unix_or_both() {
+        let parse = |args: &[&str]| Config::parse_from_args([&["respool"], args].concat());
+        let c = parse(&["--listen", "unix:/tmp/r.sock", "--unix-permissions", "0660"]).unwrap();
+        assert!(c.listen_addr().is_none());
+        let unix = c.listener.unix.unwrap();
+        assert_eq!(unix.path, std::path::Path::new("/tmp/r.sock"));
+        assert_eq!(unix.permissions, Some(0o660));
+        assert!(!unix.takeover);
+
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:7000",
+            "--listen",
+            "unix:///tmp/r.sock",
+        ])
+        .unwrap();
+        assert_eq!(c.listen_addr().unwrap().port(), 7000);
+        assert!(c.listener.unix.is_some());
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:7000,unix:/tmp/r.sock",
+            "--unix-takeover",
+        ])
+        .unwrap();
+        assert!(c.listener.unix.unwrap().takeover);
+
+        for bad in [
+            &["--listen", "unix:"][..],
+            &["--listen", "localhost:6380"],
+            &["--listen", "unix:/a", "--listen", "unix:/b"],
+            &["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2"],
+            &["--listen", "unix:/a", "--unix-permissions", "0999"],
+            &["--listen", "unix:/a", "--unix-permissions", "01777"],
+            &["--unix-permissions", "0660"],
+            &["--unix-takeover"],
+            &[
+                "--listen",
+                "unix:/a",
+                "--tls-cert",
+                "/c.pem",
+                "--tls-key",
+                "/k.pem",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_password_flag_overrides_the_url() {
         let c = Config::parse_from_args([
             "respool",
@@ -569,7 +732,8 @@ mod tests {
     #[test]
     fn defaults_are_the_quick_start() {
         let c = Config::parse_from_args(["respool"]).unwrap();
-        assert_eq!(c.listener.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!(c.listener.tcp.unwrap().to_string(), "127.0.0.1:6380");
+        assert!(c.listener.unix.is_none());
         assert_eq!(&*c.upstream.node.addr(), "127.0.0.1:6379");
         assert_eq!(c.pool.validate, Validate::Write);
         assert_eq!(c.clients.output_limit, Some(256 << 20));

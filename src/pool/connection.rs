@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::Decoder;
 
 use super::endpoint::Endpoint;
 use crate::codec::{ReplyDecoder, Request};
+use crate::config::url::unix_socket_path;
 use crate::config::PoolSettings;
 use crate::error::ConnectError;
 use crate::net::Stream;
@@ -246,13 +247,20 @@ impl UpstreamConn {
 }
 
 /// Opens the TCP connection to where the node is now and, for `rediss://`,
-/// runs the TLS handshake; the stream, the generation of the address, and
-/// the address.
+/// runs the TLS handshake (or connects to its Unix socket); the stream, the
+/// generation of the address, and the address.
 async fn connect(
     endpoint: &Endpoint,
     s: &PoolSettings,
 ) -> Result<(Stream, u64, Arc<str>), ConnectError> {
     let (addr, generation) = endpoint.node.locate_within(s.connect_timeout / 2).await?;
+    if let Some(path) = unix_socket_path(&addr) {
+        // Configuration refuses TLS here: the socket never leaves the host.
+        let unix = UnixStream::connect(path)
+            .await
+            .map_err(|e| ConnectError::from_io(&e))?;
+        return Ok((Stream::Unix(unix, addr.clone()), generation, addr));
+    }
     let tcp = TcpStream::connect(&*addr)
         .await
         .map_err(|e| ConnectError::from_io(&e))?;

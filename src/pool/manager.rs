@@ -68,6 +68,7 @@ impl bb8::ManageConnection for UpstreamManager {
             Err(e) => {
                 tracing::debug!(upstream = %addr, user = self.endpoint.identity.user(), error = %e, "upstream connection attempt failed");
                 self.ctx.stats.upstream_connect_failures.add(1);
+                self.ctx.stats.connect_failures_by_step[crate::stats::connect_step(&e)].add(1);
                 if let ConnectError::Rejected { reply, .. } = &e {
                     if e.is_login_refusal() {
                         self.health.login_refused(reply.clone());
@@ -102,7 +103,7 @@ impl bb8::ManageConnection for UpstreamManager {
             .exchange(
                 &[Request::from_args(&["PING"])],
                 "health check PING",
-                self.ctx.retry.timeout,
+                self.ctx.retry.timeout(),
             )
             .await?;
         if replies.first().is_some_and(|r| &r[..] == b"+PONG\r\n") {

@@ -35,14 +35,15 @@ use crate::stats::LoopStats;
 use connection::UpstreamConn;
 use endpoint::Endpoint;
 
-pub(crate) use lane_set::{LaneSet, PinnedConn};
+pub(crate) use lane_set::{LaneSet, PinnedConn, PoolView};
 pub(crate) use registry::Registry;
 
 /// What every lane set of an event loop is built with.
 #[derive(Debug)]
 pub(crate) struct PoolContext {
     pub pool: PoolSettings,
-    pub retry: RetrySettings,
+    /// Deadlines, holds, resends and backoff: a reload changes them.
+    pub retry: Arc<crate::live::LiveRetry>,
     /// The lane sets of identities clients logged in as: a refused login
     /// there is a client's wrong password, not the upstream's outage, and
     /// is logged quietly.
@@ -61,6 +62,12 @@ pub(crate) struct PoolContext {
     /// they pass on and ask for a refresh of the slot map on those and
     /// when they cannot reach their node.
     pub cluster: Option<Arc<crate::topology::cluster::ClusterLink>>,
+    /// The event loop's share of `--max-pinned` now (a reload changes it;
+    /// `pool.max_pinned` is the share at start).
+    pub pinned_limit: Arc<std::sync::atomic::AtomicU32>,
+    /// Where the lanes record runs slower than `--slowlog-threshold`;
+    /// `None` when the slowlog is off (the lanes then read no clock for it).
+    pub slowlog: Option<Arc<crate::slowlog::Slowlog>>,
 }
 
 /// What the validation gate has said about a lane set's connections: the

@@ -44,12 +44,14 @@ impl Registry {
         }
         let identity_ctx = Arc::new(PoolContext {
             pool,
-            retry: ctx.retry,
+            retry: ctx.retry.clone(),
             client_identity: true,
             expects_primary: ctx.expects_primary,
             refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
             cluster: ctx.cluster.clone(),
+            pinned_limit: ctx.pinned_limit.clone(),
+            slowlog: ctx.slowlog.clone(),
         });
         Registry {
             default: Arc::new(LaneSet::open(upstream, ctx)),
@@ -62,6 +64,14 @@ impl Registry {
     /// The lane set of `--upstream` as respool's own identity.
     pub fn default_set(&self) -> &Arc<LaneSet> {
         &self.default
+    }
+
+    /// Every lane set open: respool's own identity's first, then those of
+    /// the identities clients logged in as.
+    pub fn all_sets(&self) -> Vec<Arc<LaneSet>> {
+        let mut all = vec![self.default.clone()];
+        all.extend(self.lock().values().cloned());
+        all
     }
 
     /// The lane set of `identity` (respool's own when it is the same),

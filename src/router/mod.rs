@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::pool::endpoint::Identity;
+use crate::pool::endpoint::{FollowedAddr, Identity};
 use crate::pool::{LaneSet, PoolContext, Registry};
 use crate::topology::cluster::ClusterMap;
 use crate::topology::replicas::ReplicaSet;
@@ -34,8 +34,14 @@ pub(crate) struct Router {
 
 impl Router {
     /// Opens the lane sets the configuration names.
-    pub fn start(config: &Config, ctx: Arc<PoolContext>) -> Router {
-        let topology = Topology::start(config, &ctx);
+    /// `upstream`: the process's movable `--upstream` address (see
+    /// [`crate::live::Live::upstream`]).
+    pub fn start(
+        config: &Config,
+        ctx: Arc<PoolContext>,
+        upstream: Option<Arc<FollowedAddr>>,
+    ) -> Router {
+        let topology = Topology::start(config, &ctx, upstream);
         let registry = Arc::new(Registry::start(
             topology.primary.clone(),
             ctx,
@@ -66,6 +72,20 @@ impl Router {
     /// What `INFO respool` shows of the primary and the replicas.
     pub fn render_topology(&self, out: &mut String) {
         self.topology.render(out);
+    }
+
+    /// What `RESPOOL POOLS` shows: every lane set of this event loop.
+    pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let mut views: Vec<_> = self
+            .registry
+            .all_sets()
+            .iter()
+            .map(|set| set.view("primary"))
+            .collect();
+        if let Some(replicas) = self.replicas() {
+            views.extend(replicas.pool_views());
+        }
+        views
     }
 
     /// The lane set a new client starts on, and a client that logs out

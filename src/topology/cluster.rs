@@ -411,7 +411,11 @@ impl Refresher {
             self.refresh_once().await;
             let pause = if self.map.version() == 0 {
                 // Nothing known yet: ask again soon, with the backoff.
-                self.ctx.retry.backoff.base.max(Duration::from_millis(100))
+                self.ctx
+                    .retry
+                    .backoff()
+                    .base
+                    .max(Duration::from_millis(100))
             } else {
                 self.settings.refresh_interval
             };

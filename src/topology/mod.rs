@@ -48,7 +48,13 @@ pub(crate) struct Topology {
 impl Topology {
     /// Starts following the primary and checking the replicas, as the
     /// configuration asks.
-    pub fn start(config: &Config, ctx: &Arc<PoolContext>) -> Topology {
+    /// `upstream`: where `--upstream` is now, which a reload may move
+    /// (without Sentinel).
+    pub fn start(
+        config: &Config,
+        ctx: &Arc<PoolContext>,
+        upstream: Option<Arc<FollowedAddr>>,
+    ) -> Topology {
         let mut tasks = Vec::new();
         let mut primary = config.upstream.clone();
         let mut sentinel = None;
@@ -78,6 +84,8 @@ impl Topology {
             };
             tasks.push(tokio::spawn(follower.run()));
             sentinel = Some((settings.master.clone(), state));
+        } else if let Some(upstream) = upstream {
+            primary.node = Node::followed(upstream, config.upstream.node.tls.clone(), false);
         }
         let mut cluster = None;
         if let (Some(settings), Some(link)) = (&config.cluster, &ctx.cluster) {
@@ -180,11 +188,13 @@ fn replica_context(ctx: &Arc<PoolContext>) -> Arc<PoolContext> {
     }
     Arc::new(PoolContext {
         pool,
-        retry: ctx.retry,
+        retry: ctx.retry.clone(),
         client_identity: false,
         expects_primary: false,
         refresh: Arc::new(Notify::new()),
         stats: ctx.stats.clone(),
         cluster: None,
+        pinned_limit: ctx.pinned_limit.clone(),
+        slowlog: ctx.slowlog.clone(),
     })
 }

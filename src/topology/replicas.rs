@@ -143,6 +143,12 @@ impl ReplicaSet {
             .cloned()
     }
 
+    /// What `RESPOOL POOLS` shows of each replica's lanes.
+    pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let replicas = self.replicas.read().unwrap_or_else(PoisonError::into_inner);
+        replicas.iter().map(|r| r.lanes.view("replica")).collect()
+    }
+
     /// `INFO respool` lines about the replicas.
     pub fn render(&self, out: &mut String) {
         let replicas = self.replicas.read().unwrap_or_else(PoisonError::into_inner);

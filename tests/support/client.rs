@@ -1,4 +1,5 @@
-//! `TestClient`: a deliberately tiny raw-RESP client over a tokio `TcpStream`.
+//! `TestClient`: a deliberately tiny raw-RESP client over a tokio `TcpStream`
+//! (or a `UnixStream`).
 //!
 //! It uses no Redis client crate on purpose: tests must be able to send any
 //! bytes (pipelines, malformed frames, half requests) and see every reply
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
 
 /// How long `read_reply` waits for one complete reply unless told otherwise.
 /// Generous on purpose: the tests run on loaded 2-core machines.
@@ -477,12 +479,15 @@ impl<'a> Parser<'a> {
 
 /// A raw RESP connection for tests.
 pub struct TestClient {
-    stream: TcpStream,
+    stream: Either<TcpStream, UnixStream>,
     /// Bytes read but not yet parsed into a reply: replies may arrive split
     /// across reads or many to a read (pipelining).
     buf: BytesMut,
     read_timeout: Duration,
+    /// `0.0.0.0:0` over a Unix socket.
     peer: SocketAddr,
+    /// Where it connected, for messages.
+    name: String,
 }
 
 /// How a [`TestClient`] hangs up.
@@ -502,10 +507,26 @@ impl TestClient {
             .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
         stream.set_nodelay(true)?;
         Ok(TestClient {
-            stream,
+            stream: Either::Left(stream),
             buf: BytesMut::with_capacity(16 * 1024),
             read_timeout: DEFAULT_READ_TIMEOUT,
             peer: addr,
+            name: addr.to_string(),
+        })
+    }
+
+    /// Connects to the Unix socket at `path`.
+    pub async fn connect_unix(path: impl AsRef<std::path::Path>) -> io::Result<TestClient> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("connect to {}: {e}", path.display())))?;
+        Ok(TestClient {
+            stream: Either::Right(stream),
+            buf: BytesMut::with_capacity(16 * 1024),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            name: format!("unix:{}", path.display()),
         })
     }
 
@@ -514,11 +535,14 @@ impl TestClient {
         self.peer
     }
 
-    /// The client's own address (as the server sees it).
+    /// The client's own address (as the server sees it); TCP only.
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream
-            .local_addr()
-            .expect("a connected socket has a local address")
+        match &self.stream {
+            Either::Left(tcp) => tcp
+                .local_addr()
+                .expect("a connected socket has a local address"),
+            Either::Right(_) => panic!("a Unix socket client has no TCP address"),
+        }
     }
 
     /// Changes how long `read_reply` waits (default `DEFAULT_READ_TIMEOUT`).
@@ -528,9 +552,9 @@ impl TestClient {
 
     /// Goes away without a word: a close (FIN) or a reset (RST).
     pub fn leave(self, how: Leave) {
-        if how == Leave::Reset {
+        if let (Leave::Reset, Either::Left(tcp)) = (how, &self.stream) {
             // Closing with a zero linger time resets the connection.
-            self.stream.set_zero_linger().expect("SO_LINGER");
+            tcp.set_zero_linger().expect("SO_LINGER");
         }
     }
 
@@ -643,7 +667,7 @@ impl TestClient {
                 args.first()
                     .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
                     .unwrap_or_default(),
-                self.peer
+                self.name
             ),
         }
     }

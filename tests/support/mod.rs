@@ -28,6 +28,7 @@
 pub mod client;
 pub mod cluster;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod redis;
 pub mod relay;

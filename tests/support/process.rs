@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +14,12 @@ use super::wait;
 
 /// A running `respool` child process.
 pub struct ProxyProcess {
-    child: Child,
+    /// A `Mutex` so that a test can wait for the exit through `&self`.
+    child: Mutex<Child>,
     addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The log reader reached the end of stderr.
+    log_ended: Arc<AtomicBool>,
 }
 
 impl ProxyProcess {
@@ -37,11 +41,39 @@ impl ProxyProcess {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap_or_else(|e| panic!("finding a free port: {e}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_respool"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--upstream")
-            .arg(upstream_url)
+        let process = ProxyProcess::spawn(addr, upstream_url, extra, env);
+        wait::until("respool to accept connections", wait::DEADLINE, || {
+            process.assert_running();
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        });
+        process
+    }
+
+    /// Starts `respool --listen ADDR` on an address that may already be
+    /// served (by an older respool: SO_REUSEPORT), and waits until this
+    /// process logs that it accepts clients.
+    pub fn start_on(addr: SocketAddr, upstream_url: &str, extra: &[&str]) -> ProxyProcess {
+        let process = ProxyProcess::spawn(addr, upstream_url, extra, &[]);
+        wait::until("the new respool to accept clients", wait::DEADLINE, || {
+            process.assert_running();
+            process.log().contains("respool accepting clients")
+        });
+        process
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        upstream_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_respool"));
+        command.arg("--listen").arg(addr.to_string());
+        // An empty URL: the upstream comes from elsewhere (a --config file).
+        if !upstream_url.is_empty() {
+            command.arg("--upstream").arg(upstream_url);
+        }
+        let mut child = command
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -50,8 +82,10 @@ impl ProxyProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", env!("CARGO_BIN_EXE_respool")));
         let log = Arc::new(Mutex::new(String::new()));
+        let log_ended = Arc::new(AtomicBool::new(false));
         if let Some(mut stderr) = child.stderr.take() {
             let log = log.clone();
+            let log_ended = log_ended.clone();
             std::thread::spawn(move || {
                 let mut chunk = [0u8; 4096];
                 while let Ok(n) = stderr.read(&mut chunk) {
@@ -62,16 +96,49 @@ impl ProxyProcess {
                         log.push_str(&String::from_utf8_lossy(&chunk[..n]));
                     }
                 }
+                log_ended.store(true, Ordering::Release);
             });
         }
-        let mut process = ProxyProcess { child, addr, log };
-        wait::until("respool to accept connections", wait::DEADLINE, || {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("respool exited with {status}: {}", process.log());
+        ProxyProcess {
+            child: Mutex::new(child),
+            addr,
+            log,
+            log_ended,
+        }
+    }
+
+    /// Panics with the log if the process has exited.
+    fn assert_running(&self) {
+        if let Ok(Some(status)) = self.child().try_wait() {
+            panic!("respool exited with {status}: {}", self.log());
+        }
+    }
+
+    /// Sends SIGTERM (a graceful shutdown).
+    pub fn terminate(&self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "kill -TERM {pid}: {status:?}"
+        );
+    }
+
+    /// Waits until the process has exited and its whole log has been
+    /// read, at most `timeout`; its status.
+    pub fn wait_exit(&self, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait::until("respool to exit", timeout, || {
+            if status.is_none() {
+                status = self.child().try_wait().ok().flatten();
             }
-            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            status.is_some() && self.log_ended.load(Ordering::Acquire)
         });
-        process
+        status.expect("exited")
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where clients connect.
@@ -81,7 +148,7 @@ impl ProxyProcess {
 
     /// The child's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child().id()
     }
 
     /// Everything the process logged so far.
@@ -105,7 +172,8 @@ impl ProxyProcess {
 
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -64,6 +64,8 @@ pub struct RedisServerBuilder {
     overrides: Vec<(String, Vec<String>)>,
     /// `(keys, key_load_delay_micros)` for `loading_dataset`.
     loading: Option<(u64, i64)>,
+    /// Also listen on `redis.sock` in the server's temp dir.
+    unix_socket: bool,
 }
 
 impl RedisServerBuilder {
@@ -88,6 +90,13 @@ impl RedisServerBuilder {
             Some(existing) => existing.1 = values,
             None => self.overrides.push((name, values)),
         }
+        self
+    }
+
+    /// Also listens on a Unix socket, `redis.sock` in its temp dir (see
+    /// `RedisServer::unix_socket`, `unix_url`).
+    pub fn unix_socket(mut self) -> Self {
+        self.unix_socket = true;
         self
     }
 
@@ -132,12 +141,16 @@ impl RedisServerBuilder {
                 args: self.config_args(port, dir.path()),
                 password: self.password.clone(),
                 bin: bin.clone(),
+                unix_socket: self.unix_socket.then(|| dir.path().join("redis.sock")),
                 log_path: dir.path().join("redis.log"),
                 stderr_path: dir.path().join("stderr.log"),
                 dir,
             };
             server.spawn(&[]);
-            match server.poll_ready(Ready::Pong, READY_TIMEOUT) {
+            match server
+                .poll_ready(Ready::Pong, READY_TIMEOUT)
+                .and_then(|()| server.answers_itself())
+            {
                 Ok(()) => {
                     if let Some((keys, delay)) = self.loading {
                         server.reload_slowly(keys, delay);
@@ -171,6 +184,11 @@ impl RedisServerBuilder {
         ];
         if let Some(password) = &self.password {
             config.push(("requirepass".into(), vec![password.clone()]));
+        }
+        if self.unix_socket {
+            let path = dir.join("redis.sock").display().to_string();
+            config.push(("unixsocket".into(), vec![path]));
+            config.push(("unixsocketperm".into(), vec!["700".into()]));
         }
         for (name, values) in &self.overrides {
             match config.iter_mut().find(|(n, _)| n == name) {
@@ -216,6 +234,8 @@ pub struct RedisServer {
     /// The command line, kept to restart the server identically.
     args: Vec<String>,
     password: Option<String>,
+    /// Its Unix socket, if asked for.
+    unix_socket: Option<PathBuf>,
     bin: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
@@ -267,6 +287,22 @@ impl RedisServer {
 
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
+    }
+
+    /// Its Unix socket (started with `.unix_socket()`).
+    pub fn unix_socket(&self) -> &Path {
+        self.unix_socket
+            .as_deref()
+            .expect("the server was started without .unix_socket()")
+    }
+
+    /// `unix:///…/redis.sock`, with `?password=pw` when it has one.
+    pub fn unix_url(&self) -> String {
+        let path = self.unix_socket().display();
+        match &self.password {
+            Some(password) => format!("unix://{path}?password={password}"),
+            None => format!("unix://{path}"),
+        }
     }
 
     /// The process id, while the process runs (or has exited unreaped).
@@ -644,6 +680,34 @@ impl RedisServer {
 
     /// One command on a fresh blocking connection. AUTH, when needed, is
     /// pipelined in front; an error reply to it is returned instead.
+    /// The server answering on the port is this one, not another test's
+    /// (another process may have bound the port first, while this one is
+    /// still on its way to exiting with "Address already in use").
+    fn answers_itself(&self) -> Result<(), StartFailure> {
+        let pid = self.child().as_ref().map(Child::id);
+        let info = self.probe(&[b"INFO", b"server"]);
+        let answering = match &info {
+            Ok(Reply::Bulk(text)) => String::from_utf8_lossy(text)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("process_id:")
+                        .map(|p| p.trim().parse::<u32>().ok())
+                })
+                .flatten(),
+            _ => None,
+        };
+        if pid.is_some() && answering == pid {
+            return Ok(());
+        }
+        Err(StartFailure {
+            port_in_use: true,
+            message: format!(
+                "another redis-server (pid {answering:?}) answers on port {}, not this one (pid {pid:?})",
+                self.port
+            ),
+        })
+    }
+
     fn probe(&self, args: &[&[u8]]) -> io::Result<Reply> {
         command_at(self.addr(), self.password.as_deref(), args)
     }

@@ -26,11 +26,14 @@ use super::job::{release_overtaken, Job, Replies, Sent};
 use super::{Lane, LaneHandle, MAX_REDIRECTS};
 use crate::codec::{ReplyDecoder, ReplyKind};
 use crate::error::Error;
+use crate::ops::commands::{command_id, nth_request_name};
 use crate::pool::connection::Broken;
 use crate::pool::manager::UpstreamManager;
 use crate::pool::outbox::Outbox;
 use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff};
+use crate::slowlog::{SlowRun, Slowlog};
+use crate::stats::FailCause;
 use crate::topology::cluster::Redirect;
 
 /// Stop taking new requests into the write buffer above this many bytes, so
@@ -60,6 +63,28 @@ fn cluster_redirect(lane: &Lane, frame: &[u8]) -> Option<Redirect> {
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// The health-check request, sent on an idle lane.
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// Records the run `sent` just finished in the slowlog if it took longer
+/// than the threshold (`total`: from the lane taking it to its last reply).
+#[inline]
+fn check_slow(slowlog: &Slowlog, sent: &Sent, total: std::time::Duration, lane: &Lane) {
+    let Some(job) = &sent.job else { return };
+    let Some(threshold) = slowlog.threshold() else {
+        return;
+    };
+    if total < threshold {
+        return;
+    }
+    let queued = sent.written_at.saturating_duration_since(job.accepted);
+    slowlog.record(SlowRun {
+        raw: &job.req.raw,
+        requests: job.req.count,
+        client_id: job.req.reply_to.client_id(),
+        upstream: lane.addr(),
+        queued,
+        at_redis: total.saturating_sub(queued),
+    });
+}
 
 /// One connection's state while a lane serves over it.
 pub(super) struct Carrier {
@@ -106,7 +131,7 @@ pub(super) struct Carrier {
 
 impl Carrier {
     pub(super) fn new(conn: PooledConnection<'static, UpstreamManager>, lane: &Lane) -> Carrier {
-        let (pool, retry) = (&lane.ctx.pool, &lane.ctx.retry);
+        let (pool, retry) = (&lane.ctx.pool, lane.ctx.retry.get());
         let mut ticker = tokio::time::interval(
             (retry.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100)),
         );
@@ -213,7 +238,7 @@ impl Carrier {
             };
             if job.hold_deadline <= now {
                 let error = lane.expired_error(&job, now, &mut None);
-                job.fail(&error, stats);
+                job.fail(&error, stats, FailCause::Unavailable);
                 continue;
             }
             if job.req.reply_to.abandoned() {
@@ -228,8 +253,7 @@ impl Carrier {
             self.inflight.push_back(Sent {
                 job: Some(job),
                 end: self.enqueued,
-                // The reply deadline runs from the write.
-                deadline: now + lane.ctx.retry.timeout,
+                written_at: now,
             });
         }
         // Unless every job had expired unsent.
@@ -237,6 +261,7 @@ impl Carrier {
             self.gate.wrote(self.enqueued);
             stats.lane_writes.add(1);
             stats.lane_requests_written.add(batch_requests);
+            stats.upstream_bytes_out.add(self.enqueued - batch_start);
         }
     }
 
@@ -253,8 +278,9 @@ impl Carrier {
                 Poll::Ready(Err(Broken::Lost("connection closed by upstream".into())))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(Broken::Lost(e.to_string()))),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
                 self.io_since_tick = true;
+                lane.ctx.stats.upstream_bytes_in.add(n as u64);
                 Poll::Ready(self.on_replies(lane))
             }
             Poll::Pending => Poll::Pending,
@@ -297,7 +323,13 @@ impl Carrier {
         if std::mem::take(&mut self.io_since_tick) {
             self.last_io = now;
         }
-        if self.inflight.front().is_some_and(|f| f.deadline <= now) {
+        // Read once per tick: a reload may change it.
+        let timeout = lane.ctx.retry.timeout();
+        if self
+            .inflight
+            .front()
+            .is_some_and(|f| f.deadline(timeout) <= now)
+        {
             return Some(Broken::Timeout);
         }
         if let Some(moved) = self.moved(lane, now) {
@@ -326,7 +358,7 @@ impl Carrier {
             self.inflight.push_back(Sent {
                 job: None,
                 end: self.enqueued,
-                deadline: now + lane.ctx.retry.timeout,
+                written_at: now,
             });
         }
         None
@@ -395,6 +427,7 @@ impl Carrier {
                 "a reply arrived with no request pending".into(),
             ));
         };
+        let written = sent.written_at;
         let Some(job) = sent.job.as_mut() else {
             // A health check's PING: the runs before it were answered in
             // full, so nothing is gathered ahead of its reply.
@@ -459,10 +492,17 @@ impl Carrier {
                 return Ok(());
             }
         } else {
+            if frame.first() == Some(&b'-') {
+                // Rare: worth finding which command it answers.
+                let name = nth_request_name(&job.req.raw, job.answered + replies.count);
+                stats
+                    .command_errors
+                    .add(name.map_or(crate::ops::commands::OTHER, command_id));
+            }
             if self.transient_backoff.used() {
                 // Only a sequence that was drawn from needs replacing:
                 // building one per reply would cost more than the reply.
-                self.transient_backoff = lane.ctx.retry.backoff.delays();
+                self.transient_backoff = lane.ctx.retry.backoff().delays();
             }
             if !self.retry_later.is_empty() {
                 // The request this answers comes after the run's answered
@@ -480,7 +520,27 @@ impl Carrier {
         self.served = true;
         replies.push(len);
         if replies.count == job.remaining() {
+            // The run is answered: one clock read for its latencies (and
+            // for the next fill of this turn).
+            let now = *self.turn_clock.get_or_insert_with(Instant::now);
+            // Read family when every request of the run is read-only (no
+            // popcount: it is a library call on baseline x86-64).
+            let all = u64::MAX >> (64 - job.req.count.clamp(1, 64));
+            let family = usize::from(job.req.retry_safe & all != all);
+            let n = u64::from(job.req.count);
+            let upstream = now.saturating_duration_since(written);
+            // Usually taken and written in the same turn: one subtraction.
+            let in_lane = if job.accepted == written {
+                upstream
+            } else {
+                now.saturating_duration_since(job.accepted)
+            };
+            stats.lane_latency[family].record_n(in_lane, n);
+            stats.upstream_latency[family].record_n(upstream, n);
             replies.deliver_to(rbuf, job);
+            if let Some(slowlog) = &lane.ctx.slowlog {
+                check_slow(slowlog, sent, in_lane, lane);
+            }
             self.inflight.pop_front();
         }
         Ok(())
@@ -515,7 +575,8 @@ impl Carrier {
                     String::from_utf8_lossy(&answer[1..]).trim_end()
                 ),
             );
-            moved.fail(&line, stats);
+            // The slot could not be reached for as long as it kept moving.
+            moved.fail(&line, stats, FailCause::Unavailable);
             return;
         }
         moved.req.redirects += 1;
@@ -536,13 +597,14 @@ impl Carrier {
     pub(super) fn settle(mut self, broken: Broken, lane: &mut Lane) {
         self.conn.broken = true;
         let addr = lane.addr();
-        let (addr, retry, stats) = (&addr, lane.ctx.retry, &lane.ctx.stats);
+        let (addr, retry, stats) = (&addr, lane.ctx.retry.get(), &lane.ctx.stats);
+        let cause = match broken {
+            Broken::BadReply(_) => FailCause::BadReply,
+            _ => FailCause::LostAfterWrite,
+        };
         let (reason, error) = match &broken {
             Broken::Lost(why) => (why.clone(), Error::LostAfterWrite),
-            Broken::Moved(to) => (
-                format!("the primary failed over to {to}"),
-                Error::LostAfterWrite,
-            ),
+            Broken::Moved(to) => (format!("the primary moved to {to}"), Error::LostAfterWrite),
             Broken::Timeout => (
                 format!("no reply within {:?}", retry.timeout),
                 Error::LostAfterWrite,
@@ -568,6 +630,7 @@ impl Carrier {
         // every request still in flight; the queue holds the newest.
         let mut again: VecDeque<Job> = std::mem::take(&mut self.retry_later);
         for sent in std::mem::take(&mut self.inflight) {
+            let deadline = sent.deadline(retry.timeout);
             let Some(mut run) = sent.job else { continue };
             // Each request of a run is settled on its own: a write may have
             // stopped in the middle of the run. The run's bytes end at
@@ -582,8 +645,8 @@ impl Carrier {
                 if !fully_written {
                     // Redis executes only whole commands: this one did not run.
                     again.push_back(job);
-                } else if sent.deadline <= now {
-                    job.fail(&timeout_error, stats);
+                } else if deadline <= now {
+                    job.fail(&timeout_error, stats, FailCause::Timeout);
                 } else if retry_safe && job.attempts < retry.retries {
                     job.attempts += 1;
                     job.written = true;
@@ -596,9 +659,9 @@ impl Carrier {
                         attempts,
                     }
                     .to_resp();
-                    job.fail(&line, stats);
+                    job.fail(&line, stats, FailCause::RetriesExhausted);
                 } else {
-                    job.fail(&error, stats);
+                    job.fail(&error, stats, cause);
                 }
             }
         }

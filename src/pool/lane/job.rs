@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::LaneRequest;
 use crate::client::inbox::ReplySender;
 use crate::codec::first_request_len;
-use crate::stats::LoopStats;
+use crate::stats::{FailCause, LoopStats};
 
 /// The upstream has just run a request of `client` (its reply was not a
 /// transient error). The client's requests held for a resend were sent
@@ -39,7 +39,7 @@ pub(super) fn release_overtaken(
         match &held.transient {
             Some(answer) if overtaken(&held) => {
                 let answer = answer.clone();
-                held.fail(&answer, stats);
+                held.fail(&answer, stats, FailCause::Overtaken);
             }
             _ => retry_later.push_back(held),
         }
@@ -82,13 +82,14 @@ impl Job {
     }
 
     /// Answers every request still waiting with the error `line`, counted
-    /// in `stats` as requests failed.
-    pub(super) fn fail(mut self, line: &Bytes, stats: &LoopStats) {
+    /// in `stats` as requests failed for `cause`.
+    pub(super) fn fail(mut self, line: &Bytes, stats: &LoopStats, cause: FailCause) {
         let n = self.remaining();
         if n == 0 {
             return;
         }
         stats.requests_failed.add(u64::from(n));
+        stats.failed_by_cause[cause as usize].add(u64::from(n));
         let reply = if n == 1 {
             line.clone()
         } else {
@@ -165,8 +166,17 @@ pub(super) struct Sent {
     /// Offset in the connection's byte stream just past this request: it has
     /// been fully written once that many bytes were.
     pub(super) end: u64,
-    /// Reply deadline.
-    pub(super) deadline: Instant,
+    /// When it was put in the write buffer (the write follows in the same
+    /// turn): its reply deadline runs from here, and the slowlog's time at
+    /// Redis.
+    pub(super) written_at: Instant,
+}
+
+impl Sent {
+    /// When its reply is due (`--timeout` after the write).
+    pub(super) fn deadline(&self, timeout: std::time::Duration) -> Instant {
+        self.written_at + timeout
+    }
 }
 
 /// Replies to the front run of requests that arrived and are not delivered
@@ -293,7 +303,11 @@ mod tests {
         let (mut run, mut rx) = job(RUN, 3, 0);
         run.deliver(1, Bytes::from_static(b":1\r\n"));
         let stats = LoopStats::default();
-        run.fail(&Bytes::from_static(b"-ERR gone\r\n"), &stats);
+        run.fail(
+            &Bytes::from_static(b"-ERR gone\r\n"),
+            &stats,
+            FailCause::Timeout,
+        );
         assert_eq!(stats.requests_failed.get(), 2, "the two not answered");
         let first = rx.try_recv().unwrap();
         assert_eq!((first.seq, first.count), (10, 1));

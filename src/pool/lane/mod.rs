@@ -45,6 +45,8 @@ use super::manager::UpstreamManager;
 use super::PoolContext;
 use crate::client::inbox::ReplySender;
 use crate::error::{ConnectError, Error};
+use crate::pool::lane_set::LaneSetProbe;
+use crate::stats::FailCause;
 pub(crate) use carrier::moved_to;
 use carrier::Carrier;
 use job::Job;
@@ -169,6 +171,8 @@ pub(crate) struct Lane {
     outage: Option<Outage>,
     /// All senders are gone: finish what is pending, then stop.
     closing: bool,
+    /// The lane set's gauges: whether this lane is connected.
+    probe: Arc<LaneSetProbe>,
 }
 
 impl Lane {
@@ -179,11 +183,11 @@ impl Lane {
         inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
         failures: watch::Receiver<Option<ConnectError>>,
-        protocol: u8,
+        probe: Arc<LaneSetProbe>,
     ) -> Lane {
         Lane {
             id,
-            protocol,
+            protocol: 2,
             node,
             ctx,
             inbox,
@@ -193,7 +197,16 @@ impl Lane {
             queue: VecDeque::new(),
             outage: None,
             closing: false,
+            probe,
         }
+    }
+
+    /// The RESP version the lane's connections speak (2 unless said): a
+    /// request a cluster node redirects goes to a lane of the same
+    /// protocol on the new owner.
+    pub(crate) fn speaking(mut self, protocol: u8) -> Lane {
+        self.protocol = protocol;
+        self
     }
 
     /// Runs until every sender is gone and every request is answered.
@@ -206,7 +219,7 @@ impl Lane {
     /// that burns every request's retries: the backoff keeps growing until a
     /// connection serves again.
     pub(crate) async fn run(mut self) {
-        let mut reconnect = self.ctx.retry.backoff.delays();
+        let mut reconnect = self.ctx.retry.backoff().delays();
         let mut delay_first = None;
         let mut generation = None;
         loop {
@@ -220,7 +233,10 @@ impl Lane {
                 generation = Some(conn.generation);
             }
             let mut carrier = Carrier::new(conn, &self);
-            match poll_fn(|cx| carrier.poll_serve(cx, &mut self)).await {
+            self.probe.lane_connected(true);
+            let served = poll_fn(|cx| carrier.poll_serve(cx, &mut self)).await;
+            self.probe.lane_connected(false);
+            match served {
                 None => {
                     carrier.finish();
                     return;
@@ -229,7 +245,7 @@ impl Lane {
                     let served = carrier.served();
                     carrier.settle(broken, &mut self);
                     if served {
-                        reconnect = self.ctx.retry.backoff.delays();
+                        reconnect = self.ctx.retry.backoff().delays();
                     } else {
                         delay_first = Some(reconnect.next_delay());
                     }
@@ -243,7 +259,7 @@ impl Lane {
             req,
             answered: 0,
             accepted: now,
-            hold_deadline: now + self.ctx.retry.hold_timeout,
+            hold_deadline: now + self.ctx.retry.hold_timeout(),
             attempts: 0,
             written: false,
             transient: None,
@@ -328,7 +344,7 @@ impl Lane {
                 break;
             };
             let line = self.expired_error(&job, now, &mut not_sent);
-            job.fail(&line, &self.ctx.stats);
+            job.fail(&line, &self.ctx.stats, FailCause::Unavailable);
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::error::{ConnectError, Error};
 use crate::pool::checkout::{checkout, Wait};
 use crate::pool::manager::UpstreamManager;
 use crate::retry::Backoff;
+use crate::stats::FailCause;
 
 /// The upstream is unreachable; kept to tell waiting clients why.
 pub(super) struct Outage {
@@ -45,15 +46,18 @@ impl Lane {
     ) -> Option<PooledConnection<'static, UpstreamManager>> {
         loop {
             if let Some(delay) = delay.take() {
+                self.ctx.stats.backoff_waits.add(1);
                 self.wait_taking_requests(Instant::now() + delay).await;
             }
             if self.closing {
                 let error = Error::ShuttingDown.to_resp();
                 for job in self.queue.drain(..) {
-                    job.fail(&error, &self.ctx.stats);
+                    job.fail(&error, &self.ctx.stats, FailCause::ShuttingDown);
                 }
                 return None;
             }
+            let (probe, stats) = (self.probe.clone(), self.ctx.stats.clone());
+            let waiting = probe.waiting(&stats.checkout_wait[0]);
             let attempt = checkout(
                 self.pool.clone(),
                 self.failures.clone(),
@@ -69,6 +73,7 @@ impl Lane {
                     _ = sleep_until_opt(expiry) => self.expire_queue(),
                 }
             };
+            drop(waiting);
             match result {
                 Ok(conn) => {
                     if let Some(o) = self.outage.take() {
