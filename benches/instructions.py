@@ -82,11 +82,17 @@ def dump(pid, outdir, label):
 
 def form_cluster(ports):
     """Joins the nodes on `ports` into a cluster of primaries, and waits
-    until every node says cluster_state:ok."""
-    subprocess.run(["redis-cli", "--cluster", "create",
-                    *[f"127.0.0.1:{p}" for p in ports],
-                    "--cluster-replicas", "0", "--cluster-yes"],
-                   check=True, stdout=subprocess.DEVNULL)
+    until every node says cluster_state:ok. One node (redis-cli wants
+    three) simply takes every slot: routing costs the same, and every
+    request goes to one server, as without --cluster."""
+    if len(ports) == 1:
+        subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "addslotsrange",
+                        "0", "16383"], check=True, stdout=subprocess.DEVNULL)
+    else:
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL)
     deadline = time.time() + 60
     for port in ports:
         while True:

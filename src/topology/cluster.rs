@@ -509,7 +509,7 @@ impl Refresher {
         let tls = self.template.node.tls.is_some();
         let shards = replies
             .first()
-            .and_then(|r| parse_shards(r, tls))
+            .and_then(|r| parse_shards(r, tls, host))
             .or_else(|| replies.get(1).and_then(|r| parse_slots(r, host)))
             .ok_or_else(|| {
                 let reply = replies
@@ -558,7 +558,7 @@ fn info_field(info: &[u8], field: &[u8]) -> Option<u64> {
 /// `host:port`, bracketing an IPv6 host.
 fn join(host: &[u8], port: i64) -> Arc<str> {
     let host = String::from_utf8_lossy(host);
-    if host.contains(':') {
+    if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}").into()
     } else {
         format!("{host}:{port}").into()
@@ -568,7 +568,7 @@ fn join(host: &[u8], port: i64) -> Arc<str> {
 /// A `CLUSTER SHARDS` reply: each shard's slot ranges and its primary
 /// (the node whose role is `master`, one whose health is `online` if there
 /// is one); `None` if it is not one (an error on Redis before 7.0).
-fn parse_shards(reply: &[u8], tls: bool) -> Option<Shards> {
+fn parse_shards(reply: &[u8], tls: bool, asked: &str) -> Option<Shards> {
     let value = Value::of_frame(reply).ok()?;
     if matches!(value, Value::Error(_)) {
         return None;
@@ -602,7 +602,13 @@ fn parse_shards(reply: &[u8], tls: bool) -> Option<Shards> {
                         // is promoted: its requests are held on its lanes
                         // rather than refused meanwhile.
                         if master && (online || primary.is_none()) {
-                            let host = endpoint.filter(|e| !e.is_empty() && *e != b"?").or(ip)?;
+                            // A node that never met another does not know
+                            // its own address: it is the one asked.
+                            let known = |h: &&[u8]| !h.is_empty() && *h != b"?";
+                            let host = endpoint
+                                .filter(known)
+                                .or(ip.filter(known))
+                                .unwrap_or(asked.as_bytes());
                             let port = if tls { tls_port.or(port) } else { port }?;
                             primary = Some(join(host, port));
                         }
@@ -678,7 +684,7 @@ mod tests {
             node("replica", 7003, "online"),
             node("master", 7000, "online")
         );
-        let shards = parse_shards(reply.as_bytes(), false).expect("a map");
+        let shards = parse_shards(reply.as_bytes(), false, "h").expect("a map");
         assert_eq!(
             shards.ranges,
             vec![
@@ -686,14 +692,14 @@ mod tests {
                 (200, 300, "127.0.0.1:7000".into())
             ]
         );
-        assert!(parse_shards(b"-ERR unknown subcommand\r\n", false).is_none());
+        assert!(parse_shards(b"-ERR unknown subcommand\r\n", false, "h").is_none());
         // Until a replica takes over, the failed primary keeps its slots.
         let failed = format!(
             "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:99\r\n$5\r\nnodes\r\n*2\r\n{}{}",
             node("master", 7000, "fail"),
             node("replica", 7003, "online")
         );
-        let shards = parse_shards(failed.as_bytes(), false).expect("a map");
+        let shards = parse_shards(failed.as_bytes(), false, "h").expect("a map");
         assert_eq!(shards.ranges, vec![(0, 99, "127.0.0.1:7000".into())]);
     }
 
