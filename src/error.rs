@@ -120,6 +120,13 @@ pub enum Error {
     /// The proxy is shutting down and no longer takes requests.
     #[error("respool is shutting down")]
     ShuttingDown,
+    /// In front of a Redis Cluster: a command respool cannot route to the
+    /// right node(s) yet.
+    #[error("{0} is not supported in cluster mode yet: {1}")]
+    NotInCluster(Arc<str>, &'static str),
+    /// In front of a Redis Cluster, before the first slot map.
+    #[error("respool does not know the cluster's slot map yet ({0}); retry shortly")]
+    NoSlotMap(Arc<str>),
 }
 
 impl Error {
@@ -137,7 +144,11 @@ impl Error {
             line.put_slice(b"'\r\n");
             return line.freeze();
         }
-        error_line("ERR", &self.to_string())
+        match self {
+            // Redis Cluster's own code, so clients treat it as they would.
+            Error::NoSlotMap(_) => error_line("CLUSTERDOWN", &self.to_string()),
+            _ => error_line("ERR", &self.to_string()),
+        }
     }
 }
 

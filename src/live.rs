@@ -34,7 +34,9 @@ pub(crate) struct Live {
     /// The `--upstream` address every loop's lanes connect to, which a
     /// reload may move (lanes then drain their connections and validate
     /// new ones there, as after a failover). `None` under Sentinel, which
-    /// decides the address itself.
+    /// decides the address itself, and in front of a cluster, whose slot
+    /// map does (`--upstream` names seeds there; changing them needs a
+    /// restart).
     pub upstream: Option<Arc<FollowedAddr>>,
 }
 
@@ -47,7 +49,7 @@ impl Live {
             listener_tls: ArcSwapOption::from(config.listener.tls.clone().map(Arc::new)),
             retry: Arc::new(LiveRetry::new(config.retry)),
             pinned: Mutex::default(),
-            upstream: config.topology.sentinel.is_none().then(|| {
+            upstream: (config.topology.sentinel.is_none() && config.cluster.is_none()).then(|| {
                 let addr = config.upstream.node.addr();
                 let followed = FollowedAddr::unknown(&addr, "no upstream address");
                 followed.set(&addr);

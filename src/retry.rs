@@ -2,7 +2,7 @@
 //!
 //! * Anything not yet written to a socket (connect failure, waiting for a
 //!   connection) is always retried, until its checkout deadline.
-//! * A reply of `-LOADING`, `-BUSY`, `-TRYAGAIN` or `-MASTERDOWN` means the
+//! * A reply of `-LOADING`, `-BUSY`, `-TRYAGAIN`, `-MASTERDOWN` or `-CLUSTERDOWN` means the
 //!   command did not run: it is retried within the request deadline.
 //! * After a connection is lost with the request already written, only
 //!   read-only commands are retried (see [`crate::command`]); anything else
@@ -74,7 +74,7 @@ impl Iterator for Backoff {
 }
 
 /// True for an error reply that says the command did not run and may simply be
-/// sent again later: `-LOADING`, `-BUSY`, `-TRYAGAIN`, `-MASTERDOWN`.
+/// sent again later: `-LOADING`, `-BUSY`, `-TRYAGAIN`, `-MASTERDOWN`, `-CLUSTERDOWN`.
 pub(crate) fn is_transient_error(frame: &[u8]) -> bool {
     let Some(rest) = frame.strip_prefix(b"-") else {
         return false;
@@ -85,7 +85,7 @@ pub(crate) fn is_transient_error(frame: &[u8]) -> bool {
         .unwrap_or(rest.len());
     matches!(
         &rest[..code_end],
-        b"LOADING" | b"BUSY" | b"TRYAGAIN" | b"MASTERDOWN"
+        b"LOADING" | b"BUSY" | b"TRYAGAIN" | b"MASTERDOWN" | b"CLUSTERDOWN"
     )
 }
 

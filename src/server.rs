@@ -189,7 +189,8 @@ impl Proxy {
         shared_addr: Option<SocketAddr>,
         unix: Option<Arc<UnixBinding>>,
     ) -> Result<Proxy, StartError> {
-        if config.require_upstream {
+        // In cluster mode the first slot map is the proof (below).
+        if config.require_upstream && config.cluster.is_none() {
             let primary = crate::topology::sentinel::primary_now(&config)
                 .await
                 .map_err(|source| StartError::UpstreamUnavailable {
@@ -244,6 +245,7 @@ impl Proxy {
                 || config.topology.sentinel.is_some(),
             refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
+            cluster: config.cluster.as_ref().map(|_| Arc::default()),
             pinned_limit: process.live.register_pinned(config.pool.max_pinned),
             slowlog: process
                 .slowlog
@@ -252,6 +254,20 @@ impl Proxy {
                 .then(|| process.slowlog.clone()),
         });
         let router = Router::start(&config, ctx, process.live.upstream.clone());
+        if let Some(map) = router.cluster() {
+            // Clients that come before the first slot map could only be
+            // told to retry: wait for it (within --hold-timeout).
+            if !map.wait_known(config.retry.hold_timeout).await {
+                let why = map.why_unknown();
+                if config.require_upstream {
+                    return Err(StartError::UpstreamUnavailable {
+                        addr: config.upstream.node.addr().to_string(),
+                        source: crate::error::ConnectError::Io(why),
+                    });
+                }
+                tracing::warn!(reason = %why, "serving without a cluster slot map yet; requests get -CLUSTERDOWN until one is known");
+            }
+        }
         let tls = config.listener.tls.is_some();
         let shared = Arc::new(Shared {
             config,

@@ -290,6 +290,7 @@ impl Client {
             count: 1,
             retry_safe: 1,
             reply_to: inbox.sender(),
+            redirects: 0,
         });
         if sent.is_err() {
             return self

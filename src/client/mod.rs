@@ -22,6 +22,7 @@
 mod admin;
 pub(crate) mod auth;
 mod buffers;
+mod cluster;
 mod deadlines;
 pub(crate) mod inbox;
 mod input;
@@ -240,7 +241,14 @@ struct Client {
     /// and new logins, and costs the request path nothing.
     settings: Arc<ClientSettings>,
     /// Where the run of shared requests being collected goes.
-    run_target: reads::Target,
+    run_target: routing::Target,
+    /// Routing by hash slot (`--cluster`).
+    cluster: Option<cluster::ClusterRoutes>,
+    /// `reads` or `cluster` is set: a run may go elsewhere than `lane`.
+    routes_runs: bool,
+    /// The lane set a session being checked out comes from (a cluster
+    /// primary's), when it is not `lanes`.
+    session_origin: Option<Arc<LaneSet>>,
 }
 
 impl Client {
@@ -301,7 +309,14 @@ impl Client {
                 .replicas()
                 .cloned()
                 .map(reads::ReplicaReads::new),
-            run_target: reads::Target::Primary,
+            run_target: routing::Target::Primary,
+            cluster: shared
+                .router
+                .cluster()
+                .cloned()
+                .map(cluster::ClusterRoutes::new),
+            routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
+            session_origin: None,
             settings,
             shared,
         }

@@ -56,7 +56,12 @@ impl Client {
                 } else if self.output.shared_pending() > 0 {
                     self.park(req, command, None);
                 } else {
-                    let checkout = self.lanes.checkout_pinned();
+                    let lanes = match self.session_lanes(&req) {
+                        Ok(lanes) => lanes,
+                        Err(reply) => return self.output.push_ready(reply),
+                    };
+                    let checkout = lanes.checkout_pinned();
+                    self.session_origin = Some(lanes);
                     self.park(req, command, Some(Wait::Checkout(Box::pin(checkout))));
                 }
             }
@@ -68,11 +73,12 @@ impl Client {
     pub(super) fn on_checkout(&mut self, result: Result<PinnedConn, Error>) {
         match result {
             Ok(conn) => {
-                let mut session = Session::new(
-                    conn,
-                    self.lanes.clone(),
-                    self.shared.config.pool.read_buffer_size,
-                );
+                let origin = self
+                    .session_origin
+                    .take()
+                    .unwrap_or_else(|| self.lanes.clone());
+                let mut session =
+                    Session::new(conn, origin, self.shared.config.pool.read_buffer_size);
                 if self.protocol == 3 {
                     session.switch_protocol(true);
                 }

@@ -21,19 +21,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::routing::Target;
 use super::Client;
 use crate::command::Command;
 use crate::config::ReadFrom;
 use crate::error::error_line;
 use crate::pool::lane::LaneHandle;
 use crate::topology::replicas::{Replica, ReplicaSet};
-
-/// Where a run of shared requests goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Target {
-    Primary,
-    Replica,
-}
 
 /// A client's reads from replicas.
 pub(super) struct ReplicaReads {

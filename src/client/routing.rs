@@ -3,13 +3,25 @@
 
 use bytes::Bytes;
 
-use super::reads::Target;
+use super::cluster::Routed;
 use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
 use crate::error::{error_line, Error};
 use crate::ops::commands::{command_id, short_id, short_word};
 use crate::pool::lane::LaneRequest;
+
+/// Where a run of shared requests goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The client's own lane set: the primary (the anchor primary in
+    /// cluster mode).
+    Primary,
+    /// The replica the client reads from (`--read-from`).
+    Replica,
+    /// A cluster primary, by its index in the client's slot map.
+    Node(u16),
+}
 
 /// What becomes of a request, before anything is done with it.
 #[derive(Clone, Copy)]
@@ -147,15 +159,9 @@ impl Client {
                 return;
             }
         };
-        if self.reads.is_some()
-            && !self.target_run(
-                command,
-                command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
-            )
-        {
-            // No replica may take it: the client is told so.
-            self.flush_run();
-            let _ = span.split_off(self.input.buf_mut());
+        // One test on the path of a single upstream: whether runs go
+        // anywhere but the client's own lane (replicas, cluster primaries).
+        if self.routes_runs && !self.target_elsewhere(span, command) {
             return;
         }
         let seq = self.output.open_shared_slot();
@@ -164,6 +170,51 @@ impl Client {
             self.flush_run();
             self.input.extend_run(seq, span.len(), command.retry_safe);
         }
+    }
+
+    /// Decides where the shared request `span` goes with replicas taking
+    /// reads or in front of a cluster, ending the run if it goes elsewhere;
+    /// `false` if it was answered or split (and taken out of the buffer)
+    /// instead. Out of line, so that the path of one upstream stays as
+    /// short as it was.
+    #[inline(never)]
+    fn target_elsewhere(&mut self, span: RequestSpan, command: Command) -> bool {
+        if self.cluster.is_some() {
+            return self.route_in_cluster(span);
+        }
+        if !self.target_run(
+            command,
+            command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
+        ) {
+            // No replica may take it: the client is told so.
+            self.flush_run();
+            let _ = span.split_off(self.input.buf_mut());
+            return false;
+        }
+        true
+    }
+
+    /// Decides which primary the shared request `span` goes to, ending the
+    /// run if it goes elsewhere; `false` if it was answered or split (and
+    /// taken out of the buffer) instead.
+    fn route_in_cluster(&mut self, span: RequestSpan) -> bool {
+        self.sync_cluster();
+        let routed = match &self.cluster {
+            Some(cluster) => cluster.place(span.view(self.input.after_run())),
+            None => Routed::AnyNode,
+        };
+        if let Routed::Split(split) = routed {
+            self.flush_run();
+            let req = span.split_off(self.input.buf_mut());
+            self.split(req, split);
+            return false;
+        }
+        if !self.target_primary(routed) {
+            self.flush_run();
+            let _ = span.split_off(self.input.buf_mut());
+            return false;
+        }
+        true
     }
 
     /// Routes a request that is not part of the read buffer any more (an
@@ -195,6 +246,26 @@ impl Client {
         // Whatever this request does (it may even switch lanes), the shared
         // requests before it are on their way first.
         self.flush_run();
+        if self.cluster.is_some() && matches!(command.route, Route::Dedicated(_) | Route::Urgent) {
+            // Blocking commands and subscriptions get a session on the
+            // node of their key (any node for channels and patterns);
+            // EXEC, DISCARD and UNWATCH without one are answered here.
+            let served = matches!(
+                command.route,
+                Route::Dedicated(
+                    Stateful::Exec
+                        | Stateful::Discard
+                        | Stateful::Unwatch
+                        | Stateful::Blocking
+                        | Stateful::Subscribe(_)
+                        | Stateful::Unsubscribe(_)
+                )
+            );
+            if !served {
+                let reply = self.refused_in_cluster(&req);
+                return self.output.push_ready(reply);
+            }
+        }
         let req = match command.route {
             Route::Shared | Route::Dedicated(_) => match self.held_by_pause(req, command) {
                 Some(req) => req,
@@ -248,6 +319,19 @@ impl Client {
         // (flushed before this) decided where reads go.
         self.flush_run();
         self.run_target = Target::Primary;
+        if self.cluster.is_some() {
+            self.sync_cluster();
+            let routed = match &self.cluster {
+                Some(cluster) => cluster.place(req.view()),
+                None => Routed::AnyNode,
+            };
+            if let Routed::Split(split) = routed {
+                return self.split(req, split);
+            }
+            if !self.target_primary(routed) {
+                return;
+            }
+        }
         let seq = self.output.open_shared_slot();
         if let Some(reads) = &mut self.reads {
             reads.routed_to_primary(seq, retry_safe);
@@ -286,11 +370,17 @@ impl Client {
 
     fn hand_to_lane(&mut self, seq: u64, raw: Bytes, count: u32, retry_safe: u64) {
         let lane = match (&self.reads, self.run_target) {
+            (_, Target::Primary) => &self.lane,
             (Some(reads), Target::Replica) => {
                 reads.count(count);
                 reads.lane().unwrap_or(&self.lane)
             }
-            _ => &self.lane,
+            (_, Target::Node(i)) => self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.lane(i))
+                .unwrap_or(&self.lane),
+            (None, Target::Replica) => &self.lane,
         };
         let sent = lane.send(LaneRequest {
             seq,
@@ -298,6 +388,7 @@ impl Client {
             count,
             retry_safe,
             reply_to: self.output.sender(),
+            redirects: 0,
         });
         if sent.is_err() {
             self.output

@@ -63,6 +63,15 @@ impl Request {
         Request::from_encoded(raw, args.len())
     }
 
+    /// A request already decoded once (one of a lane's runs), read again:
+    /// its argument count from its `*<n>` header. `None` if it has none.
+    pub(crate) fn of_whole(raw: &[u8]) -> Option<Request> {
+        let rest = raw.strip_prefix(b"*")?;
+        let end = memchr::memchr(b'\r', rest)?;
+        let argc = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+        Some(Request::from_encoded(BytesMut::from(raw), argc))
+    }
+
     /// Wraps an encoded array whose argument count is known.
     fn from_encoded(raw: BytesMut, argc: usize) -> Request {
         let mut args = ArgIter {

@@ -71,6 +71,8 @@ pub struct Flags {
     #[command(flatten)]
     pub(crate) topology: TopologyFlags,
     #[command(flatten)]
+    pub(crate) cluster: ClusterFlags,
+    #[command(flatten)]
     pub(crate) log: LogFlags,
     #[command(flatten)]
     pub(crate) admin: AdminFlags,
@@ -152,14 +154,16 @@ fn parse_mode(value: &str) -> Result<u32, String> {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Upstream")]
 pub(crate) struct UpstreamFlags {
-    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`, `rediss://…` for TLS, or a Unix socket: `unix:///path/redis.sock[?db=N]`.
+    /// Upstream Redis: `redis://[[user]:password@]host:port[/db]`, `rediss://…` for TLS, or a Unix socket: `unix:///path/redis.sock[?db=N]`. With --cluster, a seed node where discovery starts: repeat it for each (the env variable takes a comma-separated list); the first URL's user, password and scheme apply to every node.
     #[arg(
-        long,
+        long = "upstream",
         env = "RESPOOL_UPSTREAM",
         default_value = "redis://127.0.0.1:6379",
+        value_delimiter = ',',
+        value_name = "URL",
         hide_env_values = true
     )]
-    pub upstream: String,
+    pub upstreams: Vec<String>,
 
     /// Upstream password; overrides one in the URL (prefer the env variable: flags show in `ps`).
     #[arg(long, env = "RESPOOL_UPSTREAM_PASSWORD", hide_env_values = true)]
@@ -231,7 +235,7 @@ pub(crate) struct RetryFlags {
     #[arg(long, env = "RESPOOL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// How long a request may be held unsent while the upstream is unreachable or answers -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN, being resent with backoff; an outage shorter than this is invisible to clients (default: --checkout-timeout).
+    /// How long a request may be held unsent while the upstream is unreachable or answers -LOADING/-BUSY/-TRYAGAIN/-MASTERDOWN/-CLUSTERDOWN, being resent with backoff; an outage shorter than this is invisible to clients (default: --checkout-timeout).
     #[arg(long, env = "RESPOOL_HOLD_TIMEOUT", value_parser = parse_duration)]
     pub hold_timeout: Option<Duration>,
 
@@ -400,6 +404,23 @@ pub(crate) struct TopologyFlags {
     /// A client that wrote reads from the primary until a replica has caught up with its writes; off = reads go to replicas at once.
     #[arg(long, env = "RESPOOL_READ_YOUR_WRITES", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub read_your_writes: bool,
+}
+
+/// Redis Cluster.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Cluster")]
+pub(crate) struct ClusterFlags {
+    /// Front a Redis Cluster: --upstream names seed nodes, the slot map comes from CLUSTER SHARDS (or SLOTS), and each request goes to the primary serving its key's slot. See docs/operations.md "Redis Cluster".
+    #[arg(long, env = "RESPOOL_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub cluster: bool,
+
+    /// How often the slot map is asked for again, besides after a MOVED reply or a node's connection failure.
+    #[arg(long, env = "RESPOOL_CLUSTER_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub cluster_refresh_interval: Duration,
+
+    /// Shortest time between two slot-map refreshes: a storm of MOVED replies causes one refresh per this interval.
+    #[arg(long, env = "RESPOOL_CLUSTER_REFRESH_MIN_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub cluster_refresh_min_interval: Duration,
 }
 
 /// What respool shows operators besides its log.

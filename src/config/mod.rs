@@ -27,7 +27,7 @@ pub(crate) use admin::AdminSettings;
 pub use effective::{Effective, Source};
 pub use flags::{Flags, LogFormat, ReadFrom, Validate};
 pub use secret::Secret;
-pub(crate) use topology::{ReplicaSettings, SentinelSettings, TopologySettings};
+pub(crate) use topology::{ClusterSettings, ReplicaSettings, SentinelSettings, TopologySettings};
 pub use units::{parse_bytes, parse_duration};
 
 use crate::client::auth::ClientAuth;
@@ -68,6 +68,8 @@ pub struct Config {
     pub(crate) identities: IdentitySettings,
     /// Sentinel, and reads from replicas.
     pub(crate) topology: TopologySettings,
+    /// Redis Cluster (`--cluster`): the seeds and how the slot map is kept.
+    pub(crate) cluster: Option<ClusterSettings>,
     pub(crate) log: LogSettings,
     /// The admin console and the slowlog.
     pub(crate) admin: AdminSettings,
@@ -320,8 +322,9 @@ fn upstream_endpoint(
     tls: &flags::TlsFlags,
     sentinel_tls: bool,
 ) -> Result<Endpoint, String> {
-    let url = UpstreamUrl::parse(&upstream.upstream)
-        .map_err(|e| format!("invalid value for '--upstream': {e}"))?;
+    let first = upstream.upstreams.first().map_or("", String::as_str);
+    let url =
+        UpstreamUrl::parse(first).map_err(|e| format!("invalid value for '--upstream': {e}"))?;
     let password = match upstream.upstream_password.as_deref() {
         Some(p) => Some(Secret::new(p)),
         None => url.password.clone(),
@@ -333,6 +336,7 @@ fn upstream_endpoint(
             password,
         },
         db: url.db,
+        probe_slot: None,
     })
 }
 
@@ -407,6 +411,7 @@ impl Config {
             auth,
             tls,
             topology,
+            cluster,
             log,
             admin,
             ops,
@@ -426,6 +431,7 @@ impl Config {
         {
             return Err("timeouts must be greater than zero".into());
         }
+        let cluster = ClusterSettings::validate(&cluster, &upstream, &topology)?;
         let identities = IdentitySettings {
             passthrough: auth.requirepass.is_none()
                 && auth.users.is_empty()
@@ -444,6 +450,7 @@ impl Config {
             identities,
             clients,
             topology: TopologySettings::validate(topology, &tls)?,
+            cluster,
             log: LogSettings {
                 format: log.log_format,
                 level: log.log_level,

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::flags::{ReadFrom, TlsFlags, TopologyFlags};
+use super::flags::{ClusterFlags, ReadFrom, TlsFlags, TopologyFlags, UpstreamFlags};
+use super::url::UpstreamUrl;
 use super::Secret;
 use crate::pool::endpoint::Identity;
 use crate::tls::UpstreamTls;
@@ -103,6 +104,66 @@ impl TopologySettings {
                 read_your_writes: flags.read_your_writes,
             },
         })
+    }
+}
+
+/// Redis Cluster (`--cluster`).
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSettings {
+    /// `host:port` of each seed node (`--upstream`), asked for the slot map
+    /// in order until one answers.
+    pub seeds: Vec<Arc<str>>,
+    /// `--cluster-refresh-interval`.
+    pub refresh_interval: Duration,
+    /// `--cluster-refresh-min-interval`.
+    pub refresh_min_interval: Duration,
+}
+
+impl ClusterSettings {
+    /// `None` without `--cluster`; several `--upstream` URLs need it, and
+    /// it excludes what a cluster does not have (databases other than 0)
+    /// or respool does not do in front of one (Sentinel, replica reads).
+    pub(super) fn validate(
+        flags: &ClusterFlags,
+        upstream: &UpstreamFlags,
+        topology: &TopologyFlags,
+    ) -> Result<Option<ClusterSettings>, String> {
+        if !flags.cluster {
+            if upstream.upstreams.len() > 1 {
+                return Err("'--upstream' names one Redis; several URLs are the seed nodes of a Redis Cluster and need '--cluster'".into());
+            }
+            return Ok(None);
+        }
+        if !topology.sentinels.is_empty() {
+            return Err("'--cluster' and '--sentinel' exclude each other: a Redis Cluster fails over by itself".into());
+        }
+        if topology.read_from != ReadFrom::Primary {
+            return Err(
+                "'--cluster' reads from the primaries only: '--read-from' must be 'primary'".into(),
+            );
+        }
+        if flags.cluster_refresh_interval.is_zero() {
+            return Err("'--cluster-refresh-interval' must be greater than zero".into());
+        }
+        let mut seeds = Vec::with_capacity(upstream.upstreams.len());
+        let mut schemes = Vec::new();
+        for given in &upstream.upstreams {
+            let url = UpstreamUrl::parse(given)
+                .map_err(|e| format!("invalid value for '--upstream': {e}"))?;
+            if url.db != 0 {
+                return Err("'--cluster': a Redis Cluster has only database 0; remove the /db from '--upstream'".into());
+            }
+            schemes.push(url.tls);
+            seeds.push(url.addr.clone());
+        }
+        if schemes.windows(2).any(|w| w[0] != w[1]) {
+            return Err("'--cluster': every '--upstream' seed must use the same scheme (redis:// or rediss://)".into());
+        }
+        Ok(Some(ClusterSettings {
+            seeds,
+            refresh_interval: flags.cluster_refresh_interval,
+            refresh_min_interval: flags.cluster_refresh_min_interval,
+        }))
     }
 }
 

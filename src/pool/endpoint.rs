@@ -262,6 +262,10 @@ pub(crate) struct Endpoint {
     pub identity: Identity,
     /// Database selected on every connection.
     pub db: u32,
+    /// A Redis Cluster node's: a slot it serves, kept current by the slot
+    /// map, which the write probe's key must hash to (a cluster refuses a
+    /// key of another node's slot even inside MULTI).
+    pub probe_slot: Option<Arc<std::sync::atomic::AtomicU16>>,
 }
 
 #[cfg(test)]

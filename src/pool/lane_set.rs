@@ -243,6 +243,7 @@ impl LaneSet {
             // Nothing a login check sends writes data.
             retry_safe: 1,
             reply_to: inbox.sender(),
+            redirects: 0,
         });
         async move {
             if sent.is_err() {
@@ -403,7 +404,8 @@ impl SharedLanes {
                     pool.clone(),
                     failures.clone(),
                     probe.clone(),
-                );
+                )
+                .speaking(protocol);
                 (handle, tokio::spawn(lane.run()))
             })
             .unzip();

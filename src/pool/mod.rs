@@ -58,6 +58,10 @@ pub(crate) struct PoolContext {
     pub refresh: Arc<tokio::sync::Notify>,
     /// The event loop's counters.
     pub stats: Arc<LoopStats>,
+    /// In front of a Redis Cluster: lanes count the `-MOVED`/`-ASK` replies
+    /// they pass on and ask for a refresh of the slot map on those and
+    /// when they cannot reach their node.
+    pub cluster: Option<Arc<crate::topology::cluster::ClusterLink>>,
     /// The event loop's share of `--max-pinned` now (a reload changes it;
     /// `pool.max_pinned` is the share at start).
     pub pinned_limit: Arc<std::sync::atomic::AtomicU32>,

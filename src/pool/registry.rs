@@ -49,6 +49,7 @@ impl Registry {
             expects_primary: ctx.expects_primary,
             refresh: ctx.refresh.clone(),
             stats: ctx.stats.clone(),
+            cluster: ctx.cluster.clone(),
             pinned_limit: ctx.pinned_limit.clone(),
             slowlog: ctx.slowlog.clone(),
         });

@@ -90,7 +90,15 @@ pub(crate) async fn run_gate(
         steps.push(("PING", Request::from_args(&["PING"]), Expect::Pong));
     }
     if s.validate == Validate::Write {
-        let key = format!("{}:{}", s.probe_prefix, std::process::id());
+        let key = match &endpoint.probe_slot {
+            Some(slot) => format!(
+                "{}:{}:{}",
+                s.probe_prefix,
+                crate::router::slot::tag_for(slot.load(std::sync::atomic::Ordering::Relaxed)),
+                std::process::id()
+            ),
+            None => format!("{}:{}", s.probe_prefix, std::process::id()),
+        };
         steps.push(("probe MULTI", Request::from_args(&["MULTI"]), Expect::Ok));
         steps.push((
             "probe SET",

@@ -4,7 +4,12 @@
 //! Sentinel names) — or, once it has logged in as another identity (AUTH
 //! passthrough), that identity's lane set. With `--read-from` other than
 //! `primary`, the topology's replicas take the reads of clients on
-//! respool's own identity (see [`crate::topology::replicas`]).
+//! respool's own identity (see [`crate::topology::replicas`]). With
+//! `--cluster`, each request goes to the primary serving its key's hash
+//! slot ([`slot`]), found by the cluster's own key specs ([`keys`]).
+
+pub(crate) mod keys;
+pub(crate) mod slot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::pool::endpoint::{FollowedAddr, Identity};
 use crate::pool::{LaneSet, PoolContext, Registry};
+use crate::topology::cluster::ClusterMap;
 use crate::topology::replicas::ReplicaSet;
 use crate::topology::Topology;
 
@@ -58,6 +64,11 @@ impl Router {
         self.topology.replicas.as_ref()
     }
 
+    /// The slot map, with `--cluster`.
+    pub fn cluster(&self) -> Option<&Arc<ClusterMap>> {
+        self.topology.cluster.as_ref()
+    }
+
     /// What `INFO respool` shows of the primary and the replicas.
     pub fn render_topology(&self, out: &mut String) {
         self.topology.render(out);
@@ -85,6 +96,16 @@ impl Router {
 
     /// The lane set a client that logs in as `identity` moves to.
     pub fn login(&self, identity: Identity) -> Result<Arc<LaneSet>, Error> {
+        if self.topology.cluster.is_some()
+            && identity != self.registry.default_set().endpoint().identity
+        {
+            // Its lanes would reach one node; the other primaries' lanes
+            // are respool's own identity's.
+            return Err(Error::NotInCluster(
+                "AUTH as another user than --upstream's".into(),
+                "configure respool's own client users (--requirepass, --user), or connect as --upstream's user",
+            ));
+        }
         self.registry.lane_set(identity)
     }
 

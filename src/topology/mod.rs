@@ -5,17 +5,20 @@
 //!   moves on failover, and every lane set built on it moves with it;
 //! * [`replicas`] — the primary's replicas, their lag, and which a read may
 //!   go to (`--read-from`), with read-your-writes;
-//! * [`role`] — reading `ROLE` and Sentinel's replies.
+//! * [`role`] — reading `ROLE` and Sentinel's replies;
+//! * [`cluster`] — a Redis Cluster's slot map and a lane set per primary
+//!   (`--cluster`); the primary's endpoint then follows one of them.
 //!
 //! Without `--sentinel` and with `--read-from primary` (the defaults) there
 //! is nothing here but the fixed `--upstream` endpoint.
 
+pub(crate) mod cluster;
 pub(crate) mod replicas;
 pub(crate) mod role;
 pub(crate) mod sentinel;
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -24,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ReadFrom, Validate};
 use crate::pool::endpoint::{Endpoint, FollowedAddr, Node};
 use crate::pool::PoolContext;
+use cluster::{ClusterMap, Refresher};
 use replicas::{Checker, ReplicaSet};
 use sentinel::{Follower, SentinelState};
 
@@ -36,6 +40,8 @@ pub(crate) struct Topology {
     sentinel: Option<(Arc<str>, Arc<SentinelState>)>,
     /// Replicas reads may go to, with `--read-from` other than `primary`.
     pub replicas: Option<Arc<ReplicaSet>>,
+    /// The slot map, with `--cluster`.
+    pub cluster: Option<Arc<ClusterMap>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -81,6 +87,36 @@ impl Topology {
         } else if let Some(upstream) = upstream {
             primary.node = Node::followed(upstream, config.upstream.node.tls.clone(), false);
         }
+        let mut cluster = None;
+        if let (Some(settings), Some(link)) = (&config.cluster, &ctx.cluster) {
+            let anchor = Arc::new(FollowedAddr::unknown(
+                "a cluster primary",
+                "no cluster primary known yet (asking the seed nodes)",
+            ));
+            let anchor_probe = Arc::new(AtomicU16::new(0));
+            let template = primary.clone();
+            primary.node = Node::followed(
+                anchor.clone(),
+                config.upstream.node.tls.clone(),
+                config.topology.discovered_tls_name,
+            );
+            primary.probe_slot = Some(anchor_probe.clone());
+            let map = Arc::new(ClusterMap::new(
+                anchor,
+                anchor_probe,
+                ctx.refresh.clone(),
+                link.clone(),
+            ));
+            link.attach(&map);
+            let refresher = Refresher {
+                map: map.clone(),
+                settings: settings.clone(),
+                template,
+                ctx: ctx.clone(),
+            };
+            tasks.push(tokio::spawn(refresher.run()));
+            cluster = Some(map);
+        }
         let replicas = (config.topology.replicas.read_from != ReadFrom::Primary).then(|| {
             let set = Arc::new(ReplicaSet::new(config.topology.replicas));
             let checker = Checker {
@@ -97,6 +133,7 @@ impl Topology {
             primary,
             sentinel,
             replicas,
+            cluster,
             tasks,
         }
     }
@@ -120,6 +157,9 @@ impl Topology {
             };
             let _ = write!(out, "read_from:{read_from}\r\n");
             replicas.render(out);
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.render(out);
         }
     }
 
@@ -153,6 +193,7 @@ fn replica_context(ctx: &Arc<PoolContext>) -> Arc<PoolContext> {
         expects_primary: false,
         refresh: Arc::new(Notify::new()),
         stats: ctx.stats.clone(),
+        cluster: None,
         pinned_limit: ctx.pinned_limit.clone(),
         slowlog: ctx.slowlog.clone(),
     })

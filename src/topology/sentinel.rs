@@ -306,6 +306,7 @@ impl Follower {
             node,
             identity: self.settings.identity.clone(),
             db: 0,
+            probe_slot: None,
         };
         UpstreamConn::open_logged_in(&endpoint, &self.pool).await
     }

@@ -26,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;

@@ -23,7 +23,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::job::{release_overtaken, Job, Replies, Sent};
-use super::Lane;
+use super::{Lane, LaneHandle, MAX_REDIRECTS};
 use crate::codec::{ReplyDecoder, ReplyKind};
 use crate::error::Error;
 use crate::ops::commands::{command_id, nth_request_name};
@@ -34,6 +34,7 @@ use crate::pool::write_gate::WriteGate;
 use crate::retry::{is_transient_error, Backoff};
 use crate::slowlog::{SlowRun, Slowlog};
 use crate::stats::FailCause;
+use crate::topology::cluster::Redirect;
 
 /// Stop taking new requests into the write buffer above this many bytes, so
 /// that a slow upstream pushes back on clients instead of growing memory.
@@ -45,6 +46,16 @@ pub(crate) fn moved_to(node: &crate::pool::endpoint::Node) -> String {
         Some(addr) => addr.to_string(),
         None => "a new primary (failover under way)".into(),
     }
+}
+
+/// What a cluster node's error reply `frame` means for its request (see
+/// [`crate::topology::cluster::ClusterLink::redirect`]); out of line, so
+/// that a single upstream's reply path stays as short as it was.
+#[cold]
+#[inline(never)]
+fn cluster_redirect(lane: &Lane, frame: &[u8]) -> Option<Redirect> {
+    let cluster = lane.ctx.cluster.as_ref()?;
+    cluster.redirect(frame, &lane.node.addr(), lane.protocol, &lane.ctx.refresh)
 }
 
 /// How long a connection to a primary that moved may still deliver the
@@ -430,15 +441,36 @@ impl Carrier {
             return broken.map_or(Ok(()), Err);
         };
         let stats = &lane.ctx.stats;
-        let demoted = frame.first() == Some(&b'-')
-            && lane.ctx.expects_primary
-            && frame.starts_with(b"-READONLY");
+        let is_error = frame.first() == Some(&b'-');
+        let demoted = is_error && lane.ctx.expects_primary && frame.starts_with(b"-READONLY");
+        let mut redirect_held = false;
+        if is_error && lane.ctx.cluster.is_some() {
+            match cluster_redirect(lane, frame) {
+                // Behind a request of the same client held here (an
+                // `-ASK`), it waits its turn: sent on now, it would run
+                // before that one.
+                Some(Redirect::To(_))
+                    if self
+                        .retry_later
+                        .iter()
+                        .any(|h| h.req.reply_to.same_client(&job.req.reply_to)) =>
+                {
+                    redirect_held = true;
+                }
+                Some(Redirect::To(target)) => {
+                    self.redirect(len, replies, target, lane);
+                    return Ok(());
+                }
+                Some(Redirect::Hold) => redirect_held = true,
+                None => {}
+            }
+        }
         if demoted && !self.demoted {
             self.demoted = true;
             tracing::warn!(lane = lane.id, upstream = %lane.node.addr(), "the primary answered READONLY: it was demoted; holding requests and looking for the primary");
             lane.ctx.refresh.notify_one();
         }
-        if demoted || is_transient_error(frame) {
+        if demoted || redirect_held || is_transient_error(frame) {
             // The command did not run: hold it and resend after a backoff,
             // for as long as its hold window lasts (not limited by --retries:
             // a restart's LOADING phase is one outage, however many polls).
@@ -512,6 +544,51 @@ impl Carrier {
             self.inflight.pop_front();
         }
         Ok(())
+    }
+
+    /// Sends the request the reply frame `read_buf[replies.len..][..len]`
+    /// answers — a cluster node's `-MOVED`: it did not run — to `target`,
+    /// the lane of the slot's owner now, which answers its client in its
+    /// place. Requests of one client that this node redirects reach
+    /// `target` in the order they were sent; after [`MAX_REDIRECTS`] the
+    /// client gets an error instead.
+    #[cold]
+    #[inline(never)]
+    fn redirect(&mut self, len: usize, replies: &mut Replies, target: LaneHandle, lane: &Lane) {
+        let Some(job) = self.inflight.front_mut().and_then(|s| s.job.as_mut()) else {
+            return;
+        };
+        // The replies before it in its run are good: hand them over first.
+        replies.deliver_to(&mut self.conn.read_buf, job);
+        let mut moved = job.take_first();
+        let answer = self.conn.read_buf.split_to(len).freeze();
+        if job.remaining() == 0 {
+            self.inflight.pop_front();
+        }
+        self.served = true;
+        let stats = &lane.ctx.stats;
+        if moved.req.redirects >= MAX_REDIRECTS {
+            let line = crate::error::error_line(
+                "ERR",
+                &format!(
+                    "the cluster redirected this request {MAX_REDIRECTS} times (last: {}); its slot is moving: retry",
+                    String::from_utf8_lossy(&answer[1..]).trim_end()
+                ),
+            );
+            // The slot could not be reached for as long as it kept moving.
+            moved.fail(&line, stats, FailCause::Unavailable);
+            return;
+        }
+        moved.req.redirects += 1;
+        if let Some(cluster) = &lane.ctx.cluster {
+            cluster
+                .stats
+                .redirected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(req) = target.send(moved.req) {
+            req.reply_to.send(req.seq, 1, Error::ShuttingDown.to_resp());
+        }
     }
 
     /// After the connection broke: resend what is safe to resend, in order,

@@ -71,7 +71,14 @@ pub(crate) struct LaneRequest {
     pub retry_safe: u64,
     /// Where the replies go.
     pub reply_to: ReplySender,
+    /// Times a cluster node redirected it (`-MOVED`) to another node's
+    /// lane; bounded by [`MAX_REDIRECTS`].
+    pub redirects: u8,
 }
+
+/// The most `-MOVED` redirections a request follows before its client
+/// gets an error.
+pub(crate) const MAX_REDIRECTS: u8 = 5;
 
 impl LaneRequest {
     /// Whether request `i` of the run (counted from its first) may be resent
@@ -147,6 +154,9 @@ impl Drop for LaneInbox {
 /// One lane's task state.
 pub(crate) struct Lane {
     id: usize,
+    /// The RESP version its connections speak (a request a cluster node
+    /// redirects goes to a lane of the same protocol on the new node).
+    protocol: u8,
     /// The upstream node: its address for messages, and whether a
     /// connection still goes to it (a followed primary moves).
     node: Node,
@@ -177,6 +187,7 @@ impl Lane {
     ) -> Lane {
         Lane {
             id,
+            protocol: 2,
             node,
             ctx,
             inbox,
@@ -188,6 +199,14 @@ impl Lane {
             closing: false,
             probe,
         }
+    }
+
+    /// The RESP version the lane's connections speak (2 unless said): a
+    /// request a cluster node redirects goes to a lane of the same
+    /// protocol on the new owner.
+    pub(crate) fn speaking(mut self, protocol: u8) -> Lane {
+        self.protocol = protocol;
+        self
     }
 
     /// Runs until every sender is gone and every request is answered.

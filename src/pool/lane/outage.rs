@@ -81,31 +81,84 @@ impl Lane {
                     }
                     return Some(conn);
                 }
-                Err(e) => match &mut self.outage {
-                    None if self.ctx.client_identity && e.is_login_refusal() => {
-                        tracing::debug!(lane = self.id, upstream = %self.addr(), error = %e, "a client's login was refused");
-                        self.outage = Some(Outage {
-                            since: Instant::now(),
-                            attempts: 1,
-                            last: e,
-                        });
+                Err(e) => {
+                    if self.ctx.cluster.is_some() {
+                        // A cluster node that cannot be reached may have
+                        // failed over: the slot map is asked for again
+                        // (the refresher rate-limits these).
+                        self.ctx.refresh.notify_one();
                     }
-                    None => {
-                        tracing::warn!(lane = self.id, upstream = %self.addr(), error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
-                        self.outage = Some(Outage {
-                            since: Instant::now(),
-                            attempts: 1,
-                            last: e,
-                        });
+                    self.note_outage(e);
+                    if let Some(cluster) = self.ctx.cluster.clone() {
+                        self.reroute_if_gone(&cluster);
                     }
-                    Some(o) => {
-                        tracing::debug!(lane = self.id, upstream = %self.node.addr(), error = %e, attempts = o.attempts, "upstream still unavailable");
-                        o.attempts += 1;
-                        o.last = e;
-                    }
-                },
+                }
             }
             delay = Some(backoff.next_delay());
+        }
+    }
+
+    /// In front of a cluster: once the slot map no longer names this
+    /// lane's node as a primary (it failed and a replica took over), the
+    /// requests waiting here were never sent, so each goes to the lane of
+    /// its slot's primary now, in the order they came.
+    fn reroute_if_gone(&mut self, cluster: &crate::topology::cluster::ClusterLink) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let addr = self.node.addr();
+        let Some(reroute) = cluster.reroute(&addr, self.protocol) else {
+            return;
+        };
+        tracing::info!(lane = self.id, upstream = %addr, requests = self.queue.len(), "cluster node left the slot map; sending its waiting requests to the slots' primaries now");
+        let mut queue = std::mem::take(&mut self.queue);
+        while let Some(mut job) = queue.pop_front() {
+            let single = job.take_first();
+            if job.remaining() > 0 {
+                queue.push_front(job);
+            }
+            match reroute.lane_for(&single.req.raw) {
+                Some(lane) => {
+                    if let Err(req) = lane.send(single.req) {
+                        req.reply_to.send(req.seq, 1, Error::ShuttingDown.to_resp());
+                    }
+                }
+                None => {
+                    // No primary serves its slot yet (the replica is not
+                    // promoted): it and everything after it wait here for
+                    // the next look, in order.
+                    queue.push_front(single);
+                    break;
+                }
+            }
+        }
+        self.queue = queue;
+    }
+
+    /// Logs and records a failed attempt to get a connection.
+    fn note_outage(&mut self, e: crate::error::ConnectError) {
+        match &mut self.outage {
+            None if self.ctx.client_identity && e.is_login_refusal() => {
+                tracing::debug!(lane = self.id, upstream = %self.addr(), error = %e, "a client's login was refused");
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    attempts: 1,
+                    last: e,
+                });
+            }
+            None => {
+                tracing::warn!(lane = self.id, upstream = %self.addr(), error = %e, "upstream unavailable; reconnecting with backoff, requests are held up to --hold-timeout");
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    attempts: 1,
+                    last: e,
+                });
+            }
+            Some(o) => {
+                tracing::debug!(lane = self.id, upstream = %self.node.addr(), error = %e, attempts = o.attempts, "upstream still unavailable");
+                o.attempts += 1;
+                o.last = e;
+            }
         }
     }
 

@@ -1,0 +1,771 @@
+//! respool in front of a real Redis Cluster (`--cluster`): three primaries
+//! with a replica each, formed by `tests/support/cluster.rs`.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::client::encode_command;
+use support::cluster::{slot_ranges, Cluster};
+use support::{wait, Reply, TestClient, TestProxy};
+
+/// The harness forms a cluster whose nodes agree on every slot, and its
+/// helpers say where a key lives.
+#[test]
+fn the_harness_forms_a_cluster_of_three_primaries() {
+    let cluster = Cluster::start();
+    assert_eq!(cluster.nodes.len(), 6);
+    assert_eq!(cluster.primaries().len(), 3);
+    let ranges = slot_ranges(cluster.any());
+    assert_eq!(
+        ranges
+            .iter()
+            .map(|(a, b, _)| usize::from(b - a) + 1)
+            .sum::<usize>(),
+        16384
+    );
+    let slot = cluster.keyslot(b"somekey");
+    assert_eq!(slot, 11058, "CLUSTER KEYSLOT somekey");
+    let owner = cluster.owner(slot);
+    assert_eq!(
+        owner.command(&[b"SET", b"somekey", b"v"]),
+        Reply::Simple("OK".into())
+    );
+    let other = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.port() != owner.port())
+        .expect("another primary");
+    assert_eq!(
+        other.command(&[b"GET", b"somekey"]).error_code(),
+        Some("MOVED")
+    );
+}
+
+/// A proxy in front of `cluster`, its seeds every node, with `extra` flags.
+async fn proxy(cluster: &Cluster, extra: &[&str]) -> TestProxy {
+    let seeds = cluster.urls()[1..].join(",");
+    let mut flags = vec!["--cluster", "--upstream", &seeds];
+    flags.extend_from_slice(extra);
+    // The first URL is the proxy's `--upstream` too: all of them are seeds.
+    TestProxy::start(&cluster.urls()[0], &flags).await
+}
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(s.as_bytes().to_vec())
+}
+
+/// 10 000 keys written through respool in one pipeline land on the primary
+/// `CLUSTER KEYSLOT` names (asked of the nodes themselves), on no other, and
+/// read back through respool. `DBSIZE` sums the primaries, `KEYS` gathers
+/// them, `SCRIPT LOAD` and `FLUSHALL` reach every one.
+#[tokio::test]
+async fn ten_thousand_keys_land_where_cluster_keyslot_says() {
+    const KEYS: usize = 10_000;
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let key = |i: usize| format!("key:{i}");
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(encode_command(&["SET", &key(i), &format!("value:{i}")]));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    for i in 0..KEYS {
+        assert_eq!(client.read_reply().await.unwrap(), ok(), "SET {}", key(i));
+    }
+    // Where each key should be, as a node computes it.
+    let mut direct = TestClient::connect(cluster.any().addr()).await.unwrap();
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(encode_command(&["CLUSTER", "KEYSLOT", &key(i)]));
+    }
+    direct.send_raw(&pipeline).await.unwrap();
+    let mut slots = Vec::with_capacity(KEYS);
+    for _ in 0..KEYS {
+        slots.push(direct.read_reply().await.unwrap().as_int().expect("a slot") as u16);
+    }
+    let ranges = slot_ranges(cluster.any());
+    let owner = |slot: u16| {
+        ranges
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .map(|(_, _, port)| *port)
+            .expect("an owner")
+    };
+    let primaries = cluster.primaries();
+    let mut total = 0;
+    for primary in &primaries {
+        let mine: Vec<usize> = (0..KEYS)
+            .filter(|&i| owner(slots[i]) == primary.port())
+            .collect();
+        assert!(!mine.is_empty(), "no key on :{}", primary.port());
+        let mut node = TestClient::connect(primary.addr()).await.unwrap();
+        let mut pipeline = Vec::new();
+        for &i in &mine {
+            pipeline.extend(encode_command(&["GET", &key(i)]));
+        }
+        node.send_raw(&pipeline).await.unwrap();
+        for &i in &mine {
+            assert_eq!(
+                node.read_reply().await.unwrap(),
+                bulk(&format!("value:{i}")),
+                "{} on :{}",
+                key(i),
+                primary.port()
+            );
+        }
+        let dbsize = node.cmd(&["DBSIZE"]).await.as_int().unwrap() as usize;
+        assert_eq!(
+            dbsize,
+            mine.len(),
+            "keys on :{} besides its own",
+            primary.port()
+        );
+        total += dbsize;
+    }
+    assert_eq!(total, KEYS);
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(encode_command(&["GET", &key(i)]));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    for i in 0..KEYS {
+        assert_eq!(
+            client.read_reply().await.unwrap(),
+            bulk(&format!("value:{i}"))
+        );
+    }
+    // Commands for every primary, merged as Redis's tips say.
+    assert_eq!(client.cmd(&["DBSIZE"]).await, Reply::Int(KEYS as i64));
+    match client.cmd(&["KEYS", "key:1*"]).await {
+        Reply::Array(found) => {
+            let want = (0..KEYS).filter(|i| i.to_string().starts_with('1')).count();
+            assert_eq!(found.len(), want);
+        }
+        other => panic!("KEYS: {other:?}"),
+    }
+    let sha = client
+        .cmd(&["SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"])
+        .await;
+    let sha = sha.as_str().expect("a sha").to_string();
+    for i in [0, 1, 2, 3, 4, 5] {
+        assert_eq!(
+            client.cmd(&["EVALSHA", &sha, "1", &key(i)]).await,
+            bulk(&format!("value:{i}")),
+            "the script is loaded on every primary"
+        );
+    }
+    assert_eq!(client.cmd(&["FLUSHALL"]).await, ok());
+    assert_eq!(client.cmd(&["DBSIZE"]).await, Reply::Int(0));
+    for primary in &primaries {
+        assert_eq!(primary.command(&[b"DBSIZE"]), Reply::Int(0));
+    }
+    let info = client.respool_counters().await;
+    assert_eq!(info["cluster_slots_known"], "16384");
+    assert_eq!(info["cluster_primaries"], "3");
+    assert_eq!(info["cluster_moved"], "0", "{info:?}");
+}
+
+/// A pipeline mixing single-key commands on every primary, multi-key
+/// commands within one slot, keyless commands and commands whose keys span
+/// slots gets every reply in order: `MGET`, `MSET`, `DEL`, `UNLINK`,
+/// `EXISTS` and `TOUCH` split by primary and merged in the client's key
+/// order, the others (`RENAME`, `SMOVE`, `EVAL` with keys in two slots)
+/// Redis's own `-CROSSSLOT`, exactly as a node gives it.
+#[tokio::test]
+async fn pipelines_across_primaries_reply_in_order_and_cross_slot_is_refused() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let direct = cluster
+        .owner(cluster.keyslot(b"a"))
+        .command(&[b"MGET", b"a", b"b"]);
+    assert_eq!(direct.error_code(), Some("CROSSSLOT"));
+    let direct_arity = cluster.any().command(&[b"MSET", b"a", b"1", b"b"]);
+    assert_eq!(direct_arity.error_code(), Some("CROSSSLOT"));
+    let script: Vec<(Vec<&str>, Reply)> = vec![
+        (vec!["SET", "a", "1"], ok()),
+        (vec!["SET", "b", "2"], ok()),
+        (vec!["MSET", "{u}x", "3", "{u}y", "4"], ok()),
+        (vec!["PING"], Reply::Simple("PONG".into())),
+        (vec!["SET", "c", "5"], ok()),
+        (
+            vec!["MGET", "{u}x", "{u}y"],
+            Reply::Array(vec![bulk("3"), bulk("4")]),
+        ),
+        (vec!["GET", "a"], bulk("1")),
+        (
+            vec!["MGET", "a", "nokey", "b"],
+            Reply::Array(vec![bulk("1"), Reply::Nil, bulk("2")]),
+        ),
+        (vec!["ECHO", "hi"], bulk("hi")),
+        (vec!["INCR", "b"], Reply::Int(3)),
+        (vec!["DEL", "a", "nokey"], Reply::Int(1)),
+        (
+            vec!["EVAL", "return redis.call('GET', KEYS[1])", "1", "c"],
+            bulk("5"),
+        ),
+        (vec!["EVAL", "return 1", "2", "a", "b"], direct.clone()),
+        (vec!["GET", "c"], bulk("5")),
+        (vec!["RENAME", "{u}x", "{u}z"], ok()),
+        (vec!["RENAME", "a", "b"], direct.clone()),
+        (vec!["XADD", "{s}1", "*", "f", "v"], Reply::Nil),
+        (vec!["GET", "b"], bulk("3")),
+        (vec!["OBJECT", "ENCODING", "{u}y"], bulk("int")),
+        (vec!["SPUBLISH", "chan", "m"], Reply::Int(0)),
+        (vec!["PUBLISH", "chan", "m"], Reply::Int(0)),
+        (vec!["GET", "{u}z"], bulk("3")),
+        (vec!["MSET", "a", "7", "b", "8", "c", "9"], ok()),
+        (vec!["GET", "a"], bulk("7")),
+        (
+            vec!["MGET", "c", "b", "a", "nokey", "{u}z"],
+            Reply::Array(vec![bulk("9"), bulk("8"), bulk("7"), Reply::Nil, bulk("3")]),
+        ),
+        (vec!["EXISTS", "a", "b", "c", "nokey", "a"], Reply::Int(4)),
+        (vec!["TOUCH", "a", "b", "c"], Reply::Int(3)),
+        (vec!["MSET", "a", "1", "b"], direct_arity.clone()),
+        (vec!["SMOVE", "a", "b", "m"], direct.clone()),
+        (vec!["UNLINK", "a", "b"], Reply::Int(2)),
+        (
+            vec!["MGET", "a", "b", "c"],
+            Reply::Array(vec![Reply::Nil, Reply::Nil, bulk("9")]),
+        ),
+    ];
+    let mut pipeline = Vec::new();
+    for (args, _) in &script {
+        pipeline.extend(encode_command(args));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    for (args, want) in &script {
+        let got = client.read_reply().await.unwrap();
+        if args[0] == "XADD" {
+            assert!(got.as_bytes().is_some(), "XADD: {got:?}");
+            continue;
+        }
+        assert_eq!(&got, want, "{args:?}");
+    }
+    // The keys went where their slots say.
+    for key in ["c", "{u}y", "{u}z"] {
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"EXISTS", key.as_bytes()]),
+            Reply::Int(1),
+            "{key}"
+        );
+    }
+}
+
+/// What respool does not route in cluster mode yet is refused with a line
+/// that says so, never sent to one node as if it were the whole cluster;
+/// SELECT of another database is refused as the cluster refuses it.
+#[tokio::test]
+async fn commands_for_every_node_and_sessions_are_refused_clearly() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    for args in [
+        vec!["SCAN", "0"],
+        vec!["WAIT", "1", "10"],
+        vec!["SCRIPT", "EXISTS", "abc"],
+        vec!["MULTI"],
+        vec!["WATCH", "a"],
+        vec!["MONITOR"],
+        vec!["CLIENT", "TRACKING", "on"],
+    ] {
+        let reply = client.cmd(&args).await;
+        let text = format!("{reply:?}");
+        assert!(
+            reply.error_code() == Some("ERR") && text.contains("not supported in cluster mode yet"),
+            "{args:?}: {reply:?}"
+        );
+    }
+    let select = client.cmd(&["SELECT", "1"]).await;
+    let direct = cluster.any().command(&[b"SELECT", b"1"]);
+    assert_eq!(select, direct);
+    assert_eq!(client.cmd(&["SELECT", "0"]).await, ok());
+    assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("ERR"));
+    assert_eq!(client.cmd(&["SET", "still", "works"]).await, ok());
+    let cross = client.cmd(&["BLPOP", "a", "b", "1"]).await;
+    assert_eq!(cross.error_code(), Some("CROSSSLOT"), "{cross:?}");
+}
+
+/// A blocking pop waits on the primary serving its key and is woken by a
+/// push through respool; SUBSCRIBE hears a PUBLISH sent through respool
+/// (the cluster's bus); SSUBSCRIBE hears an SPUBLISH of its shard.
+#[tokio::test]
+async fn blocking_commands_and_subscriptions_reach_the_right_node() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut pusher = proxy.client().await;
+    for key in ["queue:a", "queue:b", "queue:c"] {
+        let mut waiter = proxy.client().await;
+        waiter.send(&["BLPOP", key, "10"]).await.unwrap();
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        wait::until(
+            "the pop to block on its key's primary",
+            Duration::from_secs(10),
+            || owner.blocked_clients() == 1,
+        );
+        assert_eq!(pusher.cmd(&["RPUSH", key, "job"]).await, Reply::Int(1));
+        assert_eq!(
+            waiter.read_reply().await.unwrap(),
+            Reply::Array(vec![bulk(key), bulk("job")])
+        );
+        // The session is over: the client is back on the lanes.
+        assert_eq!(waiter.cmd(&["SET", key, "x"]).await, ok());
+    }
+    let mut subscriber = proxy.client().await;
+    subscriber.send(&["SUBSCRIBE", "news"]).await.unwrap();
+    assert_eq!(
+        subscriber.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("subscribe"), bulk("news"), Reply::Int(1)])
+    );
+    // The count is of the receivers on the node that took it, as in any
+    // cluster; the message reaches every node's subscribers.
+    assert!(pusher
+        .cmd(&["PUBLISH", "news", "hello"])
+        .await
+        .as_int()
+        .is_some());
+    assert_eq!(
+        subscriber.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("message"), bulk("news"), bulk("hello")])
+    );
+    let mut sharded = proxy.client().await;
+    sharded.send(&["SSUBSCRIBE", "orders"]).await.unwrap();
+    assert_eq!(
+        sharded.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("ssubscribe"), bulk("orders"), Reply::Int(1)])
+    );
+    assert_eq!(
+        pusher.cmd(&["SPUBLISH", "orders", "o1"]).await,
+        Reply::Int(1)
+    );
+    assert_eq!(
+        sharded.read_reply().await.unwrap(),
+        Reply::Array(vec![bulk("smessage"), bulk("orders"), bulk("o1")])
+    );
+}
+
+/// A slot moved to another primary while 50 clients INCR and GET keys in
+/// it (and in another slot) through respool: no client sees an error, every
+/// GET returns the client's own count of acknowledged INCRs (so no INCR ran
+/// twice, none was lost, and none overtook another), and afterwards the keys
+/// are on the new owner with those counts. One more client pipelines INCRs
+/// of one key across the move: its replies count up by one, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
+    const CLIENTS: usize = 50;
+    let cluster = Arc::new(Cluster::start());
+    let proxy = proxy(&cluster, &["--hold-timeout", "20s", "--timeout", "20s"]).await;
+    let hot = cluster.keyslot(b"{hot}");
+    let from = cluster.owner(hot).port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = proxy.client().await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // Half the clients use the slot that moves, half another one.
+            let key = if c % 2 == 0 {
+                format!("{{hot}}:{c}")
+            } else {
+                format!("{{cold}}:{c}")
+            };
+            let mut acked = 0i64;
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) || acked < 20 {
+                match client.cmd(&["INCR", &key]).await {
+                    Reply::Int(n) if n == acked + 1 => acked = n,
+                    other => errors.push(format!("INCR {key} after {acked}: {other:?}")),
+                }
+                match client.cmd(&["GET", &key]).await {
+                    Reply::Bulk(v) if v == acked.to_string().as_bytes() => {}
+                    other => errors.push(format!("GET {key} after {acked}: {other:?}")),
+                }
+                if errors.len() > 5 {
+                    break;
+                }
+            }
+            (key, acked, errors)
+        }));
+    }
+    // The pipelining client.
+    let mut piper = proxy.client().await;
+    let pipe_stop = stop.clone();
+    let piper_task = tokio::spawn(async move {
+        let mut next = 1i64;
+        let mut errors = Vec::new();
+        while !pipe_stop.load(Ordering::Relaxed) || next < 200 {
+            let mut batch = Vec::new();
+            for _ in 0..50 {
+                batch.extend(encode_command(&["INCR", "{hot}:piped"]));
+            }
+            piper.send_raw(&batch).await.unwrap();
+            for _ in 0..50 {
+                match piper.read_reply().await {
+                    Ok(Reply::Int(n)) if n == next => next += 1,
+                    other => errors.push(format!("piped INCR, expecting {next}: {other:?}")),
+                }
+            }
+            if !errors.is_empty() {
+                break;
+            }
+        }
+        (next - 1, errors)
+    });
+    // Let the load run before moving the slot, and after.
+    let mut watcher = proxy.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Polled, not slept on: at least 100 piped INCRs before the move.
+    while watcher
+        .cmd(&["GET", "{hot}:piped"])
+        .await
+        .as_bytes()
+        .is_none_or(|v| v.len() < 3)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load before the move"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| p.port())
+        .find(|&p| p != from)
+        .expect("another primary");
+    let moving = cluster.clone();
+    tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(to)))
+        .await
+        .unwrap();
+    let moved_before = support::counter(&watcher.respool_counters().await, "cluster_moved");
+    stop.store(true, Ordering::Relaxed);
+    let mut total_errors = Vec::new();
+    for task in tasks {
+        let (key, acked, errors) = task.await.unwrap();
+        total_errors.extend(errors);
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"GET", key.as_bytes()]),
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "{key} on :{}",
+            owner.port()
+        );
+    }
+    let (piped, errors) = piper_task.await.unwrap();
+    total_errors.extend(errors);
+    assert!(
+        total_errors.is_empty(),
+        "client-visible errors: {total_errors:#?}"
+    );
+    assert_eq!(cluster.owner(hot).port(), to);
+    assert_eq!(
+        cluster.node(to).command(&[b"GET", b"{hot}:piped"]),
+        Reply::Bulk(piped.to_string().into_bytes())
+    );
+    let info = watcher.respool_counters().await;
+    eprintln!(
+        "cluster counters: moved={} ask={} redirected={}",
+        info["cluster_moved"], info["cluster_ask"], info["cluster_redirected"]
+    );
+    assert!(
+        moved_before > 0 || support::counter(&info, "cluster_ask") > 0,
+        "{info:?}"
+    );
+    // respool learned the new owner: new requests go straight there.
+    let moved = support::counter(&info, "cluster_moved");
+    for _ in 0..20 {
+        assert!(watcher
+            .cmd(&["INCR", "{hot}:after"])
+            .await
+            .as_int()
+            .is_some());
+    }
+    assert_eq!(
+        support::counter(&watcher.respool_counters().await, "cluster_moved"),
+        moved
+    );
+}
+
+/// redis-py and the `redis` crate, as plain (non-cluster) clients, work
+/// through respool against the cluster: strings, counters, hashes, lists,
+/// multi-key commands (split across slots), pipelines across primaries,
+/// expiry, and the cluster's own CROSSSLOT error; redis-py over RESP2 and
+/// RESP3. redis-py's `RedisCluster` works too: `CLUSTER SLOTS` and the like
+/// describe respool as one node owning every slot.
+#[tokio::test]
+async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let port = proxy.addr().port().to_string();
+    for protocol in ["2", "3"] {
+        let out = std::process::Command::new("python3")
+            .args(["-c", REDIS_PY_SCENARIO, &port, protocol])
+            .output()
+            .expect("python3 (with redis-py: python3 -m pip install redis)");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+            "redis-py over RESP{protocol}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // redis-py's RedisCluster learns one node, respool, owning every slot.
+    let out = std::process::Command::new("python3")
+        .args(["-c", REDIS_PY_CLUSTER_SCENARIO, &port])
+        .output()
+        .expect("python3 with redis-py");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "redis-py RedisCluster:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut client = proxy.client().await;
+    match client.cmd(&["CLUSTER", "SLOTS"]).await {
+        Reply::Array(ranges) => assert_eq!(
+            ranges,
+            vec![Reply::Array(vec![
+                Reply::Int(0),
+                Reply::Int(16383),
+                Reply::Array(vec![
+                    bulk("127.0.0.1"),
+                    Reply::Int(i64::from(proxy.addr().port())),
+                    bulk(&format!("{:040x}", proxy.addr().port())),
+                ]),
+            ])]
+        ),
+        other => panic!("CLUSTER SLOTS: {other:?}"),
+    }
+    let info = client.cmd(&["CLUSTER", "INFO"]).await;
+    assert!(format!("{info:?}").contains("cluster_state:ok"), "{info:?}");
+    assert_eq!(
+        client.cmd(&["CLUSTER", "KEYSLOT", "somekey"]).await,
+        Reply::Int(11058)
+    );
+    let url = format!("redis://{}", proxy.addr());
+    tokio::task::spawn_blocking(move || {
+        use redis::Commands;
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        for i in 0..300 {
+            let _: () = conn.set(format!("crate:{i}"), i).unwrap();
+        }
+        for i in 0..300 {
+            let v: i64 = conn.get(format!("crate:{i}")).unwrap();
+            assert_eq!(v, i);
+        }
+        let n: i64 = conn.incr("crate:counter", 5).unwrap();
+        assert_eq!(n, 5);
+        let _: () = conn.hset("crate:h", "f", "v").unwrap();
+        let h: String = conn.hget("crate:h", "f").unwrap();
+        assert_eq!(h, "v");
+        let _: () = redis::cmd("MSET")
+            .arg("{c}1")
+            .arg("a")
+            .arg("{c}2")
+            .arg("b")
+            .query(&mut conn)
+            .unwrap();
+        let both: Vec<String> = conn.mget(&["{c}1", "{c}2"]).unwrap();
+        assert_eq!(both, ["a", "b"]);
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("INCR").arg(format!("crate:p{i}"));
+        }
+        let replies: Vec<i64> = pipe.query(&mut conn).unwrap();
+        assert_eq!(replies, vec![1; 100]);
+        let split: Vec<i64> = conn.mget(&["crate:1", "crate:2", "crate:3"]).unwrap();
+        assert_eq!(split, [1, 2, 3]);
+        let cross: redis::RedisResult<()> = conn.rename("crate:1", "crate:2");
+        let e = cross.expect_err("keys in two slots");
+        assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    })
+    .await
+    .unwrap();
+}
+
+/// redis-py's cluster client through respool: `python3 -c SCRIPT port`
+/// prints `ok`.
+const REDIS_PY_CLUSTER_SCENARIO: &str = r#"
+import sys
+from redis.cluster import RedisCluster
+rc = RedisCluster(host="127.0.0.1", port=int(sys.argv[1]), decode_responses=True)
+nodes = rc.get_nodes()
+assert len(nodes) == 1 and nodes[0].port == int(sys.argv[1]), nodes
+for i in range(200):
+    rc.set(f"rc:{i}", i)
+assert [rc.get(f"rc:{i}") for i in range(200)] == [str(i) for i in range(200)]
+assert rc.incr("rc:n") == 1
+assert rc.mget_nonatomic("rc:1", "rc:2", "rc:3") == ["1", "2", "3"]
+pipe = rc.pipeline()
+for i in range(50):
+    pipe.incr(f"rc:p:{i}")
+assert pipe.execute() == [1] * 50
+print("ok")
+"#;
+
+/// A web app's use of redis-py as a plain client: `python3 -c SCRIPT port
+/// protocol` prints `ok`.
+const REDIS_PY_SCENARIO: &str = r#"
+import sys, redis
+r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), protocol=int(sys.argv[2]), decode_responses=True)
+p = "py" + sys.argv[2]
+for i in range(300):
+    r.set(f"{p}:{i}", i)
+assert [r.get(f"{p}:{i}") for i in range(300)] == [str(i) for i in range(300)]
+assert r.incr(f"{p}:n") == 1 and r.incrby(f"{p}:n", 4) == 5
+r.hset(f"{p}:h", mapping={"a": "1", "b": "2"})
+assert r.hgetall(f"{p}:h") == {"a": "1", "b": "2"}
+r.rpush(f"{p}:l", "x", "y")
+assert r.lrange(f"{p}:l", 0, -1) == ["x", "y"]
+r.mset({"{" + p + "}a": "1", "{" + p + "}b": "2"})
+assert r.mget("{" + p + "}a", "{" + p + "}b") == ["1", "2"]
+r.set(f"{p}:e", "v", ex=100)
+assert 0 < r.ttl(f"{p}:e") <= 100
+pipe = r.pipeline(transaction=False)
+for i in range(100):
+    pipe.incr(f"{p}:pipe:{i}")
+    pipe.get(f"{p}:{i}")
+assert pipe.execute() == [x for i in range(100) for x in (1, str(i))]
+assert r.mget(f"{p}:1", f"{p}:2", f"{p}:nokey") == ["1", "2", None]
+assert r.delete(f"{p}:1", f"{p}:2", f"{p}:nokey") == 2
+try:
+    r.rename(f"{p}:3", f"{p}:4")
+    raise SystemExit("no CROSSSLOT")
+except redis.ResponseError as e:
+    assert str(e).startswith("Keys in request don't hash to the same slot"), str(e)
+assert r.ping()
+print("ok")
+"#;
+
+/// `kill -9` of a primary while 50 clients INCR and GET through respool:
+/// the cluster promotes its replica, respool learns it, the requests that
+/// waited for the dead node go to the new primary, and every client is
+/// served again. No reply is of the wrong kind or out of step: an INCR's
+/// value is the client's last one plus one, plus at most the INCRs whose
+/// connection was lost (reported as such, never resent), unless the
+/// cluster itself lost acknowledged writes in the failover (asynchronous
+/// replication), and a GET returns the value the client's INCR just got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_is_replaced_and_clients_are_served_again() {
+    const CLIENTS: usize = 50;
+    let cluster = Arc::new(Cluster::start());
+    let proxy = proxy(&cluster, &["--hold-timeout", "30s", "--timeout", "30s"]).await;
+    let victim_slot = cluster.keyslot(b"{victim}");
+    let victim = cluster.owner(victim_slot).port();
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0)); // 0 load, 1 killed, 2 after
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = proxy.client().await;
+        client.set_read_timeout(Duration::from_secs(60));
+        let phase = phase.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("{{victim}}:{c}");
+            let (mut last, mut unsure, mut after_ok) = (0i64, 0i64, 0);
+            let mut problems = Vec::new();
+            while after_ok < 20 {
+                let reply = client.cmd(&["INCR", &key]).await;
+                // The phase when the reply came: an error during the
+                // failover may have been caused by it.
+                let now = phase.load(Ordering::Relaxed);
+                match reply {
+                    Reply::Int(n) if n > last && n <= last + 1 + unsure => {
+                        last = n;
+                        unsure = 0;
+                    }
+                    // The cluster lost acknowledged writes in the failover.
+                    Reply::Int(n) if now > 0 && n <= last => {
+                        last = n;
+                        unsure = 0;
+                    }
+                    Reply::Error(e) if now > 0 && e.contains("may or may not have executed") => {
+                        unsure += 1;
+                        continue;
+                    }
+                    Reply::Error(e) if now > 0 => {
+                        // Not sent, so not run (unavailable while held).
+                        if now == 2 {
+                            problems.push(format!("INCR {key} after the failover: {e}"));
+                        }
+                        continue;
+                    }
+                    other => {
+                        problems.push(format!("INCR {key} after {last}: {other:?}"));
+                        break;
+                    }
+                }
+                let reply = client.cmd(&["GET", &key]).await;
+                let now = phase.load(Ordering::Relaxed);
+                match reply {
+                    Reply::Bulk(v) if v == last.to_string().as_bytes() => {}
+                    Reply::Error(_) if now == 1 => continue,
+                    other => {
+                        problems.push(format!("GET {key} after {last}: {other:?}"));
+                        break;
+                    }
+                }
+                if now == 2 {
+                    after_ok += 1;
+                }
+            }
+            problems
+        }));
+    }
+    let mut watcher = proxy.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while watcher
+        .cmd(&["GET", "{victim}:0"])
+        .await
+        .as_bytes()
+        .is_none_or(|v| v.len() < 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    phase.store(1, Ordering::Relaxed);
+    cluster.node(victim).kill();
+    let waiting = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        wait::until(
+            "the replica to be promoted",
+            Duration::from_secs(60),
+            || {
+                waiting.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                    slot_ranges(n)
+                        .iter()
+                        .any(|(a, b, port)| (*a..=*b).contains(&victim_slot) && *port != victim)
+                })
+            },
+        );
+        waiting.wait_agree(3);
+    })
+    .await
+    .unwrap();
+    let promoted = cluster.owner(victim_slot).port();
+    assert_ne!(promoted, victim, "the replica took over");
+    phase.store(2, Ordering::Relaxed);
+    let mut problems = Vec::new();
+    for task in tasks {
+        problems.extend(task.await.unwrap());
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    let info = watcher.respool_counters().await;
+    assert!(
+        info.values()
+            .any(|v| v.contains(&format!("127.0.0.1:{promoted}"))),
+        "respool's map names the promoted replica: {info:?}"
+    );
+}

@@ -1,0 +1,332 @@
+//! A real Redis Cluster: six `redis-server` processes (`cluster-enabled
+//! yes`, free loopback ports, their own temp dirs, a short
+//! `cluster-node-timeout`), joined by `redis-cli --cluster create …
+//! --cluster-replicas 1` into three primaries with a replica each, and
+//! waited on until every node says `cluster_state:ok` and all of them see
+//! the same slots. Every process is killed when the cluster is dropped.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::redis::{free_port, RedisServer};
+use super::wait;
+use super::Reply;
+
+/// `cluster-node-timeout`: short, so that a killed primary is failed over
+/// within seconds.
+pub const NODE_TIMEOUT_MS: u32 = 2000;
+/// How long forming the cluster, or agreeing after a change, may take on a
+/// loaded machine.
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// See the module docs.
+pub struct Cluster {
+    /// Every node, primaries and replicas, in start order.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    /// Three primaries with a replica each, formed and agreeing.
+    pub fn start() -> Cluster {
+        Cluster::start_with(3, 1)
+    }
+
+    /// `primaries` primaries with `replicas` replicas each.
+    pub fn start_with(primaries: usize, replicas: usize) -> Cluster {
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| {
+                RedisServer::builder()
+                    .arg("cluster-enabled", "yes")
+                    .arg("cluster-config-file", "nodes.conf")
+                    .arg("cluster-node-timeout", &NODE_TIMEOUT_MS.to_string())
+                    // The bus port is not port + 10000 (which may not exist
+                    // for a high free port) but a free port of its own.
+                    .arg("cluster-port", &free_port().to_string())
+                    // Keep serving the slots still covered while a node is down.
+                    .arg("cluster-require-full-coverage", "no")
+                    .start()
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running redis-cli --cluster create: {e} (apt-get install -y redis-tools)")
+            });
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_agree(primaries);
+        // A replica that never synced refuses to fail over ("disconnected
+        // from master for longer than allowed").
+        wait::until(
+            "every replica to be in sync with its primary",
+            FORM_TIMEOUT,
+            || {
+                cluster.nodes.iter().all(|n| {
+                    let info = text(&n.command(&[b"INFO", b"replication"]));
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+            },
+        );
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok`, knows
+    /// `primaries` primaries, and all of them map every slot alike.
+    pub fn wait_agree(&self, primaries: usize) {
+        wait::until(
+            "every cluster node to say cluster_state:ok and agree on the slots",
+            FORM_TIMEOUT,
+            || {
+                let running: Vec<&RedisServer> =
+                    self.nodes.iter().filter(|n| n.is_running()).collect();
+                let ok = running
+                    .iter()
+                    .all(|n| text(&n.command(&[b"CLUSTER", b"INFO"])).contains("cluster_state:ok"));
+                if !ok {
+                    return false;
+                }
+                let maps: Vec<Vec<(u16, u16, u16)>> =
+                    running.iter().map(|n| slot_ranges(n)).collect();
+                maps[0].len() >= primaries
+                    && maps.iter().all(|m| *m == maps[0])
+                    && covered(&maps[0]) == 16384
+                    && distinct_owners(&maps[0]) == primaries
+            },
+        );
+    }
+
+    /// `redis://127.0.0.1:P` of every node, to pass as seeds.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `--cluster --upstream <first primary>,…` as proxy flags: the first
+    /// URL is the proxy's `--upstream` (see `seed_flags`).
+    pub fn seed_flags(&self) -> Vec<String> {
+        let others: Vec<String> = self.urls().into_iter().skip(1).collect();
+        vec!["--cluster".into(), "--upstream".into(), others.join(",")]
+    }
+
+    /// The slot of `key`, as `CLUSTER KEYSLOT` on a running node says.
+    pub fn keyslot(&self, key: &[u8]) -> u16 {
+        match self.any().command(&[b"CLUSTER", b"KEYSLOT", key]) {
+            Reply::Int(slot) => slot as u16,
+            other => panic!("CLUSTER KEYSLOT: {other:?}"),
+        }
+    }
+
+    /// The primary serving `slot` now, as the first running node says.
+    pub fn owner(&self, slot: u16) -> &RedisServer {
+        let port = slot_ranges(self.any())
+            .into_iter()
+            .find(|(from, to, _)| (*from..=*to).contains(&slot))
+            .map(|(_, _, port)| port)
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"));
+        self.node(port)
+    }
+
+    /// The running primaries, by their own `ROLE`.
+    pub fn primaries(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .filter(|n| {
+                matches!(n.command(&[b"ROLE"]),
+                    Reply::Array(items) if items.first() == Some(&Reply::Bulk(b"master".to_vec())))
+            })
+            .collect()
+    }
+
+    /// The node on `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
+    }
+
+    /// A node that is running.
+    pub fn any(&self) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running cluster node")
+    }
+
+    /// Moves `slot` from its owner to `to` the way `redis-cli --cluster
+    /// reshard` does: IMPORTING on the target, MIGRATING on the source,
+    /// `MIGRATE` of its keys in batches, then `SETSLOT … NODE` on both and
+    /// on every other primary. Blocking; returns once every node agrees.
+    pub fn migrate_slot(&self, slot: u16, to: &RedisServer) {
+        let from = self.owner(slot);
+        assert_ne!(
+            from.port(),
+            to.port(),
+            "slot {slot} is already on :{}",
+            to.port()
+        );
+        let (from_id, to_id) = (node_id(from), node_id(to));
+        let slot_s = slot.to_string();
+        let ok = |server: &RedisServer, args: &[&[u8]]| {
+            let reply = server.command(args);
+            assert_eq!(
+                reply,
+                Reply::Simple("OK".into()),
+                "{args:?} on :{}",
+                server.port()
+            );
+        };
+        ok(
+            to,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"IMPORTING",
+                from_id.as_bytes(),
+            ],
+        );
+        ok(
+            from,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"MIGRATING",
+                to_id.as_bytes(),
+            ],
+        );
+        let to_port = to.port().to_string();
+        loop {
+            let keys =
+                match from.command(&[b"CLUSTER", b"GETKEYSINSLOT", slot_s.as_bytes(), b"100"]) {
+                    Reply::Array(keys) => keys,
+                    other => panic!("CLUSTER GETKEYSINSLOT: {other:?}"),
+                };
+            if keys.is_empty() {
+                break;
+            }
+            let mut args: Vec<Vec<u8>> = [
+                "MIGRATE",
+                "127.0.0.1",
+                &to_port,
+                "",
+                "0",
+                "10000",
+                "REPLACE",
+                "KEYS",
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+            for key in keys {
+                match key {
+                    Reply::Bulk(key) => args.push(key),
+                    other => panic!("a key: {other:?}"),
+                }
+            }
+            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            ok(from, &args);
+        }
+        // The target first, then the source: the order redis-cli uses, so
+        // that the slot is never owned by no one.
+        let mut order = vec![to, from];
+        for p in self.primaries() {
+            if p.port() != to.port() && p.port() != from.port() {
+                order.push(p);
+            }
+        }
+        for server in order {
+            ok(
+                server,
+                &[
+                    b"CLUSTER",
+                    b"SETSLOT",
+                    slot_s.as_bytes(),
+                    b"NODE",
+                    to_id.as_bytes(),
+                ],
+            );
+        }
+        let primaries = self.primaries().len();
+        wait::until(
+            "every node to see the migrated slot at its new owner",
+            FORM_TIMEOUT,
+            || {
+                self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                    slot_ranges(n)
+                        .iter()
+                        .any(|(a, b, port)| (*a..=*b).contains(&slot) && *port == to.port())
+                })
+            },
+        );
+        self.wait_agree(primaries);
+    }
+}
+
+/// A node's own id (`CLUSTER MYID`).
+pub fn node_id(node: &RedisServer) -> String {
+    match node.command(&[b"CLUSTER", b"MYID"]) {
+        Reply::Bulk(id) => String::from_utf8(id).expect("an ASCII node id"),
+        other => panic!("CLUSTER MYID: {other:?}"),
+    }
+}
+
+/// `(first, last, primary port)` of every slot range, sorted, as `CLUSTER
+/// SLOTS` on `node` says (empty if it cannot be asked).
+pub fn slot_ranges(node: &RedisServer) -> Vec<(u16, u16, u16)> {
+    let Reply::Array(ranges) = node.command(&[b"CLUSTER", b"SLOTS"]) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u16, u16, u16)> = ranges
+        .iter()
+        .filter_map(|range| match range {
+            Reply::Array(items) => match (items.first(), items.get(1), items.get(2)) {
+                (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(Reply::Array(primary))) => {
+                    match primary.get(1) {
+                        Some(Reply::Int(port)) => Some((*a as u16, *b as u16, *port as u16)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn covered(ranges: &[(u16, u16, u16)]) -> usize {
+    ranges.iter().map(|(a, b, _)| usize::from(b - a) + 1).sum()
+}
+
+fn distinct_owners(ranges: &[(u16, u16, u16)]) -> usize {
+    let mut ports: Vec<u16> = ranges.iter().map(|(_, _, p)| *p).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.len()
+}
+
+fn text(reply: &Reply) -> String {
+    match reply {
+        Reply::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+        Reply::Verbatim(_, b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
