@@ -70,6 +70,15 @@ fn sample(name: &str, files: &Files) -> Option<Vec<(&'static str, String)>> {
         ]),
         "slowlog-threshold" => one("slowlog-threshold", "5ms"),
         "metrics-listen" => one("metrics-listen", "127.0.0.1:9121"),
+        "cluster" => one("cluster", "true"),
+        "cluster-refresh-interval" => Some(vec![
+            ("cluster", "true".to_owned()),
+            ("cluster-refresh-interval", "7s".to_owned()),
+        ]),
+        "cluster-refresh-min-interval" => Some(vec![
+            ("cluster", "true".to_owned()),
+            ("cluster-refresh-min-interval", "70ms".to_owned()),
+        ]),
         "slowlog-max-len" => one("slowlog-max-len", "7"),
         "slowlog-args" => one("slowlog-args", "true"),
         "unix-permissions" => Some(vec![
@@ -214,6 +223,7 @@ fn every_flag_is_a_file_key_that_means_the_same() {
                     | "sentinel-tls"
                     | "unix-takeover"
                     | "slowlog-args"
+                    | "cluster"
             )
         };
         let mut argv = vec!["respool".to_owned()];
@@ -406,7 +416,7 @@ max-connections = 2
         );
     }
     assert!(
-        out.contains("upstream = \"redis://app:***@127.0.0.1:7001/0\"  # file"),
+        out.contains("upstream = [\"redis://app:***@127.0.0.1:7001/0\"]  # file"),
         "{out}"
     );
     assert!(
