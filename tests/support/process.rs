@@ -4,7 +4,7 @@
 //! kills the child.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,16 +36,22 @@ impl ProxyProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> ProxyProcess {
-        // A port that was free a moment ago; another process taking it in
-        // between would make the start fail loudly, not wrongly.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap_or_else(|e| panic!("finding a free port: {e}"));
-        let process = ProxyProcess::spawn(addr, upstream_url, extra, env);
-        wait::until("respool to accept connections", wait::DEADLINE, || {
-            process.assert_running();
-            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-        });
+        // Port 0: respool binds a port of its own and logs it. (A port
+        // found free beforehand could be taken by another test's respool
+        // meanwhile, and with SO_REUSEPORT both would share it silently.)
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut process = ProxyProcess::spawn(any, upstream_url, extra, env);
+        let mut bound = None;
+        wait::until(
+            "respool to log the address it accepts on",
+            wait::DEADLINE,
+            || {
+                process.assert_running();
+                bound = listen_addr_in(&process.log());
+                bound.is_some()
+            },
+        );
+        process.addr = bound.expect("an address");
         process
     }
 
@@ -176,4 +182,24 @@ impl Drop for ProxyProcess {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The TCP address in respool's "accepting clients" log line (text or JSON
+/// format), once it is there.
+fn listen_addr_in(log: &str) -> Option<SocketAddr> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("respool accepting clients"))?;
+    let start = line
+        .find("listen=")
+        .map(|i| i + "listen=".len())
+        .or_else(|| {
+            line.find("\"listen\":\"")
+                .map(|i| i + "\"listen\":\"".len())
+        })?;
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
