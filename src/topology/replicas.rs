@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 
-use super::role::{parse_role, Role};
+use super::role::{ask_role, Role};
 use super::sentinel::node_at;
-use crate::codec::Request;
 use crate::config::{PoolSettings, ReplicaSettings};
 use crate::pool::connection::UpstreamConn;
 use crate::pool::endpoint::Endpoint;
@@ -309,15 +308,7 @@ impl Checker {
             probes.primary = Some(conn);
         }
         let conn = probes.primary.as_mut()?;
-        let replies = conn
-            .exchange(
-                &[Request::from_args(&["ROLE"])],
-                "ROLE",
-                self.pool.connect_timeout,
-            )
-            .await
-            .ok()?;
-        match replies.first().and_then(|r| parse_role(r)) {
+        match ask_role(conn, self.pool.connect_timeout).await.ok()? {
             Some(Role::Primary(p)) => Some((p.offset, p.replicas)),
             Some(Role::Replica { .. }) => {
                 self.refresh.notify_one();
@@ -384,11 +375,7 @@ impl Checker {
                 );
             }
             let c = conn.as_mut()?;
-            let replies = c
-                .exchange(&[Request::from_args(&["ROLE"])], "ROLE", wait)
-                .await
-                .ok()?;
-            match replies.first().and_then(|r| parse_role(r)) {
+            match ask_role(c, wait).await.ok()? {
                 Some(Role::Replica { connected, offset }) => Some(connected.then_some(offset)),
                 _ => None,
             }

@@ -2,7 +2,23 @@
 //! `SENTINEL MASTER <name>`, and the `+switch-master` event, read out of
 //! their replies.
 
-use crate::codec::Value;
+use std::time::Duration;
+
+use crate::codec::{Request, Value};
+use crate::error::ConnectError;
+use crate::pool::connection::UpstreamConn;
+
+/// Asks `conn` for its `ROLE`, within `timeout`: `None` when the answer is
+/// not one respool reads.
+pub(crate) async fn ask_role(
+    conn: &mut UpstreamConn,
+    timeout: Duration,
+) -> Result<Option<Role>, ConnectError> {
+    let replies = conn
+        .exchange(&[Request::from_args(&["ROLE"])], "ROLE", timeout)
+        .await?;
+    Ok(replies.first().and_then(|r| parse_role(r)))
+}
 
 /// A primary's `ROLE`: its replication offset and its replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]

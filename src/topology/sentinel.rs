@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::role::{parse_role, parse_sentinel_master, switched_to, Role, SentinelView};
+use super::role::{ask_role, parse_sentinel_master, switched_to, Role, SentinelView};
 use crate::codec::{Request, Value};
 use crate::config::{PoolSettings, SentinelSettings};
 use crate::error::ConnectError;
@@ -282,15 +282,10 @@ impl Follower {
         let mut conn = UpstreamConn::open_logged_in(&endpoint, &self.pool)
             .await
             .map_err(not_checked)?;
-        let replies = conn
-            .exchange(
-                &[Request::from_args(&["ROLE"])],
-                "ROLE",
-                self.pool.connect_timeout,
-            )
+        match ask_role(&mut conn, self.pool.connect_timeout)
             .await
-            .map_err(not_checked)?;
-        match replies.first().and_then(|r| parse_role(r)) {
+            .map_err(not_checked)?
+        {
             Some(Role::Primary(_)) => Ok(()),
             Some(Role::Replica { .. }) => Err(format!(
                 "Sentinel names {addr} as primary, but it says it is a replica; keeping the primary followed until they agree"
