@@ -11,6 +11,7 @@ the difference in requests cancels start-up and idle costs.
 usage: benches/instructions.py [--proxy PATH] [--clients 50] [--test get]
            [--pipeline 1 --small 10000 --large 30000] [--extra "FLAGS"]
            [--unix-clients] [--unix-upstream] [--keyspace N] [--cluster N]
+           [--profile FILE]
 
 The proxy is started as
   PATH --listen 127.0.0.1:PORT --upstream redis://127.0.0.1:PORT --threads 1 EXTRA
@@ -21,10 +22,14 @@ listen on a Unix socket (`--listen unix:…`), which the load then uses;
 formed with `redis-cli --cluster create`, and the proxy gets `--cluster`
 and every node as a seed; `--keyspace N` has redis-benchmark use random
 keys out of N (`-r`), so that they spread over the primaries.
+`--profile FILE` keeps callgrind's dump of the large load there, for
+`callgrind_annotate FILE` (divide by the large load's requests for a
+function's cost per request; the warm-up and small loads are not in it).
 """
 import argparse
 import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,8 +68,9 @@ def load(port, clients, pipeline, test, requests, socket_path=None, keyspace=Non
         check=True, stdout=subprocess.DEVNULL)
 
 
-def dump(pid, outdir, label):
-    """Dumps (and zeroes) the counters; returns the instructions since the last dump."""
+def dump(pid, outdir, label, keep=None):
+    """Dumps (and zeroes) the counters; returns the instructions since the
+    last dump (and copies the dump to `keep`, if given)."""
     before = set(glob.glob(f"{outdir}/callgrind.out.{pid}*"))
     subprocess.run(["callgrind_control", "-d", label, str(pid)], check=True,
                    stdout=subprocess.DEVNULL)
@@ -75,6 +81,8 @@ def dump(pid, outdir, label):
             with open(path) as f:
                 for line in f:
                     if line.startswith("summary:") or line.startswith("totals:"):
+                        if keep:
+                            shutil.copyfile(path, keep)
                         return int(line.split()[1])
         time.sleep(0.1)
     sys.exit("callgrind did not write a dump")
@@ -121,6 +129,8 @@ def main():
                     help="random keys out of this many (redis-benchmark -r), else one key")
     ap.add_argument("--cluster", type=int, default=0,
                     help="front a Redis Cluster of this many primaries")
+    ap.add_argument("--profile", default=None,
+                    help="keep callgrind's dump of the large load in this file")
     args = ap.parse_args()
     small = args.small or (10_000 if args.pipeline == 1 else 50_000)
     large = args.large or 3 * small
@@ -162,7 +172,7 @@ def main():
             load(proxy_port, args.clients, args.pipeline, args.test, small, sock, args.keyspace)
             a = dump(proxy.pid, tmp, "small")
             load(proxy_port, args.clients, args.pipeline, args.test, large, sock, args.keyspace)
-            b = dump(proxy.pid, tmp, "large")
+            b = dump(proxy.pid, tmp, "large", args.profile)
             per = (b - a) / (large - small)
             print(f"{args.test} clients={args.clients} pipeline={args.pipeline}: "
                   f"{per:.0f} instructions per request "

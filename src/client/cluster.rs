@@ -26,7 +26,7 @@ use super::Client;
 use crate::codec::RequestRef;
 use crate::error::{error_line, Error};
 use crate::pool::lane::LaneHandle;
-use crate::router::keys::{Fanout, Placement};
+use crate::router::keys::{Fanout, KeyTable, Placement};
 use crate::router::slot::slot_of;
 use crate::topology::cluster::{ClusterMap, SlotMap};
 
@@ -57,8 +57,10 @@ pub(super) enum Describe {
 }
 
 impl Describe {
-    fn of(req: RequestRef<'_>) -> Option<Describe> {
-        if !req.name().eq_ignore_ascii_case(b"CLUSTER") || req.argc() != 2 {
+    /// What `req` (command id `id`) asks, if it asks for the shape.
+    #[inline]
+    fn of(req: RequestRef<'_>, id: u16) -> Option<Describe> {
+        if id != crate::ops::commands::CLUSTER || req.argc() != 2 {
             return None;
         }
         let sub = req.arg(1)?;
@@ -129,6 +131,9 @@ pub(super) struct ClusterRoutes {
     /// The version `slots` and `lanes` are for.
     version: u64,
     slots: Arc<SlotMap>,
+    /// The cluster's command table, once a map is known (it is loaded
+    /// with the first).
+    keys: Option<Arc<KeyTable>>,
     /// Each primary's shared lane for `protocol`, by its index in `slots`.
     lanes: Vec<LaneHandle>,
     protocol: u8,
@@ -141,10 +146,11 @@ impl ClusterRoutes {
             map,
             version,
             slots,
+            keys: None,
             lanes: Vec::new(),
             protocol: 2,
         };
-        routes.take_lanes();
+        routes.take_keys_and_lanes();
         routes
     }
 
@@ -156,16 +162,18 @@ impl ClusterRoutes {
         protocol != self.protocol || (pending == 0 && self.map.version() != self.version)
     }
 
-    /// Takes the current map and each primary's lane for `protocol`.
+    /// Takes the current map, its command table and each primary's lane
+    /// for `protocol`.
     pub fn refresh(&mut self, protocol: u8) {
         let (slots, version) = self.map.current();
         self.slots = slots;
         self.version = version;
         self.protocol = protocol;
-        self.take_lanes();
+        self.take_keys_and_lanes();
     }
 
-    fn take_lanes(&mut self) {
+    fn take_keys_and_lanes(&mut self) {
+        self.keys = self.map.keys().filter(|_| self.version > 0).cloned();
         self.lanes = self
             .slots
             .nodes
@@ -180,16 +188,25 @@ impl ClusterRoutes {
         self.lanes.get(usize::from(i))
     }
 
-    /// Where `req` goes.
-    #[inline]
-    pub fn place(&self, req: RequestRef<'_>) -> Routed {
-        if let Some(describe) = Describe::of(req) {
+    /// The primary serving the key of `req` (command id `id`), if it is
+    /// a command of one key at a fixed place (most are) and its slot has
+    /// a primary; else `None`, and [`ClusterRoutes::place`] says where it
+    /// goes.
+    #[inline(always)]
+    pub fn node_of_key(&self, req: RequestRef<'_>, id: u16) -> Option<u16> {
+        let slot = self.keys.as_ref()?.single_key_slot(req, id)?;
+        self.slots.owner(slot).map(|i| i as u16)
+    }
+
+    /// Where `req`, whose command id is `id`, goes.
+    pub fn place(&self, req: RequestRef<'_>, id: u16) -> Routed {
+        if let Some(describe) = Describe::of(req, id) {
             return Routed::Myself(describe);
         }
-        let Some(keys) = self.map.keys().filter(|_| self.version > 0) else {
+        let Some(keys) = &self.keys else {
             return Routed::Refused(Error::NoSlotMap(self.map.why_unknown()).to_resp());
         };
-        match keys.place(req, slot_of) {
+        match keys.place_command(req, id, slot_of) {
             Placement::Slot(slot) => match self.slots.owner(slot) {
                 Some(i) => Routed::Node(i as u16),
                 // Redis's words for a slot no primary serves.
@@ -287,7 +304,7 @@ impl Client {
         let Some(cluster) = &self.cluster else {
             return Ok(self.lanes.clone());
         };
-        match cluster.place(req.view()) {
+        match cluster.place(req.view(), crate::ops::commands::command_id(req.name())) {
             Routed::Node(i) => Ok(cluster
                 .slots
                 .nodes

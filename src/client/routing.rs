@@ -8,7 +8,7 @@ use super::{local, Client, Phase};
 use crate::codec::{Decoded, ProtocolError, Request, RequestRef, RequestSpan};
 use crate::command::{classify, Command, Route, Stateful};
 use crate::error::{error_line, Error};
-use crate::ops::commands::{command_id, short_id, short_word};
+use crate::ops::commands::{command_id, short_id, short_word, SHORT};
 use crate::pool::lane::LaneRequest;
 
 /// Where a run of shared requests goes.
@@ -111,6 +111,18 @@ impl Client {
         stats.commands.add(id);
     }
 
+    /// The id of the command of `req`, the request
+    /// [`Client::count_command`] counted last: a short name's is the one
+    /// it kept (it keeps every short name's), a longer one's is looked up.
+    #[inline(always)]
+    fn counted_command_id(&self, req: RequestRef<'_>) -> u16 {
+        if req.name().len() <= SHORT {
+            self.last_command.get().1 as u16
+        } else {
+            command_id(req.name())
+        }
+    }
+
     /// What becomes of a request, before anything is done with it.
     fn admit(&self, req: RequestRef<'_>) -> Admission {
         // Counted by command; the total is their sum.
@@ -182,6 +194,12 @@ impl Client {
         if self.cluster.is_some() {
             return self.route_in_cluster(span);
         }
+        self.target_replica(span, command)
+    }
+
+    /// [`Client::target_elsewhere`] with replicas taking reads.
+    #[inline(never)]
+    fn target_replica(&mut self, span: RequestSpan, command: Command) -> bool {
         if !self.target_run(
             command,
             command.retry_safe && crate::command::reads_data(span.view(self.input.after_run())),
@@ -197,10 +215,45 @@ impl Client {
     /// Decides which primary the shared request `span` goes to, ending the
     /// run if it goes elsewhere; `false` if it was answered or split (and
     /// taken out of the buffer) instead.
+    ///
+    /// Most requests have one key, in a slot the map has a primary for,
+    /// and join the run being collected: that path calls nothing, so that
+    /// it saves no registers; the rest is out of line.
+    #[inline(always)]
     fn route_in_cluster(&mut self, span: RequestSpan) -> bool {
+        let req = span.view(self.input.after_run());
+        let id = self.counted_command_id(req);
+        let node = match &self.cluster {
+            Some(c) if !c.is_stale(self.protocol, self.output.shared_pending()) => {
+                c.node_of_key(req, id)
+            }
+            _ => None,
+        };
+        match node {
+            Some(node) if self.run_target == Target::Node(node) => true,
+            Some(node) => self.start_run_for(node),
+            None => self.route_in_cluster_otherwise(span, id),
+        }
+    }
+
+    /// Ends the run being collected: the next goes to primary `node`.
+    #[inline(never)]
+    fn start_run_for(&mut self, node: u16) -> bool {
+        self.flush_run();
+        self.run_target = Target::Node(node);
+        true
+    }
+
+    /// [`Client::route_in_cluster`] for a request that has no single key
+    /// or whose slot has no primary, or with a map to take first (`id`:
+    /// its command's id).
+    #[cold]
+    #[inline(never)]
+    fn route_in_cluster_otherwise(&mut self, span: RequestSpan, id: u16) -> bool {
         self.sync_cluster();
+        let req = span.view(self.input.after_run());
         let routed = match &self.cluster {
-            Some(cluster) => cluster.place(span.view(self.input.after_run())),
+            Some(cluster) => cluster.place(req, id),
             None => Routed::AnyNode,
         };
         if let Routed::Split(split) = routed {
@@ -322,7 +375,7 @@ impl Client {
         if self.cluster.is_some() {
             self.sync_cluster();
             let routed = match &self.cluster {
-                Some(cluster) => cluster.place(req.view()),
+                Some(cluster) => cluster.place(req.view(), command_id(req.name())),
                 None => Routed::AnyNode,
             };
             if let Routed::Split(split) = routed {

@@ -175,6 +175,23 @@ impl<'a> RequestRef<'a> {
         self.args().nth(i)
     }
 
+    /// Argument `i` (at least 1), found by walking from the name, whose
+    /// place the decoder kept: a command's key (argument 1, mostly) is one
+    /// header away. Inlined: it is how cluster mode finds each key.
+    #[inline(always)]
+    pub(crate) fn arg_after_name(&self, i: usize) -> Option<&'a [u8]> {
+        if i == 0 || i >= self.argc {
+            return None;
+        }
+        let mut pos = self.name.0 + self.name.1 + 2;
+        for _ in 1..i {
+            let (len, start) = bulk_header(self.raw, pos)?;
+            pos = start.checked_add(len)? + 2;
+        }
+        let (len, start) = bulk_header(self.raw, pos)?;
+        self.raw.get(start..start.checked_add(len)?)
+    }
+
     /// The first request of `run`, a concatenation of requests decoded
     /// earlier (see [`first_request_len`]), seen in place; `None` if `run`
     /// does not start with a whole request that has a name.
@@ -287,6 +304,23 @@ fn plain_header(input: &[u8], at: usize) -> Option<(usize, usize)> {
     }
     (digits.get(i) == Some(&b'\r') && digits.get(i + 1) == Some(&b'\n'))
         .then_some((value, at + 1 + i + 2))
+}
+
+/// The header `$<n>\r\n` at `raw[at..]` of a request decoded earlier:
+/// `n` and the offset of the bulk string. A length of one or two digits
+/// (nearly every key) is read without a loop; anything else as
+/// [`plain_header`] reads it (validated when decoded: no sign, no leading
+/// zero; anything else ends the walk).
+#[inline(always)]
+fn bulk_header(raw: &[u8], at: usize) -> Option<(usize, usize)> {
+    let digit = |b: u8| usize::from(b.wrapping_sub(b'0'));
+    match *raw.get(at + 1..at + 4)? {
+        [d, b'\r', _] if digit(d) <= 9 => Some((digit(d), at + 4)),
+        [d1, d2, b'\r'] if digit(d1) <= 9 && digit(d2) <= 9 => {
+            Some((digit(d1) * 10 + digit(d2), at + 5))
+        }
+        _ => plain_header(raw, at),
+    }
 }
 
 /// Reads the header line (`*<n>` or `$<n>`) at `input[at..]`: its value and
@@ -596,6 +630,29 @@ mod tests {
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// Arguments found from the name's end, whatever the width of their
+    /// length: one digit, two, three; none past the last.
+    #[test]
+    fn arguments_are_found_after_the_name_at_any_length() {
+        let long = "v".repeat(150);
+        let args = ["SET", "k", "0123456789ab", long.as_str(), "", "x"];
+        let req = Request::from_args(&args);
+        for (i, arg) in args.iter().enumerate().skip(1) {
+            let found = req.view().arg_after_name(i);
+            assert_eq!(found, Some(arg.as_bytes()), "argument {i}");
+            assert_eq!(found, req.arg(i));
+        }
+        assert_eq!(
+            req.view().arg_after_name(0),
+            None,
+            "the name is not after it"
+        );
+        assert_eq!(req.view().arg_after_name(args.len()), None);
+        assert_eq!(req.view().arg_after_name(usize::MAX), None);
+        let name_only = Request::from_args(&["PING"]);
+        assert_eq!(name_only.view().arg_after_name(1), None);
     }
 
     /// `decode_at` leaves requests where they are, so a caller can decode

@@ -259,6 +259,32 @@ pub(crate) const COMMAND_IDS: usize = NAMES.len() + 1;
 /// The id of every name not in [`NAMES`].
 pub(crate) const OTHER: u16 = NAMES.len() as u16;
 
+/// The id of `CLUSTER`, which respool answers itself in cluster mode.
+pub(crate) const CLUSTER: u16 = id_of("cluster");
+
+/// The id of the lower-case `name`, at compile time ([`OTHER`] if it has
+/// none).
+const fn id_of(name: &str) -> u16 {
+    let name = name.as_bytes();
+    let mut id = 0;
+    'names: while id < NAMES.len() {
+        let candidate = NAMES[id].as_bytes();
+        id += 1;
+        if candidate.len() != name.len() {
+            continue;
+        }
+        let mut i = 0;
+        while i < name.len() {
+            if candidate[i] != name[i] {
+                continue 'names;
+            }
+            i += 1;
+        }
+        return (id - 1) as u16;
+    }
+    OTHER
+}
+
 /// Longest name in [`NAMES`]; a longer name is `other` at once.
 const MAX_NAME: usize = 24;
 
@@ -266,7 +292,7 @@ const MAX_NAME: usize = 24;
 /// looked up as one word: the name in lower case, little-endian, in a
 /// table keyed by that word and the length. Exact, and about 30
 /// instructions. Longer names hash byte by byte and compare.
-const SHORT: usize = 8;
+pub(crate) const SHORT: usize = 8;
 
 /// Slots of each hash table: a power of two, at least twice the names.
 const SLOTS: usize = 512;
@@ -505,6 +531,13 @@ mod tests {
             NAMES.windows(2).all(|w| w[0] < w[1]),
             "sorted, no duplicates"
         );
+    }
+
+    #[test]
+    fn ids_known_at_compile_time_are_the_lookups() {
+        assert_eq!(CLUSTER, command_id(b"CLUSTER"));
+        assert_ne!(CLUSTER, OTHER);
+        assert_eq!(id_of("nosuch"), OTHER);
     }
 
     #[test]

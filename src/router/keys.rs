@@ -4,14 +4,18 @@
 //! map. A command the reply does not know is sent to any node, whose
 //! error for it the client then gets.
 //!
-//! Looking a command up costs one hash of its lower-cased name (FNV, on a
-//! stack buffer: no allocation); a command whose only key is at a fixed
-//! position (most of them) is answered without walking its key specs.
+//! A command is looked up by the id the client already found for its
+//! counters ([`crate::ops::commands`]): one index, no hash of its name.
+//! Commands without such an id (newer or module commands) and subcommands
+//! cost one hash of the lower-cased name (FNV, on a stack buffer: no
+//! allocation). A command whose only key is at a fixed position (most of
+//! them) is answered without walking its key specs.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::codec::{RequestRef, Value};
+use crate::ops::commands::{command_id, COMMAND_IDS, OTHER};
 
 /// The longest command name (with `|subcommand`) looked up; longer ones
 /// are unknown.
@@ -54,13 +58,24 @@ pub(crate) enum Fanout {
 /// What one command's entry says.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The only key is at this argument (the common case), or `None`.
-    single_key: Option<usize>,
+    shape: Shape,
     specs: Box<[KeySpec]>,
-    fanout: Option<Fanout>,
+}
+
+/// How an entry places a request, decided once when the table is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
     /// It has subcommands (`OBJECT ENCODING`, `XINFO STREAM`): the entry
     /// to use is `name|sub`'s.
-    container: bool,
+    Container,
+    /// It goes to every primary.
+    Fanout(Fanout),
+    /// Its only key is at this argument (the common case).
+    SingleKey(usize),
+    /// It has no keys.
+    Keyless,
+    /// Its keys are found by walking its key specs.
+    Specs,
 }
 
 /// A Redis 7 key spec: where the search for keys begins, and how they are
@@ -111,9 +126,23 @@ impl Hasher for Fnv {
 }
 
 /// See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct KeyTable {
-    commands: HashMap<Box<[u8]>, Entry, BuildHasherDefault<Fnv>>,
+    /// The commands with an id, by id (`None`: the cluster did not list
+    /// it).
+    by_id: Box<[Option<Entry>]>,
+    /// Commands without an id, and subcommands (`name|sub`), by
+    /// lower-cased name.
+    by_name: HashMap<Box<[u8]>, Entry, BuildHasherDefault<Fnv>>,
+}
+
+impl Default for KeyTable {
+    fn default() -> KeyTable {
+        KeyTable {
+            by_id: vec![None; COMMAND_IDS].into(),
+            by_name: HashMap::default(),
+        }
+    }
 }
 
 impl KeyTable {
@@ -123,15 +152,15 @@ impl KeyTable {
         for command in Value::of_frame(reply).ok()?.elements()? {
             table.add(&command, None);
         }
-        (!table.commands.is_empty()).then_some(table)
+        (table.len() > 0).then_some(table)
     }
 
     /// How many commands (and subcommands) it knows.
     pub fn len(&self) -> usize {
-        self.commands.len()
+        self.by_id.iter().flatten().count() + self.by_name.len()
     }
 
-    fn add(&mut self, command: &Value<'_>, _parent: Option<&[u8]>) {
+    fn add(&mut self, command: &Value<'_>, parent: Option<&[u8]>) {
         let Some(fields) = command.elements() else {
             return;
         };
@@ -185,15 +214,26 @@ impl KeyTable {
         };
         let subcommands = fields.get(9).and_then(Value::elements);
         let container = subcommands.as_ref().is_some_and(|s| !s.is_empty());
-        self.commands.insert(
-            name.to_ascii_lowercase().into(),
-            Entry {
-                single_key,
-                specs,
-                fanout,
-                container,
-            },
-        );
+        let shape = match (container, fanout, single_key) {
+            (true, _, _) => Shape::Container,
+            (false, Some(fanout), _) => Shape::Fanout(fanout),
+            (false, None, Some(at)) => Shape::SingleKey(at),
+            (false, None, None) if specs.is_empty() => Shape::Keyless,
+            (false, None, None) => Shape::Specs,
+        };
+        let entry = Entry { shape, specs };
+        // Subcommands are named `parent|sub` in Redis 7's reply.
+        let id = if parent.is_none() {
+            command_id(name)
+        } else {
+            OTHER
+        };
+        match self.by_id.get_mut(usize::from(id)).filter(|_| id != OTHER) {
+            Some(slot) => *slot = Some(entry),
+            None => {
+                self.by_name.insert(name.to_ascii_lowercase().into(), entry);
+            }
+        }
         for sub in subcommands.into_iter().flatten() {
             self.add(&sub, Some(name));
         }
@@ -201,38 +241,68 @@ impl KeyTable {
 
     /// Where `req` goes: the slot of its keys (`slot_of` computes one),
     /// any node, or neither.
-    #[inline]
     pub fn place(&self, req: RequestRef<'_>, slot_of: impl Fn(&[u8]) -> u16) -> Placement {
-        let mut buf = [0u8; MAX_NAME];
-        let Some(mut entry) = self.lookup(&mut buf, req.name(), None) else {
+        self.place_command(req, command_id(req.name()), slot_of)
+    }
+
+    /// The slot of the key of `req` (command id `id`) if its command has
+    /// one key at a fixed place and the request has it: the common case,
+    /// answered first; else `None` ([`KeyTable::place_command`] answers).
+    #[inline(always)]
+    pub fn single_key_slot(&self, req: RequestRef<'_>, id: u16) -> Option<u16> {
+        let entry = self.by_id.get(usize::from(id))?.as_ref()?;
+        let Shape::SingleKey(at) = entry.shape else {
+            return None;
+        };
+        Some(crate::router::slot::slot_of(req.arg_after_name(at)?))
+    }
+
+    /// [`KeyTable::place`] for a request whose command id
+    /// ([`command_id`]) is known.
+    pub fn place_command(
+        &self,
+        req: RequestRef<'_>,
+        id: u16,
+        slot_of: impl Fn(&[u8]) -> u16,
+    ) -> Placement {
+        let found = match self.by_id.get(usize::from(id)) {
+            Some(entry) if id != OTHER => entry.as_ref(),
+            _ => self.lookup(&mut [0; MAX_NAME], req.name(), None),
+        };
+        let Some(mut entry) = found else {
             return Placement::AnyNode;
         };
-        if entry.container {
+        if entry.shape == Shape::Container {
             match req
                 .arg(1)
-                .and_then(|sub| self.lookup(&mut buf, req.name(), Some(sub)))
+                .and_then(|sub| self.lookup(&mut [0; MAX_NAME], req.name(), Some(sub)))
             {
                 Some(sub) => entry = sub,
                 None => return Placement::AnyNode,
             }
         }
-        if let Some(fanout) = entry.fanout {
-            return Placement::Fanout(fanout);
-        }
-        if let Some(at) = entry.single_key {
-            return match req.arg(at) {
+        match entry.shape {
+            Shape::SingleKey(at) => match req.arg(at) {
                 Some(key) => Placement::Slot(slot_of(key)),
                 None => Placement::AnyNode,
-            };
+            },
+            Shape::Fanout(fanout) => Placement::Fanout(fanout),
+            Shape::Keyless | Shape::Container => Placement::AnyNode,
+            Shape::Specs => Self::walk_specs(req, &entry.specs, slot_of),
         }
-        if entry.specs.is_empty() {
-            return Placement::AnyNode;
-        }
-        // Several keys, or keys found by keyword or count: walk the
-        // arguments once.
+    }
+
+    /// Several keys, or keys found by keyword or count: walks the
+    /// arguments once.
+    #[inline(never)]
+    fn walk_specs(
+        req: RequestRef<'_>,
+        specs: &[KeySpec],
+        slot_of: impl Fn(&[u8]) -> u16,
+    ) -> Placement {
         let args: smallvec_args::Args<'_> = smallvec_args::Args::of(req);
         let mut slot = None;
-        for spec in &*entry.specs {
+        for spec in specs {
             let Some((first, last, step)) = spec.bounds(&args) else {
                 continue;
             };
@@ -267,7 +337,7 @@ impl KeyTable {
             buf[name.len() + 1..len].copy_from_slice(sub);
         }
         buf[..len].make_ascii_lowercase();
-        self.commands.get(&buf[..len])
+        self.by_name.get(&buf[..len])
     }
 }
 
