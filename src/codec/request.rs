@@ -153,6 +153,11 @@ impl<'a> RequestRef<'a> {
         &self.raw[self.name.0..self.name.0 + self.name.1]
     }
 
+    /// The command name's length.
+    pub(crate) fn name_len(&self) -> usize {
+        self.name.1
+    }
+
     /// The request's bytes from the command name on (the name, then what
     /// follows it): lets a short name be read as one word.
     pub(crate) fn name_onwards(&self) -> &'a [u8] {
@@ -315,10 +320,10 @@ fn plain_header(input: &[u8], at: usize) -> Option<(usize, usize)> {
 fn bulk_header(raw: &[u8], at: usize) -> Option<(usize, usize)> {
     let digit = |b: u8| usize::from(b.wrapping_sub(b'0'));
     match *raw.get(at + 1..at + 4)? {
-        [d, b'\r', _] if digit(d) <= 9 => Some((digit(d), at + 4)),
         [d1, d2, b'\r'] if digit(d1) <= 9 && digit(d2) <= 9 => {
             Some((digit(d1) * 10 + digit(d2), at + 5))
         }
+        [d, b'\r', _] if digit(d) <= 9 => Some((digit(d), at + 4)),
         _ => plain_header(raw, at),
     }
 }

@@ -131,6 +131,10 @@ pub(crate) struct KeyTable {
     /// The commands with an id, by id (`None`: the cluster did not list
     /// it).
     by_id: Box<[Option<Entry>]>,
+    /// By id: the argument of a command's only key when that is all its
+    /// entry says (its shape is [`Shape::SingleKey`]), else 0; one byte
+    /// per command, read for every request.
+    key_at: Box<[u8]>,
     /// Commands without an id, and subcommands (`name|sub`), by
     /// lower-cased name.
     by_name: HashMap<Box<[u8]>, Entry, BuildHasherDefault<Fnv>>,
@@ -140,6 +144,7 @@ impl Default for KeyTable {
     fn default() -> KeyTable {
         KeyTable {
             by_id: vec![None; COMMAND_IDS].into(),
+            key_at: vec![0; COMMAND_IDS].into(),
             by_name: HashMap::default(),
         }
     }
@@ -229,7 +234,12 @@ impl KeyTable {
             OTHER
         };
         match self.by_id.get_mut(usize::from(id)).filter(|_| id != OTHER) {
-            Some(slot) => *slot = Some(entry),
+            Some(slot) => {
+                if let Shape::SingleKey(at) = entry.shape {
+                    self.key_at[usize::from(id)] = u8::try_from(at).unwrap_or(0);
+                }
+                *slot = Some(entry);
+            }
             None => {
                 self.by_name.insert(name.to_ascii_lowercase().into(), entry);
             }
@@ -250,11 +260,9 @@ impl KeyTable {
     /// answered first; else `None` ([`KeyTable::place_command`] answers).
     #[inline(always)]
     pub fn single_key_slot(&self, req: RequestRef<'_>, id: u16) -> Option<u16> {
-        let entry = self.by_id.get(usize::from(id))?.as_ref()?;
-        let Shape::SingleKey(at) = entry.shape else {
-            return None;
-        };
-        Some(crate::router::slot::slot_of(req.arg_after_name(at)?))
+        let at = *self.key_at.get(usize::from(id))?;
+        let key = req.arg_after_name(usize::from(at))?;
+        Some(crate::router::slot::slot_of(key))
     }
 
     /// [`KeyTable::place`] for a request whose command id
