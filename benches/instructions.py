@@ -22,9 +22,9 @@ listen on a Unix socket (`--listen unix:…`), which the load then uses;
 formed with `redis-cli --cluster create`, and the proxy gets `--cluster`
 and every node as a seed; `--keyspace N` has redis-benchmark use random
 keys out of N (`-r`), so that they spread over the primaries.
-`--profile FILE` keeps callgrind's dump of the large load there, for
-`callgrind_annotate FILE` (divide by the large load's requests for a
-function's cost per request; the warm-up and small loads are not in it).
+`--profile FILE` keeps callgrind's dump of the large load there (the
+warm-up and small loads are not in it), for
+`benches/callgrind_functions.py FILE REQUESTS`.
 """
 import argparse
 import glob
