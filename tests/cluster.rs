@@ -496,6 +496,92 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     );
 }
 
+/// A slot caught half-way through a migration that never finishes: keys
+/// already moved are read and written on the importing node behind an
+/// `ASKING` (its source answers `-ASK`), a new key is created there, keys
+/// not moved yet stay on the source, and a pipeline over both kinds keeps
+/// its order. Nothing waits for the migration to end (with a short
+/// `--hold-timeout`, a request held until then would fail).
+#[tokio::test]
+async fn a_slot_half_migrated_is_served_through_asking() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &["--hold-timeout", "2s"]).await;
+    let mut client = proxy.client().await;
+    let slot = cluster.keyslot(b"{ask}");
+    let from = cluster.owner(slot).port();
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| p.port())
+        .find(|&p| p != from)
+        .expect("another primary");
+    let keys: Vec<String> = (0..20).map(|i| format!("{{ask}}:{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(client.cmd(&["SET", key, &i.to_string()]).await, ok());
+    }
+    cluster.begin_migration(slot, cluster.node(to));
+    let moved: Vec<Vec<u8>> = keys[..10].iter().map(|k| k.as_bytes().to_vec()).collect();
+    cluster.move_keys(slot, cluster.node(to), &moved);
+    assert_eq!(
+        cluster
+            .node(from)
+            .command(&[b"GET", keys[0].as_bytes()])
+            .error_code(),
+        Some("ASK"),
+        "the source redirects a moved key"
+    );
+
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            client.cmd(&["GET", key]).await,
+            bulk(&i.to_string()),
+            "{key}"
+        );
+    }
+    assert_eq!(client.cmd(&["SET", "{ask}:new", "fresh"]).await, ok());
+    assert_eq!(client.cmd(&["GET", "{ask}:new"]).await, bulk("fresh"));
+    let count_on = |port: u16| {
+        cluster
+            .node(port)
+            .command(&[b"CLUSTER", b"COUNTKEYSINSLOT", slot.to_string().as_bytes()])
+            .as_int()
+    };
+    assert_eq!(count_on(to), Some(11), "10 moved keys and the new one");
+    assert_eq!(count_on(from), Some(10), "the keys not moved yet");
+
+    // A pipeline alternating a moved key and one not moved: INCRs in order.
+    let mut batch = Vec::new();
+    for _ in 0..25 {
+        batch.extend(encode_command(&["INCR", &keys[0]]));
+        batch.extend(encode_command(&["INCR", &keys[19]]));
+    }
+    client.send_raw(&batch).await.unwrap();
+    for n in 1..=25 {
+        assert_eq!(
+            client.read_reply().await.unwrap(),
+            Reply::Int(n),
+            "{}",
+            keys[0]
+        );
+        assert_eq!(
+            client.read_reply().await.unwrap(),
+            Reply::Int(19 + n),
+            "{}",
+            keys[19]
+        );
+    }
+    let info = client.respool_counters().await;
+    assert!(support::counter(&info, "cluster_ask") >= 10, "{info:?}");
+
+    // The migration ends: everything is on the new owner, unchanged.
+    let rest: Vec<Vec<u8>> = keys[10..].iter().map(|k| k.as_bytes().to_vec()).collect();
+    cluster.move_keys(slot, cluster.node(to), &rest);
+    cluster.end_migration(slot, cluster.node(to));
+    assert_eq!(client.cmd(&["GET", &keys[0]]).await, bulk("25"));
+    assert_eq!(client.cmd(&["GET", &keys[19]]).await, bulk("44"));
+    assert_eq!(count_on(to), Some(21));
+}
+
 /// redis-py and the `redis` crate, as plain (non-cluster) clients, work
 /// through respool against the cluster: strings, counters, hashes, lists,
 /// multi-key commands (split across slots), pipelines across primaries,

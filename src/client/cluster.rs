@@ -521,6 +521,7 @@ impl Client {
                 retry_safe,
                 reply_to: inbox.sender(),
                 redirects: 0,
+                asking: false,
             });
             if queued.is_ok() {
                 sent += 1;

@@ -291,6 +291,7 @@ impl Client {
             retry_safe: 1,
             reply_to: inbox.sender(),
             redirects: 0,
+            asking: false,
         });
         if sent.is_err() {
             return self

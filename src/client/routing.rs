@@ -389,6 +389,7 @@ impl Client {
             retry_safe,
             reply_to: self.output.sender(),
             redirects: 0,
+            asking: false,
         });
         if sent.is_err() {
             self.output

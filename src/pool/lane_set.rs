@@ -244,6 +244,7 @@ impl LaneSet {
             retry_safe: 1,
             reply_to: inbox.sender(),
             redirects: 0,
+            asking: false,
         });
         async move {
             if sent.is_err() {

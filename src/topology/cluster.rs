@@ -4,8 +4,8 @@
 //! The map comes from `CLUSTER SHARDS` (`CLUSTER SLOTS` on servers that do
 //! not have it), asked of the primaries known so far and then of the
 //! `--upstream` seeds, until one answers. It is asked again every
-//! `--cluster-refresh-interval`, and sooner when a lane sees a `-MOVED` or
-//! `-ASK` reply or cannot reach its node ([`ClusterMap::refresh`]); those
+//! `--cluster-refresh-interval`, and sooner when a lane sees a `-MOVED`
+//! reply or cannot reach its node ([`ClusterMap::refresh`]); those
 //! requests are coalesced and at most one refresh runs per
 //! `--cluster-refresh-min-interval`, so a storm of redirections costs one.
 //!
@@ -93,7 +93,7 @@ pub(crate) struct ClusterMap {
     /// Moves with every change of `current`; 0 until the first map.
     version: AtomicU64,
     keys: OnceLock<Arc<KeyTable>>,
-    /// Asks for a refresh (lanes on MOVED/ASK and on connect failures).
+    /// Asks for a refresh (lanes on MOVED and on connect failures).
     pub refresh: Arc<Notify>,
     /// Woken when a map is first known.
     known: Notify,
@@ -120,10 +120,12 @@ pub(crate) struct ClusterLink {
 pub(crate) enum Redirect {
     /// Send the request to this lane (the slot's owner now).
     To(crate::pool::lane::LaneHandle),
-    /// Hold it and send it again here after a pause: an `-ASK` (the slot
-    /// is being migrated; once it is, this node answers `-MOVED`), or a
-    /// `-MOVED` to a node respool has no lanes to yet (the map is being
-    /// refreshed).
+    /// Send the request, once, to this lane behind an `ASKING`: the slot
+    /// is being migrated there, and the key is no longer on the node
+    /// that answered.
+    Ask(crate::pool::lane::LaneHandle),
+    /// Hold it and send it again here after a pause: a redirection to a
+    /// node respool has no lanes to yet (the map is being refreshed).
     Hold,
 }
 
@@ -182,14 +184,22 @@ impl ClusterLink {
         protocol: u8,
         refresh: &Notify,
     ) -> Option<Redirect> {
-        if frame.starts_with(b"-ASK ") {
-            self.stats.ask.fetch_add(1, Ordering::Relaxed);
-            return Some(Redirect::Hold);
-        }
-        let rest = frame.strip_prefix(b"-MOVED ")?;
-        self.stats.moved.fetch_add(1, Ordering::Relaxed);
-        refresh.notify_one();
-        // `-MOVED <slot> <host>:<port>`; an empty host is the node's own.
+        // `-MOVED <slot> <host>:<port>`, `-ASK <slot> <host>:<port>`; an
+        // empty host is the node's own.
+        let (rest, ask) = match frame.strip_prefix(b"-ASK ") {
+            Some(rest) => {
+                self.stats.ask.fetch_add(1, Ordering::Relaxed);
+                (rest, true)
+            }
+            None => {
+                let rest = frame.strip_prefix(b"-MOVED ")?;
+                self.stats.moved.fetch_add(1, Ordering::Relaxed);
+                // An `-ASK` leaves the slot where it is: only a `-MOVED`
+                // says the map is out of date.
+                refresh.notify_one();
+                (rest, false)
+            }
+        };
         let line = rest.strip_suffix(b"\r\n").unwrap_or(rest);
         let addr = line.splitn(2, |&b| b == b' ').nth(1)?;
         let addr = std::str::from_utf8(addr).ok()?;
@@ -200,7 +210,17 @@ impl ClusterLink {
             .iter()
             .find(|n| *n.addr == *addr || (addr.starts_with(':') && n.addr.ends_with(addr)));
         Some(match lanes {
-            Some(node) if *node.addr != *from => Redirect::To(node.lanes.lane(protocol)),
+            Some(node) if *node.addr != *from => {
+                let lane = node.lanes.lane(protocol);
+                if ask {
+                    Redirect::Ask(lane)
+                } else {
+                    Redirect::To(lane)
+                }
+            }
+            // An importing node with no slot yet is not in the map: the
+            // request waits on this node until the migration ends and it
+            // answers `-MOVED` to a node the refreshed map has.
             _ => Redirect::Hold,
         })
     }
@@ -213,7 +233,8 @@ pub(crate) struct ClusterStats {
     pub refresh_failures: AtomicU64,
     pub moved: AtomicU64,
     pub ask: AtomicU64,
-    /// Requests a lane sent on to another node's lane after `-MOVED`.
+    /// Requests a lane sent on to another node's lane after `-MOVED` or
+    /// `-ASK`.
     pub redirected: AtomicU64,
     /// `cluster_current_epoch` of the node that gave the map.
     pub epoch: AtomicU64,

@@ -173,45 +173,9 @@ impl Cluster {
     /// `MIGRATE` of its keys in batches, then `SETSLOT … NODE` on both and
     /// on every other primary. Blocking; returns once every node agrees.
     pub fn migrate_slot(&self, slot: u16, to: &RedisServer) {
+        self.begin_migration(slot, to);
         let from = self.owner(slot);
-        assert_ne!(
-            from.port(),
-            to.port(),
-            "slot {slot} is already on :{}",
-            to.port()
-        );
-        let (from_id, to_id) = (node_id(from), node_id(to));
         let slot_s = slot.to_string();
-        let ok = |server: &RedisServer, args: &[&[u8]]| {
-            let reply = server.command(args);
-            assert_eq!(
-                reply,
-                Reply::Simple("OK".into()),
-                "{args:?} on :{}",
-                server.port()
-            );
-        };
-        ok(
-            to,
-            &[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_s.as_bytes(),
-                b"IMPORTING",
-                from_id.as_bytes(),
-            ],
-        );
-        ok(
-            from,
-            &[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_s.as_bytes(),
-                b"MIGRATING",
-                to_id.as_bytes(),
-            ],
-        );
-        let to_port = to.port().to_string();
         loop {
             let keys =
                 match from.command(&[b"CLUSTER", b"GETKEYSINSLOT", slot_s.as_bytes(), b"100"]) {
@@ -221,28 +185,77 @@ impl Cluster {
             if keys.is_empty() {
                 break;
             }
-            let mut args: Vec<Vec<u8>> = [
-                "MIGRATE",
-                "127.0.0.1",
-                &to_port,
-                "",
-                "0",
-                "10000",
-                "REPLACE",
-                "KEYS",
-            ]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
-            for key in keys {
-                match key {
-                    Reply::Bulk(key) => args.push(key),
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .map(|key| match key {
+                    Reply::Bulk(key) => key,
                     other => panic!("a key: {other:?}"),
-                }
-            }
-            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            ok(from, &args);
+                })
+                .collect();
+            self.move_keys(slot, to, &keys);
         }
+        self.end_migration(slot, to);
+    }
+
+    /// Marks `slot` as migrating from its owner to `to` (and importing
+    /// there): from now on its owner answers `-ASK` for keys it does not
+    /// have.
+    pub fn begin_migration(&self, slot: u16, to: &RedisServer) {
+        let from = self.owner(slot);
+        assert_ne!(
+            from.port(),
+            to.port(),
+            "slot {slot} is already on :{}",
+            to.port()
+        );
+        let (from_id, to_id) = (node_id(from), node_id(to));
+        let slot_s = slot.to_string();
+        expect_ok(
+            to,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"IMPORTING",
+                from_id.as_bytes(),
+            ],
+        );
+        expect_ok(
+            from,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"MIGRATING",
+                to_id.as_bytes(),
+            ],
+        );
+    }
+
+    /// Moves `keys` of a migrating `slot` from its owner to `to` (`MIGRATE`).
+    pub fn move_keys(&self, slot: u16, to: &RedisServer, keys: &[Vec<u8>]) {
+        let from = self.owner(slot);
+        let to_port = to.port().to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"MIGRATE",
+            b"127.0.0.1",
+            to_port.as_bytes(),
+            b"",
+            b"0",
+            b"10000",
+            b"REPLACE",
+            b"KEYS",
+        ];
+        args.extend(keys.iter().map(Vec::as_slice));
+        expect_ok(from, &args);
+    }
+
+    /// Gives a migrating `slot` to `to` on every primary, and waits until
+    /// every node agrees.
+    pub fn end_migration(&self, slot: u16, to: &RedisServer) {
+        let from = self.owner(slot);
+        let to_id = node_id(to);
+        let slot_s = slot.to_string();
         // The target first, then the source: the order redis-cli uses, so
         // that the slot is never owned by no one.
         let mut order = vec![to, from];
@@ -252,7 +265,7 @@ impl Cluster {
             }
         }
         for server in order {
-            ok(
+            expect_ok(
                 server,
                 &[
                     b"CLUSTER",
@@ -277,6 +290,17 @@ impl Cluster {
         );
         self.wait_agree(primaries);
     }
+}
+
+/// Runs `args` on `server`, which must answer `+OK`.
+fn expect_ok(server: &RedisServer, args: &[&[u8]]) {
+    let reply = server.command(args);
+    assert_eq!(
+        reply,
+        Reply::Simple("OK".into()),
+        "{args:?} on :{}",
+        server.port()
+    );
 }
 
 /// A node's own id (`CLUSTER MYID`).

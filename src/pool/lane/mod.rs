@@ -71,9 +71,13 @@ pub(crate) struct LaneRequest {
     pub retry_safe: u64,
     /// Where the replies go.
     pub reply_to: ReplySender,
-    /// Times a cluster node redirected it (`-MOVED`) to another node's
+    /// Times a cluster node redirected it (`-MOVED`, `-ASK`) to another node's
     /// lane; bounded by [`MAX_REDIRECTS`].
     pub redirects: u8,
+    /// A cluster node answered `-ASK` (its slot is being migrated to the
+    /// node this lane reaches): the request is written right after an
+    /// `ASKING`, which lets the importing node serve it once.
+    pub asking: bool,
 }
 
 /// The most `-MOVED` redirections a request follows before its client
