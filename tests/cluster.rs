@@ -501,11 +501,17 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
 /// `ASKING` (its source answers `-ASK`), a new key is created there, keys
 /// not moved yet stay on the source, and a pipeline over both kinds keeps
 /// its order. Nothing waits for the migration to end (with a short
-/// `--hold-timeout`, a request held until then would fail).
+/// `--hold-timeout`, a request held until then would fail). `/metrics`
+/// counts the redirections and shows the map.
 #[tokio::test]
 async fn a_slot_half_migrated_is_served_through_asking() {
     let cluster = Cluster::start();
-    let proxy = proxy(&cluster, &["--hold-timeout", "2s"]).await;
+    let metrics = format!("127.0.0.1:{}", support::redis::free_port());
+    let proxy = proxy(
+        &cluster,
+        &["--hold-timeout", "2s", "--metrics-listen", &metrics],
+    )
+    .await;
     let mut client = proxy.client().await;
     let slot = cluster.keyslot(b"{ask}");
     let from = cluster.owner(slot).port();
@@ -572,6 +578,37 @@ async fn a_slot_half_migrated_is_served_through_asking() {
     }
     let info = client.respool_counters().await;
     assert!(support::counter(&info, "cluster_ask") >= 10, "{info:?}");
+    // The same, and the map's shape, in the Prometheus exposition.
+    let exposition = support::prometheus::http_get(metrics.parse().unwrap(), "/metrics")
+        .expect("/metrics answers")
+        .body;
+    let value = |series: &str| {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} in {exposition}"))
+    };
+    assert_eq!(value("respool_cluster_primaries"), 3.0);
+    assert_eq!(value("respool_cluster_slots_known"), 16384.0);
+    assert!(value("respool_cluster_ask_total") >= 10.0);
+    assert!(value("respool_cluster_redirected_total") >= 10.0);
+    let operations = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
+    )
+    .expect("docs/operations.md");
+    let declared: Vec<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE respool_cluster_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(declared.len() >= 9, "{declared:?}");
+    for name in declared {
+        assert!(
+            operations.contains(&format!("respool_cluster_{name}")),
+            "respool_cluster_{name} is not documented in docs/operations.md"
+        );
+    }
 
     // The migration ends: everything is on the new owner, unchanged.
     let rest: Vec<Vec<u8>> = keys[10..].iter().map(|k| k.as_bytes().to_vec()).collect();

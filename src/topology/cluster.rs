@@ -170,6 +170,14 @@ impl ClusterLink {
         })
     }
 
+    /// The map's shape now, for the metrics: `(primaries, slots with a
+    /// primary, map version)`; `None` before the map exists.
+    pub fn shape(&self) -> Option<(usize, usize, u64)> {
+        let map = self.map.get().and_then(std::sync::Weak::upgrade)?;
+        let (slots, version) = map.current();
+        Some((slots.nodes.len(), slots.covered(), version))
+    }
+
     /// Lets the lanes find `map`'s lane sets.
     pub fn attach(&self, map: &Arc<ClusterMap>) {
         let _ = self.map.set(Arc::downgrade(map));
