@@ -1,7 +1,8 @@
-//! Every auth mode in front of a real Redis Cluster (`--cluster`): AUTH
-//! passthrough (a client's AUTH checked by the cluster, its commands run as
-//! that user on every primary, redirections included) and respool's own
-//! client users (`--requirepass`, `--user`).
+//! Every auth mode and TLS in front of a real Redis Cluster (`--cluster`):
+//! AUTH passthrough (a client's AUTH checked by the cluster, its commands
+//! run as that user on every primary, redirections included), respool's
+//! own client users (`--requirepass`, `--user`), and a cluster whose nodes
+//! speak TLS only, reached with `rediss://` seeds by TLS clients.
 
 mod support;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use support::client::encode_command;
 use support::cluster::Cluster;
+use support::tls::{Pki, TlsClient};
 use support::{wait, RedisServer, Reply, TestProxy};
 
 fn ok() -> Reply {
@@ -35,7 +37,12 @@ fn set_user(nodes: &[&RedisServer], user: &str, password: &str, rules: &[&str]) 
     args.push(password.as_bytes());
     args.extend(rules.iter().map(|r| r.as_bytes()));
     for node in nodes {
-        assert_eq!(node.command(&args), ok(), "ACL SETUSER {user} on :{}", node.port());
+        assert_eq!(
+            node.command(&args),
+            ok(),
+            "ACL SETUSER {user} on :{}",
+            node.port()
+        );
     }
 }
 
@@ -132,9 +139,15 @@ async fn acl_users_act_as_themselves_on_every_primary() {
         );
         let del: Vec<&str> = ["DEL", &mine[0], &theirs[1]].to_vec();
         let reply = client.cmd(&del).await;
-        assert_eq!(reply.error_code(), Some("NOPERM"), "DEL across users: {reply}");
         assert_eq!(
-            client.cmd(&["BLPOP", &format!("{user}:list"), "0.01"]).await,
+            reply.error_code(),
+            Some("NOPERM"),
+            "DEL across users: {reply}"
+        );
+        assert_eq!(
+            client
+                .cmd(&["BLPOP", &format!("{user}:list"), "0.01"])
+                .await,
             Reply::NilArray
         );
         // A wrong password now leaves the client logged in as `user`.
@@ -151,10 +164,7 @@ async fn acl_users_act_as_themselves_on_every_primary() {
         }
     }
     // RESET logs out: back to respool's own identity (the default user).
-    assert_eq!(
-        client.cmd(&["RESET"]).await,
-        Reply::Simple("RESET".into())
-    );
+    assert_eq!(client.cmd(&["RESET"]).await, Reply::Simple("RESET".into()));
     assert_eq!(client.cmd(&["ACL", "WHOAMI"]).await, bulk("default"));
     let theirs = key_per_primary(&cluster, "alice:k");
     assert_eq!(
@@ -182,9 +192,9 @@ async fn a_redirected_request_keeps_its_identity() {
     // Two slots of the same primary, and another primary to move them to.
     let primaries = cluster.primaries();
     let (from, to) = (primaries[0], primaries[1]);
-    let mut keys = (0..).map(|n| format!("{{tag{n}}}")).filter(|tag| {
-        cluster.owner(cluster.keyslot(tag.as_bytes())).port() == from.port()
-    });
+    let mut keys = (0..)
+        .map(|n| format!("{{tag{n}}}"))
+        .filter(|tag| cluster.owner(cluster.keyslot(tag.as_bytes())).port() == from.port());
     let (forbidden, allowed) = (
         format!("k:{}", keys.next().expect("a tag")),
         format!("other:{}", keys.next().expect("a tag")),
@@ -241,7 +251,11 @@ async fn a_redirected_request_keeps_its_identity() {
 #[tokio::test]
 async fn respools_own_users_reach_every_primary() {
     let cluster = Cluster::start();
-    let proxy = proxy(&cluster, &["--requirepass", "door", "--user", "carol:carol-pw"]).await;
+    let proxy = proxy(
+        &cluster,
+        &["--requirepass", "door", "--user", "carol:carol-pw"],
+    )
+    .await;
     let mut client = proxy.client().await;
     client.cmd(&["GET", "k"]).await.expect_error_code("NOAUTH");
     client
@@ -294,7 +308,10 @@ async fn identities_are_bounded_and_their_lanes_on_every_primary_close_when_idle
     }
     let mut bob = proxy.client().await;
     let reply = bob.cmd(&["AUTH", "bob", "bob-pw"]).await;
-    assert!(reply.is_error(), "a second identity beyond --max-identities 1: {reply}");
+    assert!(
+        reply.is_error(),
+        "a second identity beyond --max-identities 1: {reply}"
+    );
     assert_eq!(bob.cmd(&["ACL", "WHOAMI"]).await, bulk("default"));
     drop(alice);
     let alice_gone = || {
@@ -345,6 +362,82 @@ async fn redis_py_from_url_with_a_password_works_through_respool_on_the_cluster(
     for key in key_per_primary(&cluster, "alice:py") {
         let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
         assert_eq!(owner.command(&[b"GET", key.as_bytes()]), bulk(&key));
+    }
+}
+
+/// A cluster whose nodes listen and talk to each other with TLS only
+/// (`port 0`), reached with `rediss://` seeds: respool finds each primary's
+/// `tls-port` in `CLUSTER SHARDS`, and a TLS client of respool's TLS
+/// listener writes keys that land on all three primaries (checked on the
+/// nodes), reads them back, and logs in as an ACL user (AUTH passthrough)
+/// over TLS on both sides.
+#[tokio::test]
+async fn a_tls_only_cluster_serves_tls_clients_through_rediss_seeds() {
+    let pki = Pki::generate();
+    let cluster = Cluster::start_tls(&pki);
+    assert!(cluster.urls().iter().all(|u| u.starts_with("rediss://")));
+    alice_and_bob(&cluster);
+    let (ca, cert, key) = (
+        pki.arg("ca.pem"),
+        pki.arg("client.pem"),
+        pki.arg("client.key"),
+    );
+    let (server_cert, server_key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let proxy = proxy(
+        &cluster,
+        &[
+            "--upstream-ca",
+            &ca,
+            "--upstream-cert",
+            &cert,
+            "--upstream-key",
+            &key,
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+        ],
+    )
+    .await;
+    let mut client = TlsClient::connect(proxy.addr(), &pki.path("ca.pem"), None)
+        .await
+        .expect("a TLS connection to respool");
+    let cmd = |reply: Result<Reply, String>| reply.expect("a reply over TLS");
+
+    let keys = key_per_primary(&cluster, "tls:");
+    let mut pipeline = Vec::new();
+    for key in &keys {
+        pipeline.extend(encode_command(&["SET", key, key]));
+    }
+    client.send_raw(&pipeline).await.expect("sending");
+    for key in &keys {
+        assert_eq!(cmd(client.read_reply().await), ok(), "SET {key}");
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(owner.command(&[b"GET", key.as_bytes()]), bulk(key));
+    }
+    let mget: Vec<&str> = std::iter::once("MGET")
+        .chain(keys.iter().map(String::as_str))
+        .collect();
+    assert_eq!(
+        cmd(client.cmd(&mget).await),
+        Reply::Array(keys.iter().map(|k| bulk(k)).collect())
+    );
+    // respool's lanes go to the primaries' TLS ports (the only ones).
+    let info = cmd(client.cmd(&["INFO", "respool"]).await);
+    let info = info.as_str().expect("INFO text").to_string();
+    for primary in cluster.primaries() {
+        let line = format!("addr=127.0.0.1:{},", primary.port());
+        assert!(info.contains(&line), "{line} in INFO respool:\n{info}");
+    }
+
+    assert_eq!(cmd(client.cmd(&["AUTH", "alice", "alice-pw"]).await), ok());
+    for key in key_per_primary(&cluster, "alice:tls") {
+        assert_eq!(cmd(client.cmd(&["SET", &key, "a"]).await), ok());
+        assert_eq!(cmd(client.cmd(&["GET", &key]).await), bulk("a"));
+    }
+    for key in key_per_primary(&cluster, "bob:tls") {
+        let reply = cmd(client.cmd(&["SET", &key, "a"]).await);
+        assert_eq!(reply.error_code(), Some("NOPERM"), "SET {key}: {reply}");
     }
 }
 

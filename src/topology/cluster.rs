@@ -702,7 +702,12 @@ fn parse_shards(reply: &[u8], tls: bool, asked: &str) -> Option<Shards> {
                                 .filter(known)
                                 .or(ip.filter(known))
                                 .unwrap_or(asked.as_bytes());
-                            let port = if tls { tls_port.or(port) } else { port }?;
+                            // A node without a port of respool's kind
+                            // (TLS or plain) cannot be dialled: its shard
+                            // is skipped, not the whole map.
+                            let Some(port) = (if tls { tls_port.or(port) } else { port }) else {
+                                continue;
+                            };
                             primary = Some(join(host, port));
                         }
                     }
@@ -794,6 +799,27 @@ mod tests {
         );
         let shards = parse_shards(failed.as_bytes(), false, "h").expect("a map");
         assert_eq!(shards.ranges, vec![(0, 99, "127.0.0.1:7000".into())]);
+    }
+
+    #[test]
+    fn over_tls_the_tls_port_is_the_one_dialled() {
+        // A node with both ports (`port` and `tls-port`), and one with TLS
+        // only (`port 0`: no `port` field at all).
+        let both = "*8\r\n$4\r\nport\r\n:7000\r\n$8\r\ntls-port\r\n:17000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        let tls_only = "*6\r\n$8\r\ntls-port\r\n:17001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        let reply = format!(
+            "*2\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:99\r\n$5\r\nnodes\r\n*1\r\n{both}*4\r\n$5\r\nslots\r\n*2\r\n:100\r\n:199\r\n$5\r\nnodes\r\n*1\r\n{tls_only}"
+        );
+        let tls = parse_shards(reply.as_bytes(), true, "h").expect("a map");
+        assert_eq!(
+            tls.ranges,
+            vec![
+                (0, 99, "127.0.0.1:17000".into()),
+                (100, 199, "127.0.0.1:17001".into())
+            ]
+        );
+        let plain = parse_shards(reply.as_bytes(), false, "h").expect("a map");
+        assert_eq!(plain.ranges, vec![(0, 99, "127.0.0.1:7000".into())]);
     }
 
     #[test]
