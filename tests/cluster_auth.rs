@@ -333,6 +333,47 @@ async fn identities_are_bounded_and_their_lanes_on_every_primary_close_when_idle
     }
 }
 
+/// A user missing on one primary (ACLs are per node) is served by the
+/// others, and its requests for that primary fail within
+/// `--hold-timeout` with an error that names the node's refusal — no hang,
+/// and never respool's own identity in its place.
+#[tokio::test]
+async fn a_user_one_primary_does_not_know_gets_that_nodes_refusal_in_time() {
+    let cluster = Cluster::start();
+    // The anchor (where logins are checked) serves slot 0; the user is
+    // missing on the primary serving slot 16383, and on its replica.
+    let stranger = cluster.owner(16383);
+    assert_ne!(stranger.port(), cluster.owner(0).port());
+    let knows: Vec<&RedisServer> = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.port() != stranger.port()
+                && !matches!(n.command(&[b"ROLE"]), Reply::Array(items)
+                    if items.get(2) == Some(&Reply::Int(i64::from(stranger.port()))))
+        })
+        .collect();
+    assert_eq!(knows.len(), 4, "two primaries and their replicas");
+    set_user(&knows, "alice", "alice-pw", &["~*", "+@all"]);
+    let proxy = proxy(&cluster, &["--hold-timeout", "1s"]).await;
+    let mut client = proxy.client().await;
+    assert_eq!(client.cmd(&["AUTH", "alice", "alice-pw"]).await, ok());
+    for key in key_per_primary(&cluster, "k") {
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        let reply = client.cmd(&["SET", &key, "v"]).await;
+        if owner.port() == stranger.port() {
+            let text = format!("{reply}");
+            assert!(
+                reply.is_error() && text.contains("WRONGPASS"),
+                "SET {key} on the primary without alice: {reply}"
+            );
+            assert_eq!(owner.command(&[b"EXISTS", key.as_bytes()]), Reply::Int(0));
+        } else {
+            assert_eq!(reply, ok(), "SET {key}");
+        }
+    }
+}
+
 /// redis-py, given a URL with a user and password, logs in through respool
 /// on the cluster and acts as that user on every primary.
 #[tokio::test]
