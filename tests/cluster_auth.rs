@@ -163,6 +163,21 @@ async fn acl_users_act_as_themselves_on_every_primary() {
             );
         }
     }
+    // HELLO 3 with AUTH logs in too, and the RESP3 lanes are the user's.
+    let mut resp3 = proxy.client().await;
+    let hello = resp3
+        .cmd(&["HELLO", "3", "AUTH", "alice", "alice-pw"])
+        .await;
+    assert!(matches!(hello, Reply::Map(_)), "HELLO 3 AUTH: {hello}");
+    for (mine, theirs) in key_per_primary(&cluster, "alice:r3")
+        .iter()
+        .zip(key_per_primary(&cluster, "bob:r3").iter())
+    {
+        assert_eq!(resp3.cmd(&["SET", mine, "3"]).await, ok());
+        assert_eq!(resp3.cmd(&["GET", mine]).await, bulk("3"));
+        let reply = resp3.cmd(&["GET", theirs]).await;
+        assert_eq!(reply.error_code(), Some("NOPERM"), "GET {theirs}: {reply}");
+    }
     // RESET logs out: back to respool's own identity (the default user).
     assert_eq!(client.cmd(&["RESET"]).await, Reply::Simple("RESET".into()));
     assert_eq!(client.cmd(&["ACL", "WHOAMI"]).await, bulk("default"));
