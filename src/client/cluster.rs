@@ -136,8 +136,8 @@ pub(super) struct ClusterRoutes {
     slots: Arc<SlotMap>,
     /// Who the client acts as upstream.
     identity: Identity,
-    /// Each primary's lane set of `identity`, by its index in `slots`
-    /// (held, so that the registry sees the identity in use).
+    /// Each primary's lane set of `identity`, by its index in `slots`:
+    /// where a session on that primary checks out its connection.
     sets: Vec<Arc<LaneSet>>,
     /// Each primary's shared lane for `protocol`, by its index in `slots`.
     lanes: Vec<LaneHandle>,
