@@ -313,7 +313,15 @@ async fn identities_are_bounded_and_their_lanes_on_every_primary_close_when_idle
     alice_and_bob(&cluster);
     let proxy = proxy(
         &cluster,
-        &["--max-identities", "1", "--identity-idle-timeout", "1s"],
+        // One event loop: INFO respool shows the loop of the client asking.
+        &[
+            "--max-identities",
+            "1",
+            "--identity-idle-timeout",
+            "1s",
+            "--threads",
+            "1",
+        ],
     )
     .await;
     let mut alice = proxy.client().await;
@@ -328,6 +336,18 @@ async fn identities_are_bounded_and_their_lanes_on_every_primary_close_when_idle
         "a second identity beyond --max-identities 1: {reply}"
     );
     assert_eq!(bob.cmd(&["ACL", "WHOAMI"]).await, bulk("default"));
+    // Each primary holds a lane set of alice's; bob got none.
+    let info = alice.cmd(&["INFO", "respool"]).await;
+    let info = info.as_str().expect("INFO text").to_string();
+    let per_node: Vec<&str> = info
+        .lines()
+        .filter(|l| l.starts_with("cluster_node"))
+        .collect();
+    assert_eq!(per_node.len(), 3, "{info}");
+    assert!(
+        per_node.iter().all(|l| l.ends_with(",identities=1")),
+        "{per_node:?}"
+    );
     drop(alice);
     let alice_gone = || {
         cluster
@@ -341,6 +361,17 @@ async fn identities_are_bounded_and_their_lanes_on_every_primary_close_when_idle
         alice_gone,
     )
     .await;
+    // respool forgot alice's lane sets on every primary, not only their
+    // connections.
+    let info = bob.cmd(&["INFO", "respool"]).await;
+    let info = info.as_str().expect("INFO text").to_string();
+    assert_eq!(
+        info.lines()
+            .filter(|l| l.starts_with("cluster_node") && l.ends_with(",identities=0"))
+            .count(),
+        3,
+        "{info}"
+    );
     // The identity's slot is free again.
     assert_eq!(bob.cmd(&["AUTH", "bob", "bob-pw"]).await, ok());
     for key in key_per_primary(&cluster, "bob:") {

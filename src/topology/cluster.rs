@@ -393,9 +393,10 @@ impl ClusterMap {
             let slots = map.owner.iter().filter(|&&o| usize::from(o) == i).count();
             let _ = write!(
                 out,
-                "cluster_node{i}:addr={},slots={slots},validated={}\r\n",
+                "cluster_node{i}:addr={},slots={slots},validated={},identities={}\r\n",
                 node.addr,
                 u8::from(node.lanes.health().is_validated()),
+                node.lock_identities().len(),
             );
         }
     }
