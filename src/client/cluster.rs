@@ -16,6 +16,9 @@
 //! owner's lane in the order they came ([`crate::pool::lane`]): a request
 //! routed by the new map can never overtake an earlier one of the same
 //! client still being redirected.
+//!
+//! Its lanes are those of its identity: respool's own, or the one it
+//! logged in as (AUTH passthrough), on every primary.
 
 use std::sync::Arc;
 
@@ -25,7 +28,9 @@ use super::routing::Target;
 use super::Client;
 use crate::codec::RequestRef;
 use crate::error::{error_line, Error};
+use crate::pool::endpoint::Identity;
 use crate::pool::lane::LaneHandle;
+use crate::pool::LaneSet;
 use crate::router::keys::{Fanout, Placement};
 use crate::router::slot::slot_of;
 use crate::topology::cluster::{ClusterMap, SlotMap};
@@ -129,23 +134,38 @@ pub(super) struct ClusterRoutes {
     /// The version `slots` and `lanes` are for.
     version: u64,
     slots: Arc<SlotMap>,
+    /// Who the client acts as upstream.
+    identity: Identity,
+    /// Each primary's lane set of `identity`, by its index in `slots`:
+    /// where a session on that primary checks out its connection.
+    sets: Vec<Arc<LaneSet>>,
     /// Each primary's shared lane for `protocol`, by its index in `slots`.
     lanes: Vec<LaneHandle>,
     protocol: u8,
 }
 
 impl ClusterRoutes {
-    pub fn new(map: Arc<ClusterMap>) -> ClusterRoutes {
+    /// Routes as `identity` (respool's own, for a new client).
+    pub fn new(map: Arc<ClusterMap>, identity: Identity) -> ClusterRoutes {
         let (slots, version) = map.current();
         let mut routes = ClusterRoutes {
             map,
             version,
             slots,
+            identity,
+            sets: Vec::new(),
             lanes: Vec::new(),
             protocol: 2,
         };
         routes.take_lanes();
         routes
+    }
+
+    /// Routes as `identity` from now on (the client logged in or out; none
+    /// of its requests is on a lane).
+    pub fn switch_identity(&mut self, identity: Identity, protocol: u8) {
+        self.identity = identity;
+        self.refresh(protocol);
     }
 
     /// Whether the lanes must be taken again: the client switched
@@ -166,12 +186,13 @@ impl ClusterRoutes {
     }
 
     fn take_lanes(&mut self) {
-        self.lanes = self
+        self.sets = self
             .slots
             .nodes
             .iter()
-            .map(|n| n.lanes.lane(self.protocol))
+            .map(|n| n.lanes_of(&self.identity))
             .collect();
+        self.lanes = self.sets.iter().map(|s| s.lane(self.protocol)).collect();
     }
 
     /// The lane of primary `i` of the version routed by.
@@ -289,10 +310,9 @@ impl Client {
         };
         match cluster.place(req.view()) {
             Routed::Node(i) => Ok(cluster
-                .slots
-                .nodes
+                .sets
                 .get(usize::from(i))
-                .map_or_else(|| self.lanes.clone(), |n| n.lanes.clone())),
+                .map_or_else(|| self.lanes.clone(), Arc::clone)),
             Routed::Refused(reply) => Err(reply),
             Routed::Split(_) => Err(error_line(
                 "CROSSSLOT",

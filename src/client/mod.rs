@@ -264,6 +264,11 @@ impl Client {
             RequestLimits::unauthenticated()
         };
         let lanes = shared.router.initial();
+        let cluster = shared
+            .router
+            .cluster()
+            .cloned()
+            .map(|map| cluster::ClusterRoutes::new(map, lanes.endpoint().identity.clone()));
         let id = next_client_id();
         let peer = stream.peer_addr().ok();
         let roster = &shared.process.roster;
@@ -310,11 +315,7 @@ impl Client {
                 .cloned()
                 .map(reads::ReplicaReads::new),
             run_target: routing::Target::Primary,
-            cluster: shared
-                .router
-                .cluster()
-                .cloned()
-                .map(cluster::ClusterRoutes::new),
+            cluster,
             routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
             session_origin: None,
             settings,

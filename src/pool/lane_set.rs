@@ -399,7 +399,7 @@ impl SharedLanes {
                 let (handle, inbox) = LaneHandle::open();
                 let lane = Lane::new(
                     id,
-                    endpoint.node.clone(),
+                    endpoint,
                     ctx.clone(),
                     inbox,
                     pool.clone(),

@@ -4,11 +4,16 @@
 //! --cluster-replicas 1` into three primaries with a replica each, and
 //! waited on until every node says `cluster_state:ok` and all of them see
 //! the same slots. Every process is killed when the cluster is dropped.
+//!
+//! `Cluster::start_tls` forms the same cluster over TLS only: every node
+//! listens with `tls-port` and `port 0`, and talks TLS to the others
+//! (`tls-cluster`, `tls-replication`), with a test PKI's certificates.
 
 use std::process::Command;
 use std::time::Duration;
 
-use super::redis::{free_port, RedisServer};
+use super::redis::{free_port, RedisServer, RedisServerBuilder};
+use super::tls::Pki;
 use super::wait;
 use super::Reply;
 
@@ -33,9 +38,39 @@ impl Cluster {
 
     /// `primaries` primaries with `replicas` replicas each.
     pub fn start_with(primaries: usize, replicas: usize) -> Cluster {
+        Cluster::form(primaries, replicas, RedisServer::builder, &[])
+    }
+
+    /// Three primaries with a replica each, listening and talking to each
+    /// other with TLS only (`pki`'s certificates; clients must present a
+    /// certificate of its CA).
+    pub fn start_tls(pki: &Pki) -> Cluster {
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg("client.pem"),
+            pki.arg("client.key"),
+        );
+        let cli_tls = ["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key];
+        let node = || {
+            RedisServer::builder()
+                .tls_only(pki)
+                .arg("tls-cluster", "yes")
+                .arg("tls-replication", "yes")
+        };
+        Cluster::form(3, 1, node, &cli_tls)
+    }
+
+    /// Starts the nodes `node` builds, joins them with `redis-cli [cli_tls]
+    /// --cluster create`, and waits until they agree.
+    fn form(
+        primaries: usize,
+        replicas: usize,
+        node: impl Fn() -> RedisServerBuilder,
+        cli_tls: &[&str],
+    ) -> Cluster {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
-                RedisServer::builder()
+                node()
                     .arg("cluster-enabled", "yes")
                     .arg("cluster-config-file", "nodes.conf")
                     .arg("cluster-node-timeout", &NODE_TIMEOUT_MS.to_string())
@@ -52,6 +87,7 @@ impl Cluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         let output = Command::new("redis-cli")
+            .args(cli_tls)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -110,7 +146,8 @@ impl Cluster {
         );
     }
 
-    /// `redis://127.0.0.1:P` of every node, to pass as seeds.
+    /// `redis://127.0.0.1:P` (`rediss://` over TLS) of every node, to pass
+    /// as seeds.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }

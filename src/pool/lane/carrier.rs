@@ -55,7 +55,13 @@ pub(crate) fn moved_to(node: &crate::pool::endpoint::Node) -> String {
 #[inline(never)]
 fn cluster_redirect(lane: &Lane, frame: &[u8]) -> Option<Redirect> {
     let cluster = lane.ctx.cluster.as_ref()?;
-    cluster.redirect(frame, &lane.node.addr(), lane.protocol, &lane.ctx.refresh)
+    cluster.redirect(
+        frame,
+        &lane.node.addr(),
+        lane.protocol,
+        &lane.identity,
+        &lane.ctx.refresh,
+    )
 }
 
 /// How long a connection to a primary that moved may still deliver the

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::endpoint::Node;
+use super::endpoint::{Endpoint, Identity, Node};
 use super::mailbox::Mailbox;
 use super::manager::UpstreamManager;
 use super::PoolContext;
@@ -164,6 +164,9 @@ pub(crate) struct Lane {
     /// The upstream node: its address for messages, and whether a
     /// connection still goes to it (a followed primary moves).
     node: Node,
+    /// Who its connections log in as: a request a cluster node redirects
+    /// goes to a lane of the same identity on the new node.
+    identity: Identity,
     ctx: Arc<PoolContext>,
     inbox: LaneInbox,
     /// Runs taken from `inbox`, kept for its allocation.
@@ -182,7 +185,7 @@ pub(crate) struct Lane {
 impl Lane {
     pub(crate) fn new(
         id: usize,
-        node: Node,
+        endpoint: &Endpoint,
         ctx: Arc<PoolContext>,
         inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
@@ -192,7 +195,8 @@ impl Lane {
         Lane {
             id,
             protocol: 2,
-            node,
+            node: endpoint.node.clone(),
+            identity: endpoint.identity.clone(),
             ctx,
             inbox,
             arrived: Vec::new(),
