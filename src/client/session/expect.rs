@@ -342,9 +342,11 @@ impl Session {
         let is_error = matches!(reply.first(), Some(b'-' | b'!'));
         match effect {
             Effect::Multi if !is_error => self.state.multi = true,
-            // EXEC/DISCARD end the transaction and the WATCHes, and so does
-            // an EXECABORT; "EXEC without MULTI" ends nothing (a WATCH stays).
-            Effect::EndTransaction if !is_error || reply.starts_with(b"-EXECABORT") => {
+            // EXEC/DISCARD end the transaction and the WATCHes, and so do
+            // an EXECABORT and a cluster node's refusal of EXEC (CROSSSLOT,
+            // MOVED, …: Redis discards the transaction); "EXEC without
+            // MULTI" ends nothing (a WATCH stays).
+            Effect::EndTransaction if !is_error || !reply.starts_with(b"-ERR") => {
                 self.state.multi = false;
                 self.state.watching = false;
             }
