@@ -1073,4 +1073,35 @@ async fn script_exists_and_kill_ask_every_primary() {
     assert_eq!(kill.error_code(), Some("NOTBUSY"), "{kill:?}");
     let kill = client.cmd(&["FUNCTION", "KILL"]).await;
     assert_eq!(kill.error_code(), Some("NOTBUSY"), "{kill:?}");
+
+    // A script spinning on one primary (not the anchor, by its key) is
+    // stopped by a SCRIPT KILL sent through respool.
+    assert_eq!(
+        client
+            .cmd(&["CONFIG", "SET", "busy-reply-threshold", "50"])
+            .await,
+        ok()
+    );
+    let mut runner = proxy.client().await;
+    let key = key_on(&cluster, primaries[2].port(), "spin");
+    runner
+        .send(&["EVAL", "while true do end", "1", &key])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = client.cmd(&["SCRIPT", "KILL"]).await;
+        if reply == ok() {
+            break;
+        }
+        assert_eq!(reply.error_code(), Some("NOTBUSY"), "{reply:?}");
+        assert!(std::time::Instant::now() < deadline, "no script ever ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = runner.read_reply().await.unwrap();
+    assert!(
+        format!("{stopped:?}").contains("killed by user"),
+        "{stopped:?}"
+    );
+    assert_eq!(runner.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
 }

@@ -103,9 +103,13 @@ impl Client {
                 self.abort_open_transaction();
                 return self.deny(&req);
             }
-            Route::Dedicated(Stateful::Select | Stateful::ConnectionFlag) | Route::Urgent => {
+            Route::Dedicated(Stateful::Select | Stateful::ConnectionFlag) => {
                 self.refused_in_cluster(&req)
             }
+            Route::Urgent => refused_in_multi(
+                &String::from_utf8_lossy(req.name()).to_ascii_uppercase(),
+                "in cluster mode it goes to every primary, and a transaction runs on one",
+            ),
             Route::Attack => return self.drop_attacker(),
             Route::Shared | Route::Dedicated(Stateful::Blocking | Stateful::Unwatch) => {
                 match self.queue_keyless(req, command) {
@@ -205,7 +209,7 @@ impl Client {
                 } else {
                     error_line(
                         "CROSSSLOT",
-                        "Keys in request are on another primary than the ones this connection WATCHes or waits on (respool pins those to one node); send it after EXEC, DISCARD or UNWATCH",
+                        "Keys in request are on another primary than the one this connection is pinned to (by WATCH, a blocking command or subscriptions); send it once that has ended",
                     )
                 }
             }

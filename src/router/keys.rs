@@ -561,6 +561,29 @@ mod tests {
     }
 
     #[test]
+    fn refusals_at_queueing_are_redis_own() {
+        let table = KeyTable::parse(COMMAND_INFO).expect("a command table");
+        let refusal = |args: &[&str]| table.refusal(Request::from_args(args).view());
+        assert_eq!(refusal(&["PING"]), None);
+        assert_eq!(refusal(&["ping", "a"]), None);
+        assert_eq!(refusal(&["ECHO", "x"]), None);
+        assert_eq!(
+            refusal(&["ECHO"]).as_deref(),
+            Some("wrong number of arguments for 'echo' command")
+        );
+        assert_eq!(
+            refusal(&["NOSUCH", "a", "b"]).as_deref(),
+            Some("unknown command 'NOSUCH', with args beginning with: 'a' 'b' ")
+        );
+        assert_eq!(
+            refusal(&["OBJECT", "ENCODING"]).as_deref(),
+            Some("wrong number of arguments for 'object|encoding' command")
+        );
+        // A subcommand respool does not know: the node judges it.
+        assert_eq!(refusal(&["OBJECT", "NOSUCH"]), None);
+    }
+
+    #[test]
     fn long_multi_key_requests_are_walked_past_the_stack_buffer() {
         let table = KeyTable::parse(COMMAND_INFO).expect("a command table");
         let mut args = vec!["MGET".to_string()];
