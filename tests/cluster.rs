@@ -1045,6 +1045,8 @@ async fn scan_returns_every_key_of_every_primary_once_and_ends() {
         assert_eq!(reply.error_code(), Some("ERR"), "{forged}: {reply:?}");
         assert!(format!("{reply:?}").contains("invalid cursor"), "{reply:?}");
     }
+    let bare = client.cmd(&["SCAN"]).await;
+    assert_eq!(bare, cluster.any().command(&[b"SCAN"]));
     assert_eq!(client.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
 }
 

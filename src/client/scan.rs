@@ -101,6 +101,12 @@ impl Client {
             return;
         };
         let nodes = cluster.node_count();
+        if req.argc() < 2 {
+            return self.output.push_ready(error_line(
+                "ERR",
+                "wrong number of arguments for 'scan' command",
+            ));
+        }
         let Some(cursor) = req
             .arg(1)
             .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok())
