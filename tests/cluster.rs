@@ -930,6 +930,42 @@ async fn a_transaction_across_slots_is_refused_and_writes_nothing() {
     assert_eq!(second.command(&[b"GET", b.as_bytes()]), bulk("after"));
 }
 
+/// A transaction whose slot moves to another primary while it is open
+/// gets the node's own redirection for the command queued after the move
+/// and EXECABORT, and writes nothing on either primary; the client is
+/// served by the new owner afterwards.
+#[tokio::test]
+async fn a_transaction_whose_slot_moves_mid_way_is_aborted_whole() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let key = key_on(&cluster, from.port(), "moving");
+    let slot = cluster.keyslot(key.as_bytes());
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &key, "1"]).await, queued());
+    cluster.migrate_slot(slot, to);
+    let moved = client.cmd(&["INCR", &key]).await;
+    assert!(
+        matches!(moved.error_code(), Some("MOVED" | "CROSSSLOT")),
+        "{moved:?}"
+    );
+    assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("EXECABORT"));
+    // Asked of each node directly: no key in the slot on either.
+    let slot_s = slot.to_string();
+    for node in [from, to] {
+        assert_eq!(
+            node.command(&[b"CLUSTER", b"COUNTKEYSINSLOT", slot_s.as_bytes()]),
+            Reply::Int(0),
+            "keys in slot {slot} on :{}",
+            node.port()
+        );
+    }
+    assert_eq!(client.cmd(&["SET", &key, "after"]).await, ok());
+    assert_eq!(to.command(&[b"GET", key.as_bytes()]), bulk("after"));
+}
+
 /// WATCH pins the client to its key's primary: a write of that key by
 /// another client through respool makes EXEC answer nil and run nothing;
 /// without one, EXEC runs. A key of another primary is refused while the

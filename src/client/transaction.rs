@@ -16,8 +16,9 @@
 //! refused with `-CROSSSLOT` and the transaction aborted (EXEC answers
 //! EXECABORT, as for any command refused while queueing): nothing of it
 //! ever runs on one node and not the other. A slot that moves mid-way
-//! gets the node's own `-MOVED` for the queued command, and the node
-//! aborts the transaction itself.
+//! gets the node's own `-MOVED` for a command queued after the move, and
+//! the node discards the transaction at EXEC (answered EXECABORT: see
+//! the session's `exec_redirected`).
 
 use bytes::Bytes;
 

@@ -280,6 +280,7 @@ impl Session {
             (Some(instead), _) => instead,
             (None, Some(acc)) => acc.freeze(),
             (None, None) if done.effect == Effect::RedirectId => self.respool_redirect_id(frame),
+            (None, None) if done.effect == Effect::EndTransaction => exec_redirected(frame),
             (None, None) => frame,
         };
         Ok(match done.seq {
@@ -364,6 +365,23 @@ impl Session {
             _ => {}
         }
     }
+}
+
+/// A cluster node's redirection of EXEC (a queued key's slot moved away):
+/// the node discarded the transaction, which a client of respool — one
+/// node owning every slot — is told as EXECABORT, not sent elsewhere.
+fn exec_redirected(reply: Bytes) -> Bytes {
+    if !(reply.starts_with(b"-MOVED ") || reply.starts_with(b"-ASK ")) {
+        return reply;
+    }
+    let redirect = String::from_utf8_lossy(&reply[1..]);
+    crate::error::error_line(
+        "EXECABORT",
+        &format!(
+            "Transaction discarded because of: a slot of its keys moved to another primary during the transaction ({}); run it again",
+            redirect.trim_end()
+        ),
+    )
 }
 
 /// `CLIENT <sub>`, any case.
