@@ -828,7 +828,17 @@ async fn transactions_run_on_the_primary_of_their_first_key() {
             assert_eq!(client.cmd(&["SET", &elsewhere, "x"]).await, ok());
         }
     }
+    let id = client.cmd(&["CLIENT", "ID"]).await.as_int().expect("an id");
     assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    // Another client's CLIENT LIST shows the transaction before it has a
+    // node.
+    let list = proxy.client().await.cmd(&["CLIENT", "LIST"]).await;
+    let line = list
+        .as_str()
+        .and_then(|text| text.lines().find(|l| l.starts_with(&format!("id={id} "))))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(line.contains(" flags=x "), "{list:?}");
     assert_eq!(client.cmd(&["EXEC"]).await, Reply::Array(vec![]));
     assert_eq!(client.cmd(&["MULTI"]).await, ok());
     assert_eq!(client.cmd(&["ECHO", "hi"]).await, queued());

@@ -106,7 +106,7 @@ impl Client {
                     // A cluster transaction fails with the command that
                     // would have opened its session; its EXEC ends it.
                     if parked.command.route == Route::Dedicated(Stateful::Exec) {
-                        self.cluster_tx = None;
+                        self.end_open_transaction();
                     }
                     self.abort_open_transaction();
                     if parked.drain_after {

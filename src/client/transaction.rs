@@ -62,6 +62,7 @@ impl Client {
     /// MULTI without a session in cluster mode: the transaction opens here.
     pub(super) fn open_transaction(&mut self) {
         self.cluster_tx = Some(OpenTransaction::default());
+        self.publish_session();
         self.output.push_ready(Bytes::from_static(b"+OK\r\n"));
     }
 
@@ -81,12 +82,12 @@ impl Client {
                     .push_ready(error_line("ERR", "WATCH inside MULTI is not allowed"));
             }
             Route::Dedicated(Stateful::Discard) => {
-                self.cluster_tx = None;
+                self.end_open_transaction();
                 return self.output.push_ready(Bytes::from_static(b"+OK\r\n"));
             }
             Route::Dedicated(Stateful::Exec) => return self.exec_without_key(req, command),
             Route::Local(Local::Reset) => {
-                self.cluster_tx = None;
+                self.end_open_transaction();
                 return self.local(Local::Reset, req, command);
             }
             Route::Local(Local::Quit) => return self.local(Local::Quit, req, command),
@@ -123,6 +124,12 @@ impl Client {
             tx.aborted |= reply.first() == Some(&b'-');
         }
         self.output.push_ready(reply);
+    }
+
+    /// The open transaction is over (DISCARD, RESET, a failed EXEC).
+    pub(super) fn end_open_transaction(&mut self) {
+        self.cluster_tx = None;
+        self.publish_session();
     }
 
     /// A command of the open transaction was refused: its EXEC answers
@@ -186,6 +193,7 @@ impl Client {
             // A session on the client's own primary; EXEC goes after them.
             return self.park(req, command, None);
         };
+        self.publish_session();
         let reply = if tx.aborted {
             error_line(
                 "EXECABORT",
