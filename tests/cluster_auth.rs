@@ -83,6 +83,68 @@ fn users_connected(node: &RedisServer) -> Vec<String> {
         .collect()
 }
 
+/// Sessions and commands for every primary run as the logged-in user too:
+/// a transaction and a WATCH on each primary (with the user's lane set on
+/// that primary as the session's origin), and SCRIPT KILL, which asks every
+/// primary on a connection of its own, gets the nodes' `NOPERM` for a user
+/// without it where respool's own identity would get `NOTBUSY`.
+#[tokio::test]
+async fn transactions_and_kills_run_as_the_logged_in_user() {
+    let cluster = Cluster::start();
+    let nodes: Vec<&RedisServer> = cluster.nodes.iter().collect();
+    set_user(
+        &nodes,
+        "carol",
+        "carol-pw",
+        &["~carol:*", "+@all", "-script|kill"],
+    );
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    assert_eq!(
+        client.cmd(&["SCRIPT", "KILL"]).await.error_code(),
+        Some("NOTBUSY"),
+        "respool's own identity may kill"
+    );
+    assert_eq!(client.cmd(&["AUTH", "carol", "carol-pw"]).await, ok());
+    for key in key_per_primary(&cluster, "carol:t") {
+        assert_eq!(client.cmd(&["MULTI"]).await, ok());
+        assert_eq!(
+            client.cmd(&["SET", &key, "1"]).await,
+            Reply::Simple("QUEUED".into())
+        );
+        assert_eq!(
+            client.cmd(&["INCR", &key]).await,
+            Reply::Simple("QUEUED".into())
+        );
+        assert_eq!(
+            client.cmd(&["EXEC"]).await,
+            Reply::Array(vec![ok(), Reply::Int(2)]),
+            "MULTI/EXEC of {key}"
+        );
+        assert_eq!(client.cmd(&["WATCH", &key]).await, ok());
+        assert_eq!(client.cmd(&["GET", &key]).await, bulk("2"));
+        assert_eq!(client.cmd(&["MULTI"]).await, ok());
+        assert_eq!(
+            client.cmd(&["INCR", &key]).await,
+            Reply::Simple("QUEUED".into())
+        );
+        assert_eq!(
+            client.cmd(&["EXEC"]).await,
+            Reply::Array(vec![Reply::Int(3)]),
+            "WATCH {key}"
+        );
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(owner.command(&[b"GET", key.as_bytes()]), bulk("3"));
+        assert!(
+            users_connected(owner).iter().any(|u| u == "carol"),
+            "carol's connection on :{}",
+            owner.port()
+        );
+    }
+    let kill = client.cmd(&["SCRIPT", "KILL"]).await;
+    assert_eq!(kill.error_code(), Some("NOPERM"), "{kill}");
+}
+
 /// Each ACL user, logged in through respool, writes and reads its keys on
 /// all three primaries (checked on the nodes themselves, which see
 /// connections of that user) and gets the nodes' own `NOPERM` for the other

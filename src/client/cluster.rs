@@ -25,6 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::routing::Target;
+use super::scan::ScanStep;
 use super::Client;
 use crate::codec::RequestRef;
 use crate::error::{error_line, Error};
@@ -201,6 +202,31 @@ impl ClusterRoutes {
         self.lanes.get(usize::from(i))
     }
 
+    /// The client's identity's lane set on each primary of the version
+    /// routed by.
+    pub fn primaries(&self) -> impl Iterator<Item = &Arc<crate::pool::LaneSet>> {
+        self.sets.iter()
+    }
+
+    /// How many primaries the version routed by has.
+    pub fn node_count(&self) -> u16 {
+        self.lanes.len() as u16
+    }
+
+    /// Whether `lanes` (a session's origin: the client's identity's lane
+    /// set on one primary) are primary `i`'s of the version routed by.
+    pub fn is_node(&self, i: u16, lanes: &Arc<crate::pool::LaneSet>) -> bool {
+        self.sets
+            .get(usize::from(i))
+            .is_some_and(|set| Arc::ptr_eq(set, lanes))
+    }
+
+    /// Redis's refusal of `req` when queued in a transaction (unknown
+    /// command, argument count), if the cluster's command table has one.
+    pub fn refusal(&self, req: RequestRef<'_>) -> Option<String> {
+        self.map.keys()?.refusal(req)
+    }
+
     /// Where `req` goes.
     #[inline]
     pub fn place(&self, req: RequestRef<'_>) -> Routed {
@@ -224,6 +250,9 @@ impl ClusterRoutes {
                     "Keys in request don't hash to the same slot",
                 )),
             },
+            Placement::Fanout(Fanout::Unsupported) if req.name().eq_ignore_ascii_case(b"SCAN") => {
+                Routed::Split(Split::Scan)
+            }
             Placement::Fanout(Fanout::Unsupported) => Routed::Refused(Error::NotInCluster(
                 upper(req.name()),
                 "it goes to every primary (Redis's request_policy tip) and its replies are not merged by respool yet; ask each node directly",
@@ -332,7 +361,7 @@ impl Client {
         }
         Error::NotInCluster(
             upper(req.name()),
-            "transactions, WATCH, MONITOR, connection flags and SCRIPT/FUNCTION KILL need a connection to one node, which respool does not pin in cluster mode yet",
+            "MONITOR and connection flags (READONLY, CLIENT TRACKING, …) would need a connection to every node",
         )
         .to_resp()
     }
@@ -350,6 +379,10 @@ pub(super) enum Split {
     Sum,
     /// A command for every primary, sent to each as it is.
     Fanout(Fanout),
+    /// `SCAN`: to the primary its cursor names ([`super::scan`]).
+    Scan,
+    /// `SCAN` on its way to one primary: its reply with respool's cursor.
+    ScanFrom(ScanStep),
 }
 
 impl Split {
@@ -383,7 +416,11 @@ impl Split {
             return error.clone();
         }
         match self {
-            Split::Fanout(Fanout::AllSucceeded | Fanout::Unsupported) => parts
+            Split::ScanFrom(step) => parts
+                .first()
+                .map_or_else(|| Error::ShuttingDown.to_resp(), |p| step.merge(p)),
+            Split::Fanout(Fanout::LogicalAnd) => logical_and(parts),
+            Split::Scan | Split::Fanout(Fanout::AllSucceeded | Fanout::Unsupported) => parts
                 .first()
                 .cloned()
                 .unwrap_or_else(|| Bytes::from_static(b"+OK\r\n")),
@@ -459,6 +496,9 @@ impl Client {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        if split == Split::Scan {
+            return self.scan(req);
+        }
         let args: Vec<&[u8]> = req.args().collect();
         if let Split::Fanout(_) = split {
             // The same command for every primary.
@@ -515,7 +555,7 @@ impl Client {
     /// Queues `parts` (a primary and the request for it) on the
     /// primaries' lanes, and answers the client's slot with their replies
     /// merged as `split` says once all have come.
-    fn send_parts(
+    pub(super) fn send_parts(
         &mut self,
         parts: Vec<(u16, Bytes)>,
         positions: Vec<Vec<usize>>,
@@ -565,4 +605,37 @@ impl Client {
             reply_to.send(seq, 1, split.merge(&parts, &positions, keys, protocol));
         });
     }
+}
+
+/// `agg_logical_and` (SCRIPT EXISTS): element by element, 1 where every
+/// primary said 1.
+fn logical_and(parts: &[Bytes]) -> Bytes {
+    let mut all: Option<Vec<bool>> = None;
+    for part in parts {
+        let Some(elements) = crate::codec::Value::of_frame(part)
+            .ok()
+            .and_then(|v| v.elements())
+        else {
+            return part.clone();
+        };
+        let these: Vec<bool> = elements.map(|e| e.int() == Some(1)).collect();
+        all = Some(match all {
+            None => these,
+            Some(so_far) if so_far.len() == these.len() => {
+                so_far.iter().zip(&these).map(|(a, b)| *a && *b).collect()
+            }
+            Some(_) => {
+                return error_line(
+                    "ERR",
+                    "cluster nodes answered SCRIPT EXISTS with arrays of different lengths",
+                )
+            }
+        });
+    }
+    let all = all.unwrap_or_default();
+    let mut out = format!("*{}\r\n", all.len()).into_bytes();
+    for exists in all {
+        out.extend_from_slice(if exists { b":1\r\n" } else { b":0\r\n" });
+    }
+    Bytes::from(out)
 }

@@ -34,8 +34,10 @@ mod pinned;
 mod reads;
 pub(crate) mod roster;
 mod routing;
+mod scan;
 mod session;
 mod stop;
+mod transaction;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -246,6 +248,8 @@ struct Client {
     cluster: Option<cluster::ClusterRoutes>,
     /// `reads` or `cluster` is set: a run may go elsewhere than `lane`.
     routes_runs: bool,
+    /// A MULTI in cluster mode whose node is not known yet.
+    cluster_tx: Option<transaction::OpenTransaction>,
     /// The lane set a session being checked out comes from (a cluster
     /// primary's), when it is not `lanes`.
     session_origin: Option<Arc<LaneSet>>,
@@ -317,6 +321,7 @@ impl Client {
             run_target: routing::Target::Primary,
             cluster,
             routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
+            cluster_tx: None,
             session_origin: None,
             settings,
             shared,
