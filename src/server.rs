@@ -237,6 +237,11 @@ impl Proxy {
             }
         }
         let stats = process.stats.register();
+        let cluster = config.cluster.as_ref().map(|_| {
+            let link: Arc<crate::topology::cluster::ClusterLink> = Arc::default();
+            let _ = stats.cluster.set(link.clone());
+            link
+        });
         let ctx = Arc::new(PoolContext {
             pool: config.pool.clone(),
             retry: process.live.retry.clone(),
@@ -245,7 +250,7 @@ impl Proxy {
                 || config.topology.sentinel.is_some(),
             refresh: Arc::new(tokio::sync::Notify::new()),
             stats: stats.clone(),
-            cluster: config.cluster.as_ref().map(|_| Arc::default()),
+            cluster,
             pinned_limit: process.live.register_pinned(config.pool.max_pinned),
             slowlog: process
                 .slowlog

@@ -313,6 +313,8 @@ pub(crate) struct LoopStats {
     pub upstream_bytes_out: Counter,
     /// The lane sets of the loop, for their pool gauges.
     pub pools: Mutex<Vec<Weak<dyn PoolProbe>>>,
+    /// With `--cluster`: the loop's slot map and redirection counters.
+    pub cluster: std::sync::OnceLock<Arc<crate::topology::cluster::ClusterLink>>,
 }
 
 impl LoopStats {

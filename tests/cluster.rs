@@ -271,11 +271,7 @@ async fn commands_for_every_node_and_sessions_are_refused_clearly() {
     let proxy = proxy(&cluster, &[]).await;
     let mut client = proxy.client().await;
     for args in [
-        vec!["SCAN", "0"],
         vec!["WAIT", "1", "10"],
-        vec!["SCRIPT", "EXISTS", "abc"],
-        vec!["MULTI"],
-        vec!["WATCH", "a"],
         vec!["MONITOR"],
         vec!["CLIENT", "TRACKING", "on"],
     ] {
@@ -496,6 +492,129 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     );
 }
 
+/// A slot caught half-way through a migration that never finishes: keys
+/// already moved are read and written on the importing node behind an
+/// `ASKING` (its source answers `-ASK`), a new key is created there, keys
+/// not moved yet stay on the source, and a pipeline over both kinds keeps
+/// its order. Nothing waits for the migration to end (with a short
+/// `--hold-timeout`, a request held until then would fail). `/metrics`
+/// counts the redirections and shows the map.
+#[tokio::test]
+async fn a_slot_half_migrated_is_served_through_asking() {
+    let cluster = Cluster::start();
+    let metrics = format!("127.0.0.1:{}", support::redis::free_port());
+    let proxy = proxy(
+        &cluster,
+        &["--hold-timeout", "2s", "--metrics-listen", &metrics],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let slot = cluster.keyslot(b"{ask}");
+    let from = cluster.owner(slot).port();
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| p.port())
+        .find(|&p| p != from)
+        .expect("another primary");
+    let keys: Vec<String> = (0..20).map(|i| format!("{{ask}}:{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(client.cmd(&["SET", key, &i.to_string()]).await, ok());
+    }
+    cluster.begin_migration(slot, cluster.node(to));
+    let moved: Vec<Vec<u8>> = keys[..10].iter().map(|k| k.as_bytes().to_vec()).collect();
+    cluster.move_keys(slot, cluster.node(to), &moved);
+    assert_eq!(
+        cluster
+            .node(from)
+            .command(&[b"GET", keys[0].as_bytes()])
+            .error_code(),
+        Some("ASK"),
+        "the source redirects a moved key"
+    );
+
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            client.cmd(&["GET", key]).await,
+            bulk(&i.to_string()),
+            "{key}"
+        );
+    }
+    assert_eq!(client.cmd(&["SET", "{ask}:new", "fresh"]).await, ok());
+    assert_eq!(client.cmd(&["GET", "{ask}:new"]).await, bulk("fresh"));
+    let count_on = |port: u16| {
+        cluster
+            .node(port)
+            .command(&[b"CLUSTER", b"COUNTKEYSINSLOT", slot.to_string().as_bytes()])
+            .as_int()
+    };
+    assert_eq!(count_on(to), Some(11), "10 moved keys and the new one");
+    assert_eq!(count_on(from), Some(10), "the keys not moved yet");
+
+    // A pipeline alternating a moved key and one not moved: INCRs in order.
+    let mut batch = Vec::new();
+    for _ in 0..25 {
+        batch.extend(encode_command(&["INCR", &keys[0]]));
+        batch.extend(encode_command(&["INCR", &keys[19]]));
+    }
+    client.send_raw(&batch).await.unwrap();
+    for n in 1..=25 {
+        assert_eq!(
+            client.read_reply().await.unwrap(),
+            Reply::Int(n),
+            "{}",
+            keys[0]
+        );
+        assert_eq!(
+            client.read_reply().await.unwrap(),
+            Reply::Int(19 + n),
+            "{}",
+            keys[19]
+        );
+    }
+    let info = client.respool_counters().await;
+    assert!(support::counter(&info, "cluster_ask") >= 10, "{info:?}");
+    // The same, and the map's shape, in the Prometheus exposition.
+    let exposition = support::prometheus::http_get(metrics.parse().unwrap(), "/metrics")
+        .expect("/metrics answers")
+        .body;
+    let value = |series: &str| {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} in {exposition}"))
+    };
+    assert_eq!(value("respool_cluster_primaries"), 3.0);
+    assert_eq!(value("respool_cluster_slots_known"), 16384.0);
+    assert!(value("respool_cluster_ask_total") >= 10.0);
+    assert!(value("respool_cluster_redirected_total") >= 10.0);
+    let operations = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
+    )
+    .expect("docs/operations.md");
+    let declared: Vec<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE respool_cluster_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(declared.len() >= 9, "{declared:?}");
+    for name in declared {
+        assert!(
+            operations.contains(&format!("respool_cluster_{name}")),
+            "respool_cluster_{name} is not documented in docs/operations.md"
+        );
+    }
+
+    // The migration ends: everything is on the new owner, unchanged.
+    let rest: Vec<Vec<u8>> = keys[10..].iter().map(|k| k.as_bytes().to_vec()).collect();
+    cluster.move_keys(slot, cluster.node(to), &rest);
+    cluster.end_migration(slot, cluster.node(to));
+    assert_eq!(client.cmd(&["GET", &keys[0]]).await, bulk("25"));
+    assert_eq!(client.cmd(&["GET", &keys[19]]).await, bulk("44"));
+    assert_eq!(count_on(to), Some(21));
+}
+
 /// redis-py and the `redis` crate, as plain (non-cluster) clients, work
 /// through respool against the cluster: strings, counters, hashes, lists,
 /// multi-key commands (split across slots), pipelines across primaries,
@@ -644,6 +763,26 @@ try:
     raise SystemExit("no CROSSSLOT")
 except redis.ResponseError as e:
     assert str(e).startswith("Keys in request don't hash to the same slot"), str(e)
+tx = r.pipeline(transaction=True)
+tx.set("{" + p + "}t1", "a")
+tx.incr("{" + p + "}t2")
+tx.get("{" + p + "}t1")
+assert tx.execute() == [True, 1, "a"]
+def bump(pipe):
+    v = int(pipe.get("{" + p + "}w") or 0)
+    pipe.multi()
+    pipe.set("{" + p + "}w", v + 1)
+assert r.transaction(bump, "{" + p + "}w") == [True]
+assert r.get("{" + p + "}w") == "1"
+tx = r.pipeline(transaction=True)
+for i in range(20):
+    tx.set(f"{p}:x{i}", "1")
+try:
+    tx.execute()
+    raise SystemExit("no error for a transaction across slots")
+except redis.ResponseError as e:
+    assert "slot" in str(e), str(e)
+assert r.exists(*[f"{p}:x{i}" for i in range(20)]) == 0
 assert r.ping()
 print("ok")
 "#;
@@ -768,4 +907,372 @@ async fn a_primary_killed_under_load_is_replaced_and_clients_are_served_again() 
             .any(|v| v.contains(&format!("127.0.0.1:{promoted}"))),
         "respool's map names the promoted replica: {info:?}"
     );
+}
+
+/// A key of the primary on `port`: `{prefix}:<n>` for the first `n` that
+/// hashes to a slot it serves.
+fn key_on(cluster: &Cluster, port: u16, prefix: &str) -> String {
+    (0..10_000)
+        .map(|n| format!("{prefix}:{n}"))
+        .find(|k| cluster.owner(cluster.keyslot(k.as_bytes())).port() == port)
+        .unwrap_or_else(|| panic!("no key of prefix {prefix} on port {port}"))
+}
+
+fn queued() -> Reply {
+    Reply::Simple("QUEUED".into())
+}
+
+/// MULTI/EXEC runs on the primary of the transaction's first key, whichever
+/// it is (keyless commands before that key included), and the client is
+/// back on the lanes after it; an empty transaction is `*0`; DISCARD
+/// forgets; a transaction pipelined whole replies in order; commands Redis
+/// refuses while queueing are refused before the first key too, and EXEC
+/// then answers EXECABORT.
+#[tokio::test]
+async fn transactions_run_on_the_primary_of_their_first_key() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    for primary in cluster.primaries() {
+        let key = key_on(&cluster, primary.port(), "tx");
+        let counter = format!("{{{key}}}:n");
+        assert_eq!(client.cmd(&["MULTI"]).await, ok());
+        assert_eq!(client.cmd(&["PING"]).await, queued());
+        assert_eq!(client.cmd(&["SET", &key, "v"]).await, queued());
+        assert_eq!(client.cmd(&["INCR", &counter]).await, queued());
+        assert_eq!(
+            client.cmd(&["EXEC"]).await,
+            Reply::Array(vec![Reply::Simple("PONG".into()), ok(), Reply::Int(1)])
+        );
+        assert_eq!(primary.command(&[b"GET", key.as_bytes()]), bulk("v"));
+        // Back on the lanes: any node's keys again.
+        for other in cluster.primaries() {
+            let elsewhere = key_on(&cluster, other.port(), "after");
+            assert_eq!(client.cmd(&["SET", &elsewhere, "x"]).await, ok());
+        }
+    }
+    let id = client.cmd(&["CLIENT", "ID"]).await.as_int().expect("an id");
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    // Another client's CLIENT LIST shows the transaction before it has a
+    // node.
+    let list = proxy.client().await.cmd(&["CLIENT", "LIST"]).await;
+    let line = list
+        .as_str()
+        .and_then(|text| text.lines().find(|l| l.starts_with(&format!("id={id} "))))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(line.contains(" flags=x "), "{list:?}");
+    assert_eq!(client.cmd(&["EXEC"]).await, Reply::Array(vec![]));
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["ECHO", "hi"]).await, queued());
+    assert_eq!(client.cmd(&["EXEC"]).await, Reply::Array(vec![bulk("hi")]));
+    assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("ERR"));
+
+    let primaries = cluster.primaries();
+    let last = primaries.last().expect("a primary");
+    let key = key_on(&cluster, last.port(), "discarded");
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &key, "v"]).await, queued());
+    assert_eq!(client.cmd(&["MULTI"]).await.error_code(), Some("ERR"));
+    assert_eq!(client.cmd(&["DISCARD"]).await, ok());
+    assert_eq!(last.command(&[b"EXISTS", key.as_bytes()]), Reply::Int(0));
+
+    // A whole transaction in one write.
+    let mut pipeline = Vec::new();
+    for args in [
+        vec!["MULTI"],
+        vec!["SET", &key, "1"],
+        vec!["INCR", &key],
+        vec!["GET", &key],
+        vec!["EXEC"],
+        vec!["GET", &key],
+    ] {
+        pipeline.extend(encode_command(&args));
+    }
+    client.send_raw(&pipeline).await.unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        replies.push(client.read_reply().await.unwrap());
+    }
+    assert_eq!(
+        replies,
+        vec![
+            ok(),
+            queued(),
+            queued(),
+            queued(),
+            Reply::Array(vec![ok(), Reply::Int(2), bulk("2")]),
+            bulk("2"),
+        ]
+    );
+
+    // Refused while queueing, before the first key: EXEC aborts.
+    for refused in [vec!["NOSUCHCOMMAND", "x"], vec!["ECHO"]] {
+        assert_eq!(client.cmd(&["MULTI"]).await, ok());
+        let reply = client.cmd(&refused).await;
+        assert_eq!(reply.error_code(), Some("ERR"), "{refused:?}: {reply:?}");
+        assert_eq!(client.cmd(&["SET", &key, "never"]).await, queued());
+        assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("EXECABORT"));
+        assert_eq!(last.command(&[b"GET", key.as_bytes()]), bulk("2"));
+    }
+}
+
+/// A transaction whose keys are on two primaries gets an error for the
+/// key of the other primary and EXECABORT, and nothing of it is written on
+/// either node; keys of two slots of one primary get the node's own
+/// CROSSSLOT at EXEC, and nothing is written either. A cross-slot command
+/// inside the transaction is refused likewise.
+#[tokio::test]
+async fn a_transaction_across_slots_is_refused_and_writes_nothing() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let primaries = cluster.primaries();
+    let (first, second) = (primaries[0], primaries[1]);
+    let a = key_on(&cluster, first.port(), "cross");
+    let b = key_on(&cluster, second.port(), "cross");
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &a, "1"]).await, queued());
+    let refused = client.cmd(&["SET", &b, "1"]).await;
+    assert_eq!(refused.error_code(), Some("CROSSSLOT"), "{refused:?}");
+    let mset = client.cmd(&["MSET", &a, "2", &b, "2"]).await;
+    assert_eq!(mset.error_code(), Some("CROSSSLOT"), "{mset:?}");
+    let dbsize = client.cmd(&["DBSIZE"]).await;
+    assert_eq!(dbsize.error_code(), Some("ERR"), "{dbsize:?}");
+    assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("EXECABORT"));
+    assert_eq!(first.command(&[b"EXISTS", a.as_bytes()]), Reply::Int(0));
+    assert_eq!(second.command(&[b"EXISTS", b.as_bytes()]), Reply::Int(0));
+
+    // Same primary, another slot: the node's own verdict at EXEC.
+    let c = (0..10_000)
+        .map(|n| format!("cross:same:{n}"))
+        .find(|k| {
+            let slot = cluster.keyslot(k.as_bytes());
+            cluster.owner(slot).port() == first.port() && slot != cluster.keyslot(a.as_bytes())
+        })
+        .expect("another slot of the same primary");
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &a, "1"]).await, queued());
+    assert_eq!(client.cmd(&["SET", &c, "1"]).await, queued());
+    let exec = client.cmd(&["EXEC"]).await;
+    assert_eq!(exec.error_code(), Some("CROSSSLOT"), "{exec:?}");
+    assert_eq!(first.command(&[b"EXISTS", a.as_bytes()]), Reply::Int(0));
+    assert_eq!(first.command(&[b"EXISTS", c.as_bytes()]), Reply::Int(0));
+    // The session ended with the transaction: other nodes' keys again.
+    assert_eq!(client.cmd(&["SET", &b, "after"]).await, ok());
+    assert_eq!(second.command(&[b"GET", b.as_bytes()]), bulk("after"));
+}
+
+/// A transaction whose slot moves to another primary while it is open
+/// gets the node's own redirection for the command queued after the move
+/// and EXECABORT, and writes nothing on either primary; the client is
+/// served by the new owner afterwards.
+#[tokio::test]
+async fn a_transaction_whose_slot_moves_mid_way_is_aborted_whole() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let key = key_on(&cluster, from.port(), "moving");
+    let slot = cluster.keyslot(key.as_bytes());
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &key, "1"]).await, queued());
+    cluster.migrate_slot(slot, to);
+    let moved = client.cmd(&["INCR", &key]).await;
+    assert!(
+        matches!(moved.error_code(), Some("MOVED" | "CROSSSLOT")),
+        "{moved:?}"
+    );
+    assert_eq!(client.cmd(&["EXEC"]).await.error_code(), Some("EXECABORT"));
+    // Asked of each node directly: no key in the slot on either.
+    let slot_s = slot.to_string();
+    for node in [from, to] {
+        assert_eq!(
+            node.command(&[b"CLUSTER", b"COUNTKEYSINSLOT", slot_s.as_bytes()]),
+            Reply::Int(0),
+            "keys in slot {slot} on :{}",
+            node.port()
+        );
+    }
+    assert_eq!(client.cmd(&["SET", &key, "after"]).await, ok());
+    assert_eq!(to.command(&[b"GET", key.as_bytes()]), bulk("after"));
+}
+
+/// WATCH pins the client to its key's primary: a write of that key by
+/// another client through respool makes EXEC answer nil and run nothing;
+/// without one, EXEC runs. A key of another primary is refused while the
+/// WATCH lasts, and the client is back on the lanes after EXEC.
+#[tokio::test]
+async fn watch_pins_to_the_key_and_a_concurrent_write_voids_exec() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let mut other = proxy.client().await;
+    let primaries = cluster.primaries();
+    let owner = primaries[2];
+    let key = key_on(&cluster, owner.port(), "watched");
+    let elsewhere = key_on(&cluster, primaries[0].port(), "watched");
+    assert_eq!(client.cmd(&["SET", &key, "0"]).await, ok());
+
+    assert_eq!(client.cmd(&["WATCH", &key]).await, ok());
+    assert_eq!(client.cmd(&["GET", &key]).await, bulk("0"));
+    let refused = client.cmd(&["GET", &elsewhere]).await;
+    assert_eq!(refused.error_code(), Some("CROSSSLOT"), "{refused:?}");
+    assert_eq!(other.cmd(&["SET", &key, "theirs"]).await, ok());
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &key, "mine"]).await, queued());
+    assert_eq!(client.cmd(&["EXEC"]).await, Reply::NilArray);
+    assert_eq!(owner.command(&[b"GET", key.as_bytes()]), bulk("theirs"));
+
+    assert_eq!(client.cmd(&["WATCH", &key]).await, ok());
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["SET", &key, "mine"]).await, queued());
+    assert_eq!(client.cmd(&["EXEC"]).await, Reply::Array(vec![ok()]));
+    assert_eq!(owner.command(&[b"GET", key.as_bytes()]), bulk("mine"));
+    assert_eq!(client.cmd(&["SET", &elsewhere, "x"]).await, ok());
+
+    let cross = client.cmd(&["WATCH", &key, &elsewhere]).await;
+    assert_eq!(cross.error_code(), Some("CROSSSLOT"), "{cross:?}");
+}
+
+/// SCAN walks every primary: 2 000 keys written across the cluster are
+/// each returned, the iteration ends, MATCH and COUNT reach the nodes; a
+/// cursor naming a primary the cluster does not have, or not a number, is
+/// an error.
+#[tokio::test]
+async fn scan_returns_every_key_of_every_primary_once_and_ends() {
+    const KEYS: usize = 2_000;
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let written: std::collections::HashSet<String> =
+        (0..KEYS).map(|i| format!("scan:{i}")).collect();
+    let mut mset = vec!["MSET".to_string()];
+    for k in &written {
+        mset.push(k.clone());
+        mset.push("v".into());
+    }
+    assert_eq!(client.cmd(&mset).await, ok());
+    for primary in cluster.primaries() {
+        let on_node = primary.command(&[b"DBSIZE"]).as_int().unwrap_or(0);
+        assert!(on_node > 0, "keys on port {}", primary.port());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut returned = 0;
+    let mut cursor = "0".to_string();
+    for call in 0.. {
+        assert!(call < 10 * KEYS, "SCAN did not end");
+        let reply = client.cmd(&["SCAN", &cursor, "COUNT", "50"]).await;
+        let Reply::Array(parts) = reply else {
+            panic!("SCAN {cursor}: {reply:?}");
+        };
+        let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else {
+            panic!("SCAN {cursor}: {parts:?}");
+        };
+        for k in keys {
+            returned += 1;
+            seen.insert(String::from_utf8(k.as_bytes().unwrap().to_vec()).unwrap());
+        }
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen, written);
+    // A table that did not grow during the scan returns each key once.
+    assert_eq!(returned, KEYS);
+
+    let mut matched = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let reply = client
+            .cmd(&["SCAN", &cursor, "MATCH", "scan:1?", "TYPE", "string"])
+            .await;
+        let Reply::Array(parts) = reply else {
+            panic!("{reply:?}")
+        };
+        if let Reply::Array(keys) = &parts[1] {
+            matched.extend(keys.iter().map(|k| k.as_str().unwrap().to_string()));
+        }
+        cursor = parts[0].as_str().unwrap().to_string();
+        if cursor == "0" {
+            break;
+        }
+    }
+    matched.sort();
+    let expected: Vec<String> = (10..20).map(|i| format!("scan:{i}")).collect();
+    assert_eq!(matched, expected);
+
+    for forged in [
+        (5u64 << 50).to_string(),
+        u64::MAX.to_string(),
+        "abc".into(),
+        "-1".into(),
+    ] {
+        let reply = client.cmd(&["SCAN", &forged]).await;
+        assert_eq!(reply.error_code(), Some("ERR"), "{forged}: {reply:?}");
+        assert!(format!("{reply:?}").contains("invalid cursor"), "{reply:?}");
+    }
+    let bare = client.cmd(&["SCAN"]).await;
+    assert_eq!(bare, cluster.any().command(&[b"SCAN"]));
+    assert_eq!(client.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+}
+
+/// SCRIPT EXISTS is true only where every primary has the script; SCRIPT
+/// KILL asks every primary and says so when none runs one.
+#[tokio::test]
+async fn script_exists_and_kill_ask_every_primary() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let mut client = proxy.client().await;
+    let sha = client.cmd(&["SCRIPT", "LOAD", "return 1"]).await;
+    let sha = sha.as_str().expect("a sha").to_string();
+    let missing = "0".repeat(40);
+    assert_eq!(
+        client.cmd(&["SCRIPT", "EXISTS", &sha, &missing]).await,
+        Reply::Array(vec![Reply::Int(1), Reply::Int(0)])
+    );
+    // Flushed on one primary only: no longer everywhere.
+    let primaries = cluster.primaries();
+    primaries[1].command(&[b"SCRIPT", b"FLUSH"]);
+    assert_eq!(
+        client.cmd(&["SCRIPT", "EXISTS", &sha]).await,
+        Reply::Array(vec![Reply::Int(0)])
+    );
+    let kill = client.cmd(&["SCRIPT", "KILL"]).await;
+    assert_eq!(kill.error_code(), Some("NOTBUSY"), "{kill:?}");
+    let kill = client.cmd(&["FUNCTION", "KILL"]).await;
+    assert_eq!(kill.error_code(), Some("NOTBUSY"), "{kill:?}");
+
+    // A script spinning on one primary (not the anchor, by its key) is
+    // stopped by a SCRIPT KILL sent through respool.
+    assert_eq!(
+        client
+            .cmd(&["CONFIG", "SET", "busy-reply-threshold", "50"])
+            .await,
+        ok()
+    );
+    let mut runner = proxy.client().await;
+    let key = key_on(&cluster, primaries[2].port(), "spin");
+    runner
+        .send(&["EVAL", "while true do end", "1", &key])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = client.cmd(&["SCRIPT", "KILL"]).await;
+        if reply == ok() {
+            break;
+        }
+        assert_eq!(reply.error_code(), Some("NOTBUSY"), "{reply:?}");
+        assert!(std::time::Instant::now() < deadline, "no script ever ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = runner.read_reply().await.unwrap();
+    assert!(
+        format!("{stopped:?}").contains("killed by user"),
+        "{stopped:?}"
+    );
+    assert_eq!(runner.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
 }

@@ -108,12 +108,12 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "tls_ca")]
     pub tls_insecure: bool,
 
-    /// Second endpoint (B) to compare with --target (A). Both are run in
-    /// interleaved rounds A B A B …; the report gives each one's median and the
-    /// ratios B/A (compare divided by target): ops/s ratio > 1 means B is
-    /// faster, p99 ratio > 1 means B has the higher tail latency.
+    /// Endpoint to compare with --target (A); repeatable (B, C, …). All are
+    /// run in interleaved rounds A B C A B C …; the report gives each one's
+    /// median and its ratios to A: ops/s ratio > 1 means it is faster than
+    /// A, p99 ratio > 1 means it has the higher tail latency.
     #[arg(long)]
-    pub compare: Option<String>,
+    pub compare: Vec<String>,
 
     /// Rounds per target under --compare.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]

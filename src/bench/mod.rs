@@ -30,7 +30,7 @@ use std::sync::Arc;
 use crate::tls::{UpstreamTls, UpstreamTrust};
 pub use args::{BenchArgs, Workload};
 use driver::{run_load, LoadSpec, StopAfter};
-use report::{CompareReport, CompareRound, LoadReport};
+use report::{CompareReport, LoadReport};
 use sweep::{InProcessRespool, SweepReport};
 use workload::RequestPlan;
 
@@ -89,7 +89,7 @@ pub enum BenchError {
 pub enum BenchOutcome {
     /// One run against `--target`.
     Single(LoadReport),
-    /// `--compare`: interleaved rounds against two endpoints.
+    /// `--compare`: interleaved rounds against several endpoints.
     Compare(CompareReport),
     /// `--sweep`: one run per flag value.
     Sweep(SweepReport),
@@ -167,23 +167,29 @@ async fn measure(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
         let report = sweep::run_sweep(spec, &launcher, &load, &args.svg).await?;
         return Ok(BenchOutcome::Sweep(report));
     }
-    if let Some(compare) = &args.compare {
-        let other = LoadSpec {
-            target: compare.clone(),
-            tls: tls_for(args, compare)?,
-            ..load.clone()
-        };
+    if !args.compare.is_empty() {
+        let mut sides = vec![load];
+        for compare in &args.compare {
+            sides.push(LoadSpec {
+                target: compare.clone(),
+                tls: tls_for(args, compare)?,
+                ..sides[0].clone()
+            });
+        }
         let mut rounds = Vec::with_capacity(args.rounds as usize);
         for _ in 0..args.rounds {
-            let target = LoadReport::new(&load, &load.plan, run_load(load.clone()).await?);
-            let compare = LoadReport::new(&other, &other.plan, run_load(other.clone()).await?);
-            rounds.push(CompareRound { target, compare });
+            let mut round = Vec::with_capacity(sides.len());
+            for side in &sides {
+                round.push(LoadReport::new(
+                    side,
+                    &side.plan,
+                    run_load(side.clone()).await?,
+                ));
+            }
+            rounds.push(round);
         }
-        return Ok(BenchOutcome::Compare(CompareReport::new(
-            args.target.clone(),
-            compare.clone(),
-            rounds,
-        )));
+        let endpoints = sides.into_iter().map(|side| side.target).collect();
+        return Ok(BenchOutcome::Compare(CompareReport::new(endpoints, rounds)));
     }
     let result = run_load(load.clone()).await?;
     Ok(BenchOutcome::Single(LoadReport::new(
@@ -271,7 +277,7 @@ fn check_tls_flags(args: &BenchArgs) -> Result<(), BenchError> {
         || args.tls_cert.is_some()
         || args.tls_server_name.is_some()
         || args.tls_insecure;
-    let targets = std::iter::once(&args.target).chain(args.compare.as_ref());
+    let targets = std::iter::once(&args.target).chain(&args.compare);
     let mut any_tls = args.tls;
     for target in targets {
         let (_, tls) = checked_endpoint(target)?;

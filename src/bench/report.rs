@@ -253,98 +253,114 @@ impl SideMedian {
     }
 }
 
-/// `--compare`: interleaved rounds against target (A) and compare (B).
+/// `--compare`: interleaved rounds against target (A) and each compare
+/// endpoint (B, C, …).
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareReport {
-    /// Endpoint A (`--target`).
-    pub target: String,
-    /// Endpoint B (`--compare`).
-    pub compare: String,
-    /// Every round, in the order run: A then B.
-    pub rounds: Vec<CompareRound>,
-    /// Medians over the rounds of A.
-    pub target_median: SideMedian,
-    /// Medians over the rounds of B.
-    pub compare_median: SideMedian,
-    /// B's median divided by A's: ops/s > 1 means B is faster, p99 > 1
-    /// means B's tail latency is higher.
-    pub ratio_compare_over_target: SideMedian,
+    /// Every endpoint: `--target` first, then each `--compare`.
+    pub endpoints: Vec<String>,
+    /// Every round, in the order run: one run per endpoint, in the order of
+    /// `endpoints`.
+    pub rounds: Vec<Vec<LoadReport>>,
+    /// Medians over the rounds, per endpoint.
+    pub medians: Vec<SideMedian>,
+    /// Each endpoint's median divided by the target's (the target's own is
+    /// 1): ops/s > 1 means faster than the target, p99 > 1 a higher tail.
+    pub ratios_to_target: Vec<SideMedian>,
 }
 
-/// One A run and one B run.
-#[derive(Debug, Clone, Serialize)]
-pub struct CompareRound {
-    /// The run against `--target`.
-    pub target: LoadReport,
-    /// The run against `--compare`.
-    pub compare: LoadReport,
+/// The label of endpoint `i` in tables: A, B, C, …
+fn side_label(i: usize) -> char {
+    char::from(b'A' + (i % 26) as u8)
 }
 
 impl CompareReport {
-    /// Summarises `rounds` run against `target` and `compare`.
-    pub fn new(target: String, compare: String, rounds: Vec<CompareRound>) -> Self {
-        let a = SideMedian::of(&rounds.iter().map(|r| &r.target).collect::<Vec<_>>());
-        let b = SideMedian::of(&rounds.iter().map(|r| &r.compare).collect::<Vec<_>>());
+    /// Summarises `rounds` run against `endpoints` (each round holds one
+    /// run per endpoint, in their order).
+    pub fn new(endpoints: Vec<String>, rounds: Vec<Vec<LoadReport>>) -> Self {
+        let medians: Vec<SideMedian> = (0..endpoints.len())
+            .map(|i| {
+                SideMedian::of(
+                    &rounds
+                        .iter()
+                        .filter_map(|round| round.get(i))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let ratios_to_target = match medians.first() {
+            Some(a) => medians
+                .iter()
+                .map(|m| SideMedian {
+                    ops_per_sec: m.ops_per_sec / a.ops_per_sec,
+                    p99_us: m.p99_us / a.p99_us,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         CompareReport {
-            target,
-            compare,
+            endpoints,
             rounds,
-            target_median: a,
-            compare_median: b,
-            ratio_compare_over_target: SideMedian {
-                ops_per_sec: b.ops_per_sec / a.ops_per_sec,
-                p99_us: b.p99_us / a.p99_us,
-            },
+            medians,
+            ratios_to_target,
         }
     }
 
-    /// Every run of both sides, in order.
+    /// Every run, in order.
     pub fn runs(&self) -> impl Iterator<Item = &LoadReport> {
-        self.rounds.iter().flat_map(|r| [&r.target, &r.compare])
+        self.rounds.iter().flatten()
     }
 
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "A = --target  {}", self.target);
-        let _ = writeln!(out, "B = --compare {}", self.compare);
-        let _ = writeln!(
-            out,
-            "{:<8}{:>14}{:>12}{:>14}{:>12}{:>8}",
-            "round", "A ops/s", "A p99", "B ops/s", "B p99", "failed"
-        );
-        for (i, round) in self.rounds.iter().enumerate() {
-            let (a, b) = (&round.target, &round.compare);
-            let _ = writeln!(
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let flag = if i == 0 { "--target " } else { "--compare" };
+            let _ = writeln!(out, "{} = {flag} {endpoint}", side_label(i));
+        }
+        let _ = write!(out, "{:<8}", "round");
+        for i in 0..self.endpoints.len() {
+            let label = side_label(i);
+            let _ = write!(
                 out,
-                "{:<8}{:>14.0}{:>12}{:>14.0}{:>12}{:>8}",
-                i + 1,
-                a.ops_per_sec,
-                format_micros(a.latency_us.p99),
-                b.ops_per_sec,
-                format_micros(b.latency_us.p99),
-                a.failures() + b.failures()
+                "{:>14}{:>12}",
+                format!("{label} ops/s"),
+                format!("{label} p99")
             );
         }
-        let (a, b, r) = (
-            &self.target_median,
-            &self.compare_median,
-            &self.ratio_compare_over_target,
-        );
-        let _ = writeln!(
-            out,
-            "{:<8}{:>14.0}{:>12}{:>14.0}{:>12}",
-            "median",
-            a.ops_per_sec,
-            format_micros(a.p99_us as u64),
-            b.ops_per_sec,
-            format_micros(b.p99_us as u64)
-        );
-        let _ = writeln!(
-            out,
-            "B/A     ops/s ×{:.3}   p99 ×{:.3}   (ops/s > 1: B faster; p99 > 1: B slower tail)",
-            r.ops_per_sec, r.p99_us
-        );
+        let _ = writeln!(out, "{:>8}", "failed");
+        for (n, round) in self.rounds.iter().enumerate() {
+            let _ = write!(out, "{:<8}", n + 1);
+            for run in round {
+                let _ = write!(
+                    out,
+                    "{:>14.0}{:>12}",
+                    run.ops_per_sec,
+                    format_micros(run.latency_us.p99)
+                );
+            }
+            let failed: u64 = round.iter().map(LoadReport::failures).sum();
+            let _ = writeln!(out, "{failed:>8}");
+        }
+        let _ = write!(out, "{:<8}", "median");
+        for m in &self.medians {
+            let _ = write!(
+                out,
+                "{:>14.0}{:>12}",
+                m.ops_per_sec,
+                format_micros(m.p99_us as u64)
+            );
+        }
+        out.push('\n');
+        for (i, r) in self.ratios_to_target.iter().enumerate().skip(1) {
+            let _ = writeln!(
+                out,
+                "{}/A     ops/s ×{:.3}   p99 ×{:.3}   (ops/s > 1: {0} faster; p99 > 1: {0} slower tail)",
+                side_label(i),
+                r.ops_per_sec,
+                r.p99_us
+            );
+        }
         out.push_str(&failure_examples(self.runs()));
         out
     }
@@ -424,36 +440,50 @@ mod tests {
     }
 
     #[test]
-    fn compare_ratio_is_b_over_a_of_the_medians() {
+    fn compare_ratios_are_each_side_over_a_of_the_medians() {
         let rounds = [
-            (100.0, 10, 150.0, 5),
-            (300.0, 30, 100.0, 50),
-            (200.0, 20, 300.0, 40),
+            (100.0, 10, 150.0, 5, 50.0),
+            (300.0, 30, 100.0, 50, 150.0),
+            (200.0, 20, 300.0, 40, 100.0),
         ]
         .into_iter()
-        .map(|(a_ops, a_p99, b_ops, b_p99)| CompareRound {
-            target: report(a_ops, a_p99),
-            compare: report(b_ops, b_p99),
+        .map(|(a_ops, a_p99, b_ops, b_p99, c_ops)| {
+            vec![
+                report(a_ops, a_p99),
+                report(b_ops, b_p99),
+                report(c_ops, a_p99),
+            ]
         })
         .collect();
-        let compare = CompareReport::new("a".into(), "b".into(), rounds);
+        let compare = CompareReport::new(vec!["a".into(), "b".into(), "c".into()], rounds);
         assert_eq!(
-            compare.target_median,
+            compare.medians[0],
             SideMedian {
                 ops_per_sec: 200.0,
                 p99_us: 20.0
             }
         );
         assert_eq!(
-            compare.compare_median,
+            compare.medians[1],
             SideMedian {
                 ops_per_sec: 150.0,
                 p99_us: 40.0
             }
         );
-        assert_eq!(compare.ratio_compare_over_target.ops_per_sec, 0.75);
-        assert_eq!(compare.ratio_compare_over_target.p99_us, 2.0);
-        assert!(compare.table().contains("ops/s ×0.750   p99 ×2.000"));
+        assert_eq!(compare.ratios_to_target[0].ops_per_sec, 1.0);
+        assert_eq!(compare.ratios_to_target[1].ops_per_sec, 0.75);
+        assert_eq!(compare.ratios_to_target[1].p99_us, 2.0);
+        assert_eq!(compare.ratios_to_target[2].ops_per_sec, 0.5);
+        let table = compare.table();
+        assert!(
+            table.contains("B/A     ops/s ×0.750   p99 ×2.000"),
+            "{table}"
+        );
+        assert!(
+            table.contains("C/A     ops/s ×0.500   p99 ×1.000"),
+            "{table}"
+        );
+        assert!(table.contains("C = --compare c"), "{table}");
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

@@ -16,16 +16,22 @@
 //! owner's lane in the order they came ([`crate::pool::lane`]): a request
 //! routed by the new map can never overtake an earlier one of the same
 //! client still being redirected.
+//!
+//! Its lanes are those of its identity: respool's own, or the one it
+//! logged in as (AUTH passthrough), on every primary.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::routing::Target;
+use super::scan::ScanStep;
 use super::Client;
 use crate::codec::RequestRef;
 use crate::error::{error_line, Error};
+use crate::pool::endpoint::Identity;
 use crate::pool::lane::LaneHandle;
+use crate::pool::LaneSet;
 use crate::router::keys::{Fanout, KeyTable, Placement};
 use crate::router::slot::slot_of;
 use crate::topology::cluster::{ClusterMap, SlotMap};
@@ -134,24 +140,39 @@ pub(super) struct ClusterRoutes {
     /// The cluster's command table, once a map is known (it is loaded
     /// with the first).
     keys: Option<Arc<KeyTable>>,
+    /// Who the client acts as upstream.
+    identity: Identity,
+    /// Each primary's lane set of `identity`, by its index in `slots`:
+    /// where a session on that primary checks out its connection.
+    sets: Vec<Arc<LaneSet>>,
     /// Each primary's shared lane for `protocol`, by its index in `slots`.
     lanes: Vec<LaneHandle>,
     protocol: u8,
 }
 
 impl ClusterRoutes {
-    pub fn new(map: Arc<ClusterMap>) -> ClusterRoutes {
+    /// Routes as `identity` (respool's own, for a new client).
+    pub fn new(map: Arc<ClusterMap>, identity: Identity) -> ClusterRoutes {
         let (slots, version) = map.current();
         let mut routes = ClusterRoutes {
             map,
             version,
             slots,
             keys: None,
+            identity,
+            sets: Vec::new(),
             lanes: Vec::new(),
             protocol: 2,
         };
         routes.take_keys_and_lanes();
         routes
+    }
+
+    /// Routes as `identity` from now on (the client logged in or out; none
+    /// of its requests is on a lane).
+    pub fn switch_identity(&mut self, identity: Identity, protocol: u8) {
+        self.identity = identity;
+        self.refresh(protocol);
     }
 
     /// Whether the lanes must be taken again: the client switched
@@ -174,18 +195,44 @@ impl ClusterRoutes {
 
     fn take_keys_and_lanes(&mut self) {
         self.keys = self.map.keys().filter(|_| self.version > 0).cloned();
-        self.lanes = self
+        self.sets = self
             .slots
             .nodes
             .iter()
-            .map(|n| n.lanes.lane(self.protocol))
+            .map(|n| n.lanes_of(&self.identity))
             .collect();
+        self.lanes = self.sets.iter().map(|s| s.lane(self.protocol)).collect();
     }
 
     /// The lane of primary `i` of the version routed by.
     #[inline]
     pub fn lane(&self, i: u16) -> Option<&LaneHandle> {
         self.lanes.get(usize::from(i))
+    }
+
+    /// The client's identity's lane set on each primary of the version
+    /// routed by.
+    pub fn primaries(&self) -> impl Iterator<Item = &Arc<crate::pool::LaneSet>> {
+        self.sets.iter()
+    }
+
+    /// How many primaries the version routed by has.
+    pub fn node_count(&self) -> u16 {
+        self.lanes.len() as u16
+    }
+
+    /// Whether `lanes` (a session's origin: the client's identity's lane
+    /// set on one primary) are primary `i`'s of the version routed by.
+    pub fn is_node(&self, i: u16, lanes: &Arc<crate::pool::LaneSet>) -> bool {
+        self.sets
+            .get(usize::from(i))
+            .is_some_and(|set| Arc::ptr_eq(set, lanes))
+    }
+
+    /// Redis's refusal of `req` when queued in a transaction (unknown
+    /// command, argument count), if the cluster's command table has one.
+    pub fn refusal(&self, req: RequestRef<'_>) -> Option<String> {
+        self.map.keys()?.refusal(req)
     }
 
     /// The primary serving the key of `req` (command id `id`), if it is
@@ -220,6 +267,9 @@ impl ClusterRoutes {
                     "Keys in request don't hash to the same slot",
                 )),
             },
+            Placement::Fanout(Fanout::Unsupported) if req.name().eq_ignore_ascii_case(b"SCAN") => {
+                Routed::Split(Split::Scan)
+            }
             Placement::Fanout(Fanout::Unsupported) => Routed::Refused(Error::NotInCluster(
                 upper(req.name()),
                 "it goes to every primary (Redis's request_policy tip) and its replies are not merged by respool yet; ask each node directly",
@@ -306,10 +356,9 @@ impl Client {
         };
         match cluster.place(req.view(), crate::ops::commands::command_id(req.name())) {
             Routed::Node(i) => Ok(cluster
-                .slots
-                .nodes
+                .sets
                 .get(usize::from(i))
-                .map_or_else(|| self.lanes.clone(), |n| n.lanes.clone())),
+                .map_or_else(|| self.lanes.clone(), Arc::clone)),
             Routed::Refused(reply) => Err(reply),
             Routed::Split(_) => Err(error_line(
                 "CROSSSLOT",
@@ -329,7 +378,7 @@ impl Client {
         }
         Error::NotInCluster(
             upper(req.name()),
-            "transactions, WATCH, MONITOR, connection flags and SCRIPT/FUNCTION KILL need a connection to one node, which respool does not pin in cluster mode yet",
+            "MONITOR and connection flags (READONLY, CLIENT TRACKING, …) would need a connection to every node",
         )
         .to_resp()
     }
@@ -347,6 +396,10 @@ pub(super) enum Split {
     Sum,
     /// A command for every primary, sent to each as it is.
     Fanout(Fanout),
+    /// `SCAN`: to the primary its cursor names ([`super::scan`]).
+    Scan,
+    /// `SCAN` on its way to one primary: its reply with respool's cursor.
+    ScanFrom(ScanStep),
 }
 
 impl Split {
@@ -380,7 +433,11 @@ impl Split {
             return error.clone();
         }
         match self {
-            Split::Fanout(Fanout::AllSucceeded | Fanout::Unsupported) => parts
+            Split::ScanFrom(step) => parts
+                .first()
+                .map_or_else(|| Error::ShuttingDown.to_resp(), |p| step.merge(p)),
+            Split::Fanout(Fanout::LogicalAnd) => logical_and(parts),
+            Split::Scan | Split::Fanout(Fanout::AllSucceeded | Fanout::Unsupported) => parts
                 .first()
                 .cloned()
                 .unwrap_or_else(|| Bytes::from_static(b"+OK\r\n")),
@@ -456,6 +513,9 @@ impl Client {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        if split == Split::Scan {
+            return self.scan(req);
+        }
         let args: Vec<&[u8]> = req.args().collect();
         if let Split::Fanout(_) = split {
             // The same command for every primary.
@@ -512,7 +572,7 @@ impl Client {
     /// Queues `parts` (a primary and the request for it) on the
     /// primaries' lanes, and answers the client's slot with their replies
     /// merged as `split` says once all have come.
-    fn send_parts(
+    pub(super) fn send_parts(
         &mut self,
         parts: Vec<(u16, Bytes)>,
         positions: Vec<Vec<usize>>,
@@ -538,6 +598,7 @@ impl Client {
                 retry_safe,
                 reply_to: inbox.sender(),
                 redirects: 0,
+                asking: false,
             });
             if queued.is_ok() {
                 sent += 1;
@@ -561,4 +622,37 @@ impl Client {
             reply_to.send(seq, 1, split.merge(&parts, &positions, keys, protocol));
         });
     }
+}
+
+/// `agg_logical_and` (SCRIPT EXISTS): element by element, 1 where every
+/// primary said 1.
+fn logical_and(parts: &[Bytes]) -> Bytes {
+    let mut all: Option<Vec<bool>> = None;
+    for part in parts {
+        let Some(elements) = crate::codec::Value::of_frame(part)
+            .ok()
+            .and_then(|v| v.elements())
+        else {
+            return part.clone();
+        };
+        let these: Vec<bool> = elements.map(|e| e.int() == Some(1)).collect();
+        all = Some(match all {
+            None => these,
+            Some(so_far) if so_far.len() == these.len() => {
+                so_far.iter().zip(&these).map(|(a, b)| *a && *b).collect()
+            }
+            Some(_) => {
+                return error_line(
+                    "ERR",
+                    "cluster nodes answered SCRIPT EXISTS with arrays of different lengths",
+                )
+            }
+        });
+    }
+    let all = all.unwrap_or_default();
+    let mut out = format!("*{}\r\n", all.len()).into_bytes();
+    for exists in all {
+        out.extend_from_slice(if exists { b":1\r\n" } else { b":0\r\n" });
+    }
+    Bytes::from(out)
 }

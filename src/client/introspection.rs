@@ -291,6 +291,7 @@ impl Client {
             retry_safe: 1,
             reply_to: inbox.sender(),
             redirects: 0,
+            asking: false,
         });
         if sent.is_err() {
             return self
@@ -318,7 +319,8 @@ impl Client {
             None => {
                 p.db = default_db;
                 p.subscriptions = [0; 3];
-                p.multi = false;
+                // A cluster MULTI before its first key has no session yet.
+                p.multi = self.cluster_tx.is_some();
                 p.blocked = false;
                 p.pinned_upstream_id = None;
             }

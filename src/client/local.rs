@@ -333,7 +333,7 @@ pub(super) fn changes_replies_in_exec(req: &Request) -> Bytes {
     )
 }
 
-fn refused_in_multi(name: &str, why: &str) -> Bytes {
+pub(super) fn refused_in_multi(name: &str, why: &str) -> Bytes {
     error_line(
         "ERR",
         &format!("{name} cannot be queued in a transaction through respool ({why}); send it before MULTI or after EXEC"),

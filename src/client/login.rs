@@ -131,6 +131,15 @@ impl Client {
             let user: Arc<str> = lanes.endpoint().identity.user().into();
             self.member.publish(|p| p.user = user);
             self.lane = lanes.lane(self.protocol);
+            if self.cluster.is_some() {
+                self.flush_run();
+                self.run_target = super::routing::Target::Primary;
+                let (identity, protocol) = (lanes.endpoint().identity.clone(), self.protocol);
+                if let Some(cluster) = &mut self.cluster {
+                    // Every primary's lanes of the new identity.
+                    cluster.switch_identity(identity, protocol);
+                }
+            }
             self.lanes = lanes;
         }
     }

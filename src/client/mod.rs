@@ -34,8 +34,10 @@ mod pinned;
 mod reads;
 pub(crate) mod roster;
 mod routing;
+mod scan;
 mod session;
 mod stop;
+mod transaction;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -246,6 +248,8 @@ struct Client {
     cluster: Option<cluster::ClusterRoutes>,
     /// `reads` or `cluster` is set: a run may go elsewhere than `lane`.
     routes_runs: bool,
+    /// A MULTI in cluster mode whose node is not known yet.
+    cluster_tx: Option<transaction::OpenTransaction>,
     /// The lane set a session being checked out comes from (a cluster
     /// primary's), when it is not `lanes`.
     session_origin: Option<Arc<LaneSet>>,
@@ -264,6 +268,11 @@ impl Client {
             RequestLimits::unauthenticated()
         };
         let lanes = shared.router.initial();
+        let cluster = shared
+            .router
+            .cluster()
+            .cloned()
+            .map(|map| cluster::ClusterRoutes::new(map, lanes.endpoint().identity.clone()));
         let id = next_client_id();
         let peer = stream.peer_addr().ok();
         let roster = &shared.process.roster;
@@ -310,12 +319,9 @@ impl Client {
                 .cloned()
                 .map(reads::ReplicaReads::new),
             run_target: routing::Target::Primary,
-            cluster: shared
-                .router
-                .cluster()
-                .cloned()
-                .map(cluster::ClusterRoutes::new),
+            cluster,
             routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
+            cluster_tx: None,
             session_origin: None,
             settings,
             shared,

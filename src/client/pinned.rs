@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::routing::Admission;
 use super::session::{Session, SessionEvent};
 use super::{Client, Parked, Phase, Wait};
-use crate::command::{Local, Route};
+use crate::command::{Local, Route, Stateful};
 use crate::error::Error;
 use crate::pool::connection::Broken;
 use crate::pool::PinnedConn;
@@ -50,10 +50,16 @@ impl Client {
                 }
             },
             Route::Local(local @ (Local::Hello | Local::Auth)) => self.local(local, req, command),
-            Route::Dedicated(state) => {
-                if self.session.is_some() {
-                    self.dedicated(state, req, command);
-                } else if self.output.shared_pending() > 0 {
+            Route::Dedicated(state) if self.session.is_some() => {
+                self.dedicated(state, req, command)
+            }
+            // Needs a session: a command for one (or a cluster
+            // transaction's first keyed command, or its EXEC).
+            Route::Dedicated(_) | Route::Shared
+                if self.session.is_none()
+                    && (command.route != Route::Shared || self.cluster_tx.is_some()) =>
+            {
+                if self.output.shared_pending() > 0 {
                     self.park(req, command, None);
                 } else {
                     let lanes = match self.session_lanes(&req) {
@@ -82,6 +88,14 @@ impl Client {
                 if self.protocol == 3 {
                     session.switch_protocol(true);
                 }
+                if let Some(tx) = self.cluster_tx.take() {
+                    // Its MULTI and keyless commands were answered by
+                    // respool: now they run, before the parked request.
+                    session.replay_transaction(tx.held());
+                    if tx.aborted() {
+                        session.abort_transaction_on_exec();
+                    }
+                }
                 self.session = Some(session);
                 // The parked request goes out on the new session.
                 self.unpark();
@@ -89,6 +103,12 @@ impl Client {
             }
             Err(e) => {
                 if let Phase::Parked(parked) = std::mem::replace(&mut self.phase, Phase::Reading) {
+                    // A cluster transaction fails with the command that
+                    // would have opened its session; its EXEC ends it.
+                    if parked.command.route == Route::Dedicated(Stateful::Exec) {
+                        self.end_open_transaction();
+                    }
+                    self.abort_open_transaction();
                     if parked.drain_after {
                         self.phase = Phase::Draining;
                     }

@@ -195,7 +195,7 @@ impl Client {
     #[inline(always)]
     fn target_elsewhere(&mut self, span: RequestSpan, command: Command) -> bool {
         if self.cluster.is_some() {
-            return self.route_in_cluster(span);
+            return self.route_in_cluster(span, command);
         }
         self.target_replica(span, command)
     }
@@ -223,11 +223,14 @@ impl Client {
     /// and join the run being collected: that path calls nothing, so that
     /// it saves no registers; the rest is out of line.
     #[inline(always)]
-    fn route_in_cluster(&mut self, span: RequestSpan) -> bool {
+    fn route_in_cluster(&mut self, span: RequestSpan, command: Command) -> bool {
         let req = span.view(self.input.after_run());
         let id = self.counted_command_id(req);
         let node = match &self.cluster {
-            Some(c) if !c.is_stale(self.protocol, self.output.shared_pending()) => {
+            Some(c)
+                if self.cluster_tx.is_none()
+                    && !c.is_stale(self.protocol, self.output.shared_pending()) =>
+            {
                 c.node_of_key(req, id)
             }
             _ => None,
@@ -235,7 +238,7 @@ impl Client {
         match node {
             Some(node) if self.run_target == Target::Node(node) => true,
             Some(node) => self.start_run_for(node),
-            None => self.route_in_cluster_otherwise(span, id),
+            None => self.route_in_cluster_otherwise(span, id, command),
         }
     }
 
@@ -248,11 +251,18 @@ impl Client {
     }
 
     /// [`Client::route_in_cluster`] for a request that has no single key
-    /// or whose slot has no primary, or with a map to take first (`id`:
-    /// its command's id).
+    /// or whose slot has no primary, or with a map to take first, or a
+    /// transaction waiting for its first key (`id`: its command's id).
     #[cold]
     #[inline(never)]
-    fn route_in_cluster_otherwise(&mut self, span: RequestSpan, id: u16) -> bool {
+    fn route_in_cluster_otherwise(&mut self, span: RequestSpan, id: u16, command: Command) -> bool {
+        if self.cluster_tx.is_some() {
+            // A transaction waiting for its first key takes it.
+            self.flush_run();
+            let req = span.split_off(self.input.buf_mut());
+            self.queue_in_transaction(req, command);
+            return false;
+        }
         self.sync_cluster();
         let req = span.view(self.input.after_run());
         let routed = match &self.cluster {
@@ -302,26 +312,61 @@ impl Client {
         // Whatever this request does (it may even switch lanes), the shared
         // requests before it are on their way first.
         self.flush_run();
-        if self.cluster.is_some() && matches!(command.route, Route::Dedicated(_) | Route::Urgent) {
-            // Blocking commands and subscriptions get a session on the
-            // node of their key (any node for channels and patterns);
-            // EXEC, DISCARD and UNWATCH without one are answered here.
-            let served = matches!(
-                command.route,
-                Route::Dedicated(
-                    Stateful::Exec
-                        | Stateful::Discard
-                        | Stateful::Unwatch
-                        | Stateful::Blocking
-                        | Stateful::Subscribe(_)
-                        | Stateful::Unsubscribe(_)
-                )
-            );
-            if !served {
-                let reply = self.refused_in_cluster(&req);
-                return self.output.push_ready(reply);
+        if self.cluster.is_some() {
+            if let Some(req) = self.in_cluster_session(req, command) {
+                return self.dispatch_routed(req, command);
+            }
+            return;
+        }
+        self.dispatch_routed(req, command);
+    }
+
+    /// In cluster mode, what a transaction or session makes of a request
+    /// first; the request back if it goes on as usual.
+    fn in_cluster_session(&mut self, req: Request, command: Command) -> Option<Request> {
+        if self.session.is_none() {
+            if self.cluster_tx.is_some() {
+                self.queue_in_transaction(req, command);
+                return None;
+            }
+            if command.route == Route::Dedicated(Stateful::Multi) {
+                self.open_transaction();
+                return None;
+            }
+        } else if matches!(command.route, Route::Shared | Route::Dedicated(_)) {
+            if let Some(reply) = self.off_session_node(&req) {
+                self.output.push_ready(reply);
+                return None;
             }
         }
+        // Blocking commands, subscriptions and WATCH get a session on the
+        // node of their key (any node for channels and patterns); EXEC,
+        // DISCARD and UNWATCH without one are answered here.
+        let served = match command.route {
+            Route::Dedicated(
+                Stateful::Multi
+                | Stateful::Exec
+                | Stateful::Discard
+                | Stateful::Watch
+                | Stateful::Unwatch
+                | Stateful::Blocking
+                | Stateful::Subscribe(_)
+                | Stateful::Unsubscribe(_),
+            )
+            | Route::Urgent => true,
+            Route::Dedicated(_) => false,
+            _ => true,
+        };
+        if !served {
+            let reply = self.refused_in_cluster(&req);
+            self.output.push_ready(reply);
+            return None;
+        }
+        Some(req)
+    }
+
+    /// Sends a request where its route says, once paused clients may go.
+    fn dispatch_routed(&mut self, req: Request, command: Command) {
         let req = match command.route {
             Route::Shared | Route::Dedicated(_) => match self.held_by_pause(req, command) {
                 Some(req) => req,
@@ -335,13 +380,17 @@ impl Client {
             Route::Dedicated(state) => self.dedicated(state, req, command),
             Route::Urgent => self.urgent(req),
             Route::Denied => self.deny(&req),
-            Route::Attack => {
-                // Like Redis: drop the connection without a word.
-                tracing::warn!("possible cross-protocol attack (HTTP request on the proxy port); connection closed");
-                self.protocol_error(ProtocolError::Http);
-                self.output.clear();
-            }
+            Route::Attack => self.drop_attacker(),
         }
+    }
+
+    /// Like Redis: drops the connection without a word.
+    pub(super) fn drop_attacker(&mut self) {
+        tracing::warn!(
+            "possible cross-protocol attack (HTTP request on the proxy port); connection closed"
+        );
+        self.protocol_error(ProtocolError::Http);
+        self.output.clear();
     }
 
     /// Sends a request that needs no connection state: on the pinned
@@ -360,12 +409,39 @@ impl Client {
 
     /// `SCRIPT KILL`, `FUNCTION KILL`: on a connection of their own, so
     /// that they reach Redis while the script they stop holds the lanes.
-    /// The reply fills the request's slot like a lane's would.
+    /// The reply fills the request's slot like a lane's would. In cluster
+    /// mode every primary is asked, each on a connection of its own, and
+    /// one that stopped something answers (Redis's `one_succeeded` tip):
+    /// else the first error (`-NOTBUSY` when nothing ran anywhere).
     fn urgent(&mut self, req: Request) {
         let seq = self.output.open_shared_slot();
         let reply_to = self.output.sender();
-        let ask = self.lanes.urgent(req.into_raw().freeze());
-        tokio::spawn(async move { reply_to.send(seq, 1, ask.await) });
+        let raw = req.into_raw().freeze();
+        let Some(cluster) = &self.cluster else {
+            let ask = self.lanes.urgent(raw);
+            tokio::spawn(async move { reply_to.send(seq, 1, ask.await) });
+            return;
+        };
+        let asks: Vec<_> = cluster
+            .primaries()
+            .map(|lanes| tokio::spawn(lanes.urgent(raw.clone())))
+            .collect();
+        tokio::spawn(async move {
+            let mut first_error = None;
+            for ask in asks {
+                match ask.await {
+                    Ok(reply) if !matches!(reply.first(), Some(b'-' | b'!')) => {
+                        return reply_to.send(seq, 1, reply);
+                    }
+                    Ok(reply) => {
+                        first_error.get_or_insert(reply);
+                    }
+                    Err(_) => {}
+                }
+            }
+            let reply = first_error.unwrap_or_else(|| Error::ShuttingDown.to_resp());
+            reply_to.send(seq, 1, reply);
+        });
     }
 
     /// Sends one request that is not in the read buffer to the lane on its
@@ -445,6 +521,7 @@ impl Client {
             retry_safe,
             reply_to: self.output.sender(),
             redirects: 0,
+            asking: false,
         });
         if sent.is_err() {
             self.output
@@ -457,6 +534,7 @@ impl Client {
     /// command Redis refuses to queue does, and one Redis would never
     /// queue (SHUTDOWN, SYNC, PSYNC) gets Redis's own words for it.
     pub(super) fn deny(&mut self, req: &Request) {
+        self.abort_open_transaction();
         let in_multi = self
             .session
             .as_mut()

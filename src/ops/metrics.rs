@@ -9,6 +9,7 @@
 //! and steps, and one series per upstream node × identity.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -67,6 +68,22 @@ struct Sums {
     upstream_bytes_out: u64,
     /// Pools by (upstream, identity), summed over loops.
     pools: BTreeMap<(Arc<str>, Arc<str>), PoolSnapshot>,
+    /// With `--cluster`.
+    cluster: Option<ClusterSums>,
+}
+
+/// The loops' cluster counters, summed; the map's shape as the first
+/// loop sees it (every loop asks the same cluster).
+#[derive(Default)]
+struct ClusterSums {
+    moved: u64,
+    ask: u64,
+    redirected: u64,
+    refreshes: u64,
+    refresh_failures: u64,
+    epoch: u64,
+    /// `(primaries, slots with a primary, map version)`.
+    shape: Option<(usize, usize, u64)>,
 }
 
 impl Sums {
@@ -99,6 +116,20 @@ impl Sums {
             s.client_bytes_out += l.client_bytes_out.get();
             s.upstream_bytes_in += l.upstream_bytes_in.get();
             s.upstream_bytes_out += l.upstream_bytes_out.get();
+            if let Some(link) = l.cluster.get() {
+                let c = s.cluster.get_or_insert_with(ClusterSums::default);
+                let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+                let st = &link.stats;
+                c.moved += load(&st.moved);
+                c.ask += load(&st.ask);
+                c.redirected += load(&st.redirected);
+                c.refreshes += load(&st.refreshes);
+                c.refresh_failures += load(&st.refresh_failures);
+                c.epoch = c.epoch.max(load(&st.epoch));
+                if c.shape.is_none() {
+                    c.shape = link.shape();
+                }
+            }
             for p in l.pool_snapshots() {
                 let sum = s
                     .pools
@@ -450,6 +481,54 @@ impl Collector for ProcessCollector {
             "Checkouts waiting for a connection now.",
             pool_gauge(|p| p.waiters),
         )?;
+        if let Some(c) = &s.cluster {
+            let (primaries, slots, version) = c.shape.unwrap_or_default();
+            out.gauge(
+                "cluster_primaries",
+                "Primaries in the cluster's slot map (--cluster).",
+                primaries as i64,
+            )?;
+            out.gauge(
+                "cluster_slots_known",
+                "Hash slots the slot map names a primary for (16384 when the cluster is whole).",
+                slots as i64,
+            )?;
+            out.gauge(
+                "cluster_map_version",
+                "Times the slot map changed since start, as the first event loop saw it.",
+                gauge(version),
+            )?;
+            out.gauge(
+                "cluster_epoch",
+                "The cluster's cluster_current_epoch, as the node last asked said.",
+                gauge(c.epoch),
+            )?;
+            out.counter(
+                "cluster_refreshes",
+                "Slot-map refreshes done (periodic, after -MOVED, after a node's connection failed).",
+                c.refreshes,
+            )?;
+            out.counter(
+                "cluster_refresh_failures",
+                "Slot-map refreshes in which no node answered.",
+                c.refresh_failures,
+            )?;
+            out.counter(
+                "cluster_moved",
+                "-MOVED replies the lanes saw (a slot moved; the request was sent to its new owner).",
+                c.moved,
+            )?;
+            out.counter(
+                "cluster_ask",
+                "-ASK replies the lanes saw (a slot being migrated; the request was sent behind ASKING).",
+                c.ask,
+            )?;
+            out.counter(
+                "cluster_redirected",
+                "Requests a lane sent on to another primary's lane after -MOVED or -ASK.",
+                c.redirected,
+            )?;
+        }
         let kinds = [[("pool", "lanes")], [("pool", "pinned")]];
         out.histograms(
             "checkout_wait_seconds",

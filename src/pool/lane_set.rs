@@ -244,6 +244,7 @@ impl LaneSet {
             retry_safe: 1,
             reply_to: inbox.sender(),
             redirects: 0,
+            asking: false,
         });
         async move {
             if sent.is_err() {
@@ -398,7 +399,7 @@ impl SharedLanes {
                 let (handle, inbox) = LaneHandle::open();
                 let lane = Lane::new(
                     id,
-                    endpoint.node.clone(),
+                    endpoint,
                     ctx.clone(),
                     inbox,
                     pool.clone(),

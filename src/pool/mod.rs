@@ -70,6 +70,31 @@ pub(crate) struct PoolContext {
     pub slowlog: Option<Arc<crate::slowlog::Slowlog>>,
 }
 
+impl PoolContext {
+    /// How the lane sets of identities clients logged in as (AUTH
+    /// passthrough) are built: no `--min-idle` spares (those are respool's
+    /// own identity's), and no write probe (a user's ACL may not cover the
+    /// probe keys; respool's own lanes prove the server takes writes).
+    pub fn for_client_identities(&self) -> PoolContext {
+        let mut pool = self.pool.clone();
+        pool.min_idle = 0;
+        if pool.validate == crate::config::Validate::Write {
+            pool.validate = crate::config::Validate::Ping;
+        }
+        PoolContext {
+            pool,
+            retry: self.retry.clone(),
+            client_identity: true,
+            expects_primary: self.expects_primary,
+            refresh: self.refresh.clone(),
+            stats: self.stats.clone(),
+            cluster: self.cluster.clone(),
+            pinned_limit: self.pinned_limit.clone(),
+            slowlog: self.slowlog.clone(),
+        }
+    }
+}
+
 /// What the validation gate has said about a lane set's connections: the
 /// server's version (`INFO server`), whether any connection has passed yet,
 /// and whether the last attempt was refused at login (a wrong password, a

@@ -3,6 +3,11 @@
 //! identity clients log in as (AUTH passthrough), opened on demand, at most
 //! `--max-identities`, closed once unused for `--identity-idle-timeout` or
 //! once the upstream refused their login — and with them the credentials.
+//!
+//! In front of a Redis Cluster an identity's lane set here follows the
+//! anchor primary (where its login is checked); the slot map keeps its lane
+//! set on every other primary ([`ClusterMap`]), and forgets those of the
+//! identities this registry has closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -10,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::endpoint::{Endpoint, Identity};
 use super::{LaneSet, PoolContext};
-use crate::config::{IdentitySettings, Validate};
+use crate::config::IdentitySettings;
 use crate::error::Error;
+use crate::topology::cluster::ClusterMap;
 
 /// How often unused lane sets are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -22,42 +28,31 @@ pub(crate) struct Registry {
     default: Arc<LaneSet>,
     /// The lane sets of the identities clients logged in as.
     identities: Mutex<HashMap<Identity, Arc<LaneSet>>>,
-    /// How identities' lane sets are built: no `--min-idle` spares (those
-    /// are respool's own identity's), and no write probe (a user's ACL may
-    /// not cover the probe keys; respool's own lanes prove the server takes
-    /// writes).
+    /// How identities' lane sets are built
+    /// ([`PoolContext::for_client_identities`]).
     identity_ctx: Arc<PoolContext>,
     settings: IdentitySettings,
+    /// The slot map, with `--cluster`: the identities' lane sets on each
+    /// primary live as long as their entry here.
+    cluster: Option<Arc<ClusterMap>>,
 }
 
 impl Registry {
     /// Opens the lane set of the configured upstream.
+    /// `identity_ctx`: how identities' lane sets are built.
     pub fn start(
         upstream: Endpoint,
         ctx: Arc<PoolContext>,
+        identity_ctx: Arc<PoolContext>,
         settings: IdentitySettings,
+        cluster: Option<Arc<ClusterMap>>,
     ) -> Registry {
-        let mut pool = ctx.pool.clone();
-        pool.min_idle = 0;
-        if pool.validate == Validate::Write {
-            pool.validate = Validate::Ping;
-        }
-        let identity_ctx = Arc::new(PoolContext {
-            pool,
-            retry: ctx.retry.clone(),
-            client_identity: true,
-            expects_primary: ctx.expects_primary,
-            refresh: ctx.refresh.clone(),
-            stats: ctx.stats.clone(),
-            cluster: ctx.cluster.clone(),
-            pinned_limit: ctx.pinned_limit.clone(),
-            slowlog: ctx.slowlog.clone(),
-        });
         Registry {
             default: Arc::new(LaneSet::open(upstream, ctx)),
             identities: Mutex::default(),
             identity_ctx,
             settings,
+            cluster,
         }
     }
 
@@ -147,6 +142,12 @@ impl Registry {
                     close_later(set);
                 }
             }
+            if let Some(cluster) = &self.cluster {
+                // Also those evicted since the last look, and any a lane
+                // reopened for a redirected request after its identity
+                // was closed.
+                cluster.retain_identities(|identity| sets.contains_key(identity));
+            }
         }
     }
 
@@ -173,7 +174,7 @@ impl Registry {
 
 /// Closes a lane set no one else holds, in the background: its lanes finish
 /// what they have (nothing: no client holds them) and its connections close.
-fn close_later(set: Arc<LaneSet>) {
+pub(crate) fn close_later(set: Arc<LaneSet>) {
     if let Some(set) = Arc::into_inner(set) {
         tokio::spawn(set.close(Duration::from_secs(1)));
     }

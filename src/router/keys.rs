@@ -51,13 +51,20 @@ pub(crate) enum Fanout {
     AllSucceeded,
     /// No policy: the arrays one after the other (KEYS).
     Concat,
-    /// A policy respool does not merge yet (SCAN, WAIT, SCRIPT EXISTS, …).
+    /// `agg_logical_and`: element by element, 1 where every node said 1
+    /// (SCRIPT EXISTS).
+    LogicalAnd,
+    /// A policy respool does not merge (WAIT's agg_min, INFO's …); SCAN,
+    /// whose cursor respool encodes, comes through here too.
     Unsupported,
 }
 
 /// What one command's entry says.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Redis's arity: the argument count (name included), or its minimum
+    /// when negative.
+    arity: i64,
     shape: Shape,
     specs: Box<[KeySpec]>,
 }
@@ -185,7 +192,7 @@ impl KeyTable {
                 b"request_policy:all_shards" | b"request_policy:all_nodes"
             )
         });
-        // SCAN: a cursor per node, which respool does not encode yet.
+        // SCAN: a cursor per node, which the client encodes.
         let special = tips.contains(&b"request_policy:special".as_slice());
         let fanout = (!any_node && (to_all || special)).then(|| {
             if special {
@@ -196,11 +203,12 @@ impl KeyTable {
                 .find_map(|t| t.strip_prefix(b"response_policy:".as_slice()));
             match response {
                 Some(b"agg_sum") => Fanout::Sum,
+                Some(b"agg_logical_and") => Fanout::LogicalAnd,
                 Some(b"all_succeeded" | b"one_succeeded") => Fanout::AllSucceeded,
                 // KEYS: the nodes' arrays, one after the other.
                 None => Fanout::Concat,
-                // SCAN's cursor, RANDOMKEY's pick, INFO's sections, the
-                // logical and/min/max of a few: not merged yet.
+                // INFO's sections, the min/max of a few (WAIT): not
+                // merged.
                 Some(_) => Fanout::Unsupported,
             }
         });
@@ -226,7 +234,11 @@ impl KeyTable {
             (false, None, None) if specs.is_empty() => Shape::Keyless,
             (false, None, None) => Shape::Specs,
         };
-        let entry = Entry { shape, specs };
+        let entry = Entry {
+            arity: fields.get(1).and_then(Value::int).unwrap_or(0),
+            shape,
+            specs,
+        };
         // Subcommands are named `parent|sub` in Redis 7's reply.
         let id = if parent.is_none() {
             command_id(name)
@@ -273,11 +285,7 @@ impl KeyTable {
         id: u16,
         slot_of: impl Fn(&[u8]) -> u16,
     ) -> Placement {
-        let found = match self.by_id.get(usize::from(id)) {
-            Some(entry) if id != OTHER => entry.as_ref(),
-            _ => self.lookup(&mut [0; MAX_NAME], req.name(), None),
-        };
-        let Some(mut entry) = found else {
+        let Some(mut entry) = self.entry(&mut [0; MAX_NAME], req.name(), id) else {
             return Placement::AnyNode;
         };
         if entry.shape == Shape::Container {
@@ -327,6 +335,50 @@ impl KeyTable {
             }
         }
         slot.map_or(Placement::AnyNode, Placement::Slot)
+    }
+
+    /// Redis's refusal of `req` for its name or argument count, which it
+    /// gives when the command is queued in a transaction, or `None` when
+    /// Redis would queue it (a subcommand respool does not know included:
+    /// the node judges it).
+    pub fn refusal(&self, req: RequestRef<'_>) -> Option<String> {
+        let mut buf = [0u8; MAX_NAME];
+        let Some(mut entry) = self.entry(&mut buf, req.name(), command_id(req.name())) else {
+            let name = String::from_utf8_lossy(req.name());
+            let args: String = req
+                .args()
+                .skip(1)
+                .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
+                .collect();
+            return Some(format!(
+                "unknown command '{:.128}', with args beginning with: {:.128}",
+                name, args
+            ));
+        };
+        let mut full = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
+        if entry.shape == Shape::Container {
+            let sub = req.arg(1)?;
+            entry = self.lookup(&mut buf, req.name(), Some(sub))?;
+            full = format!(
+                "{full}|{}",
+                String::from_utf8_lossy(sub).to_ascii_lowercase()
+            );
+        }
+        let argc = req.argc() as i64;
+        let fits = if entry.arity >= 0 {
+            argc == entry.arity
+        } else {
+            argc >= -entry.arity
+        };
+        (!fits).then(|| format!("wrong number of arguments for '{full}' command"))
+    }
+
+    /// The entry of command `name`, whose id is `id`.
+    fn entry<'t>(&'t self, buf: &mut [u8; MAX_NAME], name: &[u8], id: u16) -> Option<&'t Entry> {
+        match self.by_id.get(usize::from(id)) {
+            Some(entry) if id != OTHER => entry.as_ref(),
+            _ => self.lookup(buf, name, None),
+        }
     }
 
     fn lookup<'t>(
@@ -591,6 +643,29 @@ mod tests {
         assert_eq!(place(&table, &["NOSUCH", "k"]), Placement::AnyNode);
         assert_eq!(place(&table, &["GET"]), Placement::AnyNode);
         assert!(KeyTable::parse(b"-ERR unknown command\r\n").is_none());
+    }
+
+    #[test]
+    fn refusals_at_queueing_are_redis_own() {
+        let table = KeyTable::parse(COMMAND_INFO).expect("a command table");
+        let refusal = |args: &[&str]| table.refusal(Request::from_args(args).view());
+        assert_eq!(refusal(&["PING"]), None);
+        assert_eq!(refusal(&["ping", "a"]), None);
+        assert_eq!(refusal(&["ECHO", "x"]), None);
+        assert_eq!(
+            refusal(&["ECHO"]).as_deref(),
+            Some("wrong number of arguments for 'echo' command")
+        );
+        assert_eq!(
+            refusal(&["NOSUCH", "a", "b"]).as_deref(),
+            Some("unknown command 'NOSUCH', with args beginning with: 'a' 'b' ")
+        );
+        assert_eq!(
+            refusal(&["OBJECT", "ENCODING"]).as_deref(),
+            Some("wrong number of arguments for 'object|encoding' command")
+        );
+        // A subcommand respool does not know: the node judges it.
+        assert_eq!(refusal(&["OBJECT", "NOSUCH"]), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `primary`, the topology's replicas take the reads of clients on
 //! respool's own identity (see [`crate::topology::replicas`]). With
 //! `--cluster`, each request goes to the primary serving its key's hash
-//! slot ([`slot`]), found by the cluster's own key specs ([`keys`]).
+//! slot ([`slot`]), found by the cluster's own key specs ([`keys`]), over
+//! that primary's lane set of the client's identity.
 
 pub(crate) mod keys;
 pub(crate) mod slot;
@@ -41,11 +42,14 @@ impl Router {
         ctx: Arc<PoolContext>,
         upstream: Option<Arc<FollowedAddr>>,
     ) -> Router {
-        let topology = Topology::start(config, &ctx, upstream);
+        let identity_ctx = Arc::new(ctx.for_client_identities());
+        let topology = Topology::start(config, &ctx, &identity_ctx, upstream);
         let registry = Arc::new(Registry::start(
             topology.primary.clone(),
             ctx,
+            identity_ctx,
             config.identities,
+            topology.cluster.clone(),
         ));
         let reaper = tokio::spawn({
             let registry = registry.clone();
@@ -94,18 +98,10 @@ impl Router {
         self.registry.default_set().clone()
     }
 
-    /// The lane set a client that logs in as `identity` moves to.
+    /// The lane set a client that logs in as `identity` moves to (in
+    /// cluster mode, the anchor primary's: the other primaries' lane sets
+    /// of the identity are the slot map's).
     pub fn login(&self, identity: Identity) -> Result<Arc<LaneSet>, Error> {
-        if self.topology.cluster.is_some()
-            && identity != self.registry.default_set().endpoint().identity
-        {
-            // Its lanes would reach one node; the other primaries' lanes
-            // are respool's own identity's.
-            return Err(Error::NotInCluster(
-                "AUTH as another user than --upstream's".into(),
-                "configure respool's own client users (--requirepass, --user), or connect as --upstream's user",
-            ));
-        }
         self.registry.lane_set(identity)
     }
 

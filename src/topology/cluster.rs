@@ -4,8 +4,8 @@
 //! The map comes from `CLUSTER SHARDS` (`CLUSTER SLOTS` on servers that do
 //! not have it), asked of the primaries known so far and then of the
 //! `--upstream` seeds, until one answers. It is asked again every
-//! `--cluster-refresh-interval`, and sooner when a lane sees a `-MOVED` or
-//! `-ASK` reply or cannot reach its node ([`ClusterMap::refresh`]); those
+//! `--cluster-refresh-interval`, and sooner when a lane sees a `-MOVED`
+//! reply or cannot reach its node ([`ClusterMap::refresh`]); those
 //! requests are coalesced and at most one refresh runs per
 //! `--cluster-refresh-min-interval`, so a storm of redirections costs one.
 //!
@@ -22,10 +22,22 @@
 //! Besides the per-primary lane sets, the registry's lane set (respool's
 //! own identity) follows one primary, the *anchor*: keyless commands, the
 //! server version a `HELLO` reports and `INFO` come from it.
+//!
+//! AUTH passthrough: a client that logged in as another identity gets that
+//! identity's lane set in the registry (following the anchor, where its
+//! login was checked) and, on each primary, a lane set of the same identity
+//! ([`ClusterNode::lanes_of`]), opened on first use. They belong to the
+//! node, so a redirection or a reroute from a lane of that identity finds
+//! the new owner's lanes of the same identity — never respool's own, which
+//! may do more than the client's user may. The registry decides how long
+//! an identity lives (`--max-identities`, `--identity-idle-timeout`); the
+//! nodes drop the lane sets of identities it has closed
+//! ([`ClusterMap::retain_identities`]).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -34,7 +46,7 @@ use tokio::time::Instant;
 use crate::codec::{Request, Value};
 use crate::config::{ClusterSettings, PoolSettings};
 use crate::pool::connection::UpstreamConn;
-use crate::pool::endpoint::{Endpoint, FollowedAddr};
+use crate::pool::endpoint::{Endpoint, FollowedAddr, Identity};
 use crate::pool::{LaneSet, PoolContext};
 use crate::router::keys::KeyTable;
 use crate::router::slot::SLOTS;
@@ -73,12 +85,60 @@ impl SlotMap {
     }
 }
 
-/// A primary and its lane set.
+/// A primary and its lane sets: respool's own identity's, and those of
+/// the identities clients logged in as.
 pub(crate) struct ClusterNode {
     pub addr: Arc<str>,
+    /// Respool's own identity's (`--upstream`'s user).
     pub lanes: Arc<LaneSet>,
+    /// The lane sets of identities clients logged in as (AUTH
+    /// passthrough), opened on first use.
+    identities: Mutex<HashMap<Identity, Arc<LaneSet>>>,
+    /// How those are built.
+    identity_ctx: Arc<PoolContext>,
     /// A slot it serves, for its write probe's key.
     probe_slot: Arc<AtomicU16>,
+}
+
+impl ClusterNode {
+    /// The node's lane set for `identity`: respool's own, or the one of an
+    /// identity a client logged in as, opened now if it has none yet.
+    pub fn lanes_of(&self, identity: &Identity) -> Arc<LaneSet> {
+        if *identity == self.lanes.endpoint().identity {
+            return self.lanes.clone();
+        }
+        let mut sets = self.lock_identities();
+        if let Some(set) = sets.get(identity) {
+            return set.clone();
+        }
+        tracing::debug!(node = %self.addr, user = identity.user(), "opening a cluster primary's lanes for a client identity");
+        let endpoint = Endpoint {
+            identity: identity.clone(),
+            ..Endpoint::clone(self.lanes.endpoint())
+        };
+        let set = Arc::new(LaneSet::open(endpoint, self.identity_ctx.clone()));
+        sets.insert(identity.clone(), set.clone());
+        set
+    }
+
+    /// Closes the lane sets of the identities `keep` rejects.
+    fn retain_identities(&self, keep: &impl Fn(&Identity) -> bool) {
+        let mut sets = self.lock_identities();
+        let gone: Vec<Identity> = sets.keys().filter(|i| !keep(i)).cloned().collect();
+        for identity in gone {
+            if let Some(set) = sets.remove(&identity) {
+                tracing::debug!(node = %self.addr, user = identity.user(), "closing a cluster primary's lanes of a closed identity");
+                crate::pool::registry::close_later(set);
+            }
+        }
+    }
+
+    fn lock_identities(&self) -> std::sync::MutexGuard<'_, HashMap<Identity, Arc<LaneSet>>> {
+        // Nothing panics while holding it; a poisoned map is intact.
+        self.identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What a refresh learned: slot ranges and the address serving each.
@@ -93,7 +153,7 @@ pub(crate) struct ClusterMap {
     /// Moves with every change of `current`; 0 until the first map.
     version: AtomicU64,
     keys: OnceLock<Arc<KeyTable>>,
-    /// Asks for a refresh (lanes on MOVED/ASK and on connect failures).
+    /// Asks for a refresh (lanes on MOVED and on connect failures).
     pub refresh: Arc<Notify>,
     /// Woken when a map is first known.
     known: Notify,
@@ -103,6 +163,8 @@ pub(crate) struct ClusterMap {
     anchor_probe: Arc<AtomicU16>,
     /// The lanes' view of the map, and the counters of `INFO respool`.
     link: Arc<ClusterLink>,
+    /// How the primaries' lane sets of client identities are built.
+    identity_ctx: Arc<PoolContext>,
     /// Why the last refresh failed, while it did.
     last_error: RwLock<Option<Arc<str>>>,
 }
@@ -120,21 +182,25 @@ pub(crate) struct ClusterLink {
 pub(crate) enum Redirect {
     /// Send the request to this lane (the slot's owner now).
     To(crate::pool::lane::LaneHandle),
-    /// Hold it and send it again here after a pause: an `-ASK` (the slot
-    /// is being migrated; once it is, this node answers `-MOVED`), or a
-    /// `-MOVED` to a node respool has no lanes to yet (the map is being
-    /// refreshed).
+    /// Send the request, once, to this lane behind an `ASKING`: the slot
+    /// is being migrated there, and the key is no longer on the node
+    /// that answered.
+    Ask(crate::pool::lane::LaneHandle),
+    /// Hold it and send it again here after a pause: a redirection to a
+    /// node respool has no lanes to yet (the map is being refreshed).
     Hold,
 }
 
-/// Where the requests of a lane whose node left the map go now.
-pub(crate) struct Reroute {
+/// Where the requests of a lane whose node left the map go now: to lanes
+/// of the same identity and protocol.
+pub(crate) struct Reroute<'a> {
     map: Arc<ClusterMap>,
     slots: Arc<SlotMap>,
     protocol: u8,
+    identity: &'a Identity,
 }
 
-impl Reroute {
+impl Reroute<'_> {
     /// The lane of the primary serving the slot of the request `raw` (a
     /// keyless one: the first primary's); `None` if no primary serves it.
     pub fn lane_for(&self, raw: &[u8]) -> Option<crate::pool::lane::LaneHandle> {
@@ -149,13 +215,20 @@ impl Reroute {
             },
             None => 0,
         };
-        Some(self.slots.nodes.get(node)?.lanes.lane(self.protocol))
+        let node = self.slots.nodes.get(node)?;
+        Some(node.lanes_of(self.identity).lane(self.protocol))
     }
 }
 
 impl ClusterLink {
-    /// `Some` once the map no longer names `addr` as a primary.
-    pub fn reroute(&self, addr: &str, protocol: u8) -> Option<Reroute> {
+    /// `Some` once the map no longer names `addr` as a primary; its
+    /// requests go to lanes of `identity` speaking `protocol`.
+    pub fn reroute<'a>(
+        &self,
+        addr: &str,
+        protocol: u8,
+        identity: &'a Identity,
+    ) -> Option<Reroute<'a>> {
         let map = self.map.get().and_then(std::sync::Weak::upgrade)?;
         let (slots, version) = map.current();
         if version == 0 || slots.nodes.iter().any(|n| *n.addr == *addr) {
@@ -165,7 +238,16 @@ impl ClusterLink {
             map,
             slots,
             protocol,
+            identity,
         })
+    }
+
+    /// The map's shape now, for the metrics: `(primaries, slots with a
+    /// primary, map version)`; `None` before the map exists.
+    pub fn shape(&self) -> Option<(usize, usize, u64)> {
+        let map = self.map.get().and_then(std::sync::Weak::upgrade)?;
+        let (slots, version) = map.current();
+        Some((slots.nodes.len(), slots.covered(), version))
     }
 
     /// Lets the lanes find `map`'s lane sets.
@@ -173,23 +255,34 @@ impl ClusterLink {
         let _ = self.map.set(Arc::downgrade(map));
     }
 
-    /// What to do with a reply of a lane to `from` speaking `protocol`, if
-    /// it is a redirection; counts it, and asks for a refresh on `-MOVED`.
+    /// What to do with a reply of a lane to `from` speaking `protocol` as
+    /// `identity`, if it is a redirection; counts it, and asks for a
+    /// refresh on `-MOVED`. The request goes on to a lane of the same
+    /// identity and protocol: one user's request never runs as another.
     pub fn redirect(
         &self,
         frame: &[u8],
         from: &str,
         protocol: u8,
+        identity: &Identity,
         refresh: &Notify,
     ) -> Option<Redirect> {
-        if frame.starts_with(b"-ASK ") {
-            self.stats.ask.fetch_add(1, Ordering::Relaxed);
-            return Some(Redirect::Hold);
-        }
-        let rest = frame.strip_prefix(b"-MOVED ")?;
-        self.stats.moved.fetch_add(1, Ordering::Relaxed);
-        refresh.notify_one();
-        // `-MOVED <slot> <host>:<port>`; an empty host is the node's own.
+        // `-MOVED <slot> <host>:<port>`, `-ASK <slot> <host>:<port>`; an
+        // empty host is the node's own.
+        let (rest, ask) = match frame.strip_prefix(b"-ASK ") {
+            Some(rest) => {
+                self.stats.ask.fetch_add(1, Ordering::Relaxed);
+                (rest, true)
+            }
+            None => {
+                let rest = frame.strip_prefix(b"-MOVED ")?;
+                self.stats.moved.fetch_add(1, Ordering::Relaxed);
+                // An `-ASK` leaves the slot where it is: only a `-MOVED`
+                // says the map is out of date.
+                refresh.notify_one();
+                (rest, false)
+            }
+        };
         let line = rest.strip_suffix(b"\r\n").unwrap_or(rest);
         let addr = line.splitn(2, |&b| b == b' ').nth(1)?;
         let addr = std::str::from_utf8(addr).ok()?;
@@ -200,7 +293,17 @@ impl ClusterLink {
             .iter()
             .find(|n| *n.addr == *addr || (addr.starts_with(':') && n.addr.ends_with(addr)));
         Some(match lanes {
-            Some(node) if *node.addr != *from => Redirect::To(node.lanes.lane(protocol)),
+            Some(node) if *node.addr != *from => {
+                let lane = node.lanes_of(identity).lane(protocol);
+                if ask {
+                    Redirect::Ask(lane)
+                } else {
+                    Redirect::To(lane)
+                }
+            }
+            // An importing node with no slot yet is not in the map: the
+            // request waits on this node until the migration ends and it
+            // answers `-MOVED` to a node the refreshed map has.
             _ => Redirect::Hold,
         })
     }
@@ -213,19 +316,23 @@ pub(crate) struct ClusterStats {
     pub refresh_failures: AtomicU64,
     pub moved: AtomicU64,
     pub ask: AtomicU64,
-    /// Requests a lane sent on to another node's lane after `-MOVED`.
+    /// Requests a lane sent on to another node's lane after `-MOVED` or
+    /// `-ASK`.
     pub redirected: AtomicU64,
     /// `cluster_current_epoch` of the node that gave the map.
     pub epoch: AtomicU64,
 }
 
 impl ClusterMap {
-    /// An empty map whose anchor is `anchor`, probing `anchor_probe`.
+    /// An empty map whose anchor is `anchor`, probing `anchor_probe`;
+    /// its primaries' lane sets of client identities are built with
+    /// `identity_ctx`.
     pub fn new(
         anchor: Arc<FollowedAddr>,
         anchor_probe: Arc<AtomicU16>,
         refresh: Arc<Notify>,
         link: Arc<ClusterLink>,
+        identity_ctx: Arc<PoolContext>,
     ) -> ClusterMap {
         ClusterMap {
             current: RwLock::new(Arc::new(SlotMap::empty())),
@@ -236,7 +343,18 @@ impl ClusterMap {
             anchor,
             anchor_probe,
             link,
+            identity_ctx,
             last_error: RwLock::new(None),
+        }
+    }
+
+    /// Closes the primaries' lane sets of the client identities `keep`
+    /// rejects (the registry closed them). A primary that left the map
+    /// drops all of its own as the clients holding it move on.
+    pub fn retain_identities(&self, keep: impl Fn(&Identity) -> bool) {
+        let (map, _) = self.current();
+        for node in &map.nodes {
+            node.retain_identities(&keep);
         }
     }
 
@@ -302,9 +420,10 @@ impl ClusterMap {
             let slots = map.owner.iter().filter(|&&o| usize::from(o) == i).count();
             let _ = write!(
                 out,
-                "cluster_node{i}:addr={},slots={slots},validated={}\r\n",
+                "cluster_node{i}:addr={},slots={slots},validated={},identities={}\r\n",
                 node.addr,
                 u8::from(node.lanes.health().is_validated()),
+                node.lock_identities().len(),
             );
         }
     }
@@ -334,6 +453,8 @@ impl ClusterMap {
                             Arc::new(ClusterNode {
                                 addr: addr.clone(),
                                 lanes: Arc::new(LaneSet::open(endpoint, ctx.clone())),
+                                identities: Mutex::default(),
+                                identity_ctx: self.identity_ctx.clone(),
                                 probe_slot,
                             })
                         });
@@ -609,7 +730,12 @@ fn parse_shards(reply: &[u8], tls: bool, asked: &str) -> Option<Shards> {
                                 .filter(known)
                                 .or(ip.filter(known))
                                 .unwrap_or(asked.as_bytes());
-                            let port = if tls { tls_port.or(port) } else { port }?;
+                            // A node without a port of respool's kind
+                            // (TLS or plain) cannot be dialled: its shard
+                            // is skipped, not the whole map.
+                            let Some(port) = (if tls { tls_port.or(port) } else { port }) else {
+                                continue;
+                            };
                             primary = Some(join(host, port));
                         }
                     }
@@ -701,6 +827,27 @@ mod tests {
         );
         let shards = parse_shards(failed.as_bytes(), false, "h").expect("a map");
         assert_eq!(shards.ranges, vec![(0, 99, "127.0.0.1:7000".into())]);
+    }
+
+    #[test]
+    fn over_tls_the_tls_port_is_the_one_dialled() {
+        // A node with both ports (`port` and `tls-port`), and one with TLS
+        // only (`port 0`: no `port` field at all).
+        let both = "*8\r\n$4\r\nport\r\n:7000\r\n$8\r\ntls-port\r\n:17000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        let tls_only = "*6\r\n$8\r\ntls-port\r\n:17001\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        let reply = format!(
+            "*2\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:99\r\n$5\r\nnodes\r\n*1\r\n{both}*4\r\n$5\r\nslots\r\n*2\r\n:100\r\n:199\r\n$5\r\nnodes\r\n*1\r\n{tls_only}"
+        );
+        let tls = parse_shards(reply.as_bytes(), true, "h").expect("a map");
+        assert_eq!(
+            tls.ranges,
+            vec![
+                (0, 99, "127.0.0.1:17000".into()),
+                (100, 199, "127.0.0.1:17001".into())
+            ]
+        );
+        let plain = parse_shards(reply.as_bytes(), false, "h").expect("a map");
+        assert_eq!(plain.ranges, vec![(0, 99, "127.0.0.1:7000".into())]);
     }
 
     #[test]

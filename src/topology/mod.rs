@@ -49,10 +49,12 @@ impl Topology {
     /// Starts following the primary and checking the replicas, as the
     /// configuration asks.
     /// `upstream`: where `--upstream` is now, which a reload may move
-    /// (without Sentinel).
+    /// (without Sentinel). `identity_ctx`: how the lane sets of identities
+    /// clients log in as are built (a cluster's primaries get theirs).
     pub fn start(
         config: &Config,
         ctx: &Arc<PoolContext>,
+        identity_ctx: &Arc<PoolContext>,
         upstream: Option<Arc<FollowedAddr>>,
     ) -> Topology {
         let mut tasks = Vec::new();
@@ -106,6 +108,7 @@ impl Topology {
                 anchor_probe,
                 ctx.refresh.clone(),
                 link.clone(),
+                identity_ctx.clone(),
             ));
             link.attach(&map);
             let refresher = Refresher {

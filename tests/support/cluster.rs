@@ -4,11 +4,16 @@
 //! --cluster-replicas 1` into three primaries with a replica each, and
 //! waited on until every node says `cluster_state:ok` and all of them see
 //! the same slots. Every process is killed when the cluster is dropped.
+//!
+//! `Cluster::start_tls` forms the same cluster over TLS only: every node
+//! listens with `tls-port` and `port 0`, and talks TLS to the others
+//! (`tls-cluster`, `tls-replication`), with a test PKI's certificates.
 
 use std::process::Command;
 use std::time::Duration;
 
-use super::redis::{free_port, RedisServer};
+use super::redis::{free_port, RedisServer, RedisServerBuilder};
+use super::tls::Pki;
 use super::wait;
 use super::Reply;
 
@@ -33,9 +38,39 @@ impl Cluster {
 
     /// `primaries` primaries with `replicas` replicas each.
     pub fn start_with(primaries: usize, replicas: usize) -> Cluster {
+        Cluster::form(primaries, replicas, RedisServer::builder, &[])
+    }
+
+    /// Three primaries with a replica each, listening and talking to each
+    /// other with TLS only (`pki`'s certificates; clients must present a
+    /// certificate of its CA).
+    pub fn start_tls(pki: &Pki) -> Cluster {
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg("client.pem"),
+            pki.arg("client.key"),
+        );
+        let cli_tls = ["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key];
+        let node = || {
+            RedisServer::builder()
+                .tls_only(pki)
+                .arg("tls-cluster", "yes")
+                .arg("tls-replication", "yes")
+        };
+        Cluster::form(3, 1, node, &cli_tls)
+    }
+
+    /// Starts the nodes `node` builds, joins them with `redis-cli [cli_tls]
+    /// --cluster create`, and waits until they agree.
+    fn form(
+        primaries: usize,
+        replicas: usize,
+        node: impl Fn() -> RedisServerBuilder,
+        cli_tls: &[&str],
+    ) -> Cluster {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
-                RedisServer::builder()
+                node()
                     .arg("cluster-enabled", "yes")
                     .arg("cluster-config-file", "nodes.conf")
                     .arg("cluster-node-timeout", &NODE_TIMEOUT_MS.to_string())
@@ -52,6 +87,7 @@ impl Cluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         let output = Command::new("redis-cli")
+            .args(cli_tls)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -110,7 +146,8 @@ impl Cluster {
         );
     }
 
-    /// `redis://127.0.0.1:P` of every node, to pass as seeds.
+    /// `redis://127.0.0.1:P` (`rediss://` over TLS) of every node, to pass
+    /// as seeds.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
@@ -173,45 +210,9 @@ impl Cluster {
     /// `MIGRATE` of its keys in batches, then `SETSLOT … NODE` on both and
     /// on every other primary. Blocking; returns once every node agrees.
     pub fn migrate_slot(&self, slot: u16, to: &RedisServer) {
+        self.begin_migration(slot, to);
         let from = self.owner(slot);
-        assert_ne!(
-            from.port(),
-            to.port(),
-            "slot {slot} is already on :{}",
-            to.port()
-        );
-        let (from_id, to_id) = (node_id(from), node_id(to));
         let slot_s = slot.to_string();
-        let ok = |server: &RedisServer, args: &[&[u8]]| {
-            let reply = server.command(args);
-            assert_eq!(
-                reply,
-                Reply::Simple("OK".into()),
-                "{args:?} on :{}",
-                server.port()
-            );
-        };
-        ok(
-            to,
-            &[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_s.as_bytes(),
-                b"IMPORTING",
-                from_id.as_bytes(),
-            ],
-        );
-        ok(
-            from,
-            &[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_s.as_bytes(),
-                b"MIGRATING",
-                to_id.as_bytes(),
-            ],
-        );
-        let to_port = to.port().to_string();
         loop {
             let keys =
                 match from.command(&[b"CLUSTER", b"GETKEYSINSLOT", slot_s.as_bytes(), b"100"]) {
@@ -221,28 +222,77 @@ impl Cluster {
             if keys.is_empty() {
                 break;
             }
-            let mut args: Vec<Vec<u8>> = [
-                "MIGRATE",
-                "127.0.0.1",
-                &to_port,
-                "",
-                "0",
-                "10000",
-                "REPLACE",
-                "KEYS",
-            ]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
-            for key in keys {
-                match key {
-                    Reply::Bulk(key) => args.push(key),
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .map(|key| match key {
+                    Reply::Bulk(key) => key,
                     other => panic!("a key: {other:?}"),
-                }
-            }
-            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            ok(from, &args);
+                })
+                .collect();
+            self.move_keys(slot, to, &keys);
         }
+        self.end_migration(slot, to);
+    }
+
+    /// Marks `slot` as migrating from its owner to `to` (and importing
+    /// there): from now on its owner answers `-ASK` for keys it does not
+    /// have.
+    pub fn begin_migration(&self, slot: u16, to: &RedisServer) {
+        let from = self.owner(slot);
+        assert_ne!(
+            from.port(),
+            to.port(),
+            "slot {slot} is already on :{}",
+            to.port()
+        );
+        let (from_id, to_id) = (node_id(from), node_id(to));
+        let slot_s = slot.to_string();
+        expect_ok(
+            to,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"IMPORTING",
+                from_id.as_bytes(),
+            ],
+        );
+        expect_ok(
+            from,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"MIGRATING",
+                to_id.as_bytes(),
+            ],
+        );
+    }
+
+    /// Moves `keys` of a migrating `slot` from its owner to `to` (`MIGRATE`).
+    pub fn move_keys(&self, slot: u16, to: &RedisServer, keys: &[Vec<u8>]) {
+        let from = self.owner(slot);
+        let to_port = to.port().to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"MIGRATE",
+            b"127.0.0.1",
+            to_port.as_bytes(),
+            b"",
+            b"0",
+            b"10000",
+            b"REPLACE",
+            b"KEYS",
+        ];
+        args.extend(keys.iter().map(Vec::as_slice));
+        expect_ok(from, &args);
+    }
+
+    /// Gives a migrating `slot` to `to` on every primary, and waits until
+    /// every node agrees.
+    pub fn end_migration(&self, slot: u16, to: &RedisServer) {
+        let from = self.owner(slot);
+        let to_id = node_id(to);
+        let slot_s = slot.to_string();
         // The target first, then the source: the order redis-cli uses, so
         // that the slot is never owned by no one.
         let mut order = vec![to, from];
@@ -252,7 +302,7 @@ impl Cluster {
             }
         }
         for server in order {
-            ok(
+            expect_ok(
                 server,
                 &[
                     b"CLUSTER",
@@ -277,6 +327,17 @@ impl Cluster {
         );
         self.wait_agree(primaries);
     }
+}
+
+/// Runs `args` on `server`, which must answer `+OK`.
+fn expect_ok(server: &RedisServer, args: &[&[u8]]) {
+    let reply = server.command(args);
+    assert_eq!(
+        reply,
+        Reply::Simple("OK".into()),
+        "{args:?} on :{}",
+        server.port()
+    );
 }
 
 /// A node's own id (`CLUSTER MYID`).

@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod redis;
 pub mod relay;
 pub mod sentinel;
+pub mod tls;
 pub mod wait;
 
 // Re-exported for convenience; each test binary uses only some of them.

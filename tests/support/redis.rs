@@ -66,6 +66,17 @@ pub struct RedisServerBuilder {
     loading: Option<(u64, i64)>,
     /// Also listen on `redis.sock` in the server's temp dir.
     unix_socket: bool,
+    /// Listen with TLS only (see `tls_only`).
+    tls: Option<TlsOnly>,
+}
+
+/// A server that listens with TLS only (`port 0`, `tls-port`): its PKI
+/// files, and how the harness itself connects to it.
+#[derive(Clone, Debug)]
+struct TlsOnly {
+    /// `tls-*-file` options: server and client certificates, key, CA.
+    files: Vec<(&'static str, String)>,
+    client: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl RedisServerBuilder {
@@ -90,6 +101,29 @@ impl RedisServerBuilder {
             Some(existing) => existing.1 = values,
             None => self.overrides.push((name, values)),
         }
+        self
+    }
+
+    /// Listens with TLS only, on the port the harness picks (`port 0`,
+    /// `tls-port P`), with `pki`'s server certificate, requiring client
+    /// certificates of its CA; it presents `pki`'s client certificate to
+    /// other nodes (replication, the cluster bus). The harness's own
+    /// connections (`command`, the readiness probes) speak TLS too, and
+    /// `url()` is `rediss://`.
+    pub fn tls_only(mut self, pki: &super::tls::Pki) -> Self {
+        self.tls = Some(TlsOnly {
+            files: vec![
+                ("tls-cert-file", pki.arg("server.pem")),
+                ("tls-key-file", pki.arg("server.key")),
+                ("tls-ca-cert-file", pki.arg("ca.pem")),
+                ("tls-client-cert-file", pki.arg("client.pem")),
+                ("tls-client-key-file", pki.arg("client.key")),
+            ],
+            client: super::tls::client_config(
+                &pki.path("ca.pem"),
+                Some((&pki.path("client.pem"), &pki.path("client.key"))),
+            ),
+        });
         self
     }
 
@@ -142,6 +176,7 @@ impl RedisServerBuilder {
                 password: self.password.clone(),
                 bin: bin.clone(),
                 unix_socket: self.unix_socket.then(|| dir.path().join("redis.sock")),
+                tls: self.tls.as_ref().map(|tls| tls.client.clone()),
                 log_path: dir.path().join("redis.log"),
                 stderr_path: dir.path().join("stderr.log"),
                 dir,
@@ -184,6 +219,13 @@ impl RedisServerBuilder {
         ];
         if let Some(password) = &self.password {
             config.push(("requirepass".into(), vec![password.clone()]));
+        }
+        if let Some(tls) = &self.tls {
+            config[0].1 = vec!["0".into()];
+            config.push(("tls-port".into(), vec![port.to_string()]));
+            for (name, file) in &tls.files {
+                config.push(((*name).into(), vec![file.clone()]));
+            }
         }
         if self.unix_socket {
             let path = dir.join("redis.sock").display().to_string();
@@ -236,6 +278,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Its Unix socket, if asked for.
     unix_socket: Option<PathBuf>,
+    /// Listening with TLS only: how the harness connects.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     bin: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
@@ -277,11 +321,17 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// `redis://127.0.0.1:P`, or `redis://:pw@127.0.0.1:P` with a password.
+    /// `redis://127.0.0.1:P`, or `redis://:pw@127.0.0.1:P` with a password
+    /// (`rediss://` for a server listening with TLS only).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -709,16 +759,41 @@ impl RedisServer {
     }
 
     fn probe(&self, args: &[&[u8]]) -> io::Result<Reply> {
-        command_at(self.addr(), self.password.as_deref(), args)
+        let Some(tls) = &self.tls else {
+            return command_at(self.addr(), self.password.as_deref(), args);
+        };
+        let tcp = connect(self.addr())?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a server name");
+        let session = rustls::ClientConnection::new(tls.clone(), name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        command_on(
+            rustls::StreamOwned::new(session, tcp),
+            self.password.as_deref(),
+            args,
+        )
     }
+}
+
+/// A blocking connection to `addr` whose reads and writes time out.
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    Ok(stream)
 }
 
 /// Runs one command on a fresh blocking connection to `addr`, after AUTH
 /// with `password` if given (an AUTH error is the reply then).
 pub fn command_at(addr: SocketAddr, password: Option<&str>, args: &[&[u8]]) -> io::Result<Reply> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    command_on(connect(addr)?, password, args)
+}
+
+/// Runs one command on `stream`, after AUTH with `password` if given.
+fn command_on(
+    mut stream: impl Read + Write,
+    password: Option<&str>,
+    args: &[&[u8]],
+) -> io::Result<Reply> {
     let mut request = Vec::new();
     if let Some(password) = password {
         request.extend(encode_command(&[b"AUTH".as_slice(), password.as_bytes()]));

@@ -280,6 +280,7 @@ impl Session {
             (Some(instead), _) => instead,
             (None, Some(acc)) => acc.freeze(),
             (None, None) if done.effect == Effect::RedirectId => self.respool_redirect_id(frame),
+            (None, None) if done.effect == Effect::EndTransaction => exec_redirected(frame),
             (None, None) => frame,
         };
         Ok(match done.seq {
@@ -342,9 +343,11 @@ impl Session {
         let is_error = matches!(reply.first(), Some(b'-' | b'!'));
         match effect {
             Effect::Multi if !is_error => self.state.multi = true,
-            // EXEC/DISCARD end the transaction and the WATCHes, and so does
-            // an EXECABORT; "EXEC without MULTI" ends nothing (a WATCH stays).
-            Effect::EndTransaction if !is_error || reply.starts_with(b"-EXECABORT") => {
+            // EXEC/DISCARD end the transaction and the WATCHes, and so do
+            // an EXECABORT and a cluster node's refusal of EXEC (CROSSSLOT,
+            // MOVED, …: Redis discards the transaction); "EXEC without
+            // MULTI" ends nothing (a WATCH stays).
+            Effect::EndTransaction if !is_error || !reply.starts_with(b"-ERR") => {
                 self.state.multi = false;
                 self.state.watching = false;
             }
@@ -362,6 +365,23 @@ impl Session {
             _ => {}
         }
     }
+}
+
+/// A cluster node's redirection of EXEC (a queued key's slot moved away):
+/// the node discarded the transaction, which a client of respool — one
+/// node owning every slot — is told as EXECABORT, not sent elsewhere.
+fn exec_redirected(reply: Bytes) -> Bytes {
+    if !(reply.starts_with(b"-MOVED ") || reply.starts_with(b"-ASK ")) {
+        return reply;
+    }
+    let redirect = String::from_utf8_lossy(&reply[1..]);
+    crate::error::error_line(
+        "EXECABORT",
+        &format!(
+            "Transaction discarded because of: a slot of its keys moved to another primary during the transaction ({}); run it again",
+            redirect.trim_end()
+        ),
+    )
 }
 
 /// `CLIENT <sub>`, any case.

@@ -182,6 +182,29 @@ impl Session {
         });
     }
 
+    /// The lane set the connection came from (a cluster primary's).
+    pub(crate) fn origin(&self) -> &Arc<LaneSet> {
+        &self.origin
+    }
+
+    /// Sends MULTI and the commands `held` after it whose replies the
+    /// client already had from respool (a cluster transaction opened before
+    /// its node was known): they are followed, and swallowed. One Redis
+    /// refused makes Redis abort the transaction at EXEC.
+    pub(crate) fn replay_transaction(&mut self, held: &[(Request, Option<Stateful>)]) {
+        let multi = Request::from_args(&["MULTI"]);
+        let commands = std::iter::once((&multi, Some(Stateful::Multi)))
+            .chain(held.iter().map(|(req, state)| (req, *state)));
+        for (req, stateful) in commands {
+            self.dirty = true;
+            self.wbuf.extend_from_slice(req.raw());
+            let stateful = self.what_runs_now(req, stateful);
+            if let Some(expect) = self.expected_reply(req, stateful) {
+                self.expect.push_back(expect);
+            }
+        }
+    }
+
     /// Sends a client's AUTH (passed through) on the session's connection;
     /// [`take_login`](Self::take_login) says when Redis accepted it. Returns
     /// false when Redis will not reply to it (CLIENT REPLY OFF/SKIP): the

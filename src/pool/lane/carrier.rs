@@ -55,7 +55,13 @@ pub(crate) fn moved_to(node: &crate::pool::endpoint::Node) -> String {
 #[inline(never)]
 fn cluster_redirect(lane: &Lane, frame: &[u8]) -> Option<Redirect> {
     let cluster = lane.ctx.cluster.as_ref()?;
-    cluster.redirect(frame, &lane.node.addr(), lane.protocol, &lane.ctx.refresh)
+    cluster.redirect(
+        frame,
+        &lane.node.addr(),
+        lane.protocol,
+        &lane.identity,
+        &lane.ctx.refresh,
+    )
 }
 
 /// How long a connection to a primary that moved may still deliver the
@@ -63,6 +69,8 @@ fn cluster_redirect(lane: &Lane, frame: &[u8]) -> Option<Redirect> {
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// The health-check request, sent on an idle lane.
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+/// Written before a request a cluster node redirected with `-ASK`.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 /// Records the run `sent` just finished in the slowlog if it took longer
 /// than the threshold (`total`: from the lane taking it to its last reply).
@@ -247,11 +255,15 @@ impl Carrier {
             // Sent again: an earlier transient answer is no longer the
             // latest word on it.
             job.transient = None;
+            if job.req.asking {
+                self.push_own(ASKING, now);
+            }
             self.wbuf.push(&job.req.raw);
             self.enqueued += job.req.raw.len() as u64;
             batch_requests += u64::from(job.req.count);
             self.inflight.push_back(Sent {
                 job: Some(job),
+                asking: false,
                 end: self.enqueued,
                 written_at: now,
             });
@@ -353,15 +365,22 @@ impl Carrier {
         let idle = self.inflight.is_empty() && self.wbuf.is_empty() && self.hold_until.is_none();
         let check_every = lane.ctx.pool.health_check_interval;
         if idle && check_every.is_some_and(|i| self.last_io + i <= now) {
-            self.wbuf.push_static(PING);
-            self.enqueued += PING.len() as u64;
-            self.inflight.push_back(Sent {
-                job: None,
-                end: self.enqueued,
-                written_at: now,
-            });
+            self.push_own(PING, now);
         }
         None
+    }
+
+    /// Writes a request of the lane's own (`PING`, `ASKING`), whose reply
+    /// no client waits for.
+    fn push_own(&mut self, request: &'static [u8], now: Instant) {
+        self.wbuf.push_static(request);
+        self.enqueued += request.len() as u64;
+        self.inflight.push_back(Sent {
+            job: None,
+            asking: request == ASKING,
+            end: self.enqueued,
+            written_at: now,
+        });
     }
 
     /// A followed node (Sentinel's primary) that moved: stop writing here,
@@ -429,10 +448,13 @@ impl Carrier {
         };
         let written = sent.written_at;
         let Some(job) = sent.job.as_mut() else {
-            // A health check's PING: the runs before it were answered in
-            // full, so nothing is gathered ahead of its reply.
+            // The lane's own request: the runs before it were answered in
+            // full, so nothing is gathered ahead of its reply. Whatever
+            // `ASKING` answers (`+OK`, or an error for a user without it:
+            // then the request behind it gets `-ASK` again, and is
+            // redirected again within its bound), the connection is sound.
             debug_assert_eq!(replies.len, 0);
-            let broken = (frame != b"+PONG\r\n").then(|| {
+            let broken = (!sent.asking && frame != b"+PONG\r\n").then(|| {
                 let answer = String::from_utf8_lossy(&frame[..frame.len().min(64)]);
                 Broken::BadReply(format!("health check PING answered {}", answer.trim_end()))
             });
@@ -446,10 +468,11 @@ impl Carrier {
         let mut redirect_held = false;
         if is_error && lane.ctx.cluster.is_some() {
             match cluster_redirect(lane, frame) {
-                // Behind a request of the same client held here (an
-                // `-ASK`), it waits its turn: sent on now, it would run
+                // Behind a request of the same client held here (after a
+                // `-TRYAGAIN`, or a redirection to a node not in the map
+                // yet), it waits its turn: sent on now, it would run
                 // before that one.
-                Some(Redirect::To(_))
+                Some(Redirect::To(_) | Redirect::Ask(_))
                     if self
                         .retry_later
                         .iter()
@@ -458,7 +481,11 @@ impl Carrier {
                     redirect_held = true;
                 }
                 Some(Redirect::To(target)) => {
-                    self.redirect(len, replies, target, lane);
+                    self.redirect(len, replies, target, false, lane);
+                    return Ok(());
+                }
+                Some(Redirect::Ask(target)) => {
+                    self.redirect(len, replies, target, true, lane);
                     return Ok(());
                 }
                 Some(Redirect::Hold) => redirect_held = true,
@@ -547,14 +574,22 @@ impl Carrier {
     }
 
     /// Sends the request the reply frame `read_buf[replies.len..][..len]`
-    /// answers — a cluster node's `-MOVED`: it did not run — to `target`,
-    /// the lane of the slot's owner now, which answers its client in its
-    /// place. Requests of one client that this node redirects reach
-    /// `target` in the order they were sent; after [`MAX_REDIRECTS`] the
-    /// client gets an error instead.
+    /// answers — a cluster node's `-MOVED` or `-ASK`: it did not run — to
+    /// `target`, the lane of the slot's owner now (or of the node importing
+    /// it, `asking`), which answers its client in its place. Requests of
+    /// one client that this node redirects reach `target` in the order
+    /// they were sent; after [`MAX_REDIRECTS`] the client gets an error
+    /// instead.
     #[cold]
     #[inline(never)]
-    fn redirect(&mut self, len: usize, replies: &mut Replies, target: LaneHandle, lane: &Lane) {
+    fn redirect(
+        &mut self,
+        len: usize,
+        replies: &mut Replies,
+        target: LaneHandle,
+        asking: bool,
+        lane: &Lane,
+    ) {
         let Some(job) = self.inflight.front_mut().and_then(|s| s.job.as_mut()) else {
             return;
         };
@@ -580,6 +615,7 @@ impl Carrier {
             return;
         }
         moved.req.redirects += 1;
+        moved.req.asking = asking;
         if let Some(cluster) = &lane.ctx.cluster {
             cluster
                 .stats

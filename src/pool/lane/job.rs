@@ -146,6 +146,7 @@ impl Job {
                 retry_safe: self.req.retry_safe & 1,
                 reply_to: self.req.reply_to.clone(),
                 redirects: self.req.redirects,
+                asking: self.req.asking,
             },
             answered: 0,
             accepted: self.accepted,
@@ -161,8 +162,11 @@ impl Job {
 
 /// A request written (or being written) to the connection.
 pub(super) struct Sent {
-    /// `None` for the lane's own health-check PING.
+    /// `None` for the lane's own requests: the health-check `PING`, and
+    /// the `ASKING` before a request a cluster node redirected with `-ASK`.
     pub(super) job: Option<Job>,
+    /// The lane's own request is an `ASKING`.
+    pub(super) asking: bool,
     /// Offset in the connection's byte stream just past this request: it has
     /// been fully written once that many bytes were.
     pub(super) end: u64,
@@ -249,6 +253,7 @@ mod tests {
                 retry_safe,
                 reply_to: inbox.0.sender(),
                 redirects: 0,
+                asking: false,
             },
             answered: 0,
             accepted: now,
@@ -358,6 +363,7 @@ mod tests {
                 retry_safe: u64::from(read_only),
                 reply_to: inbox.0.sender(),
                 redirects: 0,
+                asking: false,
             },
             answered: 0,
             accepted: now,

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::endpoint::Node;
+use super::endpoint::{Endpoint, Identity, Node};
 use super::mailbox::Mailbox;
 use super::manager::UpstreamManager;
 use super::PoolContext;
@@ -71,9 +71,13 @@ pub(crate) struct LaneRequest {
     pub retry_safe: u64,
     /// Where the replies go.
     pub reply_to: ReplySender,
-    /// Times a cluster node redirected it (`-MOVED`) to another node's
+    /// Times a cluster node redirected it (`-MOVED`, `-ASK`) to another node's
     /// lane; bounded by [`MAX_REDIRECTS`].
     pub redirects: u8,
+    /// A cluster node answered `-ASK` (its slot is being migrated to the
+    /// node this lane reaches): the request is written right after an
+    /// `ASKING`, which lets the importing node serve it once.
+    pub asking: bool,
 }
 
 /// The most `-MOVED` redirections a request follows before its client
@@ -160,6 +164,9 @@ pub(crate) struct Lane {
     /// The upstream node: its address for messages, and whether a
     /// connection still goes to it (a followed primary moves).
     node: Node,
+    /// Who its connections log in as: a request a cluster node redirects
+    /// goes to a lane of the same identity on the new node.
+    identity: Identity,
     ctx: Arc<PoolContext>,
     inbox: LaneInbox,
     /// Runs taken from `inbox`, kept for its allocation.
@@ -178,7 +185,7 @@ pub(crate) struct Lane {
 impl Lane {
     pub(crate) fn new(
         id: usize,
-        node: Node,
+        endpoint: &Endpoint,
         ctx: Arc<PoolContext>,
         inbox: LaneInbox,
         pool: Pool<UpstreamManager>,
@@ -188,7 +195,8 @@ impl Lane {
         Lane {
             id,
             protocol: 2,
-            node,
+            node: endpoint.node.clone(),
+            identity: endpoint.identity.clone(),
             ctx,
             inbox,
             arrived: Vec::new(),

@@ -107,7 +107,7 @@ impl Lane {
             return;
         }
         let addr = self.node.addr();
-        let Some(reroute) = cluster.reroute(&addr, self.protocol) else {
+        let Some(reroute) = cluster.reroute(&addr, self.protocol, &self.identity) else {
             return;
         };
         tracing::info!(lane = self.id, upstream = %addr, requests = self.queue.len(), "cluster node left the slot map; sending its waiting requests to the slots' primaries now");
