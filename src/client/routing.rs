@@ -150,7 +150,8 @@ impl Client {
     /// and the whole run leaves the read buffer as one piece.
     #[inline]
     fn route_in_place(&mut self, span: RequestSpan) {
-        let admission = self.admit(span.view(self.input.after_run()));
+        let req = span.view(self.input.after_run());
+        let admission = self.admit(req);
         let command = match admission {
             Admission::Command(c)
                 if c.route == Route::Shared
@@ -173,8 +174,14 @@ impl Client {
         };
         // One test on the path of a single upstream: whether runs go
         // anywhere but the client's own lane (replicas, cluster primaries).
-        if self.routes_runs && !self.target_elsewhere(span, command) {
-            return;
+        if self.routes_runs {
+            // In front of a cluster most requests have one key, for the
+            // primary of the run being collected: they join it here.
+            let node = self.node_of_key(req);
+            let joins = node.is_some_and(|node| self.run_target == Target::Node(node));
+            if !joins && !self.target_elsewhere(span, command, node) {
+                return;
+            }
         }
         let seq = self.output.open_shared_slot();
         if !self.input.extend_run(seq, span.len(), command.retry_safe) {
@@ -184,18 +191,37 @@ impl Client {
         }
     }
 
-    /// Decides where the shared request `span` goes with replicas taking
-    /// reads or in front of a cluster, ending the run if it goes elsewhere;
-    /// `false` if it was answered or split (and taken out of the buffer)
-    /// instead. Inlined: in front of a cluster, a request of one key for
-    /// the run's primary is decided here without a call (a call saved and
-    /// restored six registers per request); the path of one upstream stays
-    /// as it was (callgrind: the same instructions per request), everything
-    /// else being out of line.
+    /// In front of a cluster, the primary serving the key of `req` (the
+    /// request just admitted) if it is a command of one key at a fixed
+    /// place and its slot has a primary, and the map routed by is current;
+    /// else `None`. Inlined and calling nothing: no registers to save.
     #[inline(always)]
-    fn target_elsewhere(&mut self, span: RequestSpan, command: Command) -> bool {
+    fn node_of_key(&self, req: RequestRef<'_>) -> Option<u16> {
+        let cluster = self.cluster.as_ref()?;
+        if self.cluster_tx.is_some()
+            || cluster.is_stale(self.protocol, self.output.shared_pending())
+        {
+            return None;
+        }
+        cluster.node_of_key(req, self.counted_command_id(req))
+    }
+
+    /// Decides where the shared request `span` goes with replicas taking
+    /// reads or in front of a cluster (`node`: [`Client::node_of_key`]'s
+    /// answer), ending the run if it goes elsewhere; `false` if it was
+    /// answered or split (and taken out of the buffer) instead. Out of
+    /// line, so that the path of one upstream stays as short as it was.
+    #[inline(never)]
+    fn target_elsewhere(&mut self, span: RequestSpan, command: Command, node: Option<u16>) -> bool {
         if self.cluster.is_some() {
-            return self.route_in_cluster(span, command);
+            return match node {
+                Some(node) => {
+                    self.flush_run();
+                    self.run_target = Target::Node(node);
+                    true
+                }
+                None => self.route_in_cluster(span, command),
+            };
         }
         self.target_replica(span, command)
     }
@@ -217,45 +243,10 @@ impl Client {
 
     /// Decides which primary the shared request `span` goes to, ending the
     /// run if it goes elsewhere; `false` if it was answered or split (and
-    /// taken out of the buffer) instead.
-    ///
-    /// Most requests have one key, in a slot the map has a primary for,
-    /// and join the run being collected: that path calls nothing, so that
-    /// it saves no registers; the rest is out of line.
-    #[inline(always)]
+    /// taken out of the buffer) instead. For a request without one key at a
+    /// fixed place, or whose slot has no primary, or with a map to take
+    /// first, or a transaction waiting for its first key.
     fn route_in_cluster(&mut self, span: RequestSpan, command: Command) -> bool {
-        let req = span.view(self.input.after_run());
-        let id = self.counted_command_id(req);
-        let node = match &self.cluster {
-            Some(c)
-                if self.cluster_tx.is_none()
-                    && !c.is_stale(self.protocol, self.output.shared_pending()) =>
-            {
-                c.node_of_key(req, id)
-            }
-            _ => None,
-        };
-        match node {
-            Some(node) if self.run_target == Target::Node(node) => true,
-            Some(node) => self.start_run_for(node),
-            None => self.route_in_cluster_otherwise(span, id, command),
-        }
-    }
-
-    /// Ends the run being collected: the next goes to primary `node`.
-    #[inline(never)]
-    fn start_run_for(&mut self, node: u16) -> bool {
-        self.flush_run();
-        self.run_target = Target::Node(node);
-        true
-    }
-
-    /// [`Client::route_in_cluster`] for a request that has no single key
-    /// or whose slot has no primary, or with a map to take first, or a
-    /// transaction waiting for its first key (`id`: its command's id).
-    #[cold]
-    #[inline(never)]
-    fn route_in_cluster_otherwise(&mut self, span: RequestSpan, id: u16, command: Command) -> bool {
         if self.cluster_tx.is_some() {
             // A transaction waiting for its first key takes it.
             self.flush_run();
@@ -266,7 +257,7 @@ impl Client {
         self.sync_cluster();
         let req = span.view(self.input.after_run());
         let routed = match &self.cluster {
-            Some(cluster) => cluster.place(req, id),
+            Some(cluster) => cluster.place(req, self.counted_command_id(req)),
             None => Routed::AnyNode,
         };
         if let Routed::Split(split) = routed {
