@@ -78,14 +78,25 @@ impl Router {
         self.topology.render(out);
     }
 
-    /// What `RESPOOL POOLS` shows: every lane set of this event loop.
+    /// What `RESPOOL POOLS` shows: every lane set of this event loop. In
+    /// front of a cluster, the registry's sets (role `anchor`) serve
+    /// keyless commands and logins on the anchor primary; each primary's
+    /// own set is listed after them.
     pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let registry_role = if self.cluster().is_some() {
+            "anchor"
+        } else {
+            "primary"
+        };
         let mut views: Vec<_> = self
             .registry
             .all_sets()
             .iter()
-            .map(|set| set.view("primary"))
+            .map(|set| set.view(registry_role))
             .collect();
+        if let Some(cluster) = self.cluster() {
+            views.extend(cluster.pool_views());
+        }
         if let Some(replicas) = self.replicas() {
             views.extend(replicas.pool_views());
         }

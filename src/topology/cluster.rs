@@ -428,6 +428,17 @@ impl ClusterMap {
         }
     }
 
+    /// What `RESPOOL POOLS` shows of each primary: its lane set of
+    /// respool's own identity. (Client identities' sets exist only with
+    /// AUTH passthrough, and the admin console needs respool's own users.)
+    pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let (map, _) = self.current();
+        map.nodes
+            .iter()
+            .map(|node| node.lanes.view("primary"))
+            .collect()
+    }
+
     /// Takes what a refresh learned as the new map, if it differs.
     fn install(&self, shards: &Shards, template: &Endpoint, ctx: &Arc<PoolContext>) -> bool {
         let (old, _) = self.current();
