@@ -15,6 +15,7 @@ use crate::config::{ClientSettings, Config, RetrySettings};
 use crate::pool::endpoint::FollowedAddr;
 use crate::retry::BackoffPolicy;
 use crate::tls::ListenerTls;
+use crate::topology::cluster::Seeds;
 
 /// See the module docs.
 pub(crate) struct Live {
@@ -35,9 +36,12 @@ pub(crate) struct Live {
     /// reload may move (lanes then drain their connections and validate
     /// new ones there, as after a failover). `None` under Sentinel, which
     /// decides the address itself, and in front of a cluster, whose slot
-    /// map does (`--upstream` names seeds there; changing them needs a
-    /// restart).
+    /// map does.
     pub upstream: Option<Arc<FollowedAddr>>,
+    /// In front of a cluster, the `--upstream` seed nodes, which a reload
+    /// may replace: every loop's next slot-map refresh asks them (after the
+    /// primaries it knows).
+    pub cluster_seeds: Option<Arc<Seeds>>,
 }
 
 impl Live {
@@ -55,6 +59,10 @@ impl Live {
                 followed.set(&addr);
                 Arc::new(followed)
             }),
+            cluster_seeds: config
+                .cluster
+                .as_ref()
+                .map(|c| Arc::new(Seeds::from_pointee(c.seeds.clone()))),
         }
     }
 

@@ -167,8 +167,12 @@ impl Reloader {
         let tls_flips = old_tls.is_some() != new.config.listener.tls.is_some();
 
         let mut upstream = self.upstream.lock().unwrap_or_else(|e| e.into_inner());
+        // Without Sentinel, the same login elsewhere moves the lanes; in
+        // front of a cluster, it is a new list of seeds.
+        let follows_upstream = live.upstream.is_some()
+            || (live.cluster_seeds.is_some() && new.config.cluster.is_some());
         let moves_upstream =
-            live.upstream.is_some() && only_the_address_differs(&upstream, &new.config.upstream);
+            follows_upstream && only_the_address_differs(&upstream, &new.config.upstream);
 
         let mut changes = Vec::new();
         let mut next = applied.clone();
@@ -246,6 +250,15 @@ impl Reloader {
             followed.set(&new.config.upstream.node.addr());
             *upstream = new.config.upstream.clone();
         }
+        // A cluster's new seeds: asked at the next refresh that finds no
+        // known primary answering. The lanes stay on the primaries the
+        // slot map names.
+        if let (true, Some(seeds), Some(cluster)) =
+            (upstream_moved, &live.cluster_seeds, &new.config.cluster)
+        {
+            seeds.store(Arc::new(cluster.seeds.clone()));
+            *upstream = new.config.upstream.clone();
+        }
         *applied = next;
         Ok(changes)
     }
@@ -253,8 +266,9 @@ impl Reloader {
 
 /// Whether `new` is `old` at another address: the same login, database
 /// and TLS (with the same certificate name), so the lanes may move to it
-/// as they follow a failover. Anything else is another upstream, which
-/// needs a restart.
+/// as they follow a failover (or, in front of a cluster, the slot map may
+/// be asked of it). Anything else is another upstream, which needs a
+/// restart.
 fn only_the_address_differs(old: &Endpoint, new: &Endpoint) -> bool {
     let same_tls = match (&old.node.tls, &new.node.tls) {
         (None, None) => true,

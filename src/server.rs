@@ -258,7 +258,7 @@ impl Proxy {
                 .is_some()
                 .then(|| process.slowlog.clone()),
         });
-        let router = Router::start(&config, ctx, process.live.upstream.clone());
+        let router = Router::start(&config, ctx, &process.live);
         if let Some(map) = router.cluster() {
             // Clients that come before the first slot map could only be
             // told to retry: wait for it (within --hold-timeout).

@@ -713,6 +713,232 @@ async fn redis_py_and_the_redis_crate_work_through_respool_on_the_cluster() {
     .unwrap();
 }
 
+/// One key per primary of `cluster` (`ck:<n>`, the first `n` whose slot
+/// the primary serves), with the primary's port.
+fn a_key_on_every_primary(cluster: &Cluster) -> Vec<(String, u16)> {
+    let ranges = slot_ranges(cluster.any());
+    let primaries: Vec<u16> = cluster.primaries().iter().map(|p| p.port()).collect();
+    let mut keys: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let key = format!("ck:{i}");
+        let slot = cluster.keyslot(key.as_bytes());
+        let (_, _, port) = *ranges
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .expect("an owner");
+        if !keys.iter().any(|(_, p)| *p == port) {
+            keys.push((key, port));
+        }
+        if keys.len() == primaries.len() {
+            return keys;
+        }
+    }
+    unreachable!("every primary serves slots")
+}
+
+/// Asserts that each of `keys` holds `value` on its primary, asked
+/// directly (not through respool), and is on no other primary.
+fn assert_on_their_primaries(cluster: &Cluster, keys: &[(String, u16)], value: &str) {
+    for (key, port) in keys {
+        assert_eq!(
+            cluster.node(*port).command(&[b"GET", key.as_bytes()]),
+            bulk(value),
+            "{key} on its primary :{port}"
+        );
+        for other in cluster.primaries().iter().filter(|p| p.port() != *port) {
+            assert_eq!(
+                other.command(&[b"GET", key.as_bytes()]).error_code(),
+                Some("MOVED"),
+                "{key} on :{}",
+                other.port()
+            );
+        }
+    }
+}
+
+/// The `redis` crate's cluster clients (`redis::cluster::ClusterClient`,
+/// sync and async) through respool: they learn respool as one node owning
+/// every slot and send it everything — strings, counters, pipelines (the
+/// sync client's across slots, the async one's within a slot, as it
+/// insists), `MGET`/`MSET` over keys of several slots (the crate splits
+/// them per slot) — and the keys land on the primaries that serve their
+/// slots.
+#[tokio::test]
+async fn the_redis_crate_cluster_clients_work_through_respool() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let url = format!("redis://{}", proxy.addr());
+    let spread = a_key_on_every_primary(&cluster);
+
+    // The sync client.
+    let (sync_url, keys) = (url.clone(), spread.clone());
+    tokio::task::spawn_blocking(move || {
+        use redis::Commands;
+        let client = redis::cluster::ClusterClient::new(vec![sync_url]).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        for i in 0..200 {
+            let _: () = conn.set(format!("sync:{i}"), i).unwrap();
+        }
+        for i in 0..200 {
+            let v: i64 = conn.get(format!("sync:{i}")).unwrap();
+            assert_eq!(v, i, "sync:{i}");
+        }
+        assert_eq!(conn.incr::<_, _, i64>("sync:n", 7).unwrap(), 7);
+        let mut pipe = redis::cluster::cluster_pipe();
+        for i in 0..100 {
+            pipe.cmd("INCR").arg(format!("sync:p{i}"));
+            pipe.cmd("GET").arg(format!("sync:{i}"));
+        }
+        let replies: Vec<i64> = pipe.query(&mut conn).unwrap();
+        let expected: Vec<i64> = (0..100).flat_map(|i| [1, i]).collect();
+        assert_eq!(replies, expected);
+        let got: Vec<Option<i64>> = conn
+            .mget(&["sync:1", "sync:2", "sync:nokey", "sync:3"])
+            .unwrap();
+        assert_eq!(got, [Some(1), Some(2), None, Some(3)]);
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|(k, _)| (k.as_str(), "sync")).collect();
+        let _: () = conn.mset(&pairs).unwrap();
+        let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<String> = conn.mget(&names).unwrap();
+        assert_eq!(values, vec!["sync"; names.len()]);
+    })
+    .await
+    .unwrap();
+    assert_on_their_primaries(&cluster, &spread, "sync");
+
+    // The async client.
+    let client = redis::cluster::ClusterClient::new(vec![url]).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    {
+        use redis::AsyncCommands;
+        for i in 0..200 {
+            let _: () = conn.set(format!("async:{i}"), i).await.unwrap();
+        }
+        for i in 0..200 {
+            let v: i64 = conn.get(format!("async:{i}")).await.unwrap();
+            assert_eq!(v, i, "async:{i}");
+        }
+        // The async client sends a pipeline to the node of its first key's
+        // slot and refuses, itself, one whose keys span slots ("Received
+        // crossed slots in pipeline"); over one slot it works.
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("INCR").arg(format!("{{async}}:p{i}"));
+            pipe.cmd("INCRBY").arg("{async}:sum").arg(i);
+        }
+        let replies: Vec<i64> = pipe.query_async(&mut conn).await.unwrap();
+        let expected: Vec<i64> = (0..100).flat_map(|i| [1, i * (i + 1) / 2]).collect();
+        assert_eq!(replies, expected);
+        let got: Vec<Option<i64>> = conn
+            .mget(&["async:1", "async:2", "async:nokey", "async:3"])
+            .await
+            .unwrap();
+        assert_eq!(got, [Some(1), Some(2), None, Some(3)]);
+        let pairs: Vec<(&str, &str)> = spread.iter().map(|(k, _)| (k.as_str(), "async")).collect();
+        let _: () = conn.mset(&pairs).await.unwrap();
+        let names: Vec<&str> = spread.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<String> = conn.mget(&names).await.unwrap();
+        assert_eq!(values, vec!["async"; names.len()]);
+    }
+    assert_on_their_primaries(&cluster, &spread, "async");
+}
+
+/// `RESPOOL POOLS` in front of a cluster lists each primary's lane set
+/// (role `primary`, the node's address, validated, holding connections)
+/// besides the `anchor` set keyless commands use, on every event loop.
+#[tokio::test]
+async fn respool_pools_lists_every_primarys_lanes() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &["--user", "ops:ops-pw", "--admin-user", "ops"]).await;
+    let mut ops = proxy.client().await;
+    assert_eq!(ops.cmd(&["AUTH", "ops", "ops-pw"]).await, ok());
+    for (key, _) in a_key_on_every_primary(&cluster) {
+        assert_eq!(ops.cmd(&["SET", &key, "v"]).await, ok());
+    }
+    let mut primaries: Vec<String> = cluster
+        .primaries()
+        .iter()
+        .map(|p| p.addr().to_string())
+        .collect();
+    primaries.sort();
+    let field = |record: &[(String, Reply)], name: &str| {
+        record
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {record:?}"))
+    };
+    let text = |record: &[(String, Reply)], name: &str| {
+        field(record, name)
+            .as_str()
+            .expect("a text field")
+            .to_string()
+    };
+    let int = |record: &[(String, Reply)], name: &str| {
+        field(record, name).as_int().expect("an integer field")
+    };
+    // Connections are validated in the background: wait until every
+    // primary's lanes hold theirs.
+    let deadline = std::time::Instant::now() + wait::DEADLINE;
+    let pools = loop {
+        let Reply::Array(records) = ops.cmd(&["RESPOOL", "POOLS"]).await else {
+            panic!("RESPOOL POOLS is a list of records");
+        };
+        let pools: Vec<Vec<(String, Reply)>> = records
+            .iter()
+            .map(|r| match r {
+                Reply::Array(flat) => flat
+                    .chunks(2)
+                    .map(|kv| (kv[0].as_str().expect("a name").to_string(), kv[1].clone()))
+                    .collect(),
+                other => panic!("not a record: {other:?}"),
+            })
+            .collect();
+        if pools.iter().all(|p| {
+            text(p, "state") == "validated"
+                && int(p, "waiters") == 0
+                && int(p, "lane_connections") >= 1
+        }) {
+            break pools;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lanes still connecting: {pools:?}"
+        );
+        // Polling granularity only.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut loops: Vec<i64> = pools.iter().map(|p| int(p, "event_loop")).collect();
+    loops.dedup();
+    assert!(!loops.is_empty(), "{pools:?}");
+    for event_loop in loops {
+        let mine: Vec<_> = pools
+            .iter()
+            .filter(|p| int(p, "event_loop") == event_loop)
+            .collect();
+        let mut listed: Vec<String> = mine
+            .iter()
+            .filter(|p| text(p, "role") == "primary")
+            .map(|p| text(p, "upstream"))
+            .collect();
+        listed.sort();
+        assert_eq!(listed, primaries, "loop {event_loop}: {mine:?}");
+        let anchors: Vec<_> = mine
+            .iter()
+            .filter(|p| text(p, "role") == "anchor")
+            .collect();
+        assert_eq!(anchors.len(), 1, "loop {event_loop}: {mine:?}");
+        assert!(
+            primaries.contains(&text(anchors[0], "upstream")),
+            "the anchor follows a primary: {anchors:?}"
+        );
+        for pool in &mine {
+            assert_eq!(text(pool, "identity"), "default", "{pool:?}");
+            assert!(int(pool, "lanes") >= 1, "{pool:?}");
+        }
+    }
+}
+
 /// redis-py's cluster client through respool: `python3 -c SCRIPT port`
 /// prints `ok`.
 const REDIS_PY_CLUSTER_SCENARIO: &str = r#"

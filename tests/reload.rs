@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::client::{encode_command, parse_reply};
+use support::cluster::Cluster;
+use support::redis::free_port;
 use support::{wait, ProxyProcess, RedisServer, Reply, TestClient};
 
 /// Writes the config file (replacing it, as an operator's editor would).
@@ -587,4 +589,72 @@ async fn a_reload_moves_the_upstream_to_a_new_address() {
         proxy.log()
     );
     assert!(!proxy.log().contains("someone:pw"), "a password in the log");
+}
+
+/// In front of a cluster, `--upstream` names the seed nodes: a reload
+/// with the same login replaces them, and the next discovery of the slot
+/// map asks the new ones. Another login needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_gives_a_cluster_new_seeds() {
+    let cluster = Cluster::start();
+    // Nothing listens there: no slot map until the seeds change.
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("respool.toml");
+    let settings = |seeds: &[String]| {
+        let quoted: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        format!(
+            "cluster = true\nhold-timeout = \"1s\"\nupstream = [{}]\n",
+            quoted.join(", ")
+        )
+    };
+    write_config(&file, &settings(std::slice::from_ref(&nowhere)));
+    let file_arg = file.display().to_string();
+    let proxy = ProxyProcess::start("", &["--config", &file_arg]);
+    let mut client = TestClient::connect(proxy.addr()).await.expect("connect");
+    client
+        .cmd(&["SET", "seeded", "v"])
+        .await
+        .expect_error_code("CLUSTERDOWN");
+
+    write_config(&file, &settings(&cluster.urls()));
+    sighup(&proxy, "reload: upstream changed");
+    let deadline = std::time::Instant::now() + wait::DEADLINE;
+    loop {
+        let reply = client.cmd(&["SET", "seeded", "v"]).await;
+        if reply == Reply::Simple("OK".into()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slot map from the new seeds: {reply}\n{}",
+            proxy.log()
+        );
+        // Polling granularity only.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let owner = cluster.owner(cluster.keyslot(b"seeded"));
+    assert_eq!(
+        owner.command(&[b"GET", b"seeded"]),
+        Reply::Bulk(b"v".to_vec())
+    );
+
+    // Another login is another cluster: a restart, not new seeds.
+    let elsewhere: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.replace("redis://", "redis://someone:pw@"))
+        .collect();
+    write_config(&file, &settings(&elsewhere));
+    sighup(&proxy, "upstream changed");
+    assert!(
+        proxy.log().contains("needs a restart, left unchanged"),
+        "{}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains("someone:pw"), "a password in the log");
+    assert_eq!(
+        client.cmd(&["GET", "seeded"]).await,
+        Reply::Bulk(b"v".to_vec())
+    );
 }

@@ -39,7 +39,9 @@ pub(crate) struct PoolView {
     pub upstream: Arc<str>,
     /// The user its connections log in as.
     pub identity: String,
-    /// `primary` (or `--upstream`) or `replica`.
+    /// `primary` (the `--upstream`, or a cluster primary), `anchor` (in
+    /// front of a cluster: the sets keyless commands and logins use) or
+    /// `replica`.
     pub role: &'static str,
     /// Shared lanes started (RESP2, plus RESP3 once a client said HELLO 3).
     pub lanes: usize,

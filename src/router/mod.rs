@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::pool::endpoint::{FollowedAddr, Identity};
+use crate::live::Live;
+use crate::pool::endpoint::Identity;
 use crate::pool::{LaneSet, PoolContext, Registry};
 use crate::topology::cluster::ClusterMap;
 use crate::topology::replicas::ReplicaSet;
@@ -34,16 +35,11 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    /// Opens the lane sets the configuration names.
-    /// `upstream`: the process's movable `--upstream` address (see
-    /// [`crate::live::Live::upstream`]).
-    pub fn start(
-        config: &Config,
-        ctx: Arc<PoolContext>,
-        upstream: Option<Arc<FollowedAddr>>,
-    ) -> Router {
+    /// Opens the lane sets the configuration names; `live` holds what a
+    /// reload may move (the `--upstream` address, a cluster's seeds).
+    pub fn start(config: &Config, ctx: Arc<PoolContext>, live: &Live) -> Router {
         let identity_ctx = Arc::new(ctx.for_client_identities());
-        let topology = Topology::start(config, &ctx, &identity_ctx, upstream);
+        let topology = Topology::start(config, &ctx, &identity_ctx, live);
         let registry = Arc::new(Registry::start(
             topology.primary.clone(),
             ctx,
@@ -78,14 +74,25 @@ impl Router {
         self.topology.render(out);
     }
 
-    /// What `RESPOOL POOLS` shows: every lane set of this event loop.
+    /// What `RESPOOL POOLS` shows: every lane set of this event loop. In
+    /// front of a cluster, the registry's sets (role `anchor`) serve
+    /// keyless commands and logins on the anchor primary; each primary's
+    /// own set is listed after them.
     pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let registry_role = if self.cluster().is_some() {
+            "anchor"
+        } else {
+            "primary"
+        };
         let mut views: Vec<_> = self
             .registry
             .all_sets()
             .iter()
-            .map(|set| set.view("primary"))
+            .map(|set| set.view(registry_role))
             .collect();
+        if let Some(cluster) = self.cluster() {
+            views.extend(cluster.pool_views());
+        }
         if let Some(replicas) = self.replicas() {
             views.extend(replicas.pool_views());
         }

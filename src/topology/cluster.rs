@@ -428,6 +428,17 @@ impl ClusterMap {
         }
     }
 
+    /// What `RESPOOL POOLS` shows of each primary: its lane set of
+    /// respool's own identity. (Client identities' sets exist only with
+    /// AUTH passthrough, and the admin console needs respool's own users.)
+    pub fn pool_views(&self) -> Vec<crate::pool::PoolView> {
+        let (map, _) = self.current();
+        map.nodes
+            .iter()
+            .map(|node| node.lanes.view("primary"))
+            .collect()
+    }
+
     /// Takes what a refresh learned as the new map, if it differs.
     fn install(&self, shards: &Shards, template: &Endpoint, ctx: &Arc<PoolContext>) -> bool {
         let (old, _) = self.current();
@@ -510,10 +521,16 @@ impl ClusterMap {
     }
 }
 
+/// The `host:port` of each seed node (`--upstream`), asked for the slot
+/// map after the primaries already known; a reload may replace them.
+pub(crate) type Seeds = arc_swap::ArcSwap<Vec<Arc<str>>>;
+
 /// Keeps a [`ClusterMap`] current; runs until the event loop stops.
 pub(crate) struct Refresher {
     pub map: Arc<ClusterMap>,
     pub settings: ClusterSettings,
+    /// The seeds now (`settings.seeds` at start).
+    pub seeds: Arc<Seeds>,
     /// What every primary's connections are made with (identity, TLS).
     pub template: Endpoint,
     pub ctx: Arc<PoolContext>,
@@ -551,7 +568,7 @@ impl Refresher {
     async fn refresh_once(&self) {
         let (map, _) = self.map.current();
         let mut candidates: Vec<Arc<str>> = map.nodes.iter().map(|n| n.addr.clone()).collect();
-        for seed in &self.settings.seeds {
+        for seed in self.seeds.load().iter() {
             if !candidates.contains(seed) {
                 candidates.push(seed.clone());
             }

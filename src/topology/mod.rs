@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ReadFrom, Validate};
+use crate::live::Live;
 use crate::pool::endpoint::{Endpoint, FollowedAddr, Node};
 use crate::pool::PoolContext;
 use cluster::{ClusterMap, Refresher};
@@ -48,14 +49,14 @@ pub(crate) struct Topology {
 impl Topology {
     /// Starts following the primary and checking the replicas, as the
     /// configuration asks.
-    /// `upstream`: where `--upstream` is now, which a reload may move
-    /// (without Sentinel). `identity_ctx`: how the lane sets of identities
+    /// `live`: where `--upstream` is now (without Sentinel or a cluster)
+    /// and a cluster's seeds, which a reload may change. `identity_ctx`: how the lane sets of identities
     /// clients log in as are built (a cluster's primaries get theirs).
     pub fn start(
         config: &Config,
         ctx: &Arc<PoolContext>,
         identity_ctx: &Arc<PoolContext>,
-        upstream: Option<Arc<FollowedAddr>>,
+        live: &Live,
     ) -> Topology {
         let mut tasks = Vec::new();
         let mut primary = config.upstream.clone();
@@ -86,11 +87,14 @@ impl Topology {
             };
             tasks.push(tokio::spawn(follower.run()));
             sentinel = Some((settings.master.clone(), state));
-        } else if let Some(upstream) = upstream {
-            primary.node = Node::followed(upstream, config.upstream.node.tls.clone(), false);
+        } else if let Some(upstream) = &live.upstream {
+            primary.node =
+                Node::followed(upstream.clone(), config.upstream.node.tls.clone(), false);
         }
         let mut cluster = None;
-        if let (Some(settings), Some(link)) = (&config.cluster, &ctx.cluster) {
+        if let (Some(settings), Some(link), Some(seeds)) =
+            (&config.cluster, &ctx.cluster, &live.cluster_seeds)
+        {
             let anchor = Arc::new(FollowedAddr::unknown(
                 "a cluster primary",
                 "no cluster primary known yet (asking the seed nodes)",
@@ -114,6 +118,7 @@ impl Topology {
             let refresher = Refresher {
                 map: map.clone(),
                 settings: settings.clone(),
+                seeds: seeds.clone(),
                 template,
                 ctx: ctx.clone(),
             };
