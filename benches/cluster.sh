@@ -24,9 +24,12 @@ wait_pong() { for _ in $(seq 200); do redis-cli -p "$1" ping 2>/dev/null | grep 
 redis() { # port [flags...]
   local p=$1; shift; mkdir -p "$dir/$p"
   redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir/$p" \
-    --logfile "$dir/$p/redis.log" "$@" & pids+=($!)
+    --logfile "$dir/$p/redis.log" "$@" & pids+=($!); pid_of[$p]=$!
   wait_pong "$p"
 }
+declare -A pid_of
+# CPU time (clock ticks, user + system) of the processes on ports "$@", summed.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/${pid_of[$p]}/stat"))); done; echo "$t"; }
 single=$(port); redis "$single"
 nodes=(); for _ in 1 2 3; do p=$(node_port); redis "$p" --cluster-enabled yes --cluster-config-file nodes.conf; nodes+=("$p"); done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${nodes[@]}") --cluster-yes > "$dir/create.log"
@@ -36,13 +39,16 @@ done
 
 respool() { # name flags...
   local p; p=$(port); local name=$1; shift
-  "$bin" --listen "127.0.0.1:$p" --threads 1 "$@" > "$dir/$name.log" 2>&1 & pids+=($!)
+  "$bin" --listen "127.0.0.1:$p" --threads 1 "$@" > "$dir/$name.log" 2>&1 & pids+=($!); pid_of[$p]=$!
   for _ in $(seq 200); do grep -q "listen=" "$dir/$name.log" && break; sleep 0.05; done
   wait_pong "$p"; echo "$p"
 }
+# (respool runs in a command substitution's subshell: find its pid by port.)
+pid_on() { ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1; }
 to_single=$(respool single --upstream "redis://127.0.0.1:$single")
 seeds=(); for p in "${nodes[@]}"; do seeds+=(--upstream "redis://127.0.0.1:$p"); done
 to_cluster=$(respool cluster --cluster "${seeds[@]}")
+pid_of[$to_single]=$(pid_on "$to_single"); pid_of[$to_cluster]=$(pid_on "$to_cluster")
 for _ in $(seq 400); do
   [ "$(redis-cli -p "$to_cluster" cluster info | grep -c 'cluster_state:ok')" = 1 ] && break; sleep 0.05
 done
@@ -59,4 +65,24 @@ for pipeline in 1 16; do
   echo "== reference, redis-benchmark -c 50 -P $pipeline -r 100000 -t get,set: cluster-aware client on the cluster, then the single Redis"
   redis-benchmark --cluster -h 127.0.0.1 -p "${nodes[0]}" -c 50 -P "$pipeline" -r 100000 -n 400000 -t get,set -q 2>/dev/null | tr '\r' '\n' | grep 'requests per second' || true
   redis-benchmark -h 127.0.0.1 -p "$single" -c 50 -P "$pipeline" -r 100000 -n 400000 -t get,set -q | tr '\r' '\n' | grep 'requests per second' || true
+done
+# Where the CPU goes: one run per respool, the CPU time respool and the
+# Redis servers behind it spent per request (µs, user + system).
+for pipeline in 1 16; do
+  for side in single cluster; do
+    if [ "$side" = single ]; then port=$to_single; servers=("$single"); else port=$to_cluster; servers=("${nodes[@]}"); fi
+    r0=$(ticks "$port"); s0=$(ticks "${servers[@]}")
+    "$bin" bench --target "127.0.0.1:$port" --workload "$workload" --clients 50 --pipeline "$pipeline" \
+      --duration "$duration" --key-prefix "cpu$pipeline:" --json > "$dir/cpu.json"
+    r1=$(ticks "$port"); s1=$(ticks "${servers[@]}")
+    python3 - "$dir/cpu.json" "$side" "$pipeline" "$((r1 - r0))" "$((s1 - s0))" <<'PY'
+import json, os, sys
+report = json.load(open(sys.argv[1]))
+requests = report["requests"]
+hz = os.sysconf("SC_CLK_TCK")
+us = lambda ticks: int(ticks) / hz * 1e6 / requests
+print(f"respool -> {sys.argv[2]}, pipeline {sys.argv[3]}: {report['ops_per_sec']:.0f} ops/s; "
+      f"CPU per request: respool {us(sys.argv[4]):.2f} us, Redis {us(sys.argv[5]):.2f} us")
+PY
+  done
 done
