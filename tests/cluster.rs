@@ -492,6 +492,118 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     );
 }
 
+/// Scaling out and back in under load: a fourth primary joins the cluster
+/// (`CLUSTER MEET`) and a slot moves to it while 20 clients INCR and GET
+/// through respool, which opens lanes to the new primary when its map names
+/// it; then the slot moves back, respool drops the node from its map and
+/// closes its connections to it, and the node is forgotten and stopped. No
+/// client sees an error, and every GET is its client's count of
+/// acknowledged INCRs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_added_then_removed_under_load_costs_clients_nothing() {
+    const CLIENTS: usize = 20;
+    let mut cluster = Cluster::start();
+    let added = cluster.add_primary();
+    let cluster = Arc::new(cluster);
+    let proxy = proxy(&cluster, &["--hold-timeout", "20s", "--timeout", "20s"]).await;
+    let mut watcher = proxy.client().await;
+    let primaries = |info: &std::collections::HashMap<String, String>| {
+        support::counter(info, "cluster_primaries")
+    };
+    assert_eq!(
+        primaries(&watcher.respool_counters().await),
+        3,
+        "a primary with no slot is not routed to"
+    );
+    let hot = cluster.keyslot(b"{grow}");
+    let from = cluster.owner(hot).port();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = proxy.client().await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = if c % 2 == 0 {
+                format!("{{grow}}:{c}")
+            } else {
+                format!("{{stay}}:{c}")
+            };
+            let mut acked = 0i64;
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) || acked < 20 {
+                match client.cmd(&["INCR", &key]).await {
+                    Reply::Int(n) if n == acked + 1 => acked = n,
+                    other => errors.push(format!("INCR {key} after {acked}: {other:?}")),
+                }
+                match client.cmd(&["GET", &key]).await {
+                    Reply::Bulk(v) if v == acked.to_string().as_bytes() => {}
+                    other => errors.push(format!("GET {key} after {acked}: {other:?}")),
+                }
+                if errors.len() > 5 {
+                    break;
+                }
+            }
+            (key, acked, errors)
+        }));
+    }
+    // Out to the new primary, under load.
+    let moving = cluster.clone();
+    tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(added)))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while primaries(&watcher.respool_counters().await) != 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "respool never routed to the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And back in: the slot first; then, as an operator would, the node
+    // is stopped once respool no longer uses it (its connections to the
+    // node closed), so that no request is in flight to it when it stops.
+    let moving = cluster.clone();
+    tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(from)))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = watcher.respool_counters().await;
+        let named = info.values().any(|v| v.contains(&format!(":{added},")));
+        if primaries(&info) == 3 && !named && cluster.node(added).other_clients().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "respool still uses :{added}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let removing = cluster.clone();
+    tokio::task::spawn_blocking(move || removing.remove_primary(added))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut all_errors = Vec::new();
+    for task in tasks {
+        let (key, acked, errors) = task.await.unwrap();
+        all_errors.extend(errors);
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"GET", key.as_bytes()]),
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "{key} on :{}",
+            owner.port()
+        );
+    }
+    assert!(
+        all_errors.is_empty(),
+        "client-visible errors: {all_errors:#?}"
+    );
+    assert_eq!(watcher.cmd(&["INCR", "{grow}:after"]).await, Reply::Int(1));
+}
+
 /// A slot caught half-way through a migration that never finishes: keys
 /// already moved are read and written on the importing node behind an
 /// `ASKING` (its source answers `-ASK`), a new key is created there, keys

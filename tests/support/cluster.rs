@@ -69,18 +69,7 @@ impl Cluster {
         cli_tls: &[&str],
     ) -> Cluster {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
-            .map(|_| {
-                node()
-                    .arg("cluster-enabled", "yes")
-                    .arg("cluster-config-file", "nodes.conf")
-                    .arg("cluster-node-timeout", &NODE_TIMEOUT_MS.to_string())
-                    // The bus port is not port + 10000 (which may not exist
-                    // for a high free port) but a free port of its own.
-                    .arg("cluster-port", &free_port().to_string())
-                    // Keep serving the slots still covered while a node is down.
-                    .arg("cluster-require-full-coverage", "no")
-                    .start()
-            })
+            .map(|_| cluster_node(node(), free_port()).start())
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -119,6 +108,58 @@ impl Cluster {
             },
         );
         cluster
+    }
+
+    /// Starts one more node and joins it (`CLUSTER MEET`) as a primary
+    /// with no slot yet; returns its port once every node knows it.
+    pub fn add_primary(&mut self) -> u16 {
+        let bus = free_port();
+        let node = cluster_node(RedisServer::builder(), bus).start();
+        let port = node.port();
+        let (port_s, bus_s) = (port.to_string(), bus.to_string());
+        expect_ok(
+            self.any(),
+            &[
+                b"CLUSTER",
+                b"MEET",
+                b"127.0.0.1",
+                port_s.as_bytes(),
+                bus_s.as_bytes(),
+            ],
+        );
+        let id = node_id(&node);
+        self.nodes.push(node);
+        wait::until("every node to know the new primary", FORM_TIMEOUT, || {
+            self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let nodes = text(&n.command(&[b"CLUSTER", b"NODES"]));
+                let known = nodes.lines().filter(|l| !l.contains("handshake")).count();
+                nodes.contains(&id)
+                    && known == self.nodes.len()
+                    && text(&n.command(&[b"CLUSTER", b"INFO"])).contains("cluster_state:ok")
+            })
+        });
+        port
+    }
+
+    /// Stops the primary on `port`, which must serve no slot, and has every
+    /// other node forget it (`CLUSTER FORGET`).
+    pub fn remove_primary(&self, port: u16) {
+        let node = self.node(port);
+        assert!(
+            !slot_ranges(self.any()).iter().any(|(_, _, p)| *p == port),
+            ":{port} still serves slots"
+        );
+        let id = node_id(node);
+        node.stop();
+        for other in self.nodes.iter().filter(|n| n.is_running()) {
+            expect_ok(other, &[b"CLUSTER", b"FORGET", id.as_bytes()]);
+        }
+        wait::until("every node to forget the primary", FORM_TIMEOUT, || {
+            self.nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .all(|n| !text(&n.command(&[b"CLUSTER", b"NODES"])).contains(&id))
+        });
     }
 
     /// Waits until every running node says `cluster_state:ok`, knows
@@ -313,7 +354,6 @@ impl Cluster {
                 ],
             );
         }
-        let primaries = self.primaries().len();
         wait::until(
             "every node to see the migrated slot at its new owner",
             FORM_TIMEOUT,
@@ -325,8 +365,26 @@ impl Cluster {
                 })
             },
         );
-        self.wait_agree(primaries);
+        // The primaries serving slots now: one more if `to` had none, one
+        // fewer if the source gave its last.
+        self.wait_agree(distinct_owners(&slot_ranges(to)));
     }
+}
+
+/// `node` set up as a cluster node whose bus listens on `bus`.
+fn cluster_node(node: RedisServerBuilder, bus: u16) -> RedisServerBuilder {
+    node.arg("cluster-enabled", "yes")
+        .arg("cluster-config-file", "nodes.conf")
+        .arg("cluster-node-timeout", &NODE_TIMEOUT_MS.to_string())
+        // The bus port is not port + 10000 (which may not exist for a high
+        // free port) but a free port of its own.
+        .arg("cluster-port", &bus.to_string())
+        // Keep serving the slots still covered while a node is down.
+        .arg("cluster-require-full-coverage", "no")
+        // A primary that gives its last slot away stays a primary (by
+        // default it would turn into a replica of the slot's new owner),
+        // so that a test can take it out of the cluster.
+        .arg("cluster-allow-replica-migration", "no")
 }
 
 /// Runs `args` on `server`, which must answer `+OK`.
