@@ -61,6 +61,49 @@ fn bulk(s: &str) -> Reply {
     Reply::Bulk(s.as_bytes().to_vec())
 }
 
+/// What one of [`incr_get_clients`] did: its key, the INCRs acknowledged,
+/// and every reply that was not the one expected.
+type Counted = (String, i64, Vec<String>);
+
+/// `clients` clients through `proxy`, each INCRing then GETting a key of
+/// its own — half under the hash tag `moving`, half under `staying` — and
+/// checking that each INCR answers one more than the last and each GET the
+/// count so far, until `stop` (and at least 20 INCRs each).
+async fn incr_get_clients(
+    proxy: &TestProxy,
+    clients: usize,
+    moving: &str,
+    staying: &str,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Counted>> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = proxy.client().await;
+        let stop = stop.clone();
+        let tag = if c % 2 == 0 { moving } else { staying };
+        let key = format!("{{{tag}}}:{c}");
+        tasks.push(tokio::spawn(async move {
+            let mut acked = 0i64;
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) || acked < 20 {
+                match client.cmd(&["INCR", &key]).await {
+                    Reply::Int(n) if n == acked + 1 => acked = n,
+                    other => errors.push(format!("INCR {key} after {acked}: {other:?}")),
+                }
+                match client.cmd(&["GET", &key]).await {
+                    Reply::Bulk(v) if v == acked.to_string().as_bytes() => {}
+                    other => errors.push(format!("GET {key} after {acked}: {other:?}")),
+                }
+                if errors.len() > 5 {
+                    break;
+                }
+            }
+            (key, acked, errors)
+        }));
+    }
+    tasks
+}
+
 /// 10 000 keys written through respool in one pipeline land on the primary
 /// `CLUSTER KEYSLOT` names (asked of the nodes themselves), on no other, and
 /// read back through respool. `DBSIZE` sums the primaries, `KEYS` gathers
@@ -364,35 +407,7 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     let hot = cluster.keyslot(b"{hot}");
     let from = cluster.owner(hot).port();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let mut client = proxy.client().await;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            // Half the clients use the slot that moves, half another one.
-            let key = if c % 2 == 0 {
-                format!("{{hot}}:{c}")
-            } else {
-                format!("{{cold}}:{c}")
-            };
-            let mut acked = 0i64;
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) || acked < 20 {
-                match client.cmd(&["INCR", &key]).await {
-                    Reply::Int(n) if n == acked + 1 => acked = n,
-                    other => errors.push(format!("INCR {key} after {acked}: {other:?}")),
-                }
-                match client.cmd(&["GET", &key]).await {
-                    Reply::Bulk(v) if v == acked.to_string().as_bytes() => {}
-                    other => errors.push(format!("GET {key} after {acked}: {other:?}")),
-                }
-                if errors.len() > 5 {
-                    break;
-                }
-            }
-            (key, acked, errors)
-        }));
-    }
+    let tasks = incr_get_clients(&proxy, CLIENTS, "hot", "cold", &stop).await;
     // The pipelining client.
     let mut piper = proxy.client().await;
     let pipe_stop = stop.clone();
@@ -519,34 +534,7 @@ async fn a_primary_added_then_removed_under_load_costs_clients_nothing() {
     let from = cluster.owner(hot).port();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let mut client = proxy.client().await;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let key = if c % 2 == 0 {
-                format!("{{grow}}:{c}")
-            } else {
-                format!("{{stay}}:{c}")
-            };
-            let mut acked = 0i64;
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) || acked < 20 {
-                match client.cmd(&["INCR", &key]).await {
-                    Reply::Int(n) if n == acked + 1 => acked = n,
-                    other => errors.push(format!("INCR {key} after {acked}: {other:?}")),
-                }
-                match client.cmd(&["GET", &key]).await {
-                    Reply::Bulk(v) if v == acked.to_string().as_bytes() => {}
-                    other => errors.push(format!("GET {key} after {acked}: {other:?}")),
-                }
-                if errors.len() > 5 {
-                    break;
-                }
-            }
-            (key, acked, errors)
-        }));
-    }
+    let tasks = incr_get_clients(&proxy, CLIENTS, "grow", "stay", &stop).await;
     // Out to the new primary, under load.
     let moving = cluster.clone();
     tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(added)))
