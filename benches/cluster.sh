@@ -14,7 +14,11 @@
 set -eu
 bin=$(realpath "${1:-target/release/respool}"); duration=${2:-5s}; rounds=${3:-3}; workload=${4:-mixed}
 dir=$(mktemp -d -t respool-cluster-bench.XXXX); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }
+# respools start in a command substitution's subshell: their pids go to a file.
+cleanup() {
+  for p in "${pids[@]}" $(cat "$dir/respool.pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "$dir"
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -39,7 +43,7 @@ done
 
 respool() { # name flags...
   local p; p=$(port); local name=$1; shift
-  "$bin" --listen "127.0.0.1:$p" --threads 1 "$@" > "$dir/$name.log" 2>&1 & pids+=($!); pid_of[$p]=$!
+  "$bin" --listen "127.0.0.1:$p" --threads 1 "$@" > "$dir/$name.log" 2>&1 & echo $! >> "$dir/respool.pids"
   for _ in $(seq 200); do grep -q "listen=" "$dir/$name.log" && break; sleep 0.05; done
   wait_pong "$p"; echo "$p"
 }

@@ -11,7 +11,11 @@
 set -eu
 bin=$(realpath "${1:-target/release/respool}"); duration=${2:-5s}; rounds=${3:-3}; ratio=${4:-0.9}
 dir=$(mktemp -d -t respool-replicas.XXXX); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+# respools start in a command substitution's subshell: their pids go to a file.
+cleanup() {
+  for p in "${pids[@]}" $(cat "$dir/respool.pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -34,7 +38,7 @@ done
 respool() { # name flags...
   local p; p=$(port); local name=$1; shift
   "$bin" --listen "127.0.0.1:$p" --upstream "redis://127.0.0.1:$primary" --threads 1 "$@" \
-    > "$dir/$name.log" 2>&1 & pids+=($!)
+    > "$dir/$name.log" 2>&1 & echo $! >> "$dir/respool.pids"
   wait_pong "$p"; echo "$p"
 }
 on_primary=$(respool primary --read-from primary)
