@@ -675,14 +675,9 @@ async fn a_slot_half_migrated_is_served_through_asking() {
     let info = client.respool_counters().await;
     assert!(support::counter(&info, "cluster_ask") >= 10, "{info:?}");
     // The same, and the map's shape, in the Prometheus exposition.
-    let exposition = support::prometheus::http_get(metrics.parse().unwrap(), "/metrics")
-        .expect("/metrics answers")
-        .body;
+    let exposition = support::prometheus::scrape(metrics.parse().unwrap());
     let value = |series: &str| {
-        exposition
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.parse::<f64>().ok())
+        support::prometheus::sample(&exposition, series)
             .unwrap_or_else(|| panic!("{series} in {exposition}"))
     };
     assert_eq!(value("respool_cluster_primaries"), 3.0);
@@ -693,16 +688,15 @@ async fn a_slot_half_migrated_is_served_through_asking() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
     )
     .expect("docs/operations.md");
-    let declared: Vec<&str> = exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE respool_cluster_"))
-        .filter_map(|l| l.split_whitespace().next())
+    let declared: Vec<String> = support::prometheus::declared_names(&exposition)
+        .into_iter()
+        .filter(|name| name.starts_with("respool_cluster_"))
         .collect();
     assert!(declared.len() >= 9, "{declared:?}");
     for name in declared {
         assert!(
-            operations.contains(&format!("respool_cluster_{name}")),
-            "respool_cluster_{name} is not documented in docs/operations.md"
+            operations.contains(&name),
+            "{name} is not documented in docs/operations.md"
         );
     }
 

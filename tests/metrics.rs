@@ -6,11 +6,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::prometheus::{http_get, http_raw, promtool, Prometheus};
+use support::prometheus::{
+    declared_names, http_get, http_raw, promtool, sample, scrape, Prometheus,
+};
 use support::redis::free_port;
 use support::{wait, RedisServer, TestProxy};
 
@@ -24,32 +25,6 @@ async fn proxy_with_metrics(redis: &RedisServer, extra: &[&str]) -> (TestProxy, 
     flags.extend_from_slice(extra);
     let proxy = TestProxy::start(&redis.url(), &flags).await;
     (proxy, metrics)
-}
-
-/// The exposition now; panics if `/metrics` does not answer 200.
-fn scrape(metrics: SocketAddr) -> String {
-    let response = http_get(metrics, "/metrics").expect("/metrics answers");
-    assert_eq!(response.status, 200, "{}", response.body);
-    response.body
-}
-
-/// The metric names an exposition declares (`# TYPE name kind`).
-fn declared_names(exposition: &str) -> BTreeSet<String> {
-    exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The value of the exposition's line for exactly `series` (name and
-/// labels as written), if there is one.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

@@ -74,6 +74,33 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
     )
 }
 
+/// The exposition respool's `/metrics` on `metrics` serves now; panics
+/// if it does not answer 200.
+pub fn scrape(metrics: SocketAddr) -> String {
+    let response = http_get(metrics, "/metrics").expect("/metrics answers");
+    assert_eq!(response.status, 200, "{}", response.body);
+    response.body
+}
+
+/// The metric names an exposition declares (`# TYPE name kind`).
+pub fn declared_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value of the exposition's line for exactly `series` (name and
+/// labels as written), if there is one.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Runs `promtool` with `args` and `stdin`; its exit status and output.
 pub fn promtool(args: &[&str], stdin: &[u8]) -> (bool, String) {
     let mut child = Command::new(binary("promtool", "PROMTOOL_BIN"))
