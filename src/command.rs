@@ -141,7 +141,7 @@ impl Command {
             retry_safe,
         }
     }
-    const fn dedicated(state: Stateful) -> Command {
+    pub(crate) const fn dedicated(state: Stateful) -> Command {
         Command {
             route: Route::Dedicated(state),
             retry_safe: false,

@@ -393,6 +393,124 @@ async fn blocking_commands_and_subscriptions_reach_the_right_node() {
     );
 }
 
+/// A shard channel whose slot moves to another primary (resharding) stays
+/// subscribed: the subscriber, in RESP2 and in RESP3, keeps hearing the
+/// channel's messages (published through respool, which sends them to the
+/// new owner) and never sees the unsubscribe the old owner sent it. A
+/// subscriber that also holds a channel of a slot that stays cannot follow
+/// on one connection: it gets that unsubscribe, as from Redis, and keeps
+/// hearing the other channel.
+#[tokio::test]
+async fn a_shard_subscription_follows_its_slot_to_the_new_primary() {
+    let cluster = Cluster::start();
+    let proxy = proxy(&cluster, &[]).await;
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let tag = key_on(&cluster, from.port(), "feed");
+    let slot = cluster.keyslot(tag.as_bytes());
+    let [resp2_ch, resp2_too, resp3_ch, mixed_ch] =
+        ["2", "2b", "3", "m"].map(|s| format!("{{{tag}}}:{s}"));
+    let stay = (0..)
+        .map(|n| key_on(&cluster, from.port(), &format!("stay{n}")))
+        .find(|k| cluster.keyslot(k.as_bytes()) != slot)
+        .expect("a channel of another slot on the same primary");
+    let subscribed = |kind: &str, ch: &str, n: i64| vec![bulk(kind), bulk(ch), Reply::Int(n)];
+    let subscribers = |node: &support::RedisServer, ch: &str| match node.command(&[
+        b"PUBSUB",
+        b"SHARDNUMSUB",
+        ch.as_bytes(),
+    ]) {
+        Reply::Array(items) => items[1].as_int().unwrap(),
+        other => panic!("PUBSUB SHARDNUMSUB: {other:?}"),
+    };
+
+    // Two channels of the slot: Redis unsubscribes each, both follow.
+    let mut resp2 = proxy.client().await;
+    resp2
+        .send(&["SSUBSCRIBE", &resp2_ch, &resp2_too])
+        .await
+        .unwrap();
+    for (ch, n) in [(&resp2_ch, 1), (&resp2_too, 2)] {
+        assert_eq!(
+            resp2.read_reply().await.unwrap(),
+            Reply::Array(subscribed("ssubscribe", ch, n))
+        );
+    }
+    let mut resp3 = proxy.client().await;
+    assert!(matches!(resp3.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+    resp3.send(&["SSUBSCRIBE", &resp3_ch]).await.unwrap();
+    assert_eq!(
+        resp3.read_reply().await.unwrap(),
+        Reply::Push(subscribed("ssubscribe", &resp3_ch, 1))
+    );
+    let mut mixed = proxy.client().await;
+    for (ch, n) in [(&mixed_ch, 1), (&stay, 2)] {
+        mixed.send(&["SSUBSCRIBE", ch]).await.unwrap();
+        assert_eq!(
+            mixed.read_reply().await.unwrap(),
+            Reply::Array(subscribed("ssubscribe", ch, n))
+        );
+    }
+    for ch in [&resp2_ch, &resp3_ch, &mixed_ch] {
+        assert_eq!(subscribers(from, ch), 1, "{ch} on :{}", from.port());
+    }
+
+    cluster.migrate_slot(slot, to);
+    wait::until(
+        "the followed subscriptions to be on the new primary",
+        Duration::from_secs(10),
+        || {
+            [&resp2_ch, &resp2_too, &resp3_ch]
+                .iter()
+                .all(|ch| subscribers(to, ch) == 1)
+        },
+    );
+    assert_eq!(subscribers(from, &resp2_ch), 0);
+    assert_eq!(subscribers(to, &mixed_ch), 0);
+
+    let mut publisher = proxy.client().await;
+    for ch in [&resp2_ch, &resp2_too, &resp3_ch] {
+        assert_eq!(
+            publisher.cmd(&["SPUBLISH", ch, "after"]).await,
+            Reply::Int(1)
+        );
+    }
+    // The first frame either gets after the move is the message.
+    let message = |ch: &str| vec![bulk("smessage"), bulk(ch), bulk("after")];
+    for ch in [&resp2_ch, &resp2_too] {
+        assert_eq!(resp2.read_reply().await.unwrap(), Reply::Array(message(ch)));
+    }
+    assert_eq!(
+        resp3.read_reply().await.unwrap(),
+        Reply::Push(message(&resp3_ch))
+    );
+    assert_eq!(
+        mixed.read_reply().await.unwrap(),
+        Reply::Array(subscribed("sunsubscribe", &mixed_ch, 1))
+    );
+    assert_eq!(
+        publisher.cmd(&["SPUBLISH", &stay, "after"]).await,
+        Reply::Int(1)
+    );
+    assert_eq!(
+        mixed.read_reply().await.unwrap(),
+        Reply::Array(message(&stay))
+    );
+    // The followed subscriber is an ordinary subscriber of its new node.
+    resp2
+        .send(&["SUNSUBSCRIBE", &resp2_ch, &resp2_too])
+        .await
+        .unwrap();
+    for (ch, n) in [(&resp2_ch, 1), (&resp2_too, 0)] {
+        assert_eq!(
+            resp2.read_reply().await.unwrap(),
+            Reply::Array(subscribed("sunsubscribe", ch, n))
+        );
+    }
+    assert_eq!(resp2.cmd(&["SET", &tag, "v"]).await, ok());
+    assert_eq!(to.command(&[b"GET", tag.as_bytes()]), bulk("v"));
+}
+
 /// A slot moved to another primary while 50 clients INCR and GET keys in
 /// it (and in another slot) through respool: no client sees an error, every
 /// GET returns the client's own count of acknowledged INCRs (so no INCR ran

@@ -36,6 +36,7 @@ pub(crate) mod roster;
 mod routing;
 mod scan;
 mod session;
+mod shard_follow;
 mod stop;
 mod transaction;
 
@@ -148,6 +149,8 @@ enum Wait {
     Login(login::LoginWait),
     /// The end of a `CLIENT PAUSE`.
     Pause(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// The new primary of a shard channel whose slot moved.
+    NewOwner(Pin<Box<dyn Future<Output = Option<Arc<LaneSet>>> + Send>>),
 }
 
 /// How a [`Wait`] ended.
@@ -157,6 +160,7 @@ enum WaitOutcome {
     Version(bool),
     Login(login::LoginResult),
     PauseOver,
+    NewOwner(Option<Arc<LaneSet>>),
 }
 
 impl Wait {
@@ -166,6 +170,7 @@ impl Wait {
             Wait::Version(wait) => wait.as_mut().poll(cx).map(WaitOutcome::Version),
             Wait::Login(check) => check.as_mut().poll(cx).map(WaitOutcome::Login),
             Wait::Pause(over) => over.as_mut().poll(cx).map(|()| WaitOutcome::PauseOver),
+            Wait::NewOwner(found) => found.as_mut().poll(cx).map(WaitOutcome::NewOwner),
         }
     }
 
@@ -176,6 +181,7 @@ impl Wait {
             Wait::Version(_) => "the first validated upstream connection",
             Wait::Login(_) => "the upstream's verdict on its login",
             Wait::Pause(_) => "the end of a CLIENT PAUSE",
+            Wait::NewOwner(_) => "the new primary of a shard channel it subscribed to",
         }
     }
 }
@@ -253,6 +259,11 @@ struct Client {
     /// The lane set a session being checked out comes from (a cluster
     /// primary's), when it is not `lanes`.
     session_origin: Option<Arc<LaneSet>>,
+    /// Shard channels Redis unsubscribed the client from in the events
+    /// being handled (their slot moved).
+    moved_shards: Vec<shard_follow::MovedShard>,
+    /// The moved shard channels being subscribed again elsewhere.
+    following: Option<Vec<shard_follow::MovedShard>>,
 }
 
 impl Client {
@@ -323,6 +334,8 @@ impl Client {
             routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
             cluster_tx: None,
             session_origin: None,
+            moved_shards: Vec::new(),
+            following: None,
             settings,
             shared,
         }
@@ -484,6 +497,7 @@ impl Client {
             WaitOutcome::Login(result) => self.on_login(result),
             // The request goes on when the loop unparks it.
             WaitOutcome::PauseOver => {}
+            WaitOutcome::NewOwner(lanes) => self.on_new_owner(lanes),
         }
         Ok(true)
     }

@@ -3,6 +3,7 @@
 //! checking a dedicated connection out, following what arrives on it, and
 //! giving it back once the connection state has ended.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use super::{Client, Parked, Phase, Wait};
 use crate::command::{Local, Route, Stateful};
 use crate::error::Error;
 use crate::pool::connection::Broken;
-use crate::pool::PinnedConn;
+use crate::pool::{LaneSet, PinnedConn};
 
 impl Client {
     /// Moves a parked request on once what it waits for has happened.
@@ -62,6 +63,7 @@ impl Client {
                 if self.output.shared_pending() > 0 {
                     self.park(req, command, None);
                 } else {
+                    self.sync_cluster();
                     let lanes = match self.session_lanes(&req) {
                         Ok(lanes) => lanes,
                         Err(reply) => return self.output.push_ready(reply),
@@ -77,17 +79,16 @@ impl Client {
 
     /// The checkout a parked request waited for ended.
     pub(super) fn on_checkout(&mut self, result: Result<PinnedConn, Error>) {
+        if self.following.is_some() {
+            return self.on_follow_checkout(result);
+        }
         match result {
             Ok(conn) => {
                 let origin = self
                     .session_origin
                     .take()
                     .unwrap_or_else(|| self.lanes.clone());
-                let mut session =
-                    Session::new(conn, origin, self.shared.config.pool.read_buffer_size);
-                if self.protocol == 3 {
-                    session.switch_protocol(true);
-                }
+                let mut session = self.new_session(conn, origin);
                 if let Some(tx) = self.cluster_tx.take() {
                     // Its MULTI and keyless commands were answered by
                     // respool: now they run, before the parked request.
@@ -116,6 +117,16 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// A session on `conn`, checked out of `origin`'s pool, speaking the
+    /// client's protocol.
+    pub(super) fn new_session(&self, conn: PinnedConn, origin: Arc<LaneSet>) -> Session {
+        let mut session = Session::new(conn, origin, self.shared.config.pool.read_buffer_size);
+        if self.protocol == 3 {
+            session.switch_protocol(true);
+        }
+        session
     }
 
     /// The session's socket, both ways: ready when something was read or
@@ -158,8 +169,16 @@ impl Client {
                     self.output.collect_ready();
                     self.output.push_out_of_band(frame);
                 }
+                SessionEvent::ShardUnsubscribed { channel, frame } => {
+                    self.on_shard_unsubscribed(channel, frame)
+                }
                 SessionEvent::Nothing => {}
             }
+        }
+        if result.is_ok() {
+            self.follow_moved_shards();
+        } else {
+            self.moved_shards.clear();
         }
         if let Some(identity) = self.session.as_mut().and_then(Session::take_login) {
             self.logged_in_on_session(identity);
@@ -187,7 +206,7 @@ impl Client {
 
     /// A session ended: for read-your-writes, whatever it ran may have
     /// written.
-    fn session_over(&mut self) {
+    pub(super) fn session_over(&mut self) {
         if let Some(reads) = &mut self.reads {
             reads.session_ended();
         }

@@ -209,6 +209,9 @@ impl Client {
     /// are on another primary than the session's (which a transaction
     /// open on the session then fails with at EXEC), or `None` to send it.
     pub(super) fn off_session_node(&mut self, req: &Request) -> Option<Bytes> {
+        // The map the session's node was chosen by may have changed since
+        // (a moved shard channel's session is on the slot's new owner).
+        self.sync_cluster();
         let (cluster, session) = (self.cluster.as_ref()?, self.session.as_mut()?);
         let reply = match cluster.place(req.view(), crate::ops::commands::command_id(req.name())) {
             Routed::Node(i) if cluster.is_node(i, session.origin()) => return None,

@@ -157,6 +157,8 @@ pub(crate) struct ClusterMap {
     pub refresh: Arc<Notify>,
     /// Woken when a map is first known.
     known: Notify,
+    /// Woken whenever the map changes.
+    changed: Notify,
     /// The anchor: the primary the registry's lane set follows.
     anchor: Arc<FollowedAddr>,
     /// A slot the anchor serves, for its write probe.
@@ -340,6 +342,7 @@ impl ClusterMap {
             keys: OnceLock::new(),
             refresh,
             known: Notify::new(),
+            changed: Notify::new(),
             anchor,
             anchor_probe,
             link,
@@ -398,6 +401,38 @@ impl ClusterMap {
             }
         };
         tokio::time::timeout(within, known).await.is_ok()
+    }
+
+    /// The lane set of `identity` on the primary serving `slot`, once the
+    /// map says that is no longer `from` (a node that gave the slot away);
+    /// refreshes are asked for meanwhile. `None` if it still is (or no
+    /// primary serves the slot) after `within`.
+    pub async fn new_owner(
+        self: Arc<Self>,
+        slot: u16,
+        from: Arc<str>,
+        identity: Identity,
+        within: Duration,
+    ) -> Option<Arc<LaneSet>> {
+        // A refresh that finds the old map changes nothing and wakes no
+        // one: ask again after this long (refreshes are rate-limited).
+        const ASK_AGAIN: Duration = Duration::from_millis(100);
+        let moved = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let (slots, _) = self.current();
+                if let Some(node) = slots.owner(slot).and_then(|i| slots.nodes.get(i)) {
+                    if *node.addr != *from {
+                        return node.lanes_of(&identity);
+                    }
+                }
+                self.refresh.notify_one();
+                let _ = tokio::time::timeout(ASK_AGAIN, changed).await;
+            }
+        };
+        tokio::time::timeout(within, moved).await.ok()
     }
 
     /// `INFO respool` lines: the map, each primary's lanes, redirections.
@@ -517,6 +552,8 @@ impl ClusterMap {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = Arc::new(SlotMap { owner, nodes });
         self.version.fetch_add(1, Ordering::AcqRel);
+        drop(current);
+        self.changed.notify_waiters();
         true
     }
 }

@@ -35,6 +35,10 @@ pub(super) enum Effect {
     /// CLIENT GETREDIR or TRACKINGINFO: the redirect id in the reply is the
     /// target's connection upstream; the client named respool's id.
     RedirectId,
+    /// respool's own SSUBSCRIBE of a channel that moved with its slot: if
+    /// refused, the client gets `reply_instead` (Redis's unsubscribe) out
+    /// of band.
+    Resubscribe,
 }
 
 /// One request sent on the session, awaiting its reply.
@@ -237,6 +241,15 @@ impl Session {
             None => {}
         }
         if notice.is_some() && !self.expect.front().is_some_and(|e| e.pubsub) {
+            if let Some(Notice::Confirm {
+                kind: SubKind::Shard,
+                subscribe: false,
+                name: Some(channel),
+            }) = notice
+            {
+                // No SUNSUBSCRIBE of the client's waits: Redis ended it.
+                return Ok(SessionEvent::ShardUnsubscribed { channel, frame });
+            }
             // A confirmation no request waits for: under CLIENT REPLY
             // OFF/SKIP, respool expects no reply to a (un)subscribe, but
             // Redis 7 sends its confirmations anyway (pub/sub frames are not
@@ -276,6 +289,19 @@ impl Session {
             }
         }
         self.apply(done.effect, &frame);
+        if done.effect == Effect::Resubscribe {
+            let refused = matches!(frame.first(), Some(b'-' | b'!'));
+            return Ok(match done.reply_instead {
+                Some(unsubscribed) if refused => {
+                    tracing::info!(
+                        reply = %String::from_utf8_lossy(&frame).trim_end(),
+                        "a shard channel's new primary refused to subscribe to it; the client is told it is unsubscribed"
+                    );
+                    SessionEvent::OutOfBand(unsubscribed)
+                }
+                _ => SessionEvent::Nothing,
+            });
+        }
         let reply = match (done.reply_instead, done.acc) {
             (Some(instead), _) => instead,
             (None, Some(acc)) => acc.freeze(),

@@ -42,6 +42,10 @@ pub(crate) enum SessionEvent {
     OutOfBand(Bytes),
     /// Nothing for the client (a swallowed reply, or part of a multi-frame one).
     Nothing,
+    /// Redis ended a shard channel's subscription on its own (in a cluster:
+    /// the channel's slot went to another primary); the frame says so in
+    /// the client's protocol.
+    ShardUnsubscribed { channel: Vec<u8>, frame: Bytes },
 }
 
 /// A pinned session; see the module docs.
@@ -180,6 +184,25 @@ impl Session {
             acc: None,
             reply_instead: None,
         });
+    }
+
+    /// Subscribes to the shard `channel` again, on respool's own account
+    /// (the client is subscribed already): the confirmation is swallowed;
+    /// if Redis refuses, the client gets `unsubscribed`, the frame that
+    /// told it nothing of the move.
+    pub(crate) fn resubscribe_shard(&mut self, channel: &[u8], unsubscribed: Bytes) {
+        let req = Request::from_args(&[&b"SSUBSCRIBE"[..], channel]);
+        self.dirty = true;
+        self.wbuf.extend_from_slice(req.raw());
+        let stateful = self.what_runs_now(&req, Some(Stateful::Subscribe(SubKind::Shard)));
+        if let Some(expect) = self.expected_reply(&req, stateful) {
+            self.expect.push_back(Expect {
+                seq: None,
+                effect: Effect::Resubscribe,
+                reply_instead: Some(unsubscribed),
+                ..expect
+            });
+        }
     }
 
     /// The lane set the connection came from (a cluster primary's).
@@ -331,6 +354,11 @@ impl Session {
             && !self.state.skip_next
             && !self.state.flags
             && !self.state.monitoring
+    }
+
+    /// The shard channels the connection is subscribed to.
+    pub(crate) fn shard_channels(&self) -> impl Iterator<Item = &[u8]> {
+        self.state.shards.iter().map(Vec::as_slice)
     }
 
     /// True while the connection is in pub/sub mode.
