@@ -511,6 +511,59 @@ async fn a_shard_subscription_follows_its_slot_to_the_new_primary() {
     assert_eq!(to.command(&[b"GET", tag.as_bytes()]), bulk("v"));
 }
 
+/// Clients on a Unix socket (`--listen unix:…`) in front of a cluster:
+/// single-key commands and `MSET`/`MGET` split over every primary, each key
+/// found on its own primary; a transaction; `CLUSTER SLOTS` answered as
+/// one node owning every slot.
+#[tokio::test]
+async fn clients_on_a_unix_socket_reach_every_primary() {
+    let cluster = Cluster::start_with(3, 0);
+    let dir = tempfile::Builder::new()
+        .prefix("respool-cluster-unix-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("respool.sock");
+    let listen = format!("unix:{}", path.display());
+    let proxy = proxy(&cluster, &["--listen", &listen]).await;
+    let mut client = TestClient::connect_unix(&path).await.unwrap();
+    let primaries = cluster.primaries();
+    let keys: Vec<String> = primaries
+        .iter()
+        .map(|p| key_on(&cluster, p.port(), "unix"))
+        .collect();
+    for key in &keys {
+        assert_eq!(client.cmd(&["SET", key, "one"]).await, ok());
+    }
+    let mut mset = vec!["MSET".to_string()];
+    for (i, key) in keys.iter().enumerate() {
+        mset.extend([key.clone(), format!("v{i}")]);
+    }
+    assert_eq!(client.cmd(&mset).await, ok());
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    assert_eq!(
+        client.cmd(&mget).await,
+        Reply::Array(vec![bulk("v0"), bulk("v1"), bulk("v2")])
+    );
+    for (i, (key, node)) in keys.iter().zip(&primaries).enumerate() {
+        assert_eq!(
+            node.command(&[b"GET", key.as_bytes()]),
+            bulk(&format!("v{i}"))
+        );
+    }
+    assert_eq!(client.cmd(&["MULTI"]).await, ok());
+    assert_eq!(client.cmd(&["APPEND", &keys[2], "+"]).await, queued());
+    assert_eq!(
+        client.cmd(&["EXEC"]).await,
+        Reply::Array(vec![Reply::Int(3)])
+    );
+    match client.cmd(&["CLUSTER", "SLOTS"]).await {
+        Reply::Array(ranges) => assert_eq!(ranges.len(), 1, "{ranges:?}"),
+        other => panic!("CLUSTER SLOTS: {other:?}"),
+    }
+    drop(proxy);
+}
+
 /// A slot moved to another primary while 50 clients INCR and GET keys in
 /// it (and in another slot) through respool: no client sees an error, every
 /// GET returns the client's own count of acknowledged INCRs (so no INCR ran
