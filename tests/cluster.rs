@@ -822,26 +822,33 @@ async fn a_slot_half_migrated_is_served_through_asking() {
     assert_eq!(count_on(to), Some(11), "10 moved keys and the new one");
     assert_eq!(count_on(from), Some(10), "the keys not moved yet");
 
-    // A pipeline alternating a moved key and one not moved: INCRs in order.
+    // A pipeline cycling through a moved key, a key of the third primary
+    // and a key not moved: INCRs in order. The source's requests of each
+    // read go to its lane as one run with gaps (the third primary's
+    // requests between them), and its `-ASK`s take requests out of the
+    // middle of that run.
+    let third = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| p.port())
+        .find(|&p| p != from && p != to)
+        .expect("a third primary");
+    let elsewhere = key_on(&cluster, third, "ask-elsewhere");
     let mut batch = Vec::new();
     for _ in 0..25 {
         batch.extend(encode_command(&["INCR", &keys[0]]));
+        batch.extend(encode_command(&["INCR", &elsewhere]));
         batch.extend(encode_command(&["INCR", &keys[19]]));
     }
     client.send_raw(&batch).await.unwrap();
     for n in 1..=25 {
-        assert_eq!(
-            client.read_reply().await.unwrap(),
-            Reply::Int(n),
-            "{}",
-            keys[0]
-        );
-        assert_eq!(
-            client.read_reply().await.unwrap(),
-            Reply::Int(19 + n),
-            "{}",
-            keys[19]
-        );
+        for (key, value) in [(&keys[0], n), (&elsewhere, n), (&keys[19], 19 + n)] {
+            assert_eq!(
+                client.read_reply().await.unwrap(),
+                Reply::Int(value),
+                "{key}"
+            );
+        }
     }
     let info = client.respool_counters().await;
     assert!(support::counter(&info, "cluster_ask") >= 10, "{info:?}");
