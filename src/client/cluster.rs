@@ -293,7 +293,7 @@ impl Client {
             Routed::Node(node) => {
                 let target = Target::Node(node);
                 if self.run_target != target {
-                    self.stash_run();
+                    self.flush_run();
                     self.run_target = target;
                 }
                 true
@@ -593,7 +593,6 @@ impl Client {
             let lane = cluster.lane(node).unwrap_or(&self.lane);
             let queued = lane.send(crate::pool::lane::LaneRequest {
                 seq: part as u64,
-                slots: 0,
                 raw,
                 count: 1,
                 retry_safe,

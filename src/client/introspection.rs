@@ -286,7 +286,6 @@ impl Client {
         let inbox = ReplyInbox::new(None, Arc::new(ReplyMemory::detached()));
         let sent = self.lane.send(LaneRequest {
             seq: 0,
-            slots: 0,
             raw: req.into_raw().freeze(),
             count: 1,
             retry_safe: 1,

@@ -29,7 +29,6 @@ mod input;
 mod introspection;
 mod local;
 mod login;
-mod node_runs;
 mod output;
 mod pinned;
 mod reads;
@@ -260,9 +259,6 @@ struct Client {
     /// The lane set a session being checked out comes from (a cluster
     /// primary's), when it is not `lanes`.
     session_origin: Option<Arc<LaneSet>>,
-    /// In cluster mode, this read's runs for other primaries than the one
-    /// being collected.
-    node_runs: node_runs::NodeRuns,
     /// Shard channels Redis unsubscribed the client from in the events
     /// being handled (their slot moved).
     moved_shards: Vec<shard_follow::MovedShard>,
@@ -338,7 +334,6 @@ impl Client {
             routes_runs: shared.router.replicas().is_some() || shared.router.cluster().is_some(),
             cluster_tx: None,
             session_origin: None,
-            node_runs: node_runs::NodeRuns::default(),
             moved_shards: Vec::new(),
             following: None,
             settings,

@@ -216,7 +216,7 @@ impl Client {
         if self.cluster.is_some() {
             return match node {
                 Some(node) => {
-                    self.stash_run();
+                    self.flush_run();
                     self.run_target = Target::Node(node);
                     true
                 }
@@ -459,14 +459,7 @@ impl Client {
         if let Some(reads) = &mut self.reads {
             reads.routed_to_primary(seq, retry_safe);
         }
-        self.hand_to_lane(
-            self.run_target,
-            seq,
-            req.into_raw().freeze(),
-            1,
-            u64::from(retry_safe),
-            0,
-        );
+        self.hand_to_lane(seq, req.into_raw().freeze(), 1, u64::from(retry_safe));
     }
 
     /// Decides where a shared request goes when replicas may take reads,
@@ -490,54 +483,16 @@ impl Client {
         }
     }
 
-    /// Hands the collected run of shared requests to its lane (and, in
-    /// cluster mode, the runs of this read waiting for theirs).
+    /// Hands the collected run of shared requests to its lane.
     #[inline]
     pub(super) fn flush_run(&mut self) {
-        if !self.node_runs.is_empty() {
-            return self.flush_node_runs();
-        }
         if let Some((run, raw)) = self.input.take_run() {
-            self.hand_to_lane(self.run_target, run.seq, raw, run.count, run.retry_safe, 0);
+            self.hand_to_lane(run.seq, raw, run.count, run.retry_safe);
         }
     }
 
-    /// In cluster mode, ends the run being collected where the primary
-    /// changes: it waits for the rest of the read ([`super::node_runs`]).
-    pub(super) fn stash_run(&mut self) {
-        if let Some((run, raw)) = self.input.take_run() {
-            if let Some(full) = self.node_runs.stash(self.run_target, run, raw) {
-                self.hand_waiting(full);
-            }
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn flush_node_runs(&mut self) {
-        self.stash_run();
-        let mut runs = std::mem::take(&mut self.node_runs);
-        for gathered in runs.take_all() {
-            self.hand_waiting(gathered);
-        }
-        // Keeps its allocations.
-        self.node_runs = runs;
-    }
-
-    fn hand_waiting(&mut self, g: super::node_runs::Gathered) {
-        self.hand_to_lane(g.target, g.seq, g.raw, g.count, g.retry_safe, g.slots);
-    }
-
-    fn hand_to_lane(
-        &mut self,
-        target: Target,
-        seq: u64,
-        raw: Bytes,
-        count: u32,
-        retry_safe: u64,
-        slots: u64,
-    ) {
-        let lane = match (&self.reads, target) {
+    fn hand_to_lane(&mut self, seq: u64, raw: Bytes, count: u32, retry_safe: u64) {
+        let lane = match (&self.reads, self.run_target) {
             (_, Target::Primary) => &self.lane,
             (Some(reads), Target::Replica) => {
                 reads.count(count);
@@ -552,7 +507,6 @@ impl Client {
         };
         let sent = lane.send(LaneRequest {
             seq,
-            slots,
             raw,
             count,
             retry_safe,
@@ -560,11 +514,9 @@ impl Client {
             redirects: 0,
             asking: false,
         });
-        if let Err(req) = sent {
-            let error = Error::ShuttingDown.to_resp();
-            for seq in req.each_slot() {
-                self.output.fail_shared(seq, 1, &error);
-            }
+        if sent.is_err() {
+            self.output
+                .fail_shared(seq, count, &Error::ShuttingDown.to_resp());
         }
     }
 

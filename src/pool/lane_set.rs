@@ -240,7 +240,6 @@ impl LaneSet {
         let inbox = ReplyInbox::new(None, Arc::new(ReplyMemory::detached()));
         let sent = self.lane(protocol).send(LaneRequest {
             seq: 0,
-            slots: 0,
             raw,
             count: 1,
             // Nothing a login check sends writes data.

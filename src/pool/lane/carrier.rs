@@ -545,12 +545,6 @@ impl Carrier {
             }
         }
         self.served = true;
-        if replies.count > 0 && !job.req.adjacent(job.answered + replies.count) {
-            // A gap in the client's slots before this one (a cluster run
-            // gathered around other primaries' requests): what came before
-            // goes out as one piece.
-            replies.deliver_to(rbuf, job);
-        }
         replies.push(len);
         if replies.count == job.remaining() {
             // The run is answered: one clock read for its latencies (and

@@ -75,9 +75,8 @@ impl Job {
     }
 
     /// Hands the next `count` replies, back to back in `reply`, to the client.
-    #[inline]
     pub(super) fn deliver(&mut self, count: u32, reply: Bytes) {
-        let seq = self.req.slot(self.answered);
+        let seq = self.req.seq + u64::from(self.answered);
         self.req.reply_to.send(seq, count, reply);
         self.answered += count;
     }
@@ -91,13 +90,6 @@ impl Job {
         }
         stats.requests_failed.add(u64::from(n));
         stats.failed_by_cause[cause as usize].add(u64::from(n));
-        if self.req.slots != 0 {
-            // Slots apart: one reply each.
-            for _ in 0..n {
-                self.deliver(1, line.clone());
-            }
-            return;
-        }
         let reply = if n == 1 {
             line.clone()
         } else {
@@ -129,7 +121,9 @@ impl Job {
     /// Moves the start of the run past its first `n` requests, whose bytes
     /// have already been taken off `raw`.
     pub(super) fn skip_requests(&mut self, n: u32) {
-        self.req.skip(n);
+        self.req.seq += u64::from(n);
+        self.req.count -= n;
+        self.req.retry_safe = self.req.retry_safe.checked_shr(n).unwrap_or(0);
     }
 
     /// Takes the first unanswered request off the run, as a job of its own
@@ -147,7 +141,6 @@ impl Job {
         let first = Job {
             req: LaneRequest {
                 seq: self.req.seq,
-                slots: if count == 1 { 0 } else { self.req.slots },
                 raw: self.req.raw.split_to(len),
                 count,
                 retry_safe: self.req.retry_safe & 1,
@@ -206,7 +199,6 @@ impl Replies {
         self.count += 1;
     }
 
-    #[inline]
     pub(super) fn deliver_to(&mut self, rbuf: &mut BytesMut, job: &mut Job) {
         if self.count > 0 {
             job.deliver(self.count, rbuf.split_to(self.len).freeze());
@@ -256,7 +248,6 @@ mod tests {
         let job = Job {
             req: LaneRequest {
                 seq: 10,
-                slots: 0,
                 raw: Bytes::from_static(raw),
                 count,
                 retry_safe,
@@ -296,68 +287,6 @@ mod tests {
         assert_eq!(&third.req.raw[..], b"*1\r\n$4\r\nPING\r\n");
         assert_eq!(run.remaining(), 0);
         assert!(run.req.raw.is_empty());
-    }
-
-    /// A run whose requests fill slots 10, 11 and 13 (a cluster primary's
-    /// requests gathered around another primary's at slot 12).
-    fn gapped() -> (Job, Inbox) {
-        let (mut run, rx) = job(RUN, 3, 0b101);
-        run.req.slots = 0b1011;
-        (run, rx)
-    }
-
-    #[test]
-    fn a_gapped_run_knows_each_request_s_slot_and_where_the_gaps_are() {
-        let (run, _rx) = gapped();
-        assert_eq!(run.req.each_slot().collect::<Vec<_>>(), vec![10, 11, 13]);
-        assert!(run.req.adjacent(1), "11 follows 10");
-        assert!(!run.req.adjacent(2), "13 does not follow 11");
-        let (plain, _rx) = job(RUN, 3, 0);
-        assert_eq!(plain.req.each_slot().collect::<Vec<_>>(), vec![10, 11, 12]);
-        assert!(plain.req.adjacent(1) && plain.req.adjacent(2));
-    }
-
-    #[test]
-    fn a_gapped_run_delivers_into_its_own_slots_and_splits_keeping_them() {
-        let (mut run, mut rx) = gapped();
-        run.deliver(2, Bytes::from_static(b":1\r\n:2\r\n"));
-        let d = rx.try_recv().unwrap();
-        assert_eq!((d.seq, d.count), (10, 2));
-        // The third request is taken off on its own (held, or redirected):
-        // it still answers slot 13.
-        let last = run.take_first();
-        assert_eq!((last.req.seq, last.req.count, last.req.slots), (13, 1, 0));
-        assert_eq!(&last.req.raw[..], b"*1\r\n$4\r\nPING\r\n");
-        assert_eq!(run.remaining(), 0);
-        // Split before anything was answered: each request keeps its slot.
-        let (mut run, _rx) = gapped();
-        let slots: Vec<_> = (0..3).map(|_| run.take_first().req.seq).collect();
-        assert_eq!(slots, vec![10, 11, 13]);
-        // Skipping the first leaves the others' slots as they were.
-        let (mut run, _rx) = gapped();
-        run.skip_requests(1);
-        assert_eq!(run.req.each_slot().collect::<Vec<_>>(), vec![11, 13]);
-        assert_eq!(run.req.retry_safe, 0b10);
-        assert!(!run.req.adjacent(1));
-    }
-
-    #[test]
-    fn failing_a_gapped_run_answers_each_slot() {
-        let (run, mut rx) = gapped();
-        let stats = LoopStats::default();
-        run.fail(
-            &Bytes::from_static(b"-ERR x\r\n"),
-            &stats,
-            FailCause::Unavailable,
-        );
-        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv())
-            .map(|d| (d.seq, d.count, d.reply))
-            .collect();
-        let line = Bytes::from_static(b"-ERR x\r\n");
-        assert_eq!(
-            got,
-            vec![(10, 1, line.clone()), (11, 1, line.clone()), (13, 1, line)]
-        );
     }
 
     #[test]
@@ -429,7 +358,6 @@ mod tests {
         Job {
             req: LaneRequest {
                 seq,
-                slots: 0,
                 raw: Bytes::from_static(raw),
                 count: 1,
                 retry_safe: u64::from(read_only),

@@ -60,14 +60,8 @@ pub(crate) const MAX_RUN: u32 = 64;
 #[derive(Debug)]
 pub(crate) struct LaneRequest {
     /// The client's sequence number for the first request; the others follow
-    /// it (see `slots`). Echoed in the deliveries.
+    /// it. Echoed in the deliveries.
     pub seq: u64,
-    /// 0: the requests fill the client's slots `seq`, `seq + 1`, … in turn.
-    /// Else bit `j` set: one of them fills slot `seq + j` (bit 0 always
-    /// is), in order — a run of one client's requests for one cluster
-    /// primary, collected from a pipeline where they were interleaved with
-    /// requests for other primaries.
-    pub slots: u64,
     /// `count` whole requests back to back, forwarded verbatim.
     pub raw: Bytes,
     /// How many requests `raw` holds (1 to [`MAX_RUN`]).
@@ -96,56 +90,6 @@ impl LaneRequest {
     pub(super) fn is_retry_safe(&self, i: u32) -> bool {
         i < MAX_RUN && self.retry_safe >> i & 1 == 1
     }
-
-    /// The client's slot for request `i` of the run.
-    pub(crate) fn slot(&self, i: u32) -> u64 {
-        if self.slots == 0 {
-            return self.seq + u64::from(i);
-        }
-        self.seq + u64::from(without_lowest(self.slots, i).trailing_zeros())
-    }
-
-    /// Whether request `i` (not the first) fills the slot right after
-    /// request `i - 1`'s, so that their replies go out as one piece.
-    #[inline]
-    pub(super) fn adjacent(&self, i: u32) -> bool {
-        if self.slots == 0 {
-            return true;
-        }
-        let rest = without_lowest(self.slots, i - 1);
-        rest >> rest.trailing_zeros() & 0b10 != 0
-    }
-
-    /// The client's slots of the requests, in order.
-    pub(crate) fn each_slot(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..self.count).map(|i| self.slot(i))
-    }
-
-    /// Moves the start of the run past its first `n` requests (their bytes
-    /// already taken off `raw`).
-    pub(super) fn skip(&mut self, n: u32) {
-        if n == 0 {
-            return;
-        }
-        if self.slots != 0 && n < self.count {
-            let next = self.slot(n);
-            self.slots >>= next - self.seq;
-            self.seq = next;
-        } else {
-            self.seq += u64::from(n);
-            self.slots = 0;
-        }
-        self.count -= n;
-        self.retry_safe = self.retry_safe.checked_shr(n).unwrap_or(0);
-    }
-}
-
-/// `mask` with its `n` lowest set bits cleared.
-fn without_lowest(mut mask: u64, n: u32) -> u64 {
-    for _ in 0..n {
-        mask &= mask.wrapping_sub(1);
-    }
-    mask
 }
 
 /// A client's way into its lane, cloned once per client (not per request).
