@@ -451,7 +451,23 @@ async fn a_shard_subscription_follows_its_slot_to_the_new_primary() {
             Reply::Array(subscribed("ssubscribe", ch, n))
         );
     }
-    for ch in [&resp2_ch, &resp3_ch, &mixed_ch] {
+    // And redis-py's PubSub, which would report a `sunsubscribe` it got.
+    let py_ch = format!("{{{tag}}}:py");
+    let mut py = std::process::Command::new("python3")
+        .args([
+            "-c",
+            REDIS_PY_SHARD_SUBSCRIBER,
+            &proxy.addr().port().to_string(),
+            &py_ch,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with redis-py");
+    let mut py_out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut py_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "redis-py subscriber");
+    for ch in [&resp2_ch, &resp3_ch, &mixed_ch, &py_ch] {
         assert_eq!(subscribers(from, ch), 1, "{ch} on :{}", from.port());
     }
 
@@ -460,7 +476,7 @@ async fn a_shard_subscription_follows_its_slot_to_the_new_primary() {
         "the followed subscriptions to be on the new primary",
         Duration::from_secs(10),
         || {
-            [&resp2_ch, &resp2_too, &resp3_ch]
+            [&resp2_ch, &resp2_too, &resp3_ch, &py_ch]
                 .iter()
                 .all(|ch| subscribers(to, ch) == 1)
         },
@@ -469,7 +485,7 @@ async fn a_shard_subscription_follows_its_slot_to_the_new_primary() {
     assert_eq!(subscribers(to, &mixed_ch), 0);
 
     let mut publisher = proxy.client().await;
-    for ch in [&resp2_ch, &resp2_too, &resp3_ch] {
+    for ch in [&resp2_ch, &resp2_too, &resp3_ch, &py_ch] {
         assert_eq!(
             publisher.cmd(&["SPUBLISH", ch, "after"]).await,
             Reply::Int(1)
@@ -496,6 +512,18 @@ async fn a_shard_subscription_follows_its_slot_to_the_new_primary() {
         mixed.read_reply().await.unwrap(),
         Reply::Array(message(&stay))
     );
+    assert_eq!(
+        publisher.cmd(&["SPUBLISH", &py_ch, "stop"]).await,
+        Reply::Int(1)
+    );
+    line.clear();
+    std::io::BufRead::read_line(&mut py_out, &mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "smessage:after smessage:stop",
+        "what redis-py's PubSub got after subscribing"
+    );
+    assert!(py.wait().unwrap().success());
     // The followed subscriber is an ordinary subscriber of its new node.
     resp2
         .send(&["SUNSUBSCRIBE", &resp2_ch, &resp2_too])
@@ -563,6 +591,30 @@ async fn clients_on_a_unix_socket_reach_every_primary() {
     }
     drop(proxy);
 }
+
+/// redis-py's PubSub subscribed to one shard channel through respool
+/// (`python3 -c SCRIPT port channel`): prints `ready` once subscribed,
+/// then every event it gets (type and data) until the message `stop`.
+const REDIS_PY_SHARD_SUBSCRIBER: &str = r#"
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]))
+p = r.pubsub()
+p.ssubscribe(sys.argv[2])
+first = p.get_sharded_message(timeout=10)
+assert first and first["type"] == "ssubscribe", first
+print("ready", flush=True)
+events = []
+while True:
+    m = p.get_sharded_message(timeout=30)
+    if m is None:
+        events.append("timeout")
+        break
+    data = m["data"].decode() if isinstance(m["data"], bytes) else str(m["data"])
+    events.append(m["type"] + ":" + data)
+    if m["type"] == "smessage" and data == "stop":
+        break
+print(" ".join(events), flush=True)
+"#;
 
 /// A slot moved to another primary while 50 clients INCR and GET keys in
 /// it (and in another slot) through respool: no client sees an error, every
