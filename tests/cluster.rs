@@ -730,6 +730,94 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     );
 }
 
+/// An operator's planned failover (`CLUSTER FAILOVER` on a replica) under
+/// 20 INCR/GET clients: the replica takes its primary's slots, the old
+/// primary (a replica now) answers `-MOVED` for what it held during the
+/// switch, and respool follows the map. No client sees an error, and every
+/// key ends at its client's count of acknowledged INCRs on the new primary
+/// (a manual failover loses no write, and respool resends only what a
+/// `-MOVED` says did not run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_failover_under_load_costs_clients_nothing() {
+    const CLIENTS: usize = 20;
+    let cluster = Arc::new(Cluster::start());
+    let proxy = proxy(&cluster, &["--hold-timeout", "20s", "--timeout", "20s"]).await;
+    let slot = cluster.keyslot(b"{planned}");
+    let old = cluster.owner(slot).port();
+    let replica = cluster
+        .nodes
+        .iter()
+        .find(|n| {
+            matches!(n.command(&[b"ROLE"]), Reply::Array(items)
+                if items.first() == Some(&bulk("slave")) && items.get(2) == Some(&Reply::Int(i64::from(old))))
+        })
+        .expect("the primary's replica")
+        .port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = incr_get_clients(&proxy, CLIENTS, "planned", "elsewhere", &stop).await;
+    let mut watcher = proxy.client().await;
+    let count = async |watcher: &mut TestClient| {
+        watcher
+            .cmd(&["GET", "{planned}:0"])
+            .await
+            .as_bytes()
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(&mut watcher).await < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load before the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        cluster.node(replica).command(&[b"CLUSTER", b"FAILOVER"]),
+        ok()
+    );
+    wait::until(
+        "the replica to serve the slot",
+        Duration::from_secs(30),
+        || cluster.owner(slot).port() == replica,
+    );
+    // Load after the switch, through respool's new map.
+    let before = count(&mut watcher).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(&mut watcher).await < before + 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for task in tasks {
+        let (key, acked, problems) = task.await.unwrap();
+        errors.extend(problems);
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"GET", key.as_bytes()]),
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "{key} on :{}",
+            owner.port()
+        );
+    }
+    assert!(errors.is_empty(), "client-visible errors: {errors:#?}");
+    let info = watcher.respool_counters().await;
+    eprintln!(
+        "cluster counters: moved={} redirected={} refreshes={}",
+        info["cluster_moved"], info["cluster_redirected"], info["cluster_refreshes"]
+    );
+    // Requests caught by the switch were redirected, not failed.
+    assert!(support::counter(&info, "cluster_moved") > 0, "{info:?}");
+    assert!(
+        info.values().any(|v| v.contains(&format!(":{replica},"))),
+        "respool routes to the new primary: {info:?}"
+    );
+}
+
 /// Scaling out and back in under load: a fourth primary joins the cluster
 /// (`CLUSTER MEET`) and a slot moves to it while 20 clients INCR and GET
 /// through respool, which opens lanes to the new primary when its map names
