@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::wait::{until_async, DEADLINE};
+use support::wait::{until_async, until_ok, DEADLINE};
 use support::{RedisServer, Reply, TestClient, TestProxy};
 
 const ADMIN: &[&str] = &[
@@ -148,19 +148,15 @@ async fn the_admin_sees_pools_clients_stats_and_config_without_secrets() {
 
         // HELLO 3 starts the RESP3 lanes: their checkouts count as waiters
         // until they hold their connections.
-        let deadline = std::time::Instant::now() + support::wait::DEADLINE;
-        let pools = loop {
+        let pools = until_ok("the checkouts to stop waiting", DEADLINE, async || {
             let pools = records(&ops.cmd(&["RESPOOL", "POOLS"]).await);
             if pools.iter().all(|p| int(p, "waiters") == 0) {
-                break pools;
+                Ok(pools)
+            } else {
+                Err(format!("checkouts still waiting: {pools:?}"))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "checkouts still waiting: {pools:?}"
-            );
-            // Polling granularity only.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        })
+        .await;
         assert_eq!(pools.len(), 1, "{pools:?}");
         let pool = &pools[0];
         assert_eq!(text(pool, "upstream"), redis.addr().to_string());
@@ -393,16 +389,15 @@ async fn drain_stops_accepting_answers_what_is_in_flight_and_closes_clients() {
 
     // No new clients.
     let addr = proxy.addr();
-    let mut refused = false;
-    let deadline = Instant::now() + DEADLINE;
-    while Instant::now() < deadline {
-        if TestClient::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "still accepting clients after DRAIN");
+    until_ok(
+        "DRAIN to refuse new clients",
+        DEADLINE,
+        async || match TestClient::connect(addr).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still accepting clients after DRAIN".to_string()),
+        },
+    )
+    .await;
     // The idle client is closed.
     assert!(idle
         .read_reply_within(DEADLINE)

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{RedisServer, Reply, TestClient, TestProxy};
+use support::{wait, RedisServer, Reply, TestClient, TestProxy};
 
 fn ok() -> Reply {
     Reply::Simple("OK".into())
@@ -120,18 +120,16 @@ async fn acl_users_get_their_own_permissions_and_errors() {
 
 /// Waits until `INFO respool` counts `n` identities with lanes open.
 async fn wait_for_identities(client: &mut TestClient, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("identities to come to {n}");
+    wait::until_ok(&what, Duration::from_secs(20), async || {
         let counters = client.respool_counters().await;
         if counters["identities"] == n.to_string() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("identities never came to {n}: {counters:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "identities never came to {n}: {counters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -231,18 +229,16 @@ async fn identities_are_bounded_and_closed_when_unused() {
     );
     // Once alice has gone, bob's login makes room.
     drop(alice);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    wait::until_ok("bob to get lanes", Duration::from_secs(20), async || {
         let mut bob = proxy.client().await;
-        if bob.cmd(&["AUTH", "bob", "bob-pw"]).await == ok() {
-            break;
+        let reply = bob.cmd(&["AUTH", "bob", "bob-pw"]).await;
+        if reply == ok() {
+            Ok(())
+        } else {
+            Err(format!("bob never got lanes: AUTH answered {reply}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bob never got lanes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // And unused lanes close after --identity-idle-timeout.
     let mut watcher = proxy.client().await;
     wait_for_identities(&mut watcher, 0).await;

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{RedisServer, Reply, TestClient, TestProxy};
+use support::{wait, RedisServer, Reply, TestClient, TestProxy};
 
 fn ok() -> Reply {
     Reply::Simple("OK".into())
@@ -24,20 +24,19 @@ fn busy_redis() -> RedisServer {
 /// Sends `kill` until the running script is there to kill; the time the
 /// kill was accepted.
 async fn kill_when_running(client: &mut TestClient, kill: &[&str]) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait::until_ok("a script to run", Duration::from_secs(20), async || {
         let reply = client.cmd(kill).await;
         if reply == ok() {
-            return Instant::now();
+            return Ok(Instant::now());
         }
         assert_eq!(
             reply.error_code(),
             Some("NOTBUSY"),
             "{kill:?} answered {reply}"
         );
-        assert!(Instant::now() < deadline, "no script ever ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("no script ever ran: {kill:?} answered {reply}"))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -168,14 +167,15 @@ async fn client_unblock_reaches_the_pinned_connection_of_the_client_it_names() {
     for (mode, expect_error) in [(None, false), (Some("ERROR"), true)] {
         blocked.send(&["BLPOP", "empty", "0"]).await.expect("sent");
         // Wait until respool knows it is blocked.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while list_line(&mut helper, id)
-            .await
-            .is_none_or(|line| field(&line, "flags") != Some("b"))
-        {
-            assert!(Instant::now() < deadline, "never listed as blocked");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait::until_ok(
+            "the client to be listed as blocked",
+            Duration::from_secs(20),
+            async || match list_line(&mut helper, id).await {
+                Some(line) if field(&line, "flags") == Some("b") => Ok(()),
+                line => Err(format!("never listed as blocked: {line:?}")),
+            },
+        )
+        .await;
         let mut unblock = vec!["CLIENT", "UNBLOCK"];
         let id_text = id.to_string();
         unblock.push(&id_text);

@@ -657,20 +657,19 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     });
     // Let the load run before moving the slot, and after.
     let mut watcher = proxy.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     // Polled, not slept on: at least 100 piped INCRs before the move.
-    while watcher
-        .cmd(&["GET", "{hot}:piped"])
-        .await
-        .as_bytes()
-        .is_none_or(|v| v.len() < 3)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no load before the move"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::until_ok(
+        "load before the move",
+        Duration::from_secs(30),
+        async || {
+            let piped = watcher.cmd(&["GET", "{hot}:piped"]).await;
+            match piped.as_bytes() {
+                Some(v) if v.len() >= 3 => Ok(()),
+                _ => Err(format!("GET {{hot}}:piped answered {piped:?}")),
+            }
+        },
+    )
+    .await;
     let to = cluster
         .primaries()
         .into_iter()
@@ -851,14 +850,18 @@ async fn a_primary_added_then_removed_under_load_costs_clients_nothing() {
     tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(added)))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while primaries(&watcher.respool_counters().await) != 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "respool never routed to the new primary"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until_ok(
+        "respool to route to the new primary",
+        Duration::from_secs(30),
+        async || {
+            let info = watcher.respool_counters().await;
+            match primaries(&info) {
+                4 => Ok(()),
+                _ => Err(format!("{info:?}")),
+            }
+        },
+    )
+    .await;
     // And back in: the slot first; then, as an operator would, the node
     // is stopped once respool no longer uses it (its connections to the
     // node closed), so that no request is in flight to it when it stops.
@@ -866,19 +869,20 @@ async fn a_primary_added_then_removed_under_load_costs_clients_nothing() {
     tokio::task::spawn_blocking(move || moving.migrate_slot(hot, moving.node(from)))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = watcher.respool_counters().await;
-        let named = info.values().any(|v| v.contains(&format!(":{added},")));
-        if primaries(&info) == 3 && !named && cluster.node(added).other_clients().is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "respool still uses :{added}: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until_ok(
+        &format!("respool to stop using :{added}"),
+        Duration::from_secs(30),
+        async || {
+            let info = watcher.respool_counters().await;
+            let named = info.values().any(|v| v.contains(&format!(":{added},")));
+            if primaries(&info) == 3 && !named && cluster.node(added).other_clients().is_empty() {
+                Ok(())
+            } else {
+                Err(format!("respool still uses :{added}: {info:?}"))
+            }
+        },
+    )
+    .await;
     let removing = cluster.clone();
     tokio::task::spawn_blocking(move || removing.remove_primary(added))
         .await
@@ -1291,35 +1295,35 @@ async fn respool_pools_lists_every_primarys_lanes() {
     };
     // Connections are validated in the background: wait until every
     // primary's lanes hold theirs.
-    let deadline = std::time::Instant::now() + wait::DEADLINE;
-    let pools = loop {
-        let Reply::Array(records) = ops.cmd(&["RESPOOL", "POOLS"]).await else {
-            panic!("RESPOOL POOLS is a list of records");
-        };
-        let pools: Vec<Vec<(String, Reply)>> = records
-            .iter()
-            .map(|r| match r {
-                Reply::Array(flat) => flat
-                    .chunks(2)
-                    .map(|kv| (kv[0].as_str().expect("a name").to_string(), kv[1].clone()))
-                    .collect(),
-                other => panic!("not a record: {other:?}"),
-            })
-            .collect();
-        if pools.iter().all(|p| {
-            text(p, "state") == "validated"
-                && int(p, "waiters") == 0
-                && int(p, "lane_connections") >= 1
-        }) {
-            break pools;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lanes still connecting: {pools:?}"
-        );
-        // Polling granularity only.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let pools = wait::until_ok(
+        "every primary's lanes to connect",
+        wait::DEADLINE,
+        async || {
+            let Reply::Array(records) = ops.cmd(&["RESPOOL", "POOLS"]).await else {
+                panic!("RESPOOL POOLS is a list of records");
+            };
+            let pools: Vec<Vec<(String, Reply)>> = records
+                .iter()
+                .map(|r| match r {
+                    Reply::Array(flat) => flat
+                        .chunks(2)
+                        .map(|kv| (kv[0].as_str().expect("a name").to_string(), kv[1].clone()))
+                        .collect(),
+                    other => panic!("not a record: {other:?}"),
+                })
+                .collect();
+            if pools.iter().all(|p| {
+                text(p, "state") == "validated"
+                    && int(p, "waiters") == 0
+                    && int(p, "lane_connections") >= 1
+            }) {
+                Ok(pools)
+            } else {
+                Err(format!("lanes still connecting: {pools:?}"))
+            }
+        },
+    )
+    .await;
     let mut loops: Vec<i64> = pools.iter().map(|p| int(p, "event_loop")).collect();
     loops.dedup();
     assert!(!loops.is_empty(), "{pools:?}");
@@ -1499,19 +1503,18 @@ async fn a_primary_killed_under_load_is_replaced_and_clients_are_served_again() 
         }));
     }
     let mut watcher = proxy.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while watcher
-        .cmd(&["GET", "{victim}:0"])
-        .await
-        .as_bytes()
-        .is_none_or(|v| v.len() < 2)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no load before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::until_ok(
+        "load before the kill",
+        Duration::from_secs(30),
+        async || {
+            let counted = watcher.cmd(&["GET", "{victim}:0"]).await;
+            match counted.as_bytes() {
+                Some(v) if v.len() >= 2 => Ok(()),
+                _ => Err(format!("GET {{victim}}:0 answered {counted:?}")),
+            }
+        },
+    )
+    .await;
     phase.store(1, Ordering::Relaxed);
     cluster.node(victim).kill();
     let waiting = cluster.clone();
@@ -1897,16 +1900,17 @@ async fn script_exists_and_kill_ask_every_primary() {
         .send(&["EVAL", "while true do end", "1", &key])
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    wait::until_ok("a script to run", Duration::from_secs(20), async || {
         let reply = client.cmd(&["SCRIPT", "KILL"]).await;
         if reply == ok() {
-            break;
+            return Ok(());
         }
         assert_eq!(reply.error_code(), Some("NOTBUSY"), "{reply:?}");
-        assert!(std::time::Instant::now() < deadline, "no script ever ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!(
+            "no script ever ran: SCRIPT KILL answered {reply:?}"
+        ))
+    })
+    .await;
     let stopped = runner.read_reply().await.unwrap();
     assert!(
         format!("{stopped:?}").contains("killed by user"),
