@@ -104,6 +104,25 @@ async fn incr_get_clients(
     tasks
 }
 
+/// Waits until the INCR counter `key`, read through `watcher`, has reached
+/// `at_least`, and returns it: load tests poll it to know that their clients
+/// are running before (and after) what they do under load.
+async fn until_counted(watcher: &mut TestClient, key: &str, at_least: i64, what: &str) -> i64 {
+    wait::until_ok(what, Duration::from_secs(30), async || {
+        let reply = watcher.cmd(&["GET", key]).await;
+        match reply
+            .as_bytes()
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+        {
+            Some(n) if n >= at_least => Ok(n),
+            _ => Err(format!(
+                "GET {key} answered {reply:?}, waiting for {at_least}"
+            )),
+        }
+    })
+    .await
+}
+
 /// 10 000 keys written through respool in one pipeline land on the primary
 /// `CLUSTER KEYSLOT` names (asked of the nodes themselves), on no other, and
 /// read back through respool. `DBSIZE` sums the primaries, `KEYS` gathers
@@ -658,18 +677,7 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
     // Let the load run before moving the slot, and after.
     let mut watcher = proxy.client().await;
     // Polled, not slept on: at least 100 piped INCRs before the move.
-    wait::until_ok(
-        "load before the move",
-        Duration::from_secs(30),
-        async || {
-            let piped = watcher.cmd(&["GET", "{hot}:piped"]).await;
-            match piped.as_bytes() {
-                Some(v) if v.len() >= 3 => Ok(()),
-                _ => Err(format!("GET {{hot}}:piped answered {piped:?}")),
-            }
-        },
-    )
-    .await;
+    until_counted(&mut watcher, "{hot}:piped", 100, "load before the move").await;
     let to = cluster
         .primaries()
         .into_iter()
@@ -763,14 +771,7 @@ async fn a_planned_failover_under_load_costs_clients_nothing() {
             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
             .unwrap_or(0)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count(&mut watcher).await < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no load before the failover"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_counted(&mut watcher, "{planned}:0", 20, "load before the failover").await;
     assert_eq!(
         cluster.node(replica).command(&[b"CLUSTER", b"FAILOVER"]),
         ok()
@@ -782,14 +783,13 @@ async fn a_planned_failover_under_load_costs_clients_nothing() {
     );
     // Load after the switch, through respool's new map.
     let before = count(&mut watcher).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count(&mut watcher).await < before + 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no load after the failover"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_counted(
+        &mut watcher,
+        "{planned}:0",
+        before + 20,
+        "load after the failover",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for task in tasks {
@@ -1503,18 +1503,7 @@ async fn a_primary_killed_under_load_is_replaced_and_clients_are_served_again() 
         }));
     }
     let mut watcher = proxy.client().await;
-    wait::until_ok(
-        "load before the kill",
-        Duration::from_secs(30),
-        async || {
-            let counted = watcher.cmd(&["GET", "{victim}:0"]).await;
-            match counted.as_bytes() {
-                Some(v) if v.len() >= 2 => Ok(()),
-                _ => Err(format!("GET {{victim}}:0 answered {counted:?}")),
-            }
-        },
-    )
-    .await;
+    until_counted(&mut watcher, "{victim}:0", 10, "load before the kill").await;
     phase.store(1, Ordering::Relaxed);
     cluster.node(victim).kill();
     let waiting = cluster.clone();
