@@ -171,18 +171,17 @@ async fn replica_rejects_writes_with_readonly() {
         .cmd(&["SET", "k", "from-master"])
         .await
         .expect_ok();
-    let deadline = Instant::now() + wait::DEADLINE;
-    loop {
+    wait::until_ok("the write to replicate", wait::DEADLINE, async || {
         let reply = on_replica.cmd(&["GET", "k"]).await;
         if reply == bulk("from-master") {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "write never replicated; last GET on the replica: {reply}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "write never replicated; last GET on the replica: {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }
 
 // ------------------------------------------------------------------ TestClient

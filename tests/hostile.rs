@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::client::encode_command;
-use support::{FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
+use support::{wait, FaultRelay, RedisServer, RelayMode, Reply, TestClient, TestProxy};
 
 /// How fast an offending connection must be answered and closed. Redis does
 /// it at once; the bound is generous for a loaded 2-core machine.
@@ -554,19 +554,21 @@ async fn random_misbehaving_clients_leave_nothing_behind() {
     }
 
     let mut checker = proxy.client().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let connected = checker.respool_counters().await["connected_clients"].clone();
-        if connected == "1" && redis.blocked_clients() == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "20 s after the random clients left: {connected} clients connected to respool, {} blocked in Redis",
-            redis.blocked_clients()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until_ok(
+        "the random clients' connections to close",
+        Duration::from_secs(20),
+        async || {
+            let connected = checker.respool_counters().await["connected_clients"].clone();
+            if connected == "1" && redis.blocked_clients() == 0 {
+                return Ok(());
+            }
+            Err(format!(
+                "{connected} clients connected to respool, {} blocked in Redis",
+                redis.blocked_clients()
+            ))
+        },
+    )
+    .await;
     redis.wait_until_no_connection_state("after the random clients left");
     checker.cmd(&["SET", "after", "1"]).await.expect_ok();
     assert_eq!(

@@ -64,40 +64,33 @@ fn unused_port() -> u16 {
 /// Sends commands until one gets a non-error reply, allowing only the
 /// proxy's upstream-failure errors meanwhile; returns that reply.
 async fn until_served(client: &mut TestClient, command: &[&str], within: Duration) -> Reply {
-    let deadline = Instant::now() + within;
-    loop {
+    wait::until_ok(&format!("{command:?} to be served"), within, async || {
         let reply = client.cmd(command).await;
         if !reply.is_error() {
-            return reply;
+            return Ok(reply);
         }
         assert!(is_upstream_error(&reply), "{command:?} answered {reply}");
-        assert!(
-            Instant::now() < deadline,
-            "{command:?} still failing after {within:?}: {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("{command:?} still failing: {reply}"))
+    })
+    .await
 }
 
 /// Waits until the proxy has validated at least `count` upstream
 /// connections (`INFO respool`), and returns how many it has.
 async fn until_validated(client: &mut TestClient, count: u64) -> u64 {
-    let deadline = Instant::now() + wait::DEADLINE;
-    loop {
+    let what = format!("{count} validated upstream connections");
+    wait::until_ok(&what, wait::DEADLINE, async || {
         let validated = counter(
             &client.respool_counters().await,
             "upstream_connections_validated",
         );
         if validated >= count {
-            return validated;
+            Ok(validated)
+        } else {
+            Err(format!("{validated} upstream connections validated"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{validated} upstream connections validated after {:?}, waiting for {count}",
-            wait::DEADLINE
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await
 }
 
 /// What one load-generating client saw.
@@ -388,21 +381,20 @@ async fn a_client_that_hangs_up_while_hello_waits_frees_its_slot() {
 
     // Without the watch, the slot would stay taken for the 120 s wait.
     // (CLIENT ID is answered by respool itself, with Redis still down.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut newcomer = proxy.client().await;
-        match newcomer.try_cmd(&["CLIENT", "ID"]).await {
-            Ok(Reply::Int(_)) => break,
-            Ok(Reply::Error(e)) if e == "ERR max number of clients reached" => {}
-            Err(e) if e.is_closed() => {}
-            other => panic!("unexpected answer to a newcomer: {other:?}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot of a client that hung up during HELLO was not freed within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until_ok(
+        "the slot of a client that hung up during HELLO to be freed",
+        Duration::from_secs(30),
+        async || {
+            let mut newcomer = proxy.client().await;
+            match newcomer.try_cmd(&["CLIENT", "ID"]).await {
+                Ok(Reply::Int(_)) => Ok(()),
+                Ok(Reply::Error(e)) if e == "ERR max number of clients reached" => Err(e),
+                Err(e) if e.is_closed() => Err("a newcomer's connection was closed".into()),
+                other => panic!("unexpected answer to a newcomer: {other:?}"),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -443,19 +443,14 @@ async fn a_users_file_the_deny_list_and_max_clients_change_live() {
 
     // Two clients are connected: a third is over the new limit (once the
     // refused logins above have been counted out).
-    let deadline = std::time::Instant::now() + wait::DEADLINE;
-    loop {
+    wait::until_ok("a third client to be refused", wait::DEADLINE, async || {
         let mut third = TestClient::connect(addr).await.expect("connect");
         match third.try_cmd(&["PING"]).await {
-            Ok(r) if format!("{r}").contains("max number of clients reached") => break,
-            other => assert!(
-                std::time::Instant::now() < deadline,
-                "a third client is still served: {other:?}"
-            ),
+            Ok(r) if format!("{r}").contains("max number of clients reached") => Ok(()),
+            other => Err(format!("a third client is still served: {other:?}")),
         }
-        // Polling granularity only.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert_eq!(after.cmd(&["PING"]).await.as_str(), Some("PONG"));
 }
 
@@ -619,20 +614,22 @@ async fn a_reload_gives_a_cluster_new_seeds() {
 
     write_config(&file, &settings(&cluster.urls()));
     sighup(&proxy, "reload: upstream changed");
-    let deadline = std::time::Instant::now() + wait::DEADLINE;
-    loop {
-        let reply = client.cmd(&["SET", "seeded", "v"]).await;
-        if reply == Reply::Simple("OK".into()) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no slot map from the new seeds: {reply}\n{}",
-            proxy.log()
-        );
-        // Polling granularity only.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until_ok(
+        "a slot map from the new seeds",
+        wait::DEADLINE,
+        async || {
+            let reply = client.cmd(&["SET", "seeded", "v"]).await;
+            if reply == Reply::Simple("OK".into()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no slot map from the new seeds: {reply}\n{}",
+                    proxy.log()
+                ))
+            }
+        },
+    )
+    .await;
     let owner = cluster.owner(cluster.keyslot(b"seeded"));
     assert_eq!(
         owner.command(&[b"GET", b"seeded"]),

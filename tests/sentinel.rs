@@ -48,18 +48,15 @@ async fn until_info(
     timeout: Duration,
     condition: impl Fn(&HashMap<String, String>) -> bool,
 ) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait::until_ok(what, timeout, async || {
         let info = info(client).await;
         if condition(&info) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("INFO respool: {info:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; INFO respool: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// What 50 clients that INCR their own key and read it back saw.
@@ -302,11 +299,15 @@ async fn a_primary_demoted_without_sentinel_is_not_written_to() {
     );
 
     primary.command(&[b"REPLICAOF", b"NO", b"ONE"]);
-    let deadline = Instant::now() + wait::DEADLINE;
-    while client.cmd(&["SET", "k", "3"]).await != ok() {
-        assert!(Instant::now() < deadline, "writes not served again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until_ok(
+        "writes to be served again",
+        wait::DEADLINE,
+        async || match client.cmd(&["SET", "k", "3"]).await {
+            reply if reply == ok() => Ok(()),
+            reply => Err(format!("writes not served again: SET answered {reply}")),
+        },
+    )
+    .await;
     assert_eq!(primary.command(&[b"GET", b"k"]), Reply::Bulk(b"3".to_vec()));
 }
 
