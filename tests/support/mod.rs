@@ -18,6 +18,7 @@
 //! ```
 //!
 //! Never sleep to synchronise: wait for the condition (`wait::until`,
+//! `wait::until_ok` when checking it takes a request,
 //! `RedisServer::wait_ready`/`wait_loading`/`wait_loaded`, `read_reply` with a
 //! deadline).
 //!
