@@ -1258,6 +1258,17 @@ async fn secrets_never_reach_logs_debug_output_or_error_replies() {
             good_replies[12]
         );
 
+        // The error a request gets after --checkout-timeout names the last
+        // failure: wait until each proxy has had one (a loaded machine may
+        // take longer than the timeout for the first attempt).
+        for (process, cause) in [(&wrong, "WRONGPASS"), (&down, "connection refused")] {
+            wait::until("the upstream's failure in the log", wait::DEADLINE, || {
+                process
+                    .output()
+                    .to_lowercase()
+                    .contains(&cause.to_lowercase())
+            });
+        }
         let failing = [&["AUTH", CLIENT_PW][..], &["GET", "k"], &["SET", "k", "v"]];
         let wrong_replies = replies(wrong_addr, &failing).await;
         let down_replies = replies(down_addr, &failing).await;
