@@ -104,6 +104,28 @@ async fn incr_get_clients(
     tasks
 }
 
+/// Waits for [`incr_get_clients`] to end, checks that each key holds its
+/// client's count of acknowledged INCRs on the primary serving it now
+/// (asked directly), and returns every unexpected reply they saw.
+async fn settle_counted(
+    cluster: &Cluster,
+    tasks: Vec<tokio::task::JoinHandle<Counted>>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for task in tasks {
+        let (key, acked, seen) = task.await.unwrap();
+        errors.extend(seen);
+        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
+        assert_eq!(
+            owner.command(&[b"GET", key.as_bytes()]),
+            Reply::Bulk(acked.to_string().into_bytes()),
+            "{key} on :{}",
+            owner.port()
+        );
+    }
+    errors
+}
+
 /// Waits until the INCR counter `key`, read through `watcher`, has reached
 /// `at_least`, and returns it: load tests poll it to know that their clients
 /// are running before (and after) what they do under load.
@@ -690,18 +712,7 @@ async fn a_slot_migrated_under_load_costs_single_key_clients_nothing() {
         .unwrap();
     let moved_before = support::counter(&watcher.respool_counters().await, "cluster_moved");
     stop.store(true, Ordering::Relaxed);
-    let mut total_errors = Vec::new();
-    for task in tasks {
-        let (key, acked, errors) = task.await.unwrap();
-        total_errors.extend(errors);
-        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
-        assert_eq!(
-            owner.command(&[b"GET", key.as_bytes()]),
-            Reply::Bulk(acked.to_string().into_bytes()),
-            "{key} on :{}",
-            owner.port()
-        );
-    }
+    let mut total_errors = settle_counted(&cluster, tasks).await;
     let (piped, errors) = piper_task.await.unwrap();
     total_errors.extend(errors);
     assert!(
@@ -791,18 +802,7 @@ async fn a_planned_failover_under_load_costs_clients_nothing() {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for task in tasks {
-        let (key, acked, problems) = task.await.unwrap();
-        errors.extend(problems);
-        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
-        assert_eq!(
-            owner.command(&[b"GET", key.as_bytes()]),
-            Reply::Bulk(acked.to_string().into_bytes()),
-            "{key} on :{}",
-            owner.port()
-        );
-    }
+    let errors = settle_counted(&cluster, tasks).await;
     assert!(errors.is_empty(), "client-visible errors: {errors:#?}");
     let info = watcher.respool_counters().await;
     eprintln!(
@@ -888,18 +888,7 @@ async fn a_primary_added_then_removed_under_load_costs_clients_nothing() {
         .await
         .unwrap();
     stop.store(true, Ordering::Relaxed);
-    let mut all_errors = Vec::new();
-    for task in tasks {
-        let (key, acked, errors) = task.await.unwrap();
-        all_errors.extend(errors);
-        let owner = cluster.owner(cluster.keyslot(key.as_bytes()));
-        assert_eq!(
-            owner.command(&[b"GET", key.as_bytes()]),
-            Reply::Bulk(acked.to_string().into_bytes()),
-            "{key} on :{}",
-            owner.port()
-        );
-    }
+    let all_errors = settle_counted(&cluster, tasks).await;
     assert!(
         all_errors.is_empty(),
         "client-visible errors: {all_errors:#?}"
