@@ -33,6 +33,20 @@ fn write_config(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("replacing the config file");
 }
 
+/// Reloads `text`, whose `--upstream` logs in as `someone:pw`: another
+/// upstream, which the reload must leave alone (a restart), naming no
+/// password in the log.
+fn another_login_needs_a_restart(proxy: &ProxyProcess, file: &Path, text: &str) {
+    write_config(file, text);
+    sighup(proxy, "upstream changed");
+    assert!(
+        proxy.log().contains("needs a restart, left unchanged"),
+        "{}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains("someone:pw"), "a password in the log");
+}
+
 /// Sends SIGHUP to the proxy and waits until its log has one more
 /// "reloading" line and then `expect`.
 fn sighup(proxy: &ProxyProcess, expect: &str) {
@@ -576,14 +590,7 @@ async fn a_reload_moves_the_upstream_to_a_new_address() {
 
     // Another login is another upstream: a restart, not a move.
     let elsewhere = new.url().replace("redis://", "redis://someone:pw@");
-    write_config(&file, &format!("upstream = \"{elsewhere}\"\n"));
-    sighup(&proxy, "upstream changed");
-    assert!(
-        proxy.log().contains("needs a restart, left unchanged"),
-        "{}",
-        proxy.log()
-    );
-    assert!(!proxy.log().contains("someone:pw"), "a password in the log");
+    another_login_needs_a_restart(&proxy, &file, &format!("upstream = \"{elsewhere}\"\n"));
 }
 
 /// In front of a cluster, `--upstream` names the seed nodes: a reload
@@ -642,14 +649,7 @@ async fn a_reload_gives_a_cluster_new_seeds() {
         .iter()
         .map(|u| u.replace("redis://", "redis://someone:pw@"))
         .collect();
-    write_config(&file, &settings(&elsewhere));
-    sighup(&proxy, "upstream changed");
-    assert!(
-        proxy.log().contains("needs a restart, left unchanged"),
-        "{}",
-        proxy.log()
-    );
-    assert!(!proxy.log().contains("someone:pw"), "a password in the log");
+    another_login_needs_a_restart(&proxy, &file, &settings(&elsewhere));
     assert_eq!(
         client.cmd(&["GET", "seeded"]).await,
         Reply::Bulk(b"v".to_vec())
