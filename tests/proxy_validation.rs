@@ -120,6 +120,21 @@ async fn validation_reports_loading_then_requests_succeed_once_loaded() {
     )
     .await;
     let mut client = proxy.client().await;
+    // A request's error after --checkout-timeout names the last failed
+    // attempt: wait until there was one (on a loaded machine the first may
+    // take longer than the timeout, and an error then has no cause to name).
+    wait::until_ok(
+        "a first validation attempt to fail",
+        wait::DEADLINE,
+        async || {
+            let info = client.respool_counters().await;
+            match support::counter(&info, "upstream_connect_failures") {
+                0 => Err(format!("{info:?}")),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut loading_errors = 0;
